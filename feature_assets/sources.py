@@ -1,0 +1,40 @@
+"""Raw event and profile tables, landed as Delta tables by the product's logging pipelines."""
+
+from datetime import UTC, datetime
+
+from featureplane import BatchSource
+
+FIRST_DAY = datetime(2026, 10, 1, tzinfo=UTC)
+"""The first day of logged events: feature views start computing here."""
+
+page_views = BatchSource(
+    "page_views",
+    path="raw/page_views",
+    timestamp_field="ts",
+    description="Product page views: user, page, page category. Late and duplicate events occur.",
+    owner="team:data-platform",
+)
+
+ad_impressions = BatchSource(
+    "ad_impressions",
+    path="raw/ad_impressions",
+    timestamp_field="ts",
+    description="Ads shown to users, with slot position. Duplicates share an impression_id.",
+    owner="team:ads-platform",
+)
+
+ad_clicks = BatchSource(
+    "ad_clicks",
+    path="raw/ad_clicks",
+    timestamp_field="ts",
+    description="Clicks on shown ads, keyed by the impression they belong to.",
+    owner="team:ads-platform",
+)
+
+users = BatchSource(
+    "users",
+    path="raw/users",
+    timestamp_field="updated_at",
+    description="User profile changes (sign-up and later edits): country, age.",
+    owner="team:data-platform",
+)

@@ -1,0 +1,40 @@
+"""Daily browsing activity per user (PySpark)."""
+
+from datetime import timedelta
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from feature_assets.entities import user
+from feature_assets.sources import FIRST_DAY, page_views
+from featureplane import Field, Int64, String, batch_feature_view
+
+
+@batch_feature_view(
+    sources=[page_views],
+    entities=[user],
+    mode="pyspark",
+    schema=[
+        Field("page_views_1d", Int64, "Page views in the user's day so far."),
+        Field("distinct_categories_1d", Int64, "Distinct page categories viewed that day."),
+        Field("last_category", String, "Category of the latest page viewed that day."),
+    ],
+    timestamp_field="ts",
+    feature_start_time=FIRST_DAY,
+    ttl=timedelta(days=2),
+    owner="team:growth-ml",
+    tags={"domain": "recommendations"},
+)
+def user_daily_page_views(page_views: DataFrame) -> DataFrame:
+    """How much and how broadly each user browsed per day, stamped at their last view of the day."""
+    return (
+        page_views.dropDuplicates(["event_id"])
+        .groupBy("user_id", F.to_date("ts").alias("day"))
+        .agg(
+            F.max("ts").alias("ts"),
+            F.count(F.lit(1)).alias("page_views_1d"),
+            F.countDistinct("category").alias("distinct_categories_1d"),
+            F.max_by("category", "ts").alias("last_category"),
+        )
+        .drop("day")
+    )

@@ -1,0 +1,34 @@
+"""Half-open time windows [start, end) in UTC: the unit every computation and write works on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """Event times `start <= t < end`, both UTC."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        for label in ("start", "end"):
+            moment = getattr(self, label)
+            utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+            object.__setattr__(self, label, utc)
+        if self.end <= self.start:
+            raise ValueError(f"empty time window: {self.start} .. {self.end}")
+
+    def contains(self, column: str) -> Column:
+        """Spark predicate: `column` lies in the window."""
+        return (F.col(column) >= F.lit(self.start)) & (F.col(column) < F.lit(self.end))
+
+    def sql(self, column: str) -> str:
+        """The same predicate as SQL text (for Delta's `replaceWhere`)."""
+        start, end = (m.strftime("%Y-%m-%d %H:%M:%S.%f") for m in (self.start, self.end))
+        return f"`{column}` >= TIMESTAMP '{start}' AND `{column}` < TIMESTAMP '{end}'"

@@ -1,0 +1,111 @@
+"""Sources and feature views as Dagster assets.
+
+Each batch feature view becomes `features/<name>`: partitioned in time from its schedule, versioned
+by its definition, downstream of its sources. A run covers one partition or a whole range in one
+Spark job (single-run backfills); the offline IO manager writes exactly that window.
+"""
+
+import warnings
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    AssetSpec,
+    BackfillPolicy,
+    BetaWarning,
+    MetadataValue,
+    TableColumn,
+    TableSchema,
+    asset,
+)
+from pyspark.sql import DataFrame
+
+from featureplane.compute.transform import run_transformation
+from featureplane.compute.window import TimeWindow
+from featureplane.dagster.partitions import partitions_for
+from featureplane.dagster.policies import freshness_policy
+from featureplane.feature_view import FeatureView
+from featureplane.source import BatchSource
+from resources.offline_io_manager import JOIN_KEYS, TIMESTAMP_FIELD
+from resources.spark import SparkResource
+
+MODE_KINDS = {"pyspark": "pyspark", "spark_sql": "sql", "pandas": "pandas"}
+
+
+def source_key(source: BatchSource) -> AssetKey:
+    return AssetKey(["sources", source.name])
+
+
+def feature_key(view: FeatureView) -> AssetKey:
+    return AssetKey(["features", view.name])
+
+
+def source_spec(source: BatchSource) -> AssetSpec:
+    """A raw source: landed by other systems, read by feature views."""
+    location = {"path": MetadataValue.path(source.uri)} if source.uri else {"table": source.table}
+    return AssetSpec(
+        key=source_key(source),
+        description=source.description or None,
+        owners=[source.owner] if source.owner else None,
+        kinds={"delta"} if source.uri else {"spark"},
+        group_name="sources",
+        metadata={**location, "timestamp_field": source.timestamp_field},
+    )
+
+
+def _column_schema(view: FeatureView) -> TableSchema:
+    keys = [
+        TableColumn(key, "key", description=f"join key of entity {entity.name}")
+        for entity in view.entities
+        for key in entity.join_keys
+    ]
+    timestamp = TableColumn(view.timestamp_field, "timestamp", description="event time")
+    features = [TableColumn(f.name, f.dtype.name, description=f.description) for f in view.schema]
+    return TableSchema(columns=[*keys, timestamp, *features])
+
+
+def _metadata(view: FeatureView) -> dict[str, object]:
+    return {
+        "dagster/column_schema": _column_schema(view),
+        "entities": ", ".join(
+            f"{entity.name} ({', '.join(entity.join_keys)})" for entity in view.entities
+        ),
+        "version": view.version,
+        "mode": view.mode,
+        "ttl": str(view.ttl) if view.ttl else "none",
+        "batch_schedule": str(view.batch_schedule),
+        "online": view.online,
+        "definition": view.location,
+        TIMESTAMP_FIELD: view.timestamp_field,
+        JOIN_KEYS: ",".join(view.join_keys),
+    }
+
+
+def feature_view_asset(view: FeatureView) -> AssetsDefinition:
+    """The asset `features/<name>` that computes the view's windows into the offline store."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)  # single-run backfills are what we rely on
+        return asset(
+            key=feature_key(view),
+            description=view.description or None,
+            partitions_def=partitions_for(view),
+            backfill_policy=BackfillPolicy.single_run(),
+            freshness_policy=freshness_policy(view),
+            code_version=view.version,
+            owners=[view.owner] if view.owner else None,
+            tags=dict(view.tags),
+            kinds={"spark", "delta", MODE_KINDS[view.mode]},
+            deps=[source_key(s) for s in view.sources],
+            metadata=_metadata(view),
+            group_name="features",
+            io_manager_key="offline_io_manager",
+        )(_compute(view))
+
+
+def _compute(view: FeatureView):
+    def compute(context: AssetExecutionContext, spark: SparkResource) -> DataFrame:
+        window = context.partition_time_window
+        return run_transformation(spark.session, view, TimeWindow(window.start, window.end))
+
+    return compute

@@ -1,0 +1,32 @@
+"""Errors users can act on: each names the object, where it was defined, and the problem.
+
+Printed by Python as e.g. ``FeatureViewError: user_click_stats (feature_assets/clicks.py:12):
+output is missing join key 'user_id'``.
+"""
+
+from __future__ import annotations
+
+
+class DefinitionError(ValueError):
+    """A definition in the feature repository is invalid."""
+
+    def __init__(self, name: str, location: str | None, problem: str):
+        self.name, self.location, self.problem = name, location, problem
+        where = f" ({location})" if location else ""
+        super().__init__(f"{name}{where}: {problem}")
+
+
+class EntityError(DefinitionError):
+    """An entity definition is invalid."""
+
+
+class SourceError(DefinitionError):
+    """A source definition is invalid or its data cannot be read."""
+
+
+class FeatureViewError(DefinitionError):
+    """A feature view's definition or output is invalid."""
+
+
+class RepositoryError(DefinitionError):
+    """The feature repository as a whole is inconsistent (duplicate or unknown names)."""

@@ -1,0 +1,269 @@
+"""Batch feature views: a transformation from sources to (join keys, event time, features) rows.
+
+A view is an immutable value object built by `@batch_feature_view`. Everything that can be checked
+without data is checked here, when the repository module is imported, so a mistake fails the load
+with the view's name, file and line. Output columns are checked against the schema each time the
+transformation runs (see `featureplane.compute.transform`).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import json
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from featureplane._location import function_location
+from featureplane.entity import Entity
+from featureplane.errors import FeatureViewError
+from featureplane.naming import name_problem, owner_problem
+from featureplane.source import BatchSource
+from featureplane.types import DType, Field
+
+Mode = Literal["pyspark", "spark_sql", "pandas"]
+MODES: tuple[str, ...] = ("pyspark", "spark_sql", "pandas")
+
+
+def schedule_cron(schedule: timedelta) -> str:
+    """The cron expression of a batch schedule, which partitions the view's time axis.
+
+    Schedules are whole hours dividing a day, one day, or one week, so that partitions tile days
+    and the event-date layout of the Delta table stays aligned.
+    """
+    hours, rest = divmod(schedule, timedelta(hours=1))
+    if rest or hours <= 0:
+        raise ValueError("must be a positive whole number of hours")
+    if hours < 24 and 24 % hours == 0:
+        return "0 * * * *" if hours == 1 else f"0 */{hours} * * *"
+    if hours == 24:
+        return "0 0 * * *"
+    if hours == 24 * 7:
+        return "0 0 * * 1"
+    raise ValueError("must divide a day (1h, 2h, 3h, 4h, 6h, 8h, 12h), or be 1 day or 7 days")
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _transformation_source(fn: Callable) -> str:
+    """The function without decorators, docstring, comments or formatting: what computes values."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return fn.__code__.co_code.hex()
+    node = tree.body[0]
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        node.decorator_list = []
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(node)
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    """A batch feature view; see `batch_feature_view` for the meaning of each field."""
+
+    name: str
+    function: Callable = field(repr=False)
+    mode: Mode
+    sources: tuple[BatchSource | str, ...]
+    entities: tuple[Entity, ...]
+    schema: tuple[Field, ...]
+    timestamp_field: str
+    feature_start_time: datetime
+    batch_schedule: timedelta = timedelta(days=1)
+    ttl: timedelta | None = None
+    freshness: timedelta | None = None
+    online: bool = True
+    offline: bool = True
+    owner: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+    location: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "feature_start_time", _as_utc(self.feature_start_time))
+        object.__setattr__(self, "tags", dict(self.tags))
+        problem = self._problem()
+        if problem:
+            raise FeatureViewError(str(self.name), self.location, problem)
+
+    def _problem(self) -> str | None:
+        checks = (
+            self._naming_problem,
+            self._mode_problem,
+            self._schema_problem,
+            self._timing_problem,
+        )
+        for check in checks:
+            problem = check()
+            if problem:
+                return problem
+        return None
+
+    def _naming_problem(self) -> str | None:
+        problem = name_problem(self.name) or owner_problem(self.owner)
+        if problem:
+            return problem
+        if not self.sources:
+            return "needs at least one source"
+        for source in self.sources:
+            if not isinstance(source, BatchSource | str):
+                return f"source {source!r} is not a BatchSource or the name of one"
+        if not self.entities:
+            return "needs at least one entity"
+        for entity in self.entities:
+            if not isinstance(entity, Entity):
+                return f"entity {entity!r} is not an Entity"
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.tags.items()):
+            return "tags must map strings to strings"
+        return None
+
+    def _mode_problem(self) -> str | None:
+        if self.mode not in MODES:
+            return f"mode {self.mode!r} is not one of {', '.join(MODES)}"
+        if self.mode == "pandas" and len(self.sources) != 1:
+            return "pandas mode takes exactly one source (run per entity group); join in pyspark"
+        params = inspect.signature(self.function).parameters.values()
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(positional) != len(self.sources) or len(positional) != len(params):
+            return (
+                f"the function takes {len(positional)} arguments but the view has "
+                f"{len(self.sources)} sources; it receives one argument per source, in order"
+            )
+        return None
+
+    def _schema_problem(self) -> str | None:
+        if not (isinstance(self.timestamp_field, str) and self.timestamp_field):
+            return "timestamp_field must name the output's event-time column"
+        if not self.schema:
+            return "schema must declare at least one feature Field"
+        reserved = {*self.join_keys, self.timestamp_field, "event_date"}
+        seen: set[str] = set()
+        for column in self.schema:
+            if not isinstance(column, Field) or not isinstance(column.dtype, DType):
+                return f"schema entry {column!r} is not a Field with a featureplane type"
+            problem = name_problem(column.name)
+            if problem:
+                return f"schema {problem}"
+            if column.name in reserved:
+                return (
+                    f"schema declares {column.name!r}, which is a join key, the timestamp "
+                    "or the reserved partition column 'event_date'"
+                )
+            if column.name in seen:
+                return f"schema declares {column.name!r} twice"
+            seen.add(column.name)
+        if len(set(self.join_keys)) != len(self.join_keys):
+            return f"entities share a join key: {list(self.join_keys)}"
+        return None
+
+    def _timing_problem(self) -> str | None:
+        for label, value in (("ttl", self.ttl), ("freshness", self.freshness)):
+            if value is not None and (not isinstance(value, timedelta) or value <= timedelta(0)):
+                return f"{label} must be a positive timedelta, got {value!r}"
+        if not isinstance(self.batch_schedule, timedelta):
+            return f"batch_schedule must be a timedelta, got {self.batch_schedule!r}"
+        try:
+            schedule_cron(self.batch_schedule)
+        except ValueError as exc:
+            return f"batch_schedule {self.batch_schedule} {exc}"
+        if self.feature_start_time > datetime.now(UTC):
+            return f"feature_start_time {self.feature_start_time.isoformat()} is in the future"
+        return None
+
+    @property
+    def join_keys(self) -> tuple[str, ...]:
+        return tuple(key for entity in self.entities for key in entity.join_keys)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.schema)
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        return tuple(s if isinstance(s, str) else s.name for s in self.sources)
+
+    @property
+    def version(self) -> str:
+        """Stable hash of what determines the stored values: a new version must be recomputed.
+
+        Descriptions, owners, tags, ttl, freshness and flags do not change stored values and are
+        left out; reformatting or commenting the function does not change it either.
+        """
+        config = {
+            "mode": self.mode,
+            "transformation": _transformation_source(self.function),
+            "sources": [
+                [s.name, s.path, s.table, s.timestamp_field] if isinstance(s, BatchSource) else [s]
+                for s in self.sources
+            ],
+            "join_keys": list(self.join_keys),
+            "schema": [[c.name, c.dtype.spark] for c in self.schema],
+            "timestamp_field": self.timestamp_field,
+            "feature_start_time": self.feature_start_time.isoformat(),
+        }
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+        return digest[:12]
+
+
+def batch_feature_view(
+    *,
+    sources: Sequence[BatchSource | str],
+    entities: Sequence[Entity],
+    schema: Sequence[Field],
+    timestamp_field: str,
+    feature_start_time: datetime,
+    mode: Mode = "pyspark",
+    batch_schedule: timedelta = timedelta(days=1),
+    ttl: timedelta | None = None,
+    freshness: timedelta | None = None,
+    online: bool = True,
+    offline: bool = True,
+    owner: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    description: str | None = None,
+    name: str | None = None,
+) -> Callable[[Callable], FeatureView]:
+    """Declare a batch feature view computed by the decorated function.
+
+    The function takes one argument per source, in order, and is called for one time window:
+    - `pyspark`: Spark DataFrames already restricted to the window; returns a DataFrame.
+    - `spark_sql`: table references to put in the query (`f"SELECT … FROM {clicks}"`); returns SQL.
+    - `pandas`: a pandas DataFrame holding one entity's rows of the window (one source, grouped
+      by join keys on Spark, so it scales with the cluster); returns a pandas DataFrame.
+    The output holds the entities' join keys, `timestamp_field` and exactly the `schema` features.
+    Rows whose event time falls outside the window are dropped, so each run owns its window.
+    `ttl` bounds how old a value may be when read; `freshness` is how late data may be before the
+    asset is flagged (default twice the schedule); `feature_start_time` is the first partition.
+    """
+
+    def decorate(fn: Callable) -> FeatureView:
+        return FeatureView(
+            name=name or fn.__name__,
+            function=fn,
+            mode=mode,
+            sources=tuple(sources),
+            entities=tuple(entities),
+            schema=tuple(schema),
+            timestamp_field=timestamp_field,
+            feature_start_time=feature_start_time,
+            batch_schedule=batch_schedule,
+            ttl=ttl,
+            freshness=freshness,
+            online=online,
+            offline=offline,
+            owner=owner,
+            tags=tags or {},
+            description=description if description is not None else inspect.getdoc(fn) or "",
+            location=function_location(fn),
+        )
+
+    return decorate
