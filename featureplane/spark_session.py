@@ -9,6 +9,7 @@ Every session computes in UTC: event times, windows and partitions are all UTC.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Literal
@@ -33,6 +34,7 @@ def spark_session(
     """Open a Spark session in `mode`, and close it (and any server it started) on exit."""
     conf = dict(conf or {})
     if mode == "local":
+        os.environ.setdefault("RUST_LOG", "error")  # Sail logs each session and shutdown
         from pysail.spark import SparkConnectServer
 
         server = SparkConnectServer("127.0.0.1", 0)
