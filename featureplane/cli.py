@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 DEFAULT_REPOSITORY = "feature_assets"
 
@@ -25,27 +23,10 @@ def _day(text: str) -> datetime:
     return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
 
 
-def _dagster_home() -> Path:
-    """$DAGSTER_HOME, defaulting to `.dagster_home/` here, with the project's dagster.yaml in it."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
-    home.mkdir(parents=True, exist_ok=True)
-    config = Path("dagster.yaml")
-    if config.exists() and not (home / "dagster.yaml").exists():
-        shutil.copyfile(config, home / "dagster.yaml")
-    return home
-
-
 def _materialize(repository: str, start: datetime, end: datetime, views: list[str] | None):
-    from dagster import DagsterInstance
+    from featureplane.dagster.materialize import materialize_repository
 
-    from featureplane.dagster import build_definitions
-    from featureplane.dagster.materialize import materialize_range
-    from featureplane.repository import Repository
-
-    _dagster_home()
-    defs = build_definitions(Repository.load(repository))
-    with DagsterInstance.get() as instance:
-        return materialize_range(defs, instance, start, end, views)
+    return materialize_repository(repository, start, end, views)
 
 
 def _print_materialized(results, elapsed: float) -> None:

@@ -15,7 +15,7 @@ import json
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 
 from featureplane._location import function_location
@@ -47,8 +47,13 @@ def schedule_cron(schedule: timedelta) -> str:
     raise ValueError("must divide a day (1h, 2h, 3h, 4h, 6h, 8h, 12h), or be 1 day or 7 days")
 
 
-def _as_utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+def _as_utc(moment: datetime | date) -> datetime | date:
+    """A datetime in UTC (naive means UTC), a date as its UTC midnight; anything else unchanged."""
+    if isinstance(moment, datetime):
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if isinstance(moment, date):
+        return datetime.combine(moment, time(), tzinfo=UTC)
+    return moment
 
 
 def _transformation_source(fn: Callable) -> str:
@@ -135,8 +140,8 @@ class FeatureView:
         positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         if len(positional) != len(self.sources) or len(positional) != len(params):
             return (
-                f"the function takes {len(positional)} arguments but the view has "
-                f"{len(self.sources)} sources; it receives one argument per source, in order"
+                f"the function must take exactly {len(self.sources)} positional parameters, "
+                f"one per source in order, but its signature is {inspect.signature(self.function)}"
             )
         return None
 
@@ -175,6 +180,8 @@ class FeatureView:
             schedule_cron(self.batch_schedule)
         except ValueError as exc:
             return f"batch_schedule {self.batch_schedule} {exc}"
+        if not isinstance(self.feature_start_time, datetime):
+            return f"feature_start_time must be a datetime, got {self.feature_start_time!r}"
         if self.feature_start_time > datetime.now(UTC):
             return f"feature_start_time {self.feature_start_time.isoformat()} is in the future"
         return None
@@ -195,8 +202,9 @@ class FeatureView:
     def version(self) -> str:
         """Stable hash of what determines the stored values: a new version must be recomputed.
 
-        Descriptions, owners, tags, ttl, freshness and flags do not change stored values and are
-        left out; reformatting or commenting the function does not change it either.
+        The batch schedule is in: it sets the windows a transformation sees. Descriptions, owners,
+        tags, ttl, freshness and flags do not change stored values and are left out; neither do
+        reformatting or comments in the function.
         """
         config = {
             "mode": self.mode,
@@ -209,6 +217,7 @@ class FeatureView:
             "schema": [[c.name, c.dtype.spark] for c in self.schema],
             "timestamp_field": self.timestamp_field,
             "feature_start_time": self.feature_start_time.isoformat(),
+            "batch_schedule": self.batch_schedule.total_seconds(),
         }
         digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
         return digest[:12]

@@ -1,4 +1,4 @@
-"""Delta offline store: windows are replaced exactly, reruns are idempotent, failures lose nothing."""
+"""Delta offline store: windows replaced exactly, idempotent reruns, failures lose nothing."""
 
 from datetime import UTC, datetime, timedelta
 

@@ -16,6 +16,7 @@ from featureplane.compute.window import TimeWindow
 from featureplane.errors import FeatureViewError, SourceError
 from featureplane.feature_view import FeatureView
 from featureplane.source import BatchSource
+from featureplane.types import DType
 
 PARTITION_COLUMN = "event_date"
 
@@ -62,8 +63,9 @@ def run_transformation(
     else:
         output = _run_pandas(view, inputs[0])
     if not isinstance(output, DataFrame):
+        kind = f"{type(output).__module__}.{type(output).__qualname__}"
         raise FeatureViewError(
-            view.name, view.location, f"returned {type(output).__name__}, not a Spark DataFrame"
+            view.name, view.location, f"returned a {kind}, not a Spark DataFrame"
         )
     check_output(view, output)
     ts = view.timestamp_field
@@ -98,9 +100,28 @@ def _run_pandas(view: FeatureView, source: DataFrame) -> DataFrame:
                 view.name, view.location, f"returned {type(result).__name__}, not a DataFrame"
             )
         _check_columns(view, list(result.columns))
+        for column in view.schema:
+            if not _pandas_fits(result[column.name], column.dtype):
+                raise FeatureViewError(
+                    view.name,
+                    view.location,
+                    f"feature {column.name!r} is {result[column.name].dtype}, but the schema says "
+                    f"{column.dtype!r}; cast it in the transformation",
+                )
         return result[expected]
 
     return source.groupBy(*view.join_keys).applyInPandas(apply, ", ".join(columns))
+
+
+PANDAS_KINDS = {"bigint": "iu", "int": "iu", "double": "iuf", "float": "iuf", "boolean": "b"}
+
+
+def _pandas_fits(values: pd.Series, dtype: DType) -> bool:
+    """Whether Arrow can take `values` as `dtype` without losing anything (no float → int)."""
+    kinds = PANDAS_KINDS.get(dtype.spark)
+    if kinds is None or values.isna().all():
+        return True
+    return values.dtype.kind in kinds
 
 
 def _check_columns(view: FeatureView, columns: list[str]) -> None:

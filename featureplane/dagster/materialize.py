@@ -4,11 +4,17 @@ Runs go through the Dagster instance (so they show in the UI) as single-run back
 selected view with the same partitions computes the whole range in one Spark job.
 """
 
+import os
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, Definitions, TimeWindowPartitionsDefinition
 from dagster import TimeWindow as DagsterTimeWindow
+
+from featureplane.dagster.definitions import build_definitions
+from featureplane.repository import Repository
 
 FEATURES = "features"
 RANGE_START_TAG = "dagster/asset_partition_range_start"  # the tags Dagster's backfills set
@@ -66,3 +72,23 @@ def materialize_range(
             rows = mine[0].metadata["dagster/row_count"].value if mine else 0
             results.append(Materialized(key, len(mine), rows, result.run_id))
     return results
+
+
+def dagster_home() -> Path:
+    """$DAGSTER_HOME, defaulting to `.dagster_home/` here, with the project's dagster.yaml in it."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
+    home.mkdir(parents=True, exist_ok=True)
+    config = Path("dagster.yaml")
+    if config.exists() and not (home / "dagster.yaml").exists():
+        shutil.copyfile(config, home / "dagster.yaml")
+    return home
+
+
+def materialize_repository(
+    package: str, start: datetime, end: datetime, views: list[str] | None = None
+) -> list[Materialized]:
+    """Materialize a repository's feature views on the local Dagster instance (see dagster_home)."""
+    dagster_home()
+    defs = build_definitions(Repository.load(package))
+    with DagsterInstance.get() as instance:
+        return materialize_range(defs, instance, start, end, views)

@@ -1,0 +1,1 @@
+"""Tiny feature repositories that `tests/test_repository.py` loads as `tests.repos.<name>`."""

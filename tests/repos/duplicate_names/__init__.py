@@ -1,0 +1,1 @@
+"""Two files define a source named `clicks`."""

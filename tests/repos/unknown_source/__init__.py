@@ -1,0 +1,1 @@
+"""A view names a source that no module defines."""

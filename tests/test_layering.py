@@ -1,0 +1,59 @@
+"""The design's dependency rules, asserted on the code itself."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def python_files(folder: str, exclude: str | None = None) -> list[Path]:
+    files = sorted((ROOT / folder).rglob("*.py"))
+    return [f for f in files if exclude is None or exclude not in f.relative_to(ROOT).parts]
+
+
+@pytest.mark.parametrize(
+    "path", python_files("featureplane", exclude="dagster"), ids=lambda p: p.name
+)
+def test_library_outside_its_dagster_package_never_imports_dagster(path):
+    assert not imported_modules(path) & {"dagster", "resources", "sensors"}
+
+
+@pytest.mark.parametrize("path", python_files("feature_assets"), ids=lambda p: p.name)
+def test_feature_repository_holds_definitions_only(path):
+    machinery = {"dagster", "resources", "sensors", "online"}
+    if path.name != "definitions.py":
+        assert not imported_modules(path) & machinery
+
+
+def modules_loaded_by(statement: str) -> set[str]:
+    code = f"{statement}; import sys; print(' '.join(sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return {name.split(".")[0] for name in out.stdout.split()}
+
+
+def test_definitions_api_loads_without_spark_or_dagster():
+    loaded = modules_loaded_by("import featureplane as fp; fp.Repository.load('feature_assets')")
+    assert "dagster" not in loaded
+    assert "featureplane" in loaded
+
+
+def test_online_package_imports_no_spark_and_no_dagster():
+    loaded = modules_loaded_by("import online")
+    assert not loaded & {"pyspark", "dagster"}
