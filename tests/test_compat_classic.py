@@ -1,0 +1,237 @@
+"""The demo views compute the same rows on classic JVM PySpark as on Sail, and what pandas expects.
+
+Inputs are small in-memory pandas frames (tests/compat_runner.py): several days around a 3-day
+window, with nulls (also in join keys), duplicate rows, events exactly at midnight and at the
+window bounds. Classic PySpark cannot run in this process once the Sail session of conftest is
+open (pyspark then routes every builder and column function to Spark Connect), so its side runs
+in a subprocess that writes each view's output as parquet; the Sail side runs here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = Path(__file__).with_name("compat_runner.py")
+_spec = importlib.util.spec_from_file_location("compat_runner", RUNNER)
+runner = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(runner)
+
+VIEWS = {view.name: view for view in runner.demo_views()}
+START, END, DAY = runner.START, runner.END, runner.DAY
+CONNECT_ENV = ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE", "SPARK_API_MODE")
+NULLABLE = {
+    pa.int64(): pd.Int64Dtype(),
+    pa.int32(): pd.Int32Dtype(),
+    pa.float64(): pd.Float64Dtype(),
+    pa.string(): pd.StringDtype(),
+    pa.large_string(): pd.StringDtype(),
+}
+
+
+def canonical(table: pa.Table) -> pd.DataFrame:
+    """Rows as pandas in a fixed order: nullable dtypes, timestamps as microseconds in UTC."""
+    frame = table.to_pandas(types_mapper=NULLABLE.get)
+    for name, dtype in zip(table.column_names, table.schema.types, strict=True):
+        if pa.types.is_timestamp(dtype):
+            column = frame[name].dt
+            utc = column.tz_convert("UTC") if dtype.tz else column.tz_localize("UTC")
+            frame[name] = utc.astype("datetime64[us, UTC]")
+    return frame.sort_values(list(frame.columns), na_position="first").reset_index(drop=True)
+
+
+def assert_rows_equal(actual: pa.Table, expected: pa.Table) -> None:
+    pd.testing.assert_frame_equal(
+        canonical(actual), canonical(expected), check_exact=False, rtol=1e-12, atol=0
+    )
+
+
+def _session_processes(sid: int) -> list[str]:
+    """Live processes (zombies aside) of session `sid`: what a subprocess run left behind."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        state, _ppid, _pgrp, session = text.rsplit(")", 1)[1].split()[:4]
+        if int(session) == sid and state != "Z":
+            found.append(text.split(" ", 1)[0] + " " + text[text.index("(") : text.rindex(")") + 1])
+    return found
+
+
+def _kill(pids: list[str]) -> None:
+    for entry in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(entry.split()[0]), signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def classic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list, pa.Table]]:
+    """The views' outputs on classic PySpark (local[2]), computed in a subprocess."""
+    out = tmp_path_factory.mktemp("classic")
+    env = {k: v for k, v in os.environ.items() if k not in CONNECT_ENV}
+    env["PYSPARK_PYTHON"] = env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, str(RUNNER), str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its JVM and Python workers share its session id
+    )
+    try:
+        log, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        _kill(_session_processes(proc.pid))
+        proc.kill()
+        log, _ = proc.communicate()
+        pytest.fail(f"classic PySpark run timed out:\n{log[-4000:]}")
+    left: list[str] = []
+    for _ in range(50):  # the Python workers exit shortly after the JVM
+        left = _session_processes(proc.pid)
+        if not left:
+            break
+        time.sleep(0.2)
+    _kill(left)
+    assert proc.returncode == 0, f"classic PySpark run failed:\n{log[-4000:]}"
+    assert not left, f"the classic PySpark run left processes behind: {left}"
+    info = json.loads((out / "info.json").read_text())
+    assert info["session"] == "pyspark.sql.session", info  # classic, not Spark Connect
+    assert info["jvm_exit_code"] == 0, info
+    return {
+        name: (
+            json.loads((out / f"{name}.schema.json").read_text()),
+            pq.read_table(out / f"{name}.parquet"),
+        )
+        for name in VIEWS
+    }
+
+
+@pytest.fixture(scope="module")
+def sail(spark) -> dict[str, tuple[list, pa.Table]]:
+    """The views' outputs on Sail (the session-wide Spark Connect fixture)."""
+    return runner.run_views(spark)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, pd.DataFrame]:
+    return runner.inputs()
+
+
+def in_window(frame: pd.DataFrame, column: str = "ts") -> pd.DataFrame:
+    return frame[(frame[column] >= START) & (frame[column] < END)]
+
+
+def as_table(rows: pd.DataFrame, like: pa.Table) -> pa.Table:
+    """Expected rows with the Spark output's Arrow schema (so types must be convertible)."""
+    return pa.Table.from_pandas(rows[like.column_names], schema=like.schema, preserve_index=False)
+
+
+@pytest.mark.parametrize("name", list(VIEWS))
+def test_classic_pyspark_matches_sail(name, classic, sail):
+    classic_fields, classic_rows = classic[name]
+    sail_fields, sail_rows = sail[name]
+    assert sail_fields == classic_fields  # names, Spark types and nullability
+    assert sail_rows.schema.remove_metadata() == classic_rows.schema.remove_metadata()
+    assert sail_rows.num_rows > 5
+    assert_rows_equal(sail_rows, classic_rows)
+
+
+def test_daily_page_views_match_pandas(sail, data):
+    views = in_window(data["page_views"]).drop_duplicates("event_id")
+    views = views.assign(day=views["ts"].dt.floor("D"))
+    rows = [
+        {
+            "user_id": user,
+            "ts": group["ts"].max(),
+            "page_views_1d": len(group),
+            "distinct_categories_1d": group["category"].nunique(),
+            "last_category": group.loc[group["ts"].idxmax(), "category"],
+            "event_date": day.date(),
+        }
+        for (user, day), group in views.groupby(["user_id", "day"], dropna=False)
+    ]
+    actual = sail["user_daily_page_views"][1]
+    assert any(pd.isna(row["user_id"]) for row in rows)
+    assert any(row["last_category"] is None for row in rows)
+    assert_rows_equal(actual, as_table(pd.DataFrame(rows), actual))
+
+
+def test_ad_daily_performance_matches_pandas(sail, data):
+    columns = ["impression_id", "ad_id", "ts"]
+    impressions = in_window(data["ad_impressions"])[columns].drop_duplicates()
+    clicks = in_window(data["ad_clicks"])[columns].drop_duplicates()
+    events = pd.concat([impressions.assign(kind="i"), clicks.assign(kind="c")])
+    events = events.assign(day=events["ts"].dt.floor("D"))
+    rows = []
+    for (ad, day), group in events.groupby(["ad_id", "day"]):
+        shown, clicked = int((group["kind"] == "i").sum()), int((group["kind"] == "c").sum())
+        rows.append(
+            {
+                "ad_id": ad,
+                "ts": group["ts"].max(),
+                "impressions_1d": shown,
+                "clicks_1d": clicked,
+                "ctr_1d": clicked / shown if shown else None,
+                "event_date": day.date(),
+            }
+        )
+    actual = sail["ad_daily_performance"][1]
+    assert_rows_equal(actual, as_table(pd.DataFrame(rows), actual))
+    ad9 = canonical(actual).query("ad_id == 9")
+    assert ad9["ctr_1d"].isna().tolist() == [True, False, True]  # clicks without impressions
+
+
+@pytest.mark.parametrize("name", ["user_click_sessions", "user_profile"])
+def test_pandas_views_match_their_function_in_pandas(name, sail, data):
+    """Spark's grouping, time conversions and window filter leave the pandas function's result."""
+    view = VIEWS[name]
+    source = in_window(data[view.source_names[0]], view.sources[0].timestamp_field)
+    groups = source.astype({"user_id": "float64"}).groupby("user_id", dropna=False)
+    expected = pd.concat(
+        [view.function(group.reset_index(drop=True)) for _, group in groups], ignore_index=True
+    )
+    expected["event_date"] = expected[view.timestamp_field].dt.date
+    actual = sail[name][1]
+    assert_rows_equal(actual, as_table(expected, actual))
+
+
+def test_edge_cases_are_computed_as_specified(sail):
+    sessions = canonical(sail["user_click_sessions"][1]).query("user_id == 6")
+    assert sessions["click_sessions_1d"].tolist() == [2, 1, 1]  # 30 min joins, 30 min + 1 us splits
+    assert sessions["clicks_per_session_1d"].tolist() == [1.5, 1.0, 1.0]
+    assert sessions["ts"].tolist() == [
+        START + pd.Timedelta(hours=11, microseconds=1),
+        START + 2 * DAY - pd.Timedelta(microseconds=1),
+        START + 2 * DAY,  # the click at END is outside the window
+    ]
+    profile = canonical(sail["user_profile"][1])
+    assert profile["updated_at"].min() == START and profile["updated_at"].max() < END
+    user2 = profile.query("user_id == 2").iloc[0]
+    assert (user2["country"], user2["age_bucket"], user2["account_age_days"]) == (
+        "unknown",
+        "unknown",
+        0,
+    )
+    assert profile.query("user_id == 1")["age_bucket"].tolist() == ["18-24", "18-24", "25-34"]
+    views = canonical(sail["user_daily_page_views"][1])
+    user3 = views.query("user_id == 3")
+    assert user3["ts"].iloc[0] == START + DAY - pd.Timedelta(microseconds=1)  # midnight: next day
+    dates = views["event_date"].astype(str)
+    assert sorted(set(dates)) == ["2026-10-02", "2026-10-03", "2026-10-04"]
