@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export DAGSTER_HOME ?= $(CURDIR)
 
 .PHONY: demo test ui lint
 
@@ -21,7 +21,6 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
 ui: $(BIN)/.installed
-	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/
 	$(BIN)/dagster dev -w workspace.yaml
 
 lint: $(BIN)/.installed

@@ -56,7 +56,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo finished in {time.perf_counter() - began:.1f}s")
     print(
         "\nOpen the Dagster UI:  make ui   "
-        f"(DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml)"
+        f"(DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -w workspace.yaml, "
+        "then http://127.0.0.1:3000)"
     )
     return 0
 

@@ -5,10 +5,8 @@ selected view with the same partitions computes the whole range in one Spark job
 """
 
 import os
-import shutil
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, Definitions, TimeWindowPartitionsDefinition
 from dagster import TimeWindow as DagsterTimeWindow
@@ -74,21 +72,15 @@ def materialize_range(
     return results
 
 
-def dagster_home() -> Path:
-    """$DAGSTER_HOME, defaulting to `.dagster_home/` here, with the project's dagster.yaml in it."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
-    home.mkdir(parents=True, exist_ok=True)
-    config = Path("dagster.yaml")
-    if config.exists() and not (home / "dagster.yaml").exists():
-        shutil.copyfile(config, home / "dagster.yaml")
-    return home
-
-
 def materialize_repository(
     package: str, start: datetime, end: datetime, views: list[str] | None = None
 ) -> list[Materialized]:
-    """Materialize a repository's feature views on the local Dagster instance (see dagster_home)."""
-    dagster_home()
+    """Materialize a repository's feature views on the Dagster instance of $DAGSTER_HOME.
+
+    DAGSTER_HOME defaults to the working directory: the project folder, whose dagster.yaml keeps
+    the instance's storage under .dagster_home/, where `dagster dev` finds the same runs.
+    """
+    os.environ.setdefault("DAGSTER_HOME", os.getcwd())
     defs = build_definitions(Repository.load(package))
     with DagsterInstance.get() as instance:
         return materialize_range(defs, instance, start, end, views)
