@@ -1,0 +1,55 @@
+"""The Spark resource's modes, outside Dagster (notebooks, CLI) and inside a Dagster run."""
+
+import socket
+
+import pytest
+from dagster import asset, materialize
+from pysail.spark import SparkConnectServer
+
+from resources import SparkResource
+
+
+def timezone(spark) -> str:
+    return spark.sql("SELECT current_timezone() AS tz").collect()[0]["tz"]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_local_mode_starts_sail_on_loopback_and_stops_it():
+    with SparkResource().open() as spark:
+        host, port = spark.client.host, spark.client._builder.url.port
+        assert host == "127.0.0.1"
+        assert port_open(port)
+        assert timezone(spark) == "UTC"
+        assert spark.range(5).count() == 5
+    assert not port_open(port)
+
+
+def test_connect_mode_uses_an_existing_server_in_utc():
+    server = SparkConnectServer("127.0.0.1", 0)
+    server.start(background=True)
+    try:
+        host, port = server.listening_address
+        resource = SparkResource(mode="connect", url=f"sc://{host}:{port}")
+        with resource.open() as spark:
+            assert timezone(spark) == "UTC"
+            assert spark.range(3).count() == 3
+    finally:
+        server.stop()
+
+
+def test_connect_mode_needs_an_sc_url():
+    with pytest.raises(ValueError, match="sc:// url"), SparkResource(mode="connect").open():
+        pass
+
+
+def test_inside_dagster_one_session_serves_the_step():
+    @asset
+    def numbers(spark: SparkResource) -> int:
+        return spark.session.range(7).count()
+
+    result = materialize([numbers], resources={"spark": SparkResource()})
+    assert result.output_for_node("numbers") == 7
