@@ -5,7 +5,10 @@ from datetime import UTC, datetime
 from featureplane import BatchSource
 
 FIRST_DAY = datetime(2026, 10, 1, tzinfo=UTC)
-"""The first day of logged events: feature views start computing here."""
+"""The first day of logged events: event-based feature views start computing here."""
+
+FIRST_SIGNUP = datetime(2025, 10, 1, tzinfo=UTC)
+"""Profiles go back a year before the first logged event."""
 
 page_views = BatchSource(
     "page_views",

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from feature_assets.entities import user
-from feature_assets.sources import FIRST_DAY, users
+from feature_assets.sources import FIRST_SIGNUP, users
 from featureplane import Field, Int64, String, batch_feature_view
 
 AGE_BUCKETS = [0, 18, 25, 35, 50, 65, 200]
@@ -20,7 +20,7 @@ AGE_LABELS = ["<18", "18-24", "25-34", "35-49", "50-64", "65+"]
         Field("account_age_days", Int64, "Days from sign-up to this profile version."),
     ],
     timestamp_field="updated_at",
-    feature_start_time=FIRST_DAY,
+    feature_start_time=FIRST_SIGNUP,
     owner="team:growth-ml",
     tags={"domain": "profile"},
 )

@@ -1,8 +1,10 @@
 """featureplane: features as code, computed on Spark into Delta, orchestrated by Dagster.
 
-The definitions API is importable without Spark or Dagster: entities, sources, fields and types,
-and batch feature views.
+The definitions API imports neither Spark nor Dagster, so the online side can use it; the
+Spark-backed `FeatureStore` is imported on first use.
 """
+
+from typing import Any
 
 from featureplane.entity import Entity
 from featureplane.errors import (
@@ -10,11 +12,14 @@ from featureplane.errors import (
     EntityError,
     FeatureViewError,
     RepositoryError,
+    RetrievalError,
     SourceError,
 )
+from featureplane.feature_service import FeatureSelection, FeatureService
 from featureplane.feature_view import FeatureView, batch_feature_view
 from featureplane.repository import Repository
 from featureplane.source import BatchSource
+from featureplane.training_dataset import TrainingDataset
 from featureplane.types import (
     Array,
     Bool,
@@ -38,6 +43,9 @@ __all__ = [
     "DefinitionError",
     "Entity",
     "EntityError",
+    "FeatureSelection",
+    "FeatureService",
+    "FeatureStore",
     "FeatureView",
     "FeatureViewError",
     "Field",
@@ -47,8 +55,18 @@ __all__ = [
     "Int64",
     "Repository",
     "RepositoryError",
+    "RetrievalError",
     "SourceError",
     "String",
     "Timestamp",
+    "TrainingDataset",
     "batch_feature_view",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FeatureStore":
+        from featureplane.feature_store import FeatureStore
+
+        return FeatureStore
+    raise AttributeError(f"module 'featureplane' has no attribute {name!r}")

@@ -30,3 +30,7 @@ class FeatureViewError(DefinitionError):
 
 class RepositoryError(DefinitionError):
     """The feature repository as a whole is inconsistent (duplicate or unknown names)."""
+
+
+class RetrievalError(ValueError):
+    """A request for feature data cannot be served as asked (spine, references, names)."""

@@ -21,6 +21,7 @@ from typing import Literal
 from featureplane._location import function_location
 from featureplane.entity import Entity
 from featureplane.errors import FeatureViewError
+from featureplane.feature_service import FeatureSelection
 from featureplane.naming import name_problem, owner_problem
 from featureplane.source import BatchSource
 from featureplane.types import DType, Field
@@ -185,6 +186,19 @@ class FeatureView:
         if self.feature_start_time > datetime.now(UTC):
             return f"feature_start_time {self.feature_start_time.isoformat()} is in the future"
         return None
+
+    def __getitem__(self, features: Sequence[str]) -> FeatureSelection:
+        """A selection of this view's features, e.g. `ad_stats[["ctr_1d"]]`."""
+        if isinstance(features, str):
+            features = [features]
+        unknown = [name for name in features if name not in self.feature_names]
+        if unknown or not features:
+            raise FeatureViewError(
+                self.name,
+                self.location,
+                f"has no features {unknown} (features: {', '.join(self.feature_names)})",
+            )
+        return FeatureSelection(self, tuple(features))
 
     @property
     def join_keys(self) -> tuple[str, ...]:

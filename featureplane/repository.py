@@ -1,8 +1,9 @@
 """The feature repository: every definition found in a package such as `feature_assets/`.
 
 Loading imports each module of the package (except `definitions`, which turns the repository into
-Dagster objects), collects the entities, sources and feature views it defines (and those they
-reference), and checks the whole: names unique across kinds, every source named by a view defined.
+Dagster objects), collects the definitions it holds (and those they reference), and checks the
+whole: names unique across kinds, and every name a definition refers to defined. References are
+then resolved, so each definition points at the repository's own objects.
 """
 
 from __future__ import annotations
@@ -14,11 +15,28 @@ from types import ModuleType
 
 from featureplane.entity import Entity
 from featureplane.errors import FeatureViewError, RepositoryError
+from featureplane.feature_service import FeatureSelection, FeatureService, FeatureServiceError
 from featureplane.feature_view import FeatureView
 from featureplane.source import BatchSource
+from featureplane.training_dataset import TrainingDataset, TrainingDatasetError
 
-DEFINITION_TYPES = (Entity, BatchSource, FeatureView)
+DEFINITION_TYPES = (Entity, BatchSource, FeatureView, FeatureService, TrainingDataset)
 SKIPPED_MODULES = frozenset({"definitions"})
+
+
+def _references(obj: object) -> list[object]:
+    """Definitions an object points at, so that unregistered ones are collected too."""
+    if isinstance(obj, FeatureView):
+        return [*obj.sources, *obj.entities]
+    if isinstance(obj, FeatureService):
+        return [selection.view for selection in obj.features]
+    if isinstance(obj, TrainingDataset):
+        return [obj.spine, obj.features]
+    return []
+
+
+def _known(names) -> str:
+    return ", ".join(sorted(names)) or "none"
 
 
 @dataclass(frozen=True)
@@ -28,24 +46,18 @@ class Repository:
     entities: dict[str, Entity]
     sources: dict[str, BatchSource]
     feature_views: dict[str, FeatureView]
+    feature_services: dict[str, FeatureService]
+    training_datasets: dict[str, TrainingDataset]
 
     @classmethod
     def from_objects(cls, objects: list[object]) -> Repository:
         """Build and check a repository from definition objects (in definition order)."""
         by_kind: dict[type, dict[str, object]] = {kind: {} for kind in DEFINITION_TYPES}
         owners: dict[str, object] = {}
-        referenced = [
-            ref
-            for view in objects
-            if isinstance(view, FeatureView)
-            for ref in (*view.sources, *view.entities)
-            if not isinstance(ref, str)
-        ]
-        for obj in [*objects, *referenced]:
-            if not isinstance(obj, DEFINITION_TYPES):
-                continue
-            named = by_kind[type(obj)]
-            if named.get(obj.name) is obj:
+        pending = [obj for obj in objects if isinstance(obj, DEFINITION_TYPES)]
+        while pending:
+            obj = pending.pop(0)
+            if not isinstance(obj, DEFINITION_TYPES) or by_kind[type(obj)].get(obj.name) is obj:
                 continue
             other = owners.get(obj.name)
             if other is not None:
@@ -55,13 +67,19 @@ class Repository:
                     f"name already used by the {type(other).__name__} at {other.location}",
                 )
             owners[obj.name] = obj
-            named[obj.name] = obj
+            by_kind[type(obj)][obj.name] = obj
+            pending.extend(_references(obj))
         sources: dict[str, BatchSource] = by_kind[BatchSource]  # type: ignore[assignment]
-        views = {
-            name: _resolve(view, sources)
-            for name, view in by_kind[FeatureView].items()  # type: ignore[union-attr]
+        views = {name: _resolve_view(view, sources) for name, view in by_kind[FeatureView].items()}
+        services = {
+            name: _resolve_service(service, views)
+            for name, service in by_kind[FeatureService].items()
         }
-        return cls(entities=by_kind[Entity], sources=sources, feature_views=views)  # type: ignore[arg-type]
+        datasets = {
+            name: _resolve_dataset(dataset, sources, views, services)
+            for name, dataset in by_kind[TrainingDataset].items()
+        }
+        return cls(by_kind[Entity], sources, views, services, datasets)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, package: str | ModuleType = "feature_assets") -> Repository:
@@ -77,23 +95,54 @@ class Repository:
         try:
             return self.feature_views[name]
         except KeyError:
-            known = ", ".join(sorted(self.feature_views)) or "none"
+            known = _known(self.feature_views)
             raise KeyError(f"no feature view named {name!r} (known: {known})") from None
 
-    def source(self, name: str) -> BatchSource:
-        return self.sources[name]
 
-
-def _resolve(view: FeatureView, sources: dict[str, BatchSource]) -> FeatureView:
+def _resolve_view(view: FeatureView, sources: dict[str, BatchSource]) -> FeatureView:
     """The view with source names replaced by the repository's sources."""
     resolved = []
     for ref in view.sources:
         name = ref if isinstance(ref, str) else ref.name
         source = sources.get(name)
         if source is None:
-            known = ", ".join(sorted(sources)) or "none"
             raise FeatureViewError(
-                view.name, view.location, f"source {name!r} does not exist (known: {known})"
+                view.name,
+                view.location,
+                f"source {name!r} does not exist (known: {_known(sources)})",
             )
         resolved.append(source)
     return replace(view, sources=tuple(resolved))
+
+
+def _resolve_service(service: FeatureService, views: dict[str, FeatureView]) -> FeatureService:
+    """The service with each selection pointing at the repository's (resolved) view."""
+    selections = []
+    for selection in service.features:
+        view = views.get(selection.view_name)
+        if view is None:
+            raise FeatureServiceError(
+                service.name,
+                service.location,
+                f"feature view {selection.view_name!r} does not exist (known: {_known(views)})",
+            )
+        selections.append(FeatureSelection(view, selection.features))
+    return replace(service, features=tuple(selections))
+
+
+def _resolve_dataset(
+    dataset: TrainingDataset,
+    sources: dict[str, BatchSource],
+    views: dict[str, FeatureView],
+    services: dict[str, FeatureService],
+) -> TrainingDataset:
+    """The dataset with its spine and service resolved to the repository's objects."""
+    spine = sources.get(dataset.spine_name) or views.get(dataset.spine_name)
+    if spine is None:
+        raise TrainingDatasetError(
+            dataset.name,
+            dataset.location,
+            f"spine {dataset.spine_name!r} is neither a source nor a feature view "
+            f"(known: {_known([*sources, *views])})",
+        )
+    return replace(dataset, spine=spine, features=services[dataset.features.name])

@@ -1,6 +1,7 @@
 """Dagster resources: the Spark session and the IO managers that move data to the stores."""
 
 from resources.offline_io_manager import DeltaOfflineIOManager
+from resources.offline_store import OfflineStoreResource
 from resources.spark import SparkResource
 
-__all__ = ["DeltaOfflineIOManager", "SparkResource"]
+__all__ = ["DeltaOfflineIOManager", "OfflineStoreResource", "SparkResource"]

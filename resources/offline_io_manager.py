@@ -19,7 +19,8 @@ from pyspark.sql import DataFrame
 
 from featureplane.compute.transform import PARTITION_COLUMN
 from featureplane.compute.window import TimeWindow
-from featureplane.offline_store import OfflineStore, WindowStats
+from featureplane.offline_store import WindowStats
+from resources.offline_store import OfflineStoreResource
 from resources.spark import SparkResource
 
 TIMESTAMP_FIELD = "featureplane/timestamp_field"
@@ -64,14 +65,11 @@ def _stats_metadata(stats: WindowStats) -> dict[str, object]:
 class DeltaOfflineIOManager(ConfigurableIOManager):
     """Stores each asset as the Delta table `<root>/<asset key path>`, one time window per run."""
 
-    root: str
+    offline_store: ResourceDependency[OfflineStoreResource]
     spark: ResourceDependency[SparkResource]
 
-    def _store(self) -> OfflineStore:
-        return OfflineStore(self.root)
-
     def handle_output(self, context: OutputContext, obj: DataFrame) -> None:
-        store = self._store()
+        store = self.offline_store.store()
         uri = store.table_uri(*context.asset_key.path)
         metadata = context.definition_metadata
         timestamp_field = _plain(metadata, TIMESTAMP_FIELD)
@@ -90,7 +88,7 @@ class DeltaOfflineIOManager(ConfigurableIOManager):
         )
 
     def load_input(self, context: InputContext) -> DataFrame:
-        store = self._store()
+        store = self.offline_store.store()
         df = store.read(self.spark.session, store.table_uri(*context.asset_key.path))
         if not context.has_asset_partitions:
             return df

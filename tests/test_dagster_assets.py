@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import pandas as pd
 import pytest
-from conftest import TINY, read_delta
 from dagster import (
     AssetKey,
     BackfillPolicy,
@@ -17,17 +16,20 @@ from dagster import (
 )
 from deltalake import DeltaTable
 
-from feature_assets.sources import FIRST_DAY
+from conftest import TINY, read_delta
 from featureplane import Repository
 from featureplane.dagster import build_definitions
+from featureplane.dagster.definitions import resources_for
 from featureplane.dagster.materialize import materialize_range
-from resources import DeltaOfflineIOManager, SparkResource
+from featureplane.dagster.partitions import partitions_for
+from resources import OfflineStoreResource, SparkResource
 
 VIEWS = {
     "user_daily_page_views": ("pyspark", ["page_views"]),
     "ad_daily_performance": ("sql", ["ad_impressions", "ad_clicks"]),
     "user_profile": ("pandas", ["users"]),
     "user_click_sessions": ("pandas", ["ad_clicks"]),
+    "impression_labels": ("pyspark", ["ad_impressions", "ad_clicks"]),
 }
 END = TINY.start + timedelta(days=TINY.days)
 
@@ -38,16 +40,14 @@ def repo(demo_data) -> Repository:
 
 
 def definitions(repo: Repository, root) -> Definitions:
-    spark = SparkResource()
     return build_definitions(
-        repo,
-        {"spark": spark, "offline_io_manager": DeltaOfflineIOManager(root=str(root), spark=spark)},
+        repo, resources_for(SparkResource(), OfflineStoreResource(root=str(root)))
     )
 
 
 def table(root, name: str) -> pd.DataFrame:
     df = read_delta(root / "features" / name).drop(columns=["event_date"], errors="ignore")
-    return df.sort_values(list(df.columns[:2])).reset_index(drop=True)
+    return df.sort_values(list(df.columns)).reset_index(drop=True)
 
 
 def test_asset_graph_matches_the_repository(repo, tmp_path):
@@ -56,7 +56,7 @@ def test_asset_graph_matches_the_repository(repo, tmp_path):
     sources = {"page_views", "ad_impressions", "ad_clicks", "users"}
     assert set(specs) == {AssetKey(["features", v]) for v in VIEWS} | {
         AssetKey(["sources", s]) for s in sources
-    }
+    } | {AssetKey(["training", "ctr_training"])}
     for name, (kind, upstream) in VIEWS.items():
         view = repo.feature_view(name)
         spec = specs[AssetKey(["features", name])]
@@ -67,9 +67,9 @@ def test_asset_graph_matches_the_repository(repo, tmp_path):
         assert spec.description == view.description
         partitions = spec.partitions_def
         assert isinstance(partitions, TimeWindowPartitionsDefinition)
-        assert partitions.start == FIRST_DAY
+        assert partitions.start == view.feature_start_time
         assert partitions.cron_schedule == "0 0 * * *"
-        assert partitions.get_first_partition_key() == "2026-10-01"
+        assert partitions.get_first_partition_key() == view.feature_start_time.strftime("%Y-%m-%d")
         assert spec.freshness_policy.fail_window.to_timedelta() == 2 * view.batch_schedule
         columns = [c.name for c in spec.metadata["dagster/column_schema"].columns]
         assert columns == [*view.join_keys, view.timestamp_field, *view.feature_names]
@@ -83,7 +83,9 @@ def test_range_is_one_run_and_one_commit_and_reruns_are_idempotent(repo, tmp_pat
     defs = definitions(repo, root)
     with DagsterInstance.ephemeral() as instance:
         results = materialize_range(defs, instance, TINY.start, END)
-        assert {r.run_id for r in results} == {results[0].run_id}
+        partitionings = {partitions_for(repo.feature_view(name)) for name in VIEWS}
+        assert len(partitionings) == 2  # the profile view starts a year earlier
+        assert len({r.run_id for r in results}) == len(partitionings)
         assert {r.asset_key.path[-1]: r.partitions for r in results} == dict.fromkeys(VIEWS, 3)
         for name in VIEWS:
             assert DeltaTable(str(root / "features" / name)).version() == 0

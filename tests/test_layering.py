@@ -48,10 +48,14 @@ def modules_loaded_by(statement: str) -> set[str]:
     return {name.split(".")[0] for name in out.stdout.split()}
 
 
-def test_definitions_api_loads_without_spark_or_dagster():
+def test_definitions_api_imports_neither_spark_nor_dagster():
+    assert not modules_loaded_by("import featureplane") & {"dagster", "pyspark"}
+
+
+def test_loading_the_feature_repository_imports_no_dagster():
     loaded = modules_loaded_by("import featureplane as fp; fp.Repository.load('feature_assets')")
     assert "dagster" not in loaded
-    assert "featureplane" in loaded
+    assert "feature_assets" in loaded
 
 
 def test_online_package_imports_no_spark_and_no_dagster():

@@ -4,10 +4,10 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
-from conftest import read_delta
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
+from conftest import read_delta
 from featureplane.compute.window import TimeWindow
 from featureplane.offline_store import OfflineStore, SchemaChangedError
 

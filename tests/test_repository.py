@@ -103,7 +103,7 @@ def test_load_accepts_a_module_and_lookups_name_known_views(good):
         good.feature_view("nope")
 
 
-def test_the_demo_repository_loads_four_views(monkeypatch):
+def test_the_demo_repository_loads_its_views_service_and_dataset(monkeypatch):
     monkeypatch.delitem(sys.modules, "feature_assets.definitions", raising=False)
     repo = Repository.load("feature_assets")
     assert "feature_assets.definitions" not in sys.modules
@@ -112,7 +112,14 @@ def test_the_demo_repository_loads_four_views(monkeypatch):
         "user_daily_page_views": "pyspark",
         "user_click_sessions": "pandas",
         "user_profile": "pandas",
+        "impression_labels": "pyspark",
     }
+    assert list(repo.feature_services) == ["ctr"]
+    ctr = repo.feature_services["ctr"]
+    assert all(repo.feature_views[s.view_name] is s.view for s in ctr.features)
+    dataset = repo.training_datasets["ctr_training"]
+    assert dataset.spine is repo.feature_views["impression_labels"]
+    assert dataset.features is ctr
     assert sorted(repo.entities) == ["ad", "user"]
     assert sorted(repo.sources) == ["ad_clicks", "ad_impressions", "page_views", "users"]
     for view in repo.feature_views.values():

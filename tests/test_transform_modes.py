@@ -5,8 +5,8 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY, read_delta
 
+from conftest import TINY, read_delta
 from featureplane import Repository
 from featureplane.compute.transform import run_transformation
 from featureplane.compute.window import TimeWindow

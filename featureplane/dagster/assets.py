@@ -1,8 +1,9 @@
-"""Sources and feature views as Dagster assets.
+"""Sources, feature views and training datasets as Dagster assets.
 
 Each batch feature view becomes `features/<name>`: partitioned in time from its schedule, versioned
 by its definition, downstream of its sources. A run covers one partition or a whole range in one
-Spark job (single-run backfills); the offline IO manager writes exactly that window.
+Spark job (single-run backfills); the offline IO manager writes exactly that window. Each training
+dataset becomes `training/<name>`, downstream of its spine and of the views its service reads.
 """
 
 import warnings
@@ -14,6 +15,7 @@ from dagster import (
     AssetSpec,
     BackfillPolicy,
     BetaWarning,
+    MaterializeResult,
     MetadataValue,
     TableColumn,
     TableSchema,
@@ -25,9 +27,13 @@ from featureplane.compute.transform import run_transformation
 from featureplane.compute.window import TimeWindow
 from featureplane.dagster.partitions import partitions_for
 from featureplane.dagster.policies import freshness_policy
+from featureplane.feature_store import FeatureStore
 from featureplane.feature_view import FeatureView
+from featureplane.repository import Repository
 from featureplane.source import BatchSource
+from featureplane.training_dataset import TrainingDataset
 from resources.offline_io_manager import JOIN_KEYS, TIMESTAMP_FIELD
+from resources.offline_store import OfflineStoreResource
 from resources.spark import SparkResource
 
 MODE_KINDS = {"pyspark": "pyspark", "spark_sql": "sql", "pandas": "pandas"}
@@ -39,6 +45,10 @@ def source_key(source: BatchSource) -> AssetKey:
 
 def feature_key(view: FeatureView) -> AssetKey:
     return AssetKey(["features", view.name])
+
+
+def training_key(dataset: TrainingDataset) -> AssetKey:
+    return AssetKey(["training", dataset.name])
 
 
 def source_spec(source: BatchSource) -> AssetSpec:
@@ -109,3 +119,44 @@ def _compute(view: FeatureView):
         return run_transformation(spark.session, view, TimeWindow(window.start, window.end))
 
     return compute
+
+
+def training_dataset_asset(dataset: TrainingDataset, repository: Repository) -> AssetsDefinition:
+    """The asset `training/<name>`: each materialization writes a new, rebuildable version."""
+    spine = dataset.spine
+    spine_key = feature_key(spine) if isinstance(spine, FeatureView) else source_key(spine)
+    views = [selection.view for selection in dataset.features.features]
+
+    @asset(
+        key=training_key(dataset),
+        description=dataset.description or None,
+        code_version=dataset.version,
+        owners=[dataset.owner] if dataset.owner else None,
+        tags=dict(dataset.tags),
+        kinds={"spark", "delta"},
+        deps=[spine_key, *(feature_key(view) for view in views)],
+        metadata={
+            "feature_service": dataset.features.name,
+            "features": ", ".join(
+                f"{s.view_name}[{', '.join(s.features)}]" for s in dataset.features.features
+            ),
+            "spine": spine_key.to_user_string(),
+            "timestamp_column": dataset.spine_timestamp,
+        },
+        group_name="training",
+    )
+    def build(spark: SparkResource, offline_store: OfflineStoreResource) -> MaterializeResult:
+        store = FeatureStore(repository, spark.session, offline_store.root)
+        built = store.build_training_dataset(dataset.name)
+        preview = store.get_training_dataset(dataset.name, built.version).limit(5).toPandas()
+        return MaterializeResult(
+            metadata={
+                "dagster/row_count": built.rows,
+                "delta_version": built.version,
+                "table_uri": MetadataValue.path(built.uri),
+                "manifest": MetadataValue.json(built.manifest),
+                "preview": MetadataValue.md(preview.to_markdown(index=False)),
+            }
+        )
+
+    return build

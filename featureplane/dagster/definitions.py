@@ -7,20 +7,26 @@ from typing import Any
 
 from dagster import Definitions
 
-from featureplane.dagster.assets import feature_view_asset, source_spec
+from featureplane.dagster.assets import feature_view_asset, source_spec, training_dataset_asset
 from featureplane.repository import Repository
 from featureplane.settings import offline_root
 from resources.offline_io_manager import DeltaOfflineIOManager
+from resources.offline_store import OfflineStoreResource
 from resources.spark import SparkResource
+
+
+def resources_for(spark: SparkResource, offline_store: OfflineStoreResource) -> dict[str, Any]:
+    """The resources every featureplane asset needs, wired to one session and one store."""
+    return {
+        "spark": spark,
+        "offline_store": offline_store,
+        "offline_io_manager": DeltaOfflineIOManager(offline_store=offline_store, spark=spark),
+    }
 
 
 def default_resources() -> dict[str, Any]:
     """Embedded defaults: Sail in-process and the Delta offline store under the data directory."""
-    spark = SparkResource()
-    return {
-        "spark": spark,
-        "offline_io_manager": DeltaOfflineIOManager(root=offline_root(), spark=spark),
-    }
+    return resources_for(SparkResource(), OfflineStoreResource(root=offline_root()))
 
 
 def build_definitions(
@@ -34,6 +40,10 @@ def build_definitions(
                 feature_view_asset(view)
                 for view in repository.feature_views.values()
                 if view.offline
+            ),
+            *(
+                training_dataset_asset(dataset, repository)
+                for dataset in repository.training_datasets.values()
             ),
         ],
         resources=dict(resources) if resources is not None else default_resources(),

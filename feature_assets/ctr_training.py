@@ -1,0 +1,73 @@
+"""Click-through training data: every ad impression, labelled, with the features of that moment."""
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from feature_assets.ad_performance import ad_daily_performance
+from feature_assets.entities import ad, user
+from feature_assets.sources import FIRST_DAY, ad_clicks, ad_impressions
+from feature_assets.user_activity import user_daily_page_views
+from feature_assets.user_click_sessions import user_click_sessions
+from feature_assets.user_profile import user_profile
+from featureplane import (
+    Bool,
+    FeatureService,
+    Field,
+    Int32,
+    Int64,
+    TrainingDataset,
+    batch_feature_view,
+)
+
+
+@batch_feature_view(
+    sources=[ad_impressions, ad_clicks],
+    entities=[user, ad],
+    mode="pyspark",
+    schema=[
+        Field("impression_id", Int64, "The labelled impression."),
+        Field("position", Int32, "Slot the ad was shown in."),
+        Field("clicked", Bool, "Whether the impression was clicked (the label)."),
+    ],
+    timestamp_field="ts",
+    feature_start_time=FIRST_DAY,
+    online=False,
+    owner="team:ads-ml",
+    tags={"domain": "ads", "kind": "labels"},
+)
+def impression_labels(ad_impressions: DataFrame, ad_clicks: DataFrame) -> DataFrame:
+    """One row per distinct impression; clicked when a click on it landed in the same window."""
+    clicks = ad_clicks.select("impression_id").distinct().withColumn("clicked", F.lit(True))
+    return (
+        ad_impressions.dropDuplicates(["impression_id"])
+        .join(clicks, "impression_id", "left")
+        .select(
+            "user_id",
+            "ad_id",
+            "ts",
+            "impression_id",
+            "position",
+            F.coalesce("clicked", F.lit(False)).alias("clicked"),
+        )
+    )
+
+
+ctr = FeatureService(
+    "ctr",
+    features=[
+        user_daily_page_views,
+        user_profile[["country", "age_bucket", "account_age_days"]],
+        user_click_sessions,
+        ad_daily_performance,
+    ],
+    description="Features of the click-through-rate model, served per (user, ad) request.",
+    owner="team:ads-ml",
+)
+
+ctr_training = TrainingDataset(
+    "ctr_training",
+    spine=impression_labels,
+    features=ctr,
+    description="Impressions with their click label and the ctr features as of impression time.",
+    owner="team:ads-ml",
+)

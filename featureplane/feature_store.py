@@ -1,0 +1,365 @@
+"""The FeatureStore: point-in-time correct training data from the offline store, in one call.
+
+Usable from a notebook without Dagster: `FeatureStore.from_repo()` loads `feature_assets` and
+starts Sail in-process. Every read pins the Delta version of each table it touches, so a training
+dataset's manifest names exactly what was read, and `rebuild` reproduces it by time travel.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from deltalake import DeltaTable
+from pyarrow import fs as pafs
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from featureplane.compute.point_in_time import Lookup, point_in_time_join
+from featureplane.compute.transform import PARTITION_COLUMN, read_source
+from featureplane.errors import RetrievalError
+from featureplane.feature_service import FeatureSelection, FeatureService
+from featureplane.feature_view import FeatureView
+from featureplane.offline_store import OfflineStore
+from featureplane.repository import Repository
+from featureplane.settings import offline_root
+from featureplane.spark_session import spark_session
+
+FeatureReference = FeatureService | FeatureView | FeatureSelection | str
+SpineInput = DataFrame | pd.DataFrame | str
+
+
+@dataclass(frozen=True)
+class TrainingDatasetVersion:
+    """One build of a training dataset: its Delta version, rows and manifest."""
+
+    name: str
+    version: int
+    rows: int
+    uri: str
+    manifest: dict[str, Any]
+
+
+class FeatureStore:
+    """Feature retrieval over a repository's offline store with one Spark session."""
+
+    def __init__(
+        self, repository: Repository, spark: SparkSession, offline_root_uri: str | None = None
+    ):
+        self.repository = repository
+        self.spark = spark
+        self.offline = OfflineStore(offline_root_uri or offline_root())
+        self._resources = ExitStack()
+
+    @classmethod
+    def from_repo(
+        cls,
+        package: str = "feature_assets",
+        spark: SparkSession | None = None,
+        offline_root_uri: str | None = None,
+    ) -> FeatureStore:
+        """Load a repository; without a session, start Sail in-process (closed by `close()`)."""
+        resources = ExitStack()
+        if spark is None:
+            spark = resources.enter_context(spark_session())
+        store = cls(Repository.load(package), spark, offline_root_uri)
+        store._resources = resources
+        return store
+
+    def close(self) -> None:
+        self._resources.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- point-in-time retrieval -------------------------------------------------------------
+
+    def get_historical_features(
+        self,
+        spine: SpineInput,
+        features: FeatureReference | Sequence[FeatureReference],
+        timestamp_column: str = "ts",
+        full_feature_names: bool = True,
+    ) -> DataFrame:
+        """The spine with, for each row, the feature values as of its timestamp.
+
+        `spine`: a Spark or pandas DataFrame, or a Delta table path, holding every join key the
+        features need and `timestamp_column`; other columns (labels) pass through. `features`: a
+        FeatureService, feature views, selections (`view[["f"]]`) or `"view:feature"` strings.
+        Output features are named `<view>__<feature>`, or plainly when `full_feature_names` is
+        False and the names are unique.
+        """
+        selections = self.resolve(features)
+        joined, _ = self._historical(
+            self._spine(spine), selections, timestamp_column, full_feature_names
+        )
+        return joined
+
+    def resolve(
+        self, features: FeatureReference | Sequence[FeatureReference]
+    ) -> list[FeatureSelection]:
+        """Feature references as selections of the repository's views, one per view."""
+        if isinstance(features, FeatureService | FeatureView | FeatureSelection | str):
+            features = [features]
+        merged: dict[str, list[str]] = {}
+        for reference in features:
+            for selection in self._selections(reference):
+                names = merged.setdefault(selection.view_name, [])
+                names += [name for name in selection.features if name not in names]
+        if not merged:
+            raise RetrievalError("no features requested")
+        return [FeatureSelection(self._view(view), tuple(names)) for view, names in merged.items()]
+
+    def _selections(self, reference: FeatureReference) -> list[FeatureSelection]:
+        if isinstance(reference, FeatureService):
+            service = self.repository.feature_services.get(reference.name, reference)
+            return list(service.features)
+        if isinstance(reference, FeatureView):
+            view = self._view(reference.name)
+            return [FeatureSelection(view, view.feature_names)]
+        if isinstance(reference, FeatureSelection):
+            return [FeatureSelection(self._view(reference.view_name), reference.features)]
+        if isinstance(reference, str):
+            view_name, _, feature = reference.partition(":")
+            view = self._view(view_name)
+            if not feature:
+                return [FeatureSelection(view, view.feature_names)]
+            if feature not in view.feature_names:
+                raise RetrievalError(
+                    f"feature view {view_name!r} has no feature {feature!r} "
+                    f"(features: {', '.join(view.feature_names)})"
+                )
+            return [FeatureSelection(view, (feature,))]
+        raise RetrievalError(f"{reference!r} is not a feature service, view, selection or name")
+
+    def _view(self, name: str) -> FeatureView:
+        view = self.repository.feature_views.get(name)
+        if view is None:
+            known = ", ".join(sorted(self.repository.feature_views)) or "none"
+            raise RetrievalError(f"unknown feature view {name!r} (known: {known})")
+        return view
+
+    def _spine(self, spine: SpineInput) -> DataFrame:
+        if isinstance(spine, pd.DataFrame):
+            return self.spark.createDataFrame(spine)
+        if isinstance(spine, str):
+            return self.spark.read.format("delta").load(spine)
+        if isinstance(spine, DataFrame):
+            return spine
+        raise RetrievalError(
+            f"spine must be a Spark or pandas DataFrame or a Delta path: {spine!r}"
+        )
+
+    def _historical(
+        self,
+        spine: DataFrame,
+        selections: list[FeatureSelection],
+        timestamp_column: str,
+        full_feature_names: bool,
+        versions: dict[str, int] | None = None,
+    ) -> tuple[DataFrame, list[dict[str, Any]]]:
+        """The joined DataFrame and, per view, what was read (for manifests)."""
+        if timestamp_column not in spine.columns:
+            raise RetrievalError(
+                f"spine has no timestamp column {timestamp_column!r} "
+                f"(columns: {', '.join(spine.columns)})"
+            )
+        if dict(spine.dtypes)[timestamp_column] not in ("timestamp", "timestamp_ntz", "date"):
+            raise RetrievalError(
+                f"spine column {timestamp_column!r} is {dict(spine.dtypes)[timestamp_column]}, "
+                "not a timestamp"
+            )
+        names = _output_names(selections, full_feature_names, spine.columns)
+        spine = spine.withColumn(timestamp_column, F.col(timestamp_column).cast("timestamp"))
+        bounds = [
+            None if moment is None else moment.replace(tzinfo=UTC)  # Spark returns naive UTC
+            for moment in spine.agg(F.min(timestamp_column), F.max(timestamp_column)).first()
+        ]
+        lookups, reads = [], []
+        for selection in selections:
+            view = selection.view
+            missing = [key for key in view.join_keys if key not in spine.columns]
+            if missing:
+                raise RetrievalError(
+                    f"spine lacks join key {missing[0]!r} needed by feature view {view.name!r}"
+                )
+            uri = self.offline.table_uri("features", view.name)
+            version = (versions or {}).get(view.name)
+            table, version = self._pinned_table(view, uri, version)
+            reads.append(
+                {
+                    "view": view.name,
+                    "view_version": view.version,
+                    "uri": uri,
+                    "delta_version": version,
+                    "features": list(selection.features),
+                }
+            )
+            lookups.append(
+                Lookup(
+                    table=_restrict(table, view, bounds[0], bounds[1]),
+                    join_keys=view.join_keys,
+                    timestamp_field=view.timestamp_field,
+                    features={f: names[(view.name, f)] for f in selection.features},
+                    ttl=view.ttl,
+                )
+            )
+        return point_in_time_join(spine, timestamp_column, lookups), reads
+
+    def _pinned_table(
+        self, view: FeatureView, uri: str, version: int | None
+    ) -> tuple[DataFrame, int]:
+        if not self.offline.exists(uri):
+            raise RetrievalError(
+                f"feature view {view.name!r} has no offline data yet: "
+                f"materialize the asset features/{view.name}"
+            )
+        if version is None:
+            version = DeltaTable(uri).version()
+        table = self.spark.read.format("delta").option("versionAsOf", version).load(uri)
+        return table, version
+
+    # ---- training datasets -------------------------------------------------------------------
+
+    def training_uri(self, name: str) -> str:
+        return self.offline.table_uri("training", name)
+
+    def build_training_dataset(self, name: str) -> TrainingDatasetVersion:
+        """Join the dataset's spine with its service and write a new version plus manifest."""
+        dataset = self.repository.training_datasets[name]
+        spine_df, spine_read = self._dataset_spine(dataset.spine)
+        selections = list(dataset.features.features)
+        joined, reads = self._historical(
+            spine_df, selections, dataset.spine_timestamp, dataset.full_feature_names
+        )
+        uri = self.training_uri(name)
+        joined.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(uri)
+        version = DeltaTable(uri).version()
+        manifest = {
+            "training_dataset": name,
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(),
+            "feature_service": dataset.features.name,
+            "spine": {**spine_read, "timestamp_column": dataset.spine_timestamp},
+            "full_feature_names": dataset.full_feature_names,
+            "features": reads,
+        }
+        _write_json(self._manifest_uri(name, version), manifest)
+        rows = self.get_training_dataset(name, version).count()
+        return TrainingDatasetVersion(name, version, rows, uri, manifest)
+
+    def get_training_dataset(self, name: str, version: int | None = None) -> DataFrame:
+        """A built training dataset: the latest version, or the given one (Delta time travel)."""
+        uri = self.training_uri(name)
+        if not self.offline.exists(uri):
+            raise RetrievalError(f"training dataset {name!r} has not been built")
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(uri)
+
+    def manifest(self, name: str, version: int | None = None) -> dict[str, Any]:
+        if version is None:
+            version = DeltaTable(self.training_uri(name)).version()
+        return json.loads(_read_text(self._manifest_uri(name, version)))
+
+    def rebuild(self, name: str, version: int) -> DataFrame:
+        """Recompute a dataset version from its manifest: the same inputs, read by time travel."""
+        manifest = self.manifest(name, version)
+        spine = manifest["spine"]
+        spine_df = (
+            self.spark.read.format("delta")
+            .option("versionAsOf", spine["delta_version"])
+            .load(spine["uri"])
+        )
+        selections = [
+            FeatureSelection(self._view(read["view"]), tuple(read["features"]))
+            for read in manifest["features"]
+        ]
+        versions = {read["view"]: read["delta_version"] for read in manifest["features"]}
+        joined, _ = self._historical(
+            spine_df,
+            selections,
+            spine["timestamp_column"],
+            manifest["full_feature_names"],
+            versions,
+        )
+        return joined
+
+    def _dataset_spine(self, spine) -> tuple[DataFrame, dict[str, Any]]:
+        if isinstance(spine, FeatureView):
+            uri = self.offline.table_uri("features", spine.name)
+            table, version = self._pinned_table(spine, uri, None)
+            return table.drop(PARTITION_COLUMN), {
+                "kind": "feature_view",
+                "name": spine.name,
+                "uri": uri,
+                "delta_version": version,
+            }
+        if spine.uri is None:
+            return read_source(self.spark, spine), {"kind": "table", "name": spine.name}
+        version = DeltaTable(spine.uri).version()
+        table = self.spark.read.format("delta").option("versionAsOf", version).load(spine.uri)
+        return table, {
+            "kind": "source",
+            "name": spine.name,
+            "uri": spine.uri,
+            "delta_version": version,
+        }
+
+    def _manifest_uri(self, name: str, version: int) -> str:
+        return f"{self.training_uri(name)}/_manifests/v{version:08d}.json"
+
+
+def _restrict(table: DataFrame, view: FeatureView, earliest, latest) -> DataFrame:
+    """Only the rows that can match a spine row in [earliest, latest]: prunes event dates."""
+    ts = view.timestamp_field
+    if latest is None:
+        return table.limit(0)
+    table = table.where((F.col(ts) <= F.lit(latest)) & (F.col(PARTITION_COLUMN) <= latest.date()))
+    if view.ttl is not None:
+        floor = earliest - view.ttl
+        table = table.where((F.col(ts) >= F.lit(floor)) & (F.col(PARTITION_COLUMN) >= floor.date()))
+    return table
+
+
+def _output_names(
+    selections: list[FeatureSelection], full: bool, spine_columns: list[str]
+) -> dict[tuple[str, str], str]:
+    names = {
+        (s.view_name, f): f"{s.view_name}__{f}" if full else f
+        for s in selections
+        for f in s.features
+    }
+    seen: dict[str, tuple[str, str]] = {}
+    for key, name in names.items():
+        if name in seen:
+            raise RetrievalError(
+                f"feature name {name!r} is in views {seen[name][0]!r} and {key[0]!r}: "
+                "use full_feature_names=True"
+            )
+        if name in spine_columns:
+            raise RetrievalError(f"spine already has a column named {name!r}")
+        seen[name] = key
+    return names
+
+
+def _write_json(uri: str, payload: dict[str, Any]) -> None:
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as out:
+        out.write(json.dumps(payload, indent=2, default=str).encode())
+
+
+def _read_text(uri: str) -> str:
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read().decode()
