@@ -7,8 +7,8 @@ from featureplane import BatchSource
 FIRST_DAY = datetime(2026, 10, 1, tzinfo=UTC)
 """The first day of logged events: event-based feature views start computing here."""
 
-FIRST_SIGNUP = datetime(2025, 10, 1, tzinfo=UTC)
-"""Profiles go back a year before the first logged event."""
+FIRST_SIGNUP = datetime(2025, 9, 29, tzinfo=UTC)
+"""Profiles go back a year before the first logged event (a Monday: weekly partitions start)."""
 
 page_views = BatchSource(
     "page_views",

@@ -1,4 +1,6 @@
-"""Profile attributes per user (pandas, run per user on Spark)."""
+"""Profile attributes per user (pandas, run per user on Spark), recomputed weekly."""
+
+from datetime import timedelta
 
 import pandas as pd
 
@@ -21,6 +23,7 @@ AGE_LABELS = ["<18", "18-24", "25-34", "35-49", "50-64", "65+"]
     ],
     timestamp_field="updated_at",
     feature_start_time=FIRST_SIGNUP,
+    batch_schedule=timedelta(days=7),
     owner="team:growth-ml",
     tags={"domain": "profile"},
 )

@@ -23,10 +23,16 @@ def _day(text: str) -> datetime:
     return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
 
 
-def _materialize(repository: str, start: datetime, end: datetime, views: list[str] | None):
+def _materialize(
+    repository: str,
+    start: datetime | None,
+    end: datetime,
+    views: list[str] | None,
+    training: bool = False,
+):
     from featureplane.dagster.materialize import materialize_repository
 
-    return materialize_repository(repository, start, end, views)
+    return materialize_repository(repository, start, end, views, training)
 
 
 def _print_materialized(results, elapsed: float) -> None:
@@ -35,7 +41,7 @@ def _print_materialized(results, elapsed: float) -> None:
     for r in sorted(results, key=lambda r: r.asset_key.to_user_string()):
         print(f"{r.asset_key.to_user_string():<{width}}  {r.partitions:>10}  {r.rows:>10,}")
     total = sum(r.partitions for r in results)
-    print(f"{len(results)} feature views, {total} partitions materialized in {elapsed:.1f}s")
+    print(f"{len(results)} assets, {total} partitions materialized in {elapsed:.1f}s")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -51,8 +57,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     generated = time.perf_counter()
     print(f"generated {sum(counts.values()):,} rows into {raw} in {generated - began:.1f}s")
     end = scale.start + timedelta(days=scale.days)
-    results = _materialize(DEFAULT_REPOSITORY, scale.start, end, None)
+    results = _materialize(DEFAULT_REPOSITORY, None, end, None, training=True)
     _print_materialized(results, time.perf_counter() - generated)
+    _print_training_preview("ctr_training")
     print(f"demo finished in {time.perf_counter() - began:.1f}s")
     print(
         "\nOpen the Dagster UI:  make ui   "
@@ -60,6 +67,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "then http://127.0.0.1:3000)"
     )
     return 0
+
+
+def _print_training_preview(name: str, rows: int = 5) -> None:
+    import pandas as pd
+
+    from featureplane.feature_store import FeatureStore
+
+    with FeatureStore.from_repo(DEFAULT_REPOSITORY) as store:
+        preview = store.get_training_dataset(name).orderBy("ts", "impression_id").limit(rows)
+        frame = preview.toPandas()
+    shown = [c for c in frame.columns if "__" not in c or c.endswith(("_1d", "country"))]
+    with pd.option_context("display.width", 160, "display.max_columns", 12):
+        print(f"\n{name}, first {rows} rows (of its {len(frame.columns)} columns, {len(shown)}):")
+        print(frame[shown].to_string(index=False))
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from featureplane.feature_view import FeatureView
 from featureplane.offline_store import OfflineStore
 from featureplane.repository import Repository
 from featureplane.settings import offline_root
+from featureplane.source import BatchSource
 from featureplane.spark_session import spark_session
 
 FeatureReference = FeatureService | FeatureView | FeatureSelection | str
@@ -224,8 +225,7 @@ class FeatureStore:
             )
         if version is None:
             version = DeltaTable(uri).version()
-        table = self.spark.read.format("delta").option("versionAsOf", version).load(uri)
-        return table, version
+        return self._read_version(uri, version), version
 
     # ---- training datasets -------------------------------------------------------------------
 
@@ -275,11 +275,11 @@ class FeatureStore:
         """Recompute a dataset version from its manifest: the same inputs, read by time travel."""
         manifest = self.manifest(name, version)
         spine = manifest["spine"]
-        spine_df = (
-            self.spark.read.format("delta")
-            .option("versionAsOf", spine["delta_version"])
-            .load(spine["uri"])
-        )
+        if "delta_version" not in spine:
+            raise RetrievalError(f"{name} v{version}: its spine table is not versioned")
+        spine_df = self._read_version(spine["uri"], spine["delta_version"])
+        if spine["kind"] == "feature_view":
+            spine_df = spine_df.drop(PARTITION_COLUMN)
         selections = [
             FeatureSelection(self._view(read["view"]), tuple(read["features"]))
             for read in manifest["features"]
@@ -294,26 +294,26 @@ class FeatureStore:
         )
         return joined
 
-    def _dataset_spine(self, spine) -> tuple[DataFrame, dict[str, Any]]:
+    def _dataset_spine(self, spine: BatchSource | FeatureView) -> tuple[DataFrame, dict[str, Any]]:
+        """The spine, pinned to its current Delta version, and how to find it again."""
         if isinstance(spine, FeatureView):
             uri = self.offline.table_uri("features", spine.name)
             table, version = self._pinned_table(spine, uri, None)
-            return table.drop(PARTITION_COLUMN), {
+            read = {
                 "kind": "feature_view",
                 "name": spine.name,
                 "uri": uri,
                 "delta_version": version,
             }
+            return table.drop(PARTITION_COLUMN), read
         if spine.uri is None:
             return read_source(self.spark, spine), {"kind": "table", "name": spine.name}
         version = DeltaTable(spine.uri).version()
-        table = self.spark.read.format("delta").option("versionAsOf", version).load(spine.uri)
-        return table, {
-            "kind": "source",
-            "name": spine.name,
-            "uri": spine.uri,
-            "delta_version": version,
-        }
+        read = {"kind": "source", "name": spine.name, "uri": spine.uri, "delta_version": version}
+        return self._read_version(spine.uri, version), read
+
+    def _read_version(self, uri: str, version: int) -> DataFrame:
+        return self.spark.read.format("delta").option("versionAsOf", version).load(uri)
 
     def _manifest_uri(self, name: str, version: int) -> str:
         return f"{self.training_uri(name)}/_manifests/v{version:08d}.json"

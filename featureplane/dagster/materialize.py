@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from dagster import AssetKey, DagsterInstance, Definitions, TimeWindowPartitionsDefinition
-from dagster import TimeWindow as DagsterTimeWindow
 
 from featureplane.dagster.definitions import build_definitions
 from featureplane.repository import Repository
 
 FEATURES = "features"
+TRAINING = "training"
 RANGE_START_TAG = "dagster/asset_partition_range_start"  # the tags Dagster's backfills set
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
@@ -47,40 +47,69 @@ def materialize_range(
     unknown = set(views or []) - {key.path[-1] for keys in groups.values() for key in keys}
     if unknown:
         raise KeyError(f"no feature view asset named {sorted(unknown)}")
-    job = defs.resolve_implicit_global_asset_job_def()
     results = []
     for partitions_def, keys in groups.items():
-        partition_keys = partitions_def.get_partition_keys_in_time_window(
-            DagsterTimeWindow(start, end)
-        )
-        if not partition_keys:
-            continue
-        result = job.execute_in_process(
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-            instance=instance,
-            asset_selection=keys,
-            tags={
-                RANGE_START_TAG: partition_keys[0],
-                RANGE_END_TAG: partition_keys[-1],
-            },
-        )
-        events = result.get_asset_materialization_events()
-        for key in keys:
-            mine = [e.materialization for e in events if e.materialization.asset_key == key]
-            rows = mine[0].metadata["dagster/row_count"].value if mine else 0
-            results.append(Materialized(key, len(mine), rows, result.run_id))
+        partition_keys = [
+            key
+            for key in partitions_def.get_partition_keys()
+            if start <= partitions_def.time_window_for_partition_key(key).start < end
+        ]
+        if partition_keys:
+            tags = {RANGE_START_TAG: partition_keys[0], RANGE_END_TAG: partition_keys[-1]}
+            results += _run(defs, instance, keys, tags, log_level)
     return results
 
 
-def materialize_repository(
-    package: str, start: datetime, end: datetime, views: list[str] | None = None
+def materialize_training(
+    defs: Definitions, instance: DagsterInstance, log_level: str = "WARNING"
 ) -> list[Materialized]:
-    """Materialize a repository's feature views on the Dagster instance of $DAGSTER_HOME.
+    """Build every training dataset of the definitions, in one run."""
+    keys = [spec.key for spec in defs.resolve_all_asset_specs() if spec.key.path[0] == TRAINING]
+    return _run(defs, instance, keys, {}, log_level) if keys else []
+
+
+def _run(
+    defs: Definitions,
+    instance: DagsterInstance,
+    keys: list[AssetKey],
+    tags: dict[str, str],
+    log_level: str,
+) -> list[Materialized]:
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        instance=instance,
+        asset_selection=keys,
+        tags=tags,
+    )
+    events = [e.materialization for e in result.get_asset_materialization_events()]
+    materialized = []
+    for key in keys:
+        mine = [event for event in events if event.asset_key == key]
+        rows = mine[0].metadata["dagster/row_count"].value if mine else 0
+        materialized.append(Materialized(key, len(mine), rows, result.run_id))
+    return materialized
+
+
+def materialize_repository(
+    package: str,
+    start: datetime | None,
+    end: datetime,
+    views: list[str] | None = None,
+    training: bool = False,
+) -> list[Materialized]:
+    """Materialize a repository's feature views (then, optionally, its training datasets) on
+    the Dagster instance of $DAGSTER_HOME, from `start` (default: the earliest feature start).
 
     DAGSTER_HOME defaults to the working directory: the project folder, whose dagster.yaml keeps
     the instance's storage under .dagster_home/, where `dagster dev` finds the same runs.
     """
     os.environ.setdefault("DAGSTER_HOME", os.getcwd())
-    defs = build_definitions(Repository.load(package))
+    repository = Repository.load(package)
+    if start is None:
+        start = min(view.feature_start_time for view in repository.feature_views.values())
+    defs = build_definitions(repository)
     with DagsterInstance.get() as instance:
-        return materialize_range(defs, instance, start, end, views)
+        results = materialize_range(defs, instance, start, end, views)
+        if training:
+            results += materialize_training(defs, instance)
+        return results
