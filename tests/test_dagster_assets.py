@@ -20,8 +20,9 @@ from conftest import TINY, read_delta
 from featureplane import Repository
 from featureplane.dagster import build_definitions
 from featureplane.dagster.definitions import resources_for
-from featureplane.dagster.materialize import materialize_range
+from featureplane.dagster.materialize import materialize_range, materialize_training
 from featureplane.dagster.partitions import partitions_for
+from featureplane.feature_view import schedule_cron
 from resources import OfflineStoreResource, SparkResource
 
 VIEWS = {
@@ -68,7 +69,7 @@ def test_asset_graph_matches_the_repository(repo, tmp_path):
         partitions = spec.partitions_def
         assert isinstance(partitions, TimeWindowPartitionsDefinition)
         assert partitions.start == view.feature_start_time
-        assert partitions.cron_schedule == "0 0 * * *"
+        assert partitions.cron_schedule == schedule_cron(view.batch_schedule)
         assert partitions.get_first_partition_key() == view.feature_start_time.strftime("%Y-%m-%d")
         assert spec.freshness_policy.fail_window.to_timedelta() == 2 * view.batch_schedule
         columns = [c.name for c in spec.metadata["dagster/column_schema"].columns]
@@ -86,7 +87,11 @@ def test_range_is_one_run_and_one_commit_and_reruns_are_idempotent(repo, tmp_pat
         partitionings = {partitions_for(repo.feature_view(name)) for name in VIEWS}
         assert len(partitionings) == 2  # the profile view starts a year earlier
         assert len({r.run_id for r in results}) == len(partitionings)
-        assert {r.asset_key.path[-1]: r.partitions for r in results} == dict.fromkeys(VIEWS, 3)
+        weeks = 1  # the weekly profile partition of 2026-09-28 overlaps the three days
+        assert {r.asset_key.path[-1]: r.partitions for r in results} == {
+            **dict.fromkeys(VIEWS, 3),
+            "user_profile": weeks,
+        }
         for name in VIEWS:
             assert DeltaTable(str(root / "features" / name)).version() == 0
         first = {name: table(root, name) for name in VIEWS}
@@ -165,3 +170,26 @@ def test_dagster_cli_materializes_a_partition_and_a_range(
         assert len({r.run_id for r in records}) == 1
     stored = read_delta(tmp_path / "offline" / "features" / "user_daily_page_views")
     assert stored["ts"].dt.date.nunique() == partitions
+
+
+def test_training_dataset_asset_builds_after_its_features(repo, tmp_path):
+    root = tmp_path / "offline"
+    defs = definitions(repo, root)
+    dataset = repo.training_datasets["ctr_training"]
+    spec = next(s for s in defs.resolve_all_asset_specs() if s.key.path[0] == "training")
+    assert spec.key == AssetKey(["training", "ctr_training"])
+    assert spec.code_version == dataset.version
+    assert {dep.asset_key for dep in spec.deps} == {
+        AssetKey(["features", name])
+        for name in ["impression_labels", *(s.view_name for s in dataset.features.features)]
+    }
+    with DagsterInstance.ephemeral() as instance:
+        materialize_range(defs, instance, TINY.start, END)
+        [built] = materialize_training(defs, instance)
+        event = instance.get_latest_materialization_event(spec.key)
+    metadata = event.asset_materialization.metadata
+    assert (
+        built.rows == len(table(root, "impression_labels")) == metadata["dagster/row_count"].value
+    )
+    assert metadata["delta_version"].value == 0
+    assert metadata["manifest"].value["spine"]["name"] == "impression_labels"

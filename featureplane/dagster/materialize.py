@@ -37,7 +37,7 @@ def materialize_range(
     views: list[str] | None = None,
     log_level: str = "WARNING",
 ) -> list[Materialized]:
-    """Materialize the partitions of [start, end) of the given (default: all) feature views."""
+    """Materialize the partitions overlapping [start, end) of the given (default: all) views."""
     groups: dict[TimeWindowPartitionsDefinition, list[AssetKey]] = {}
     for spec in defs.resolve_all_asset_specs():
         key = spec.key
@@ -49,11 +49,11 @@ def materialize_range(
         raise KeyError(f"no feature view asset named {sorted(unknown)}")
     results = []
     for partitions_def, keys in groups.items():
-        partition_keys = [
-            key
+        windows = {
+            key: partitions_def.time_window_for_partition_key(key)
             for key in partitions_def.get_partition_keys()
-            if start <= partitions_def.time_window_for_partition_key(key).start < end
-        ]
+        }
+        partition_keys = [k for k, w in windows.items() if w.start < end and w.end > start]
         if partition_keys:
             tags = {RANGE_START_TAG: partition_keys[0], RANGE_END_TAG: partition_keys[-1]}
             results += _run(defs, instance, keys, tags, log_level)
