@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 
 from featureplane.compute.point_in_time import Lookup, point_in_time_join
 from featureplane.compute.transform import PARTITION_COLUMN, read_source
+from featureplane.compute.window import utc_from_micros
 from featureplane.errors import RetrievalError
 from featureplane.feature_service import FeatureSelection, FeatureService
 from featureplane.feature_view import FeatureView
@@ -180,10 +181,8 @@ class FeatureStore:
             )
         names = _output_names(selections, full_feature_names, spine.columns)
         spine = spine.withColumn(timestamp_column, F.col(timestamp_column).cast("timestamp"))
-        bounds = [
-            None if moment is None else moment.replace(tzinfo=UTC)  # Spark returns naive UTC
-            for moment in spine.agg(F.min(timestamp_column), F.max(timestamp_column)).first()
-        ]
+        micros = F.unix_micros(F.col(timestamp_column))
+        bounds = [utc_from_micros(m) for m in spine.agg(F.min(micros), F.max(micros)).first()]
         lookups, reads = [], []
         for selection in selections:
             view = selection.view
@@ -211,6 +210,7 @@ class FeatureStore:
                     timestamp_field=view.timestamp_field,
                     features={f: names[(view.name, f)] for f in selection.features},
                     ttl=view.ttl,
+                    tie_breakers=view.feature_names,
                 )
             )
         return point_in_time_join(spine, timestamp_column, lookups), reads

@@ -9,7 +9,7 @@ why windows are replaced by predicate and never by partition.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from deltalake import DeltaTable
@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from featureplane.compute.transform import PARTITION_COLUMN
-from featureplane.compute.window import TimeWindow
+from featureplane.compute.window import TimeWindow, utc_from_micros
 
 ORDERABLE = ("string", "int", "bigint", "float", "double", "boolean", "timestamp", "date")
 
@@ -34,11 +34,6 @@ class WindowStats:
     event_time_min: datetime | None
     event_time_max: datetime | None
     features: dict[str, dict[str, Any]]
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    """Spark returns session-time-zone (UTC) timestamps without a zone; attach it."""
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def _columns(df: DataFrame) -> list[tuple[str, str]]:
@@ -93,10 +88,11 @@ class OfflineStore:
         """Statistics of the stored rows in `window`, in one Spark aggregation."""
         df = self.read(spark, uri).where(window.contains(timestamp_field))
         types = dict(_columns(df))
+        micros = F.unix_micros(F.col(timestamp_field))
         aggregates = [
             F.count(F.lit(1)).alias("rows"),
-            F.min(timestamp_field).alias("ts_min"),
-            F.max(timestamp_field).alias("ts_max"),
+            F.min(micros).alias("ts_min"),
+            F.max(micros).alias("ts_max"),
         ]
         for i, name in enumerate(features):
             aggregates.append(F.sum(F.col(name).isNull().cast("bigint")).alias(f"nulls_{i}"))
@@ -112,4 +108,6 @@ class OfflineStore:
             }
             for i, name in enumerate(features)
         }
-        return WindowStats(rows, _utc(row["ts_min"]), _utc(row["ts_max"]), stats)
+        return WindowStats(
+            rows, utc_from_micros(row["ts_min"]), utc_from_micros(row["ts_max"]), stats
+        )

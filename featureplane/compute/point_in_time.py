@@ -29,7 +29,9 @@ SPINE_ROW = 1
 class Lookup:
     """One feature table to join: its rows, keys, event-time column, and features to output.
 
-    `features` maps each table column to its output column name.
+    `features` maps each table column to its output column name. `tie_breakers` are the columns
+    that order rows sharing keys and event time (the last wins): all of the view's features, so
+    a feature's value never depends on which other features are selected (default: `features`).
     """
 
     table: DataFrame
@@ -37,6 +39,13 @@ class Lookup:
     timestamp_field: str
     features: dict[str, str]
     ttl: timedelta | None = None
+    tie_breakers: tuple[str, ...] = ()
+
+    @property
+    def carried(self) -> list[str]:
+        """The columns carried forward: tie-breakers first, then any other selected feature."""
+        order = list(self.tie_breakers or self.features)
+        return order + [column for column in self.features if column not in order]
 
 
 def point_in_time_join(
@@ -76,7 +85,7 @@ def _as_of_pass(
         )
         match = F.struct(
             F.col(lookup.timestamp_field).alias("ts"),
-            *(F.col(column).alias(f"f{n}") for n, column in enumerate(lookup.features)),
+            *(F.col(column).alias(f"f{n}") for n, column in enumerate(lookup.carried)),
         )
         frames.append(
             table.select(
@@ -96,7 +105,7 @@ def _as_of_pass(
     ties = [
         F.col(f"{_slot(i)}.f{n}").asc_nulls_first()
         for i, lookup in lookups.items()
-        for n in range(len(lookup.features))
+        for n in range(len(lookup.tie_breakers or lookup.features))
     ]
     window = (
         Window.partitionBy(*keys)
@@ -111,9 +120,9 @@ def _as_of_pass(
     return carried_forward.select(
         *spine.columns,
         *(
-            _feature(lookups[i], i, n, ts).alias(output)
-            for i in lookups
-            for n, output in enumerate(lookups[i].features.values())
+            _feature(lookup, i, lookup.carried.index(column), ts).alias(output)
+            for i, lookup in lookups.items()
+            for column, output in lookup.features.items()
         ),
     )
 
@@ -130,7 +139,7 @@ def _feature(lookup: Lookup, index: int, n: int, ts: str) -> Column:
 def _struct_type(lookup: Lookup) -> str:
     types = dict(lookup.table.dtypes)
     fields = ["ts: timestamp"] + [
-        f"f{n}: {types[column]}" for n, column in enumerate(lookup.features)
+        f"f{n}: {types[column]}" for n, column in enumerate(lookup.carried)
     ]
     return f"struct<{', '.join(fields)}>"
 

@@ -32,3 +32,9 @@ class TimeWindow:
         """The same predicate as SQL text (for Delta's `replaceWhere`)."""
         start, end = (m.strftime("%Y-%m-%d %H:%M:%S.%f") for m in (self.start, self.end))
         return f"`{column}` >= TIMESTAMP '{start}' AND `{column}` < TIMESTAMP '{end}'"
+
+
+def utc_from_micros(micros: int | None) -> datetime | None:
+    """A timestamp read as `unix_micros(...)`: exact, and free of the Python process's zone
+    (Spark hands plain timestamps to Python as naive local times)."""
+    return None if micros is None else datetime.fromtimestamp(micros / 1_000_000, UTC)
