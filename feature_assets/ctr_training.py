@@ -3,10 +3,12 @@
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from feature_assets.ad_delivery import ad_delivery
 from feature_assets.ad_performance import ad_daily_performance
 from feature_assets.entities import ad, user
 from feature_assets.sources import FIRST_DAY, ad_clicks, ad_impressions
 from feature_assets.user_activity import user_daily_page_views
+from feature_assets.user_ad_activity import user_ad_activity
 from feature_assets.user_click_sessions import user_click_sessions
 from feature_assets.user_profile import user_profile
 from featureplane import (
@@ -59,6 +61,8 @@ ctr = FeatureService(
         user_profile[["country", "age_bucket", "account_age_days"]],
         user_click_sessions,
         ad_daily_performance,
+        user_ad_activity,
+        ad_delivery[["impressions_7d", "mean_position_7d"]],
     ],
     description="Features of the click-through-rate model, served per (user, ad) request.",
     owner="team:ads-ml",

@@ -6,6 +6,7 @@ Spark-backed `FeatureStore` is imported on first use.
 
 from typing import Any
 
+from featureplane.aggregation import Aggregation, last_n
 from featureplane.entity import Entity
 from featureplane.errors import (
     DefinitionError,
@@ -35,6 +36,7 @@ from featureplane.types import (
 )
 
 __all__ = [
+    "Aggregation",
     "Array",
     "BatchSource",
     "Bool",
@@ -61,6 +63,7 @@ __all__ = [
     "Timestamp",
     "TrainingDataset",
     "batch_feature_view",
+    "last_n",
 ]
 
 

@@ -69,18 +69,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_training_preview(name: str, rows: int = 5) -> None:
-    import pandas as pd
+def _print_training_preview(name: str, rows: int = 3) -> None:
+    from pyspark.sql import functions as F
 
     from featureplane.feature_store import FeatureStore
 
     with FeatureStore.from_repo(DEFAULT_REPOSITORY) as store:
-        preview = store.get_training_dataset(name).orderBy("ts", "impression_id").limit(rows)
-        frame = preview.toPandas()
-    shown = [c for c in frame.columns if "__" not in c or c.endswith(("_1d", "country"))]
-    with pd.option_context("display.width", 160, "display.max_columns", 12):
-        print(f"\n{name}, first {rows} rows (of its {len(frame.columns)} columns, {len(shown)}):")
-        print(frame[shown].to_string(index=False))
+        dataset = store.get_training_dataset(name)
+        total = dataset.count()
+        last_day = dataset.agg(F.max(F.to_date("ts"))).first()[0]
+        latest = dataset.where(F.to_date("ts") == F.lit(last_day)).orderBy("ts").limit(rows)
+        frame = latest.toPandas()
+    print(f"\n{name}: {total:,} rows; {rows} impressions of {last_day}, one per column:")
+    print(frame.T.to_string(header=False))
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:

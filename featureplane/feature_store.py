@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from featureplane.compute.point_in_time import Lookup, point_in_time_join
+from featureplane.compute.tiles import AggregateLookup, aggregate_join
 from featureplane.compute.transform import PARTITION_COLUMN, read_source
 from featureplane.compute.window import utc_from_micros
 from featureplane.errors import RetrievalError
@@ -183,7 +184,7 @@ class FeatureStore:
         spine = spine.withColumn(timestamp_column, F.col(timestamp_column).cast("timestamp"))
         micros = F.unix_micros(F.col(timestamp_column))
         bounds = [utc_from_micros(m) for m in spine.agg(F.min(micros), F.max(micros)).first()]
-        lookups, reads = [], []
+        lookups, aggregates, reads = [], [], []
         for selection in selections:
             view = selection.view
             missing = [key for key in view.join_keys if key not in spine.columns]
@@ -203,17 +204,32 @@ class FeatureStore:
                     "features": list(selection.features),
                 }
             )
+            outputs = {f: names[(view.name, f)] for f in selection.features}
+            if view.aggregations:
+                by_name = {a.name: a for a in view.aggregations}
+                aggregates.append(
+                    AggregateLookup(
+                        tiles=_restrict(table, view, *bounds),
+                        join_keys=view.join_keys,
+                        interval=view.interval,
+                        aggregations={by_name[f]: output for f, output in outputs.items()},
+                    )
+                )
+                continue
             lookups.append(
                 Lookup(
-                    table=_restrict(table, view, bounds[0], bounds[1]),
+                    table=_restrict(table, view, *bounds),
                     join_keys=view.join_keys,
                     timestamp_field=view.timestamp_field,
-                    features={f: names[(view.name, f)] for f in selection.features},
+                    features=outputs,
                     ttl=view.ttl,
                     tie_breakers=view.feature_names,
                 )
             )
-        return point_in_time_join(spine, timestamp_column, lookups), reads
+        joined = point_in_time_join(spine, timestamp_column, lookups) if lookups else spine
+        for aggregate in aggregates:
+            joined = aggregate_join(joined, timestamp_column, aggregate)
+        return joined.select(*spine.columns, *names.values()), reads
 
     def _pinned_table(
         self, view: FeatureView, uri: str, version: int | None
@@ -320,13 +336,18 @@ class FeatureStore:
 
 
 def _restrict(table: DataFrame, view: FeatureView, earliest, latest) -> DataFrame:
-    """Only the rows that can match a spine row in [earliest, latest]: prunes event dates."""
-    ts = view.timestamp_field
+    """Only the rows that can serve a spine row in [earliest, latest]: prunes event dates.
+
+    A row-level view needs rows up to `latest` and back to `earliest - ttl`; an aggregate view
+    needs the tiles of its longest window before `earliest`.
+    """
+    ts = view.table_timestamp_field
     if latest is None:
         return table.limit(0)
     table = table.where((F.col(ts) <= F.lit(latest)) & (F.col(PARTITION_COLUMN) <= latest.date()))
-    if view.ttl is not None:
-        floor = earliest - view.ttl
+    reach = max((a.time_window for a in view.aggregations), default=view.ttl)
+    if reach is not None:
+        floor = earliest - reach - (view.interval if view.aggregations else timedelta(0))
         table = table.where((F.col(ts) >= F.lit(floor)) & (F.col(PARTITION_COLUMN) >= floor.date()))
     return table
 

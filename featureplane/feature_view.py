@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 
 from featureplane._location import function_location
+from featureplane.aggregation import TILE_START, Aggregation
 from featureplane.entity import Entity
 from featureplane.errors import FeatureViewError
 from featureplane.feature_service import FeatureSelection
@@ -92,9 +93,12 @@ class FeatureView:
     owner: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    aggregations: tuple[Aggregation, ...] = ()
+    aggregation_interval: timedelta | None = None
     location: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "aggregations", tuple(self.aggregations))
         object.__setattr__(self, "feature_start_time", _as_utc(self.feature_start_time))
         object.__setattr__(self, "tags", dict(self.tags))
         problem = self._problem()
@@ -107,6 +111,7 @@ class FeatureView:
             self._mode_problem,
             self._schema_problem,
             self._timing_problem,
+            self._aggregation_problem,
         )
         for check in checks:
             problem = check()
@@ -187,6 +192,44 @@ class FeatureView:
             return f"feature_start_time {self.feature_start_time.isoformat()} is in the future"
         return None
 
+    def _aggregation_problem(self) -> str | None:
+        if not self.aggregations:
+            if self.aggregation_interval is not None:
+                return "aggregation_interval is set but there are no aggregations"
+            return None
+        interval = self.interval
+        if not isinstance(interval, timedelta) or interval <= timedelta(0):
+            return f"aggregation_interval must be a positive timedelta, got {interval!r}"
+        if timedelta(days=1) % interval or self.batch_schedule % interval:
+            return (
+                f"aggregation_interval {interval} must divide a day and the batch_schedule "
+                f"{self.batch_schedule}, so tiles never straddle a partition"
+            )
+        types = {column.name: column.dtype for column in self.schema}
+        names: set[str] = set()
+        for aggregation in self.aggregations:
+            if not isinstance(aggregation, Aggregation):
+                return f"aggregation {aggregation!r} is not an Aggregation"
+            problem = aggregation.problem(types.get(aggregation.column), interval)
+            if problem:
+                return problem
+            if aggregation.fn.name == "last_n":
+                return f"aggregation {aggregation.name!r}: last_n is not computed offline yet"
+            if aggregation.name in names or aggregation.name in (*self.join_keys, "event_date"):
+                return f"aggregation name {aggregation.name!r} is used twice or is reserved"
+            names.add(aggregation.name)
+        return None
+
+    @property
+    def interval(self) -> timedelta:
+        """The tile size of aggregations: `aggregation_interval`, by default the schedule."""
+        return self.aggregation_interval or self.batch_schedule
+
+    @property
+    def table_timestamp_field(self) -> str:
+        """The event-time column of the stored table: tiles are stamped with their start."""
+        return TILE_START if self.aggregations else self.timestamp_field
+
     def __getitem__(self, features: Sequence[str]) -> FeatureSelection:
         """A selection of this view's features, e.g. `ad_stats[["ctr_1d"]]`."""
         if isinstance(features, str):
@@ -205,8 +248,23 @@ class FeatureView:
         return tuple(key for entity in self.entities for key in entity.join_keys)
 
     @property
-    def feature_names(self) -> tuple[str, ...]:
+    def schema_names(self) -> tuple[str, ...]:
+        """The columns the transformation outputs besides join keys and timestamp."""
         return tuple(column.name for column in self.schema)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """What the view serves: its aggregations, or else its schema columns."""
+        if self.aggregations:
+            return tuple(a.name for a in self.aggregations)
+        return self.schema_names
+
+    @property
+    def feature_types(self) -> dict[str, DType]:
+        types = {column.name: column.dtype for column in self.schema}
+        if self.aggregations:
+            return {a.name: a.output_type(types[a.column]) for a in self.aggregations}
+        return types
 
     @property
     def source_names(self) -> tuple[str, ...]:
@@ -233,6 +291,12 @@ class FeatureView:
             "feature_start_time": self.feature_start_time.isoformat(),
             "batch_schedule": self.batch_schedule.total_seconds(),
         }
+        if self.aggregations:
+            config["interval"] = self.interval.total_seconds()
+            config["aggregations"] = [
+                [a.name, a.column, str(a.fn), a.time_window.total_seconds()]
+                for a in self.aggregations
+            ]
         digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
         return digest[:12]
 
@@ -254,6 +318,8 @@ def batch_feature_view(
     tags: Mapping[str, str] | None = None,
     description: str | None = None,
     name: str | None = None,
+    aggregations: Sequence[Aggregation] = (),
+    aggregation_interval: timedelta | None = None,
 ) -> Callable[[Callable], FeatureView]:
     """Declare a batch feature view computed by the decorated function.
 
@@ -264,8 +330,11 @@ def batch_feature_view(
       by join keys on Spark, so it scales with the cluster); returns a pandas DataFrame.
     The output holds the entities' join keys, `timestamp_field` and exactly the `schema` features.
     Rows whose event time falls outside the window are dropped, so each run owns its window.
-    `ttl` bounds how old a value may be when read; `freshness` is how late data may be before the
-    asset is flagged (default twice the schedule); `feature_start_time` is the first partition.
+    With `aggregations`, the output rows are events and the features are time-window
+    aggregations of them, stored as tiles of `aggregation_interval` (default: the schedule).
+    `ttl` bounds how old a row-level value may be when read; `freshness` is how late data may
+    be before the asset is flagged (default twice the schedule); `feature_start_time` is the
+    first partition.
     """
 
     def decorate(fn: Callable) -> FeatureView:
@@ -286,6 +355,8 @@ def batch_feature_view(
             owner=owner,
             tags=tags or {},
             description=description if description is not None else inspect.getdoc(fn) or "",
+            aggregations=tuple(aggregations),
+            aggregation_interval=aggregation_interval,
             location=function_location(fn),
         )
 

@@ -1,5 +1,7 @@
 """Run a feature view's transformation for one time window and check its output.
 
+Aggregate views then pre-aggregate the window's events into tiles.
+
 The same function serves a single partition, a range of partitions (one Spark job for a whole
 backfill) and schema validation (an empty window), on Sail, Spark Connect or classic PySpark.
 """
@@ -12,6 +14,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from featureplane.compute.tiles import compute_tiles
 from featureplane.compute.window import TimeWindow
 from featureplane.errors import FeatureViewError, SourceError
 from featureplane.feature_view import FeatureView
@@ -69,11 +72,10 @@ def run_transformation(
         )
     check_output(view, output)
     ts = view.timestamp_field
-    return (
-        output.select(*view.join_keys, ts, *view.feature_names)
-        .where(window.contains(ts))
-        .withColumn(PARTITION_COLUMN, F.to_date(ts))
-    )
+    rows = output.select(*view.join_keys, ts, *view.schema_names).where(window.contains(ts))
+    if view.aggregations:
+        rows = compute_tiles(rows, view.join_keys, ts, view.aggregations, view.interval)
+    return rows.withColumn(PARTITION_COLUMN, F.to_date(view.table_timestamp_field))
 
 
 def _run_pandas(view: FeatureView, source: DataFrame) -> DataFrame:
@@ -91,7 +93,7 @@ def _run_pandas(view: FeatureView, source: DataFrame) -> DataFrame:
         f"`{view.timestamp_field}` timestamp",
         *(f"`{c.name}` {c.dtype.spark}" for c in view.schema),
     ]
-    expected = [*view.join_keys, view.timestamp_field, *view.feature_names]
+    expected = [*view.join_keys, view.timestamp_field, *view.schema_names]
 
     def apply(group: pd.DataFrame) -> pd.DataFrame:
         result = view.function(group)
@@ -134,13 +136,13 @@ def _check_columns(view: FeatureView, columns: list[str]) -> None:
             view.location,
             f"output is missing timestamp column {view.timestamp_field!r}",
         )
-    missing = [name for name in view.feature_names if name not in columns]
+    missing = [name for name in view.schema_names if name not in columns]
     if missing:
         raise FeatureViewError(
             view.name, view.location, f"output is missing schema features {missing}"
         )
     extra = [
-        c for c in columns if c not in {*view.join_keys, view.timestamp_field, *view.feature_names}
+        c for c in columns if c not in {*view.join_keys, view.timestamp_field, *view.schema_names}
     ]
     if extra:
         raise FeatureViewError(

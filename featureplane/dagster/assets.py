@@ -71,7 +71,13 @@ def _column_schema(view: FeatureView) -> TableSchema:
         for key in entity.join_keys
     ]
     timestamp = TableColumn(view.timestamp_field, "timestamp", description="event time")
-    features = [TableColumn(f.name, f.dtype.name, description=f.description) for f in view.schema]
+    descriptions = {f.name: f.description for f in view.schema} | {
+        a.name: f"{a.fn} of {a.column} over {a.time_window}" for a in view.aggregations
+    }
+    features = [
+        TableColumn(name, dtype.name, description=descriptions[name])
+        for name, dtype in view.feature_types.items()
+    ]
     return TableSchema(columns=[*keys, timestamp, *features])
 
 
@@ -87,9 +93,9 @@ def _metadata(view: FeatureView) -> dict[str, object]:
         "batch_schedule": str(view.batch_schedule),
         "online": view.online,
         "definition": view.location,
-        TIMESTAMP_FIELD: view.timestamp_field,
+        TIMESTAMP_FIELD: view.table_timestamp_field,
         JOIN_KEYS: ",".join(view.join_keys),
-    }
+    } | ({"aggregation_interval": str(view.interval)} if view.aggregations else {})
 
 
 def feature_view_asset(view: FeatureView) -> AssetsDefinition:

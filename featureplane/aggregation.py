@@ -1,0 +1,198 @@
+"""Time-window aggregations: definitions and the Python merge of their partial aggregates.
+
+Events are pre-aggregated into tiles (join keys, tile_start, one partial per function and column).
+The value at time t covers the tiles with tile_start in [floor(t) - window, floor(t)): completed
+tiles only, which is exactly what the online store can serve at t. Each function follows one
+contract, as in Chronon: a partial per tile, `merge` of partials, `finalize` to the value. Spark
+implements the same contract over tiles offline (`featureplane.compute.tiles`); this module is
+the pure-Python side, which the online handler runs on the same tiles. Spark-free on purpose.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from featureplane.types import NUMERIC, Array, DType, Float64, Int64
+
+TILE_START = "tile_start"
+"""The event-time column of a tiles table: the start of each tile's interval."""
+
+
+@dataclass(frozen=True)
+class AggregationFunction:
+    """An aggregation function; `n` only for last_n."""
+
+    name: str
+    n: int = 0
+
+    @property
+    def partial(self) -> str:
+        """Name of the partial it needs: var and stddev share their moments."""
+        if self.name in ("var", "stddev"):
+            return "moments"
+        return f"last{self.n}" if self.name == "last_n" else self.name
+
+    def __str__(self) -> str:
+        return f"last_{self.n}" if self.name == "last_n" else self.name
+
+
+FUNCTIONS = ("count", "sum", "mean", "min", "max", "stddev", "var", "first", "last")
+NUMERIC_ONLY = frozenset({"sum", "mean", "stddev", "var"})
+
+
+def last_n(n: int) -> AggregationFunction:
+    """The n most recent non-null values, most recent first."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"last_n needs a positive whole number, got {n!r}")
+    return AggregationFunction("last_n", n)
+
+
+def _window_label(window: timedelta) -> str:
+    for unit, size in (
+        ("d", timedelta(days=1)),
+        ("h", timedelta(hours=1)),
+        ("m", timedelta(minutes=1)),
+    ):
+        if window % size == timedelta(0):
+            return f"{window // size}{unit}"
+    return f"{window // timedelta(seconds=1)}s"
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """`Aggregation("clicks", "count", timedelta(days=7))`: a feature named `clicks_count_7d`."""
+
+    column: str
+    function: str | AggregationFunction
+    time_window: timedelta
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        function = self.function
+        if isinstance(function, str):
+            if function not in FUNCTIONS:
+                raise ValueError(
+                    f"aggregation function {function!r} is not one of "
+                    f"{', '.join(FUNCTIONS)}, last_n(n)"
+                )
+            function = AggregationFunction(function)
+        object.__setattr__(self, "function", function)
+        if not isinstance(self.time_window, timedelta) or self.time_window <= timedelta(0):
+            raise ValueError(f"time_window must be a positive timedelta, got {self.time_window!r}")
+        if self.name is None:
+            label = f"{self.column}_{function}_{_window_label(self.time_window)}"
+            object.__setattr__(self, "name", label)
+
+    @property
+    def fn(self) -> AggregationFunction:
+        return self.function  # type: ignore[return-value]
+
+    @property
+    def partial_column(self) -> str:
+        """The tile column holding this aggregation's partials (shared across windows)."""
+        return f"{self.fn.partial}__{self.column}"
+
+    def problem(self, dtype: DType | None, interval: timedelta) -> str | None:
+        """Why this aggregation cannot apply to a column of `dtype` with tiles of `interval`."""
+        if self.time_window % interval != timedelta(0):
+            return (
+                f"aggregation {self.name!r}: time_window {self.time_window} is not a multiple "
+                f"of the aggregation_interval {interval}"
+            )
+        if dtype is None:
+            return f"aggregation {self.name!r}: column {self.column!r} is not in the schema"
+        if self.fn.name in NUMERIC_ONLY and dtype not in NUMERIC:
+            return f"aggregation {self.name!r}: {self.fn} needs a numeric column, {dtype} is not"
+        if self.fn.name in ("min", "max") and dtype.spark.startswith("array"):
+            return f"aggregation {self.name!r}: {self.fn} cannot order {dtype} values"
+        return None
+
+    def output_type(self, dtype: DType) -> DType:
+        """The feature's type for an input column of `dtype`."""
+        name = self.fn.name
+        if name == "count":
+            return Int64
+        if name in ("mean", "stddev", "var"):
+            return Float64
+        if name == "sum":
+            return Float64 if dtype.spark in ("float", "double") else Int64
+        if name == "last_n":
+            return Array(dtype)
+        return dtype
+
+
+# ---- the online side: merge the partials of the tiles in a window, then finalize ------------
+
+
+def window_tiles(
+    tiles: Iterable[Mapping[str, Any]], at: datetime, window: timedelta, interval: timedelta
+) -> list[Mapping[str, Any]]:
+    """The tiles that make the value at `at`: tile_start in [floor(at) - window, floor(at))."""
+    anchor = floor_time(at, interval)
+    return [t for t in tiles if anchor - window <= t[TILE_START] < anchor]
+
+
+def floor_time(moment: datetime, interval: timedelta) -> datetime:
+    """`moment` rounded down to a multiple of `interval` since the Unix epoch (UTC)."""
+    epoch = datetime(1970, 1, 1, tzinfo=moment.tzinfo)
+    return moment - (moment - epoch) % interval
+
+
+def merge_partials(function: AggregationFunction, partials: Sequence[Any]) -> Any:
+    """Merge tile partials of one function (None partials, i.e. empty tiles, are skipped)."""
+    present = [p for p in partials if p is not None]
+    name = function.name
+    if not present:
+        return None
+    if name in ("count", "sum"):
+        return sum(present)
+    if name == "min":
+        return min(present)
+    if name == "max":
+        return max(present)
+    if name == "mean":
+        return {"n": sum(p["n"] for p in present), "s": sum(p["s"] for p in present)}
+    if name in ("var", "stddev"):
+        return {k: sum(p[k] for p in present) for k in ("n", "s", "ss")}
+    if name == "first":
+        return min(present, key=lambda p: (p["ts"], p["v"]))
+    if name == "last":
+        return max(present, key=lambda p: (p["ts"], p["v"]))
+    items = sorted((i for p in present for i in p), key=lambda i: (i["ts"], i["v"]), reverse=True)
+    return items[: function.n]
+
+
+def finalize(function: AggregationFunction, partial: Any) -> Any:
+    """The feature value of a merged partial; an empty window counts 0 and is null otherwise."""
+    name = function.name
+    if partial is None:
+        return 0 if name == "count" else None
+    if name in ("count", "sum", "min", "max"):
+        return partial
+    if name == "mean":
+        return partial["s"] / partial["n"] if partial["n"] else None
+    if name in ("var", "stddev"):
+        n, s, ss = partial["n"], partial["s"], partial["ss"]
+        if n < 2:
+            return None
+        variance = max((ss - s * s / n) / (n - 1), 0.0)
+        return math.sqrt(variance) if name == "stddev" else variance
+    if name in ("first", "last"):
+        return partial["v"]
+    return [item["v"] for item in partial]
+
+
+def aggregate(
+    aggregation: Aggregation,
+    tiles: Iterable[Mapping[str, Any]],
+    at: datetime,
+    interval: timedelta,
+) -> Any:
+    """The aggregation's value at `at` from a key's tiles (dicts with tile_start and partials)."""
+    selected = window_tiles(tiles, at, aggregation.time_window, interval)
+    partials = [tile.get(aggregation.partial_column) for tile in selected]
+    return finalize(aggregation.fn, merge_partials(aggregation.fn, partials))

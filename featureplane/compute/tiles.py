@@ -1,0 +1,160 @@
+"""Tiles: events pre-aggregated per entity and interval, and window values computed from them.
+
+`compute_tiles` turns a window of events into one row per (join keys, tile_start) holding the
+partial aggregate of every (function, column) the view needs. `aggregate_join` gives each spine
+row the value of every aggregation at its timestamp t, from the tiles with tile_start in
+[floor(t) - window, floor(t)): the spine's distinct (keys, floor(t)) anchors are unioned with the
+tiles, and one sliding range frame per window merges the partials before each anchor — a single
+sort per entity, never spine x tiles. The merge and finalize mirror `featureplane.aggregation`,
+which serves the same tiles online.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from featureplane.aggregation import TILE_START, Aggregation, AggregationFunction
+
+ORDER = "__fp_t"
+KIND = "__fp_kind"
+
+
+def _micros(interval: timedelta) -> int:
+    return interval // timedelta(microseconds=1)
+
+
+def floor_micros(ts: Column, interval: timedelta) -> Column:
+    """Microseconds since the epoch of `ts` rounded down to a multiple of `interval`."""
+    micros = F.unix_micros(ts)
+    return micros - F.pmod(micros, F.lit(_micros(interval)))
+
+
+def _valued(column: str, ts: str) -> Column:
+    return F.when(
+        F.col(column).isNotNull(), F.struct(F.col(ts).alias("ts"), F.col(column).alias("v"))
+    )
+
+
+def _partial(function: AggregationFunction, column: str, ts: str) -> Column:
+    """The tile partial of `function` over the events of one tile."""
+    name = function.name
+    value = F.col(column)
+    if name == "count":
+        return F.count(value)
+    if name in ("sum", "min", "max"):
+        return getattr(F, name)(value)
+    as_double = value.cast("double")
+    total = F.coalesce(F.sum(as_double), F.lit(0.0))
+    if name == "mean":
+        return F.struct(F.count(value).alias("n"), total.alias("s"))
+    if name in ("var", "stddev"):
+        squares = F.coalesce(F.sum(as_double * as_double), F.lit(0.0))
+        return F.struct(F.count(value).alias("n"), total.alias("s"), squares.alias("ss"))
+    if name == "first":
+        return F.min(_valued(column, ts))
+    if name == "last":
+        return F.max(_valued(column, ts))
+    items = F.sort_array(F.collect_list(_valued(column, ts)), asc=False)
+    return F.slice(items, 1, function.n)
+
+
+def partials(aggregations: Sequence[Aggregation]) -> dict[str, Aggregation]:
+    """One aggregation per distinct tile partial column (windows share their partials)."""
+    return {a.partial_column: a for a in reversed(aggregations)}
+
+
+def compute_tiles(
+    events: DataFrame,
+    join_keys: Sequence[str],
+    timestamp_field: str,
+    aggregations: Sequence[Aggregation],
+    interval: timedelta,
+) -> DataFrame:
+    """One row per (join keys, tile_start) with every partial the aggregations need."""
+    tile = F.timestamp_micros(floor_micros(F.col(timestamp_field), interval))
+    columns = partials(aggregations)
+    return events.groupBy(*join_keys, tile.alias(TILE_START)).agg(
+        *(
+            _partial(a.fn, a.column, timestamp_field).alias(column)
+            for column, a in sorted(columns.items())
+        )
+    )
+
+
+def _merged(function: AggregationFunction, partial: str, window: Window) -> Column:
+    """The merge of the partials in the frame, finalized to the feature value."""
+    name = function.name
+    field = F.col(partial)
+    if name == "count":
+        return F.coalesce(F.sum(field).over(window), F.lit(0))
+    if name in ("sum", "min", "max"):
+        return getattr(F, name)(field).over(window)
+    if name == "first":
+        return F.min(field).over(window).getField("v")
+    if name == "last":
+        return F.max(field).over(window).getField("v")
+    n = F.sum(field.getField("n")).over(window)
+    s = F.sum(field.getField("s")).over(window)
+    if name == "mean":
+        return F.when(n > 0, s / n)
+    ss = F.sum(field.getField("ss")).over(window)
+    variance = F.greatest((ss - s * s / n) / (n - 1), F.lit(0.0))
+    return F.when(n >= 2, F.sqrt(variance) if name == "stddev" else variance)
+
+
+@dataclass(frozen=True)
+class AggregateLookup:
+    """A tiles table to aggregate for the spine: `aggregations` maps each to its output name."""
+
+    tiles: DataFrame
+    join_keys: tuple[str, ...]
+    interval: timedelta
+    aggregations: dict[Aggregation, str]
+
+
+def aggregate_join(spine: DataFrame, timestamp_column: str, lookup: AggregateLookup) -> DataFrame:
+    """The spine with the lookup's aggregation values at each row's time appended."""
+    keys = list(lookup.join_keys)
+    types = dict(spine.dtypes)
+    anchor = "__fp_anchor"
+    spine = spine.withColumn(anchor, floor_micros(F.col(timestamp_column), lookup.interval))
+    anchors = (
+        spine.select(*keys, anchor).where(F.col(anchor).isNotNull()).dropna(subset=keys).distinct()
+    )
+    needed = sorted({a.partial_column for a in lookup.aggregations})
+    tile_types = dict(lookup.tiles.dtypes)
+    rows = lookup.tiles.select(
+        *(F.col(key).cast(types[key]).alias(key) for key in keys),
+        F.unix_micros(TILE_START).alias(ORDER),
+        F.lit(0).alias(KIND),
+        *needed,
+    ).unionByName(
+        anchors.select(
+            *keys,
+            F.col(anchor).alias(ORDER),
+            F.lit(1).alias(KIND),
+            *(F.lit(None).cast(tile_types[column]).alias(column) for column in needed),
+        )
+    )
+    frames = {
+        a.time_window: Window.partitionBy(*keys)
+        .orderBy(ORDER)
+        .rangeBetween(-_micros(a.time_window), -1)
+        for a in lookup.aggregations
+    }
+    values = rows.select(
+        *keys,
+        F.col(ORDER).alias(anchor),
+        F.col(KIND),
+        *(
+            _merged(a.fn, a.partial_column, frames[a.time_window]).alias(output)
+            for a, output in lookup.aggregations.items()
+        ),
+    ).where(F.col(KIND) == 1)
+    joined = spine.join(values.drop(KIND), on=[*keys, anchor], how="left")
+    return joined.select(*(c for c in spine.columns if c != anchor), *lookup.aggregations.values())
