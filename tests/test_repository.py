@@ -113,6 +113,8 @@ def test_the_demo_repository_loads_its_views_service_and_dataset(monkeypatch):
         "user_click_sessions": "pandas",
         "user_profile": "pandas",
         "impression_labels": "pyspark",
+        "user_ad_activity": "pyspark",
+        "ad_delivery": "pyspark",
     }
     assert list(repo.feature_services) == ["ctr"]
     ctr = repo.feature_services["ctr"]
