@@ -163,7 +163,7 @@ def merge_partials(function: AggregationFunction, partials: Sequence[Any]) -> An
     if name == "last":
         return max(present, key=lambda p: (p["ts"], p["v"]))
     items = sorted((i for p in present for i in p), key=lambda i: (i["ts"], i["v"]), reverse=True)
-    return items[: function.n]
+    return items[: function.n] or None
 
 
 def finalize(function: AggregationFunction, partial: Any) -> Any:

@@ -213,8 +213,6 @@ class FeatureView:
             problem = aggregation.problem(types.get(aggregation.column), interval)
             if problem:
                 return problem
-            if aggregation.fn.name == "last_n":
-                return f"aggregation {aggregation.name!r}: last_n is not computed offline yet"
             if aggregation.name in names or aggregation.name in (*self.join_keys, "event_date"):
                 return f"aggregation name {aggregation.name!r} is used twice or is reserved"
             names.add(aggregation.name)

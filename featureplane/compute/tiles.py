@@ -147,14 +147,79 @@ def aggregate_join(spine: DataFrame, timestamp_column: str, lookup: AggregateLoo
         .rangeBetween(-_micros(a.time_window), -1)
         for a in lookup.aggregations
     }
+    sliding = {a: out for a, out in lookup.aggregations.items() if a.fn.name != "last_n"}
     values = rows.select(
         *keys,
         F.col(ORDER).alias(anchor),
         F.col(KIND),
         *(
             _merged(a.fn, a.partial_column, frames[a.time_window]).alias(output)
-            for a, output in lookup.aggregations.items()
+            for a, output in sliding.items()
         ),
     ).where(F.col(KIND) == 1)
     joined = spine.join(values.drop(KIND), on=[*keys, anchor], how="left")
+    for aggregation, output in lookup.aggregations.items():
+        if aggregation not in sliding:
+            recent = _last_n(lookup.tiles, anchors, keys, types, anchor, aggregation)
+            joined = joined.join(recent.withColumnRenamed("value", output), [*keys, anchor], "left")
     return joined.select(*(c for c in spine.columns if c != anchor), *lookup.aggregations.values())
+
+
+def _last_n(
+    tiles: DataFrame,
+    anchors: DataFrame,
+    keys: list[str],
+    types: dict[str, str],
+    anchor: str,
+    aggregation: Aggregation,
+) -> DataFrame:
+    """(keys, anchor, value) of a last_n aggregation, without a sliding collect.
+
+    Tile items are numbered per entity in time order; a running max finds, for each anchor, the
+    number of the last item before it, so its n candidates are an equi-join on (keys, number).
+    """
+    n = aggregation.fn.n
+    items = tiles.select(
+        *(F.col(key).cast(types[key]).alias(key) for key in keys),
+        F.unix_micros(TILE_START).alias(ORDER),
+        F.explode(aggregation.partial_column).alias("item"),
+    )
+    numbered = items.withColumn(
+        "pos",
+        F.row_number().over(
+            Window.partitionBy(*keys).orderBy(ORDER, F.col("item.ts"), F.col("item.v"))
+        ),
+    )
+    before = (
+        Window.partitionBy(*keys)
+        .orderBy(ORDER, KIND)
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
+    last_before = (
+        numbered.select(*keys, ORDER, F.lit(1).alias(KIND), "pos")
+        .unionByName(
+            anchors.select(
+                *keys,
+                F.col(anchor).alias(ORDER),
+                F.lit(0).alias(KIND),
+                F.lit(None).cast("int").alias("pos"),
+            )
+        )
+        .select(*keys, ORDER, KIND, F.max("pos").over(before).alias("last_pos"))
+        .where(F.col(KIND) == 0)
+    )
+    candidates = last_before.select(
+        *keys,
+        F.col(ORDER).alias(anchor),
+        F.explode(
+            F.sequence(F.greatest(F.col("last_pos") - n + 1, F.lit(1)), F.col("last_pos"))
+        ).alias("pos"),
+    )
+    window_start = F.col(anchor) - _micros(aggregation.time_window)
+    return (
+        candidates.join(numbered, [*keys, "pos"])
+        .where(F.col(ORDER) >= window_start)
+        .groupBy(*keys, anchor)
+        .agg(F.slice(F.sort_array(F.collect_list("item"), asc=False), 1, n).alias("items"))
+        .select(*keys, anchor, F.transform("items", lambda item: item.getField("v")).alias("value"))
+    )
