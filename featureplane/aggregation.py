@@ -10,6 +10,7 @@ the pure-Python side, which the online handler runs on the same tiles. Spark-fre
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -143,7 +144,10 @@ def floor_time(moment: datetime, interval: timedelta) -> datetime:
 
 
 def merge_partials(function: AggregationFunction, partials: Sequence[Any]) -> Any:
-    """Merge tile partials of one function (None partials, i.e. empty tiles, are skipped)."""
+    """Merge tile partials of one function (None partials, i.e. empty tiles, are skipped).
+
+    last_n partials are JSON lists of {"ts": epoch microseconds, "v": value}, as tiles store them.
+    """
     present = [p for p in partials if p is not None]
     name = function.name
     if not present:
@@ -162,7 +166,8 @@ def merge_partials(function: AggregationFunction, partials: Sequence[Any]) -> An
         return min(present, key=lambda p: (p["ts"], p["v"]))
     if name == "last":
         return max(present, key=lambda p: (p["ts"], p["v"]))
-    items = sorted((i for p in present for i in p), key=lambda i: (i["ts"], i["v"]), reverse=True)
+    decoded = (json.loads(p) if isinstance(p, str) else p for p in present)
+    items = sorted((i for p in decoded for i in p), key=lambda i: (i["ts"], i["v"]), reverse=True)
     return items[: function.n] or None
 
 

@@ -213,6 +213,7 @@ class FeatureStore:
                         join_keys=view.join_keys,
                         interval=view.interval,
                         aggregations={by_name[f]: output for f, output in outputs.items()},
+                        column_types={c.name: c.dtype.spark for c in view.schema},
                     )
                 )
                 continue

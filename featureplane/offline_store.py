@@ -66,7 +66,8 @@ class OfflineStore:
                     f"{uri} has columns {current} but the new rows have {_columns(df)}; "
                     "the definition changed: rebuild the table (delete it, then backfill)"
                 )
-            writer = writer.option("replaceWhere", window.sql(timestamp_field))
+            predicate = window.sql(timestamp_field, PARTITION_COLUMN)
+            writer = writer.option("replaceWhere", predicate)
         writer.save(uri)
         written = _columns(spark.read.format("delta").load(uri))
         if written != _columns(df):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from datetime import timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 from dagster import (
@@ -33,6 +34,7 @@ VIEWS = {
     "impression_labels": ("pyspark", ["ad_impressions", "ad_clicks"]),
     "user_ad_activity": ("pyspark", ["ad_impressions", "ad_clicks"]),
     "ad_delivery": ("pyspark", ["ad_impressions"]),
+    "user_recent_categories": ("pyspark", ["page_views"]),
 }
 END = TINY.start + timedelta(days=TINY.days)
 
@@ -50,7 +52,9 @@ def definitions(repo: Repository, root) -> Definitions:
 
 def table(root, name: str) -> pd.DataFrame:
     df = read_delta(root / "features" / name).drop(columns=["event_date"], errors="ignore")
-    nested = [c for c in df.columns if df[c].map(lambda v: isinstance(v, dict | list)).any()]
+    nested = [
+        c for c in df.columns if df[c].map(lambda v: isinstance(v, dict | list | np.ndarray)).any()
+    ]
     return df.sort_values([c for c in df.columns if c not in nested]).reset_index(drop=True)
 
 

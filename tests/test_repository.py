@@ -115,8 +115,9 @@ def test_the_demo_repository_loads_its_views_service_and_dataset(monkeypatch):
         "impression_labels": "pyspark",
         "user_ad_activity": "pyspark",
         "ad_delivery": "pyspark",
+        "user_recent_categories": "pyspark",
     }
-    assert list(repo.feature_services) == ["ctr"]
+    assert sorted(repo.feature_services) == ["ctr", "recommendations"]
     ctr = repo.feature_services["ctr"]
     assert all(repo.feature_views[s.view_name] is s.view for s in ctr.features)
     dataset = repo.training_datasets["ctr_training"]

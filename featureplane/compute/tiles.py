@@ -11,8 +11,8 @@ which serves the same tiles online.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from pyspark.sql import Column, DataFrame, Window
@@ -59,8 +59,17 @@ def _partial(function: AggregationFunction, column: str, ts: str) -> Column:
         return F.min(_valued(column, ts))
     if name == "last":
         return F.max(_valued(column, ts))
-    items = F.sort_array(F.collect_list(_valued(column, ts)), asc=False)
-    return F.slice(items, 1, function.n)
+    recent = F.when(
+        F.col(column).isNotNull(),
+        F.struct(F.unix_micros(F.col(ts)).alias("ts"), F.col(column).alias("v")),
+    )
+    return F.to_json(F.slice(F.sort_array(F.collect_list(recent), asc=False), 1, function.n))
+
+
+def _items_type(value_type: str) -> str:
+    """The type of a last_n partial, stored as JSON text (most recent first, event time as
+    epoch microseconds): Sail cannot replace a window of a Delta table with list columns."""
+    return f"array<struct<ts: bigint, v: {value_type}>>"
 
 
 def partials(aggregations: Sequence[Aggregation]) -> dict[str, Aggregation]:
@@ -109,12 +118,17 @@ def _merged(function: AggregationFunction, partial: str, window: Window) -> Colu
 
 @dataclass(frozen=True)
 class AggregateLookup:
-    """A tiles table to aggregate for the spine: `aggregations` maps each to its output name."""
+    """A tiles table to aggregate for the spine: `aggregations` maps each to its output name.
+
+    `column_types` gives the Spark type of each aggregated column, which last_n needs to decode
+    its partials (default: string).
+    """
 
     tiles: DataFrame
     join_keys: tuple[str, ...]
     interval: timedelta
     aggregations: dict[Aggregation, str]
+    column_types: Mapping[str, str] = field(default_factory=dict)
 
 
 def aggregate_join(spine: DataFrame, timestamp_column: str, lookup: AggregateLookup) -> DataFrame:
@@ -160,7 +174,8 @@ def aggregate_join(spine: DataFrame, timestamp_column: str, lookup: AggregateLoo
     joined = spine.join(values.drop(KIND), on=[*keys, anchor], how="left")
     for aggregation, output in lookup.aggregations.items():
         if aggregation not in sliding:
-            recent = _last_n(lookup.tiles, anchors, keys, types, anchor, aggregation)
+            value_type = lookup.column_types.get(aggregation.column, "string")
+            recent = _last_n(lookup.tiles, anchors, keys, types, anchor, aggregation, value_type)
             joined = joined.join(recent.withColumnRenamed("value", output), [*keys, anchor], "left")
     return joined.select(*(c for c in spine.columns if c != anchor), *lookup.aggregations.values())
 
@@ -172,6 +187,7 @@ def _last_n(
     types: dict[str, str],
     anchor: str,
     aggregation: Aggregation,
+    value_type: str,
 ) -> DataFrame:
     """(keys, anchor, value) of a last_n aggregation, without a sliding collect.
 
@@ -182,7 +198,7 @@ def _last_n(
     items = tiles.select(
         *(F.col(key).cast(types[key]).alias(key) for key in keys),
         F.unix_micros(TILE_START).alias(ORDER),
-        F.explode(aggregation.partial_column).alias("item"),
+        F.explode(F.from_json(aggregation.partial_column, _items_type(value_type))).alias("item"),
     )
     numbered = items.withColumn(
         "pos",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
@@ -28,8 +28,15 @@ class TimeWindow:
         """Spark predicate: `column` lies in the window."""
         return (F.col(column) >= F.lit(self.start)) & (F.col(column) < F.lit(self.end))
 
-    def sql(self, column: str) -> str:
-        """The same predicate as SQL text (for Delta's `replaceWhere`)."""
+    def sql(self, column: str, date_column: str | None = None) -> str:
+        """The same predicate as SQL text (for Delta's `replaceWhere`).
+
+        A window of whole days is said on `date_column` (the table's partition column) when
+        given: Delta then swaps whole partitions instead of rewriting files row by row.
+        """
+        if date_column and self.start.time() == self.end.time() == time(0):
+            start, end = (m.date().isoformat() for m in (self.start, self.end))
+            return f"`{date_column}` >= DATE '{start}' AND `{date_column}` < DATE '{end}'"
         start, end = (m.strftime("%Y-%m-%d %H:%M:%S.%f") for m in (self.start, self.end))
         return f"`{column}` >= TIMESTAMP '{start}' AND `{column}` < TIMESTAMP '{end}'"
 
