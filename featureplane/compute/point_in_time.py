@@ -2,14 +2,15 @@
 
 For a spine row (keys k, time t) a feature table contributes its row with keys k and the greatest
 event time <= t, ignored when older than t - ttl; nothing matches a null key. Rows sharing keys and
-event time come from the same materialized window; among them the greatest feature values win, so
-the choice is deterministic.
+event time come from the same materialized window; among them the greatest tie-breaker values win
+(compared in order, nulls lowest), so the choice is deterministic.
 
-Instead of a range join (spine x history, which explodes), spine rows and feature rows are unioned
-and sorted per entity once; a running `last(…, ignorenulls)` over the sort carries each feature
-table's latest row forward to the spine rows behind it. Feature tables keyed on the same join keys
-share one pass; each further key set is one more pass over the previous pass's output. Spine rows
-are never joined back, so duplicates and extra columns (labels) pass through untouched.
+Instead of a range join (spine x history, which explodes), the spine rows and the feature tables'
+(keys, event time) pairs are unioned and sorted per entity once; a running max carries each
+table's latest event time forward to the spine rows behind it, and the values are then joined on
+(keys, time), which ties have made unique. Feature tables keyed on the same join keys share one
+sort; each further key set is one more pass over the previous pass's output. Spine rows are never
+joined back, so duplicates and extra columns (labels) pass through untouched.
 """
 
 from __future__ import annotations
@@ -63,61 +64,73 @@ def point_in_time_join(
 
 
 def _slot(index: int) -> str:
-    return f"__fp_match_{index}"
+    return f"__fp_ts_{index}"
+
+
+def _value(index: int, n: int) -> str:
+    return f"__fp_{index}_{n}"
+
+
+def _latest_rows(lookup: Lookup, index: int, keys: tuple[str, ...], types: dict) -> DataFrame:
+    """One row per (keys, event time): among ties the greatest tie-breaker values win."""
+    ts = lookup.timestamp_field
+    table = lookup.table.where(F.col(ts).isNotNull() & _all(F.col(key).isNotNull() for key in keys))
+    ranked = [
+        field
+        for n, column in enumerate(lookup.carried)
+        for field in (F.col(column).isNotNull().alias(f"h{n}"), F.col(column).alias(f"f{n}"))
+    ]  # a presence flag before each value: nulls rank lowest on every engine
+    winner = F.max(F.struct(*ranked))
+    return (
+        table.groupBy(
+            *(F.col(key).cast(types[key]).alias(key) for key in keys),
+            F.col(ts).cast("timestamp").alias(_slot(index)),
+        )
+        .agg(winner.alias("winner"))
+        .select(
+            *keys,
+            _slot(index),
+            *(F.col(f"winner.f{n}").alias(_value(index, n)) for n in range(len(lookup.carried))),
+        )
+    )
 
 
 def _as_of_pass(
     spine: DataFrame, ts: str, keys: tuple[str, ...], lookups: dict[int, Lookup]
 ) -> DataFrame:
+    """Match every spine row to each lookup's latest event time <= its own, in one sort.
+
+    Only keys and event times of feature rows enter the sort: a running max carries the latest
+    feature time forward to each spine row, and the values are then joined on (keys, time).
+    """
     types = dict(spine.dtypes)
     carried = [c for c in spine.columns if c not in (*keys, ts)]
-    structs = {i: _struct_type(lookup) for i, lookup in lookups.items()}
-    frames = [
-        spine.select(
-            *spine.columns,
-            F.lit(SPINE_ROW).alias(KIND),
-            *(F.lit(None).cast(structs[i]).alias(_slot(i)) for i in lookups),
-        )
-    ]
-    for i, lookup in lookups.items():
-        table = lookup.table.where(
-            F.col(lookup.timestamp_field).isNotNull() & _all(F.col(key).isNotNull() for key in keys)
-        )
-        match = F.struct(
-            F.col(lookup.timestamp_field).alias("ts"),
-            *(F.col(column).alias(f"f{n}") for n, column in enumerate(lookup.carried)),
-        )
-        frames.append(
-            table.select(
-                *(F.col(key).cast(types[key]).alias(key) for key in keys),
-                F.col(lookup.timestamp_field).cast("timestamp").alias(ts),
+    latest = {i: _latest_rows(lookup, i, keys, types) for i, lookup in lookups.items()}
+    no_match = {i: F.lit(None).cast("timestamp").alias(_slot(i)) for i in lookups}
+    rows = spine.select(*spine.columns, F.lit(SPINE_ROW).alias(KIND), *no_match.values())
+    for i in lookups:
+        rows = rows.unionByName(
+            latest[i].select(
+                *keys,
+                F.col(_slot(i)).alias(ts),
                 *(F.lit(None).cast(types[c]).alias(c) for c in carried),
                 F.lit(1 - SPINE_ROW).alias(KIND),
-                *(
-                    (match if j == i else F.lit(None).cast(structs[j])).alias(_slot(j))
-                    for j in lookups
-                ),
+                *(F.col(_slot(j)) if j == i else no_match[j] for j in lookups),
             )
         )
-    rows = frames[0]
-    for frame in frames[1:]:
-        rows = rows.unionByName(frame)
-    ties = [
-        F.col(f"{_slot(i)}.f{n}").asc_nulls_first()
-        for i, lookup in lookups.items()
-        for n in range(len(lookup.tie_breakers or lookup.features))
-    ]
     window = (
         Window.partitionBy(*keys)
-        .orderBy(F.col(ts).asc_nulls_first(), F.col(KIND), *ties)
+        .orderBy(F.col(ts).asc_nulls_first(), F.col(KIND))
         .rowsBetween(Window.unboundedPreceding, Window.currentRow)
     )
-    carried_forward = rows.select(
+    matched = rows.select(
         *spine.columns,
         F.col(KIND),
-        *(F.last(_slot(i), ignorenulls=True).over(window).alias(_slot(i)) for i in lookups),
+        *(F.max(_slot(i)).over(window).alias(_slot(i)) for i in lookups),
     ).where(F.col(KIND) == SPINE_ROW)
-    return carried_forward.select(
+    for i in lookups:
+        matched = matched.join(latest[i], on=[*keys, _slot(i)], how="left")
+    return matched.select(
         *spine.columns,
         *(
             _feature(lookup, i, lookup.carried.index(column), ts).alias(output)
@@ -128,20 +141,12 @@ def _as_of_pass(
 
 
 def _feature(lookup: Lookup, index: int, n: int, ts: str) -> Column:
-    value = F.col(f"{_slot(index)}.f{n}")
+    value = F.col(_value(index, n))
     if lookup.ttl is None:
         return value
     ttl_micros = lookup.ttl // timedelta(microseconds=1)
-    fresh = F.unix_micros(F.col(f"{_slot(index)}.ts")) >= F.unix_micros(F.col(ts)) - ttl_micros
+    fresh = F.unix_micros(F.col(_slot(index))) >= F.unix_micros(F.col(ts)) - ttl_micros
     return F.when(fresh, value)
-
-
-def _struct_type(lookup: Lookup) -> str:
-    types = dict(lookup.table.dtypes)
-    fields = ["ts: timestamp"] + [
-        f"f{n}: {types[column]}" for n, column in enumerate(lookup.carried)
-    ]
-    return f"struct<{', '.join(fields)}>"
 
 
 def _all(conditions) -> Column:
