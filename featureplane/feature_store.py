@@ -225,6 +225,7 @@ class FeatureStore:
                     features=outputs,
                     ttl=view.ttl,
                     tie_breakers=view.feature_names,
+                    unique_times=True,  # materialization resolved ties
                 )
             )
         joined = point_in_time_join(spine, timestamp_column, lookups) if lookups else spine

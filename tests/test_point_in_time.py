@@ -39,7 +39,7 @@ from featureplane import (
     RetrievalError,
     batch_feature_view,
 )
-from featureplane.compute.point_in_time import Lookup, point_in_time_join
+from featureplane.compute.point_in_time import Lookup, latest_per_time, point_in_time_join
 from featureplane.compute.window import TimeWindow
 from featureplane.feature_store import FeatureStore
 from featureplane.offline_store import OfflineStore
@@ -486,6 +486,7 @@ def store(spark, tmp_path_factory) -> FeatureStore:
         ts = feature_view.timestamp_field
         table = pit.Table({key: "bigint", ts: "timestamp", **features}, rows)
         df = spark.createDataFrame(table.pandas(), schema=table.ddl)
+        df = latest_per_time(df, [key], ts, list(features))  # as materialization stores rows
         df = df.withColumn("event_date", F.to_date(ts))
         uri = offline.table_uri("features", feature_view.name)
         offline.write_window(df, uri, everything, ts)
@@ -617,7 +618,7 @@ def test_selecting_an_unknown_feature_fails_at_selection():
         USER_STATS[["nope"]]
 
 
-# ---- known bugs ----------------------------------------------------------------------------------
+# ---- ties and time zones ---------------------------------------------------------------------
 
 
 def test_tie_break_does_not_depend_on_the_selection(store):

@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 
 KIND = "__fp_kind"  # 0 = feature row, 1 = spine row: at equal times features sort first (<= t)
 SPINE_ROW = 1
+RANK = "__fp_rank"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Lookup:
     `features` maps each table column to its output column name. `tie_breakers` are the columns
     that order rows sharing keys and event time (the last wins): all of the view's features, so
     a feature's value never depends on which other features are selected (default: `features`).
+    `unique_times` says the table holds one row per (keys, event time), so ties need no work.
     """
 
     table: DataFrame
@@ -41,6 +43,7 @@ class Lookup:
     features: dict[str, str]
     ttl: timedelta | None = None
     tie_breakers: tuple[str, ...] = ()
+    unique_times: bool = False
 
     @property
     def carried(self) -> list[str]:
@@ -56,11 +59,21 @@ def point_in_time_join(
     passes: dict[tuple[str, ...], list[int]] = {}
     for index, lookup in enumerate(lookups):
         passes.setdefault(lookup.join_keys, []).append(index)
-    result = spine
+    types = dict(spine.dtypes)
+    matched = spine
     for keys, indexes in passes.items():
-        result = _as_of_pass(result, timestamp_column, keys, {i: lookups[i] for i in indexes})
-    outputs = [name for lookup in lookups for name in lookup.features.values()]
-    return result.select(*spine.columns, *outputs)
+        matched = _match_times(matched, timestamp_column, keys, {i: lookups[i] for i in indexes})
+    for i, lookup in enumerate(lookups):
+        values = _latest_rows(lookup, i, types)
+        matched = matched.join(values, on=[*lookup.join_keys, _slot(i)], how="left")
+    return matched.select(
+        *spine.columns,
+        *(
+            _feature(lookup, i, lookup.carried.index(column), timestamp_column).alias(output)
+            for i, lookup in enumerate(lookups)
+            for column, output in lookup.features.items()
+        ),
+    )
 
 
 def _slot(index: int) -> str:
@@ -71,51 +84,66 @@ def _value(index: int, n: int) -> str:
     return f"__fp_{index}_{n}"
 
 
-def _latest_rows(lookup: Lookup, index: int, keys: tuple[str, ...], types: dict) -> DataFrame:
-    """One row per (keys, event time): among ties the greatest tie-breaker values win."""
+def _event_rows(lookup: Lookup, types: dict[str, str]) -> DataFrame:
+    """The rows that can match: keys and event time present, keys typed like the spine's."""
     ts = lookup.timestamp_field
-    table = lookup.table.where(F.col(ts).isNotNull() & _all(F.col(key).isNotNull() for key in keys))
-    ranked = [
-        field
-        for n, column in enumerate(lookup.carried)
-        for field in (F.col(column).isNotNull().alias(f"h{n}"), F.col(column).alias(f"f{n}"))
-    ]  # a presence flag before each value: nulls rank lowest on every engine
-    winner = F.max(F.struct(*ranked))
-    return (
-        table.groupBy(
-            *(F.col(key).cast(types[key]).alias(key) for key in keys),
-            F.col(ts).cast("timestamp").alias(_slot(index)),
-        )
-        .agg(winner.alias("winner"))
-        .select(
-            *keys,
-            _slot(index),
-            *(F.col(f"winner.f{n}").alias(_value(index, n)) for n in range(len(lookup.carried))),
-        )
+    keys = lookup.join_keys
+    present = F.col(ts).isNotNull()
+    for key in keys:
+        present = present & F.col(key).isNotNull()
+    return lookup.table.where(present).select(
+        *(F.col(key).cast(types[key]).alias(key) for key in keys),
+        F.col(ts).cast("timestamp").alias(ts),
+        *lookup.carried,
     )
 
 
-def _as_of_pass(
+def latest_per_time(
+    rows: DataFrame, keys: Sequence[str], ts: str, ties: Sequence[str]
+) -> DataFrame:
+    """One row per (keys, event time): among ties the greatest `ties` values win (in order,
+    nulls lowest). The offline store applies it when writing, so stored tables hold no ties."""
+    rank = Window.partitionBy(*keys, ts).orderBy(*(F.col(c).desc_nulls_last() for c in ties))
+    return rows.withColumn(RANK, F.row_number().over(rank)).where(F.col(RANK) == 1).drop(RANK)
+
+
+def _latest_rows(lookup: Lookup, index: int, types: dict[str, str]) -> DataFrame:
+    """The lookup's rows as values to join on (keys, event time), ties resolved unless the
+    table is known to hold none."""
+    rows = _event_rows(lookup, types)
+    if not lookup.unique_times:
+        ties = list(lookup.tie_breakers or lookup.features)
+        rows = latest_per_time(rows, lookup.join_keys, lookup.timestamp_field, ties)
+    return rows.select(
+        *lookup.join_keys,
+        F.col(lookup.timestamp_field).alias(_slot(index)),
+        *(F.col(c).alias(_value(index, n)) for n, c in enumerate(lookup.carried)),
+    )
+
+
+def _match_times(
     spine: DataFrame, ts: str, keys: tuple[str, ...], lookups: dict[int, Lookup]
 ) -> DataFrame:
-    """Match every spine row to each lookup's latest event time <= its own, in one sort.
+    """Each spine row with, per lookup, the latest event time <= its own: one sort per entity.
 
-    Only keys and event times of feature rows enter the sort: a running max carries the latest
-    feature time forward to each spine row, and the values are then joined on (keys, time).
+    Only keys and event times of feature rows enter the sort, and a running max carries the
+    latest one forward to the spine rows behind it.
     """
     types = dict(spine.dtypes)
     carried = [c for c in spine.columns if c not in (*keys, ts)]
-    latest = {i: _latest_rows(lookup, i, keys, types) for i, lookup in lookups.items()}
     no_match = {i: F.lit(None).cast("timestamp").alias(_slot(i)) for i in lookups}
     rows = spine.select(*spine.columns, F.lit(SPINE_ROW).alias(KIND), *no_match.values())
-    for i in lookups:
+    for i, lookup in lookups.items():
         rows = rows.unionByName(
-            latest[i].select(
+            _event_rows(lookup, types).select(
                 *keys,
-                F.col(_slot(i)).alias(ts),
+                F.col(lookup.timestamp_field).alias(ts),
                 *(F.lit(None).cast(types[c]).alias(c) for c in carried),
                 F.lit(1 - SPINE_ROW).alias(KIND),
-                *(F.col(_slot(j)) if j == i else no_match[j] for j in lookups),
+                *(
+                    F.col(lookup.timestamp_field).alias(_slot(j)) if j == i else no_match[j]
+                    for j in lookups
+                ),
             )
         )
     window = (
@@ -123,20 +151,14 @@ def _as_of_pass(
         .orderBy(F.col(ts).asc_nulls_first(), F.col(KIND))
         .rowsBetween(Window.unboundedPreceding, Window.currentRow)
     )
-    matched = rows.select(
-        *spine.columns,
-        F.col(KIND),
-        *(F.max(_slot(i)).over(window).alias(_slot(i)) for i in lookups),
-    ).where(F.col(KIND) == SPINE_ROW)
-    for i in lookups:
-        matched = matched.join(latest[i], on=[*keys, _slot(i)], how="left")
-    return matched.select(
-        *spine.columns,
-        *(
-            _feature(lookup, i, lookup.carried.index(column), ts).alias(output)
-            for i, lookup in lookups.items()
-            for column, output in lookup.features.items()
-        ),
+    return (
+        rows.select(
+            *spine.columns,
+            F.col(KIND),
+            *(F.max(_slot(i)).over(window).alias(_slot(i)) for i in lookups),
+        )
+        .where(F.col(KIND) == SPINE_ROW)
+        .drop(KIND)
     )
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from featureplane.compute.point_in_time import latest_per_time
 from featureplane.compute.tiles import compute_tiles
 from featureplane.compute.window import TimeWindow
 from featureplane.errors import FeatureViewError, SourceError
@@ -54,7 +55,8 @@ def run_transformation(
 ) -> DataFrame:
     """The view's rows for `window`: join keys, event time, features, and the event date.
 
-    Rows outside the window are dropped so that a run never writes into a neighbour's window.
+    Rows outside the window are dropped so that a run never writes into a neighbour's window,
+    and rows sharing keys and event time are resolved to one (see `latest_per_time`).
     """
     inputs = source_inputs(spark, view, window, read)
     if view.mode == "pyspark":
@@ -75,6 +77,8 @@ def run_transformation(
     rows = output.select(*view.join_keys, ts, *view.schema_names).where(window.contains(ts))
     if view.aggregations:
         rows = compute_tiles(rows, view.join_keys, ts, view.aggregations, view.interval)
+    else:
+        rows = latest_per_time(rows, view.join_keys, ts, view.schema_names)
     return rows.withColumn(PARTITION_COLUMN, F.to_date(view.table_timestamp_field))
 
 
