@@ -60,7 +60,9 @@ def _window_label(window: timedelta) -> str:
     ):
         if window % size == timedelta(0):
             return f"{window // size}{unit}"
-    return f"{window // timedelta(seconds=1)}s"
+    if window % timedelta(seconds=1) == timedelta(0):
+        return f"{window // timedelta(seconds=1)}s"
+    return f"{window // timedelta(microseconds=1)}us"
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,13 @@ class Aggregation:
             return f"aggregation {self.name!r}: column {self.column!r} is not in the schema"
         if self.fn.name in NUMERIC_ONLY and dtype not in NUMERIC:
             return f"aggregation {self.name!r}: {self.fn} needs a numeric column, {dtype} is not"
-        if self.fn.name in ("min", "max") and dtype.spark.startswith("array"):
+        if self.fn.name in ("min", "max", "first", "last") and dtype.spark.startswith("array"):
             return f"aggregation {self.name!r}: {self.fn} cannot order {dtype} values"
+        if self.fn.name == "last_n" and dtype.spark in ("timestamp", "date"):
+            return (
+                f"aggregation {self.name!r}: last_n keeps values as JSON, which cannot carry "
+                f"{dtype} exactly; aggregate a string or number (e.g. unix_micros) instead"
+            )
         return None
 
     def output_type(self, dtype: DType) -> DType:

@@ -213,6 +213,9 @@ class FeatureView:
             problem = aggregation.problem(types.get(aggregation.column), interval)
             if problem:
                 return problem
+            problem = name_problem(aggregation.name)
+            if problem:
+                return f"aggregation {problem}"
             if aggregation.name in names or aggregation.name in (*self.join_keys, "event_date"):
                 return f"aggregation name {aggregation.name!r} is used twice or is reserved"
             names.add(aggregation.name)
@@ -221,7 +224,9 @@ class FeatureView:
     @property
     def interval(self) -> timedelta:
         """The tile size of aggregations: `aggregation_interval`, by default the schedule."""
-        return self.aggregation_interval or self.batch_schedule
+        if self.aggregation_interval is None:
+            return self.batch_schedule
+        return self.aggregation_interval
 
     @property
     def table_timestamp_field(self) -> str:

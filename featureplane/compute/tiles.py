@@ -48,7 +48,7 @@ def _partial(function: AggregationFunction, column: str, ts: str) -> Column:
         return F.count(value)
     if name in ("sum", "min", "max"):
         return getattr(F, name)(value)
-    as_double = value.cast("double")
+    as_double = value.cast("double").alias(f"{column}_as_double")  # unique beside sum(column)
     total = F.coalesce(F.sum(as_double), F.lit(0.0))
     if name == "mean":
         return F.struct(F.count(value).alias("n"), total.alias("s"))
