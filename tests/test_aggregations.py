@@ -21,11 +21,12 @@ import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aggregation_classic_runner as agg
+import aggregation_cases as agg
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from classic import run_on_classic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -410,7 +411,9 @@ def test_online_window_selection_and_floor():
 @pytest.fixture(scope="module")
 def classic(tmp_path_factory):
     try:
-        return agg.run_classic(tmp_path_factory.mktemp("aggregation_classic"))
+        return run_on_classic(
+            "aggregation_cases:outputs", tmp_path_factory.mktemp("aggregation_classic")
+        )
     except AssertionError as failure:
         pytest.fail(str(failure))
 

@@ -1,6 +1,6 @@
 """The demo views compute the same rows on classic JVM PySpark as on Sail, and what pandas expects.
 
-Inputs are small in-memory pandas frames (tests/compat_runner.py): several days around a 3-day
+Inputs are small in-memory pandas frames (tests/compat_cases.py): several days around a 3-day
 window, with nulls (also in join keys), duplicate rows, events exactly at midnight and at the
 window bounds. Classic PySpark cannot run in this process once the Sail session of conftest is
 open (pyspark then routes every builder and column function to Spark Connect), so its side runs
@@ -9,30 +9,14 @@ in a subprocess that writes each view's output as parquet; the Sail side runs he
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
+import compat_cases as runner
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-RUNNER = Path(__file__).with_name("compat_runner.py")
-_spec = importlib.util.spec_from_file_location("compat_runner", RUNNER)
-runner = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(runner)
+from classic import results, run_on_classic
 
 VIEWS = {view.name: view for view in runner.demo_views()}
 START, END, DAY = runner.START, runner.END, runner.DAY
-CONNECT_ENV = ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE", "SPARK_API_MODE")
 NULLABLE = {
     pa.int64(): pd.Int64Dtype(),
     pa.int32(): pd.Int32Dtype(),
@@ -59,74 +43,19 @@ def assert_rows_equal(actual: pa.Table, expected: pa.Table) -> None:
     )
 
 
-def _session_processes(sid: int) -> list[str]:
-    """Live processes (zombies aside) of session `sid`: what a subprocess run left behind."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        state, _ppid, _pgrp, session = text.rsplit(")", 1)[1].split()[:4]
-        if int(session) == sid and state != "Z":
-            found.append(text.split(" ", 1)[0] + " " + text[text.index("(") : text.rindex(")") + 1])
-    return found
-
-
-def _kill(pids: list[str]) -> None:
-    for entry in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(entry.split()[0]), signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def classic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list, pa.Table]]:
     """The views' outputs on classic PySpark (local[2]), computed in a subprocess."""
-    out = tmp_path_factory.mktemp("classic")
-    env = {k: v for k, v in os.environ.items() if k not in CONNECT_ENV}
-    env["PYSPARK_PYTHON"] = env["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, str(RUNNER), str(out)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its JVM and Python workers share its session id
-    )
     try:
-        log, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        _kill(_session_processes(proc.pid))
-        proc.kill()
-        log, _ = proc.communicate()
-        pytest.fail(f"classic PySpark run timed out:\n{log[-4000:]}")
-    left: list[str] = []
-    for _ in range(50):  # the Python workers exit shortly after the JVM
-        left = _session_processes(proc.pid)
-        if not left:
-            break
-        time.sleep(0.2)
-    _kill(left)
-    assert proc.returncode == 0, f"classic PySpark run failed:\n{log[-4000:]}"
-    assert not left, f"the classic PySpark run left processes behind: {left}"
-    info = json.loads((out / "info.json").read_text())
-    assert info["session"] == "pyspark.sql.session", info  # classic, not Spark Connect
-    assert info["jvm_exit_code"] == 0, info
-    return {
-        name: (
-            json.loads((out / f"{name}.schema.json").read_text()),
-            pq.read_table(out / f"{name}.parquet"),
-        )
-        for name in VIEWS
-    }
+        return run_on_classic("compat_cases:outputs", tmp_path_factory.mktemp("classic"))
+    except AssertionError as failure:
+        pytest.fail(str(failure))
 
 
 @pytest.fixture(scope="module")
 def sail(spark) -> dict[str, tuple[list, pa.Table]]:
     """The views' outputs on Sail (the session-wide Spark Connect fixture)."""
-    return runner.run_views(spark)
+    return results(runner.outputs(spark))
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +136,11 @@ def test_pandas_views_match_their_function_in_pandas(name, sail, data):
     expected = pd.concat(
         [view.function(group.reset_index(drop=True)) for _, group in groups], ignore_index=True
     )
+    # Stored rows are one per (keys, event time); among ties the greatest values win.
+    keys = [*view.join_keys, view.timestamp_field]
+    expected = expected.sort_values(
+        [*keys, *view.schema_names], na_position="first"
+    ).drop_duplicates(keys, keep="last")
     expected["event_date"] = expected[view.timestamp_field].dt.date
     actual = sail[name][1]
     assert_rows_equal(actual, as_table(expected, actual))
@@ -229,7 +163,8 @@ def test_edge_cases_are_computed_as_specified(sail):
         "unknown",
         0,
     )
-    assert profile.query("user_id == 1")["age_bucket"].tolist() == ["18-24", "18-24", "25-34"]
+    # its duplicated profile row is stored once
+    assert profile.query("user_id == 1")["age_bucket"].tolist() == ["18-24", "25-34"]
     views = canonical(sail["user_daily_page_views"][1])
     user3 = views.query("user_id == 3")
     assert user3["ts"].iloc[0] == START + DAY - pd.Timedelta(microseconds=1)  # midnight: next day

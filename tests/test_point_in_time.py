@@ -20,9 +20,10 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 import numpy as np
 import pandas as pd
-import pit_classic_runner as pit
+import pit_cases as pit
 import pyarrow as pa
 import pytest
+from classic import run_on_classic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyspark.sql import functions as F
@@ -377,7 +378,7 @@ def test_join_matches_duckdb_asof_join(spark):
 @pytest.fixture(scope="module")
 def classic(tmp_path_factory):
     try:
-        return pit.run_classic(tmp_path_factory.mktemp("pit_classic"))
+        return run_on_classic("pit_cases:outputs", tmp_path_factory.mktemp("pit_classic"))
     except AssertionError as failure:
         pytest.fail(str(failure))
 

@@ -1,23 +1,15 @@
-"""In-memory demo sources and a runner of the four demo feature views, for test_compat_classic.
+"""In-memory demo sources and the demo feature views over them, for test_compat_classic.
 
-The test imports this module to run the views on Sail; classic JVM PySpark cannot share a process
-with a Spark Connect session (pyspark switches every builder and function to Connect once one is
-open), so the test also runs this file as a script, which computes the same views on classic
-PySpark and writes one parquet file per view:
-
-    python tests/compat_runner.py OUT_DIR
+`outputs` runs the views on a given session: the test runs it on Sail and, through
+tests/classic.py, on classic JVM PySpark.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from featureplane.compute.transform import run_transformation
 from featureplane.compute.window import TimeWindow
@@ -36,17 +28,6 @@ SCHEMAS = {
     ),
     "ad_clicks": "impression_id bigint, user_id bigint, ad_id bigint, ts timestamp",
     "users": "user_id bigint, country string, age int, signup_ts timestamp, updated_at timestamp",
-}
-CLASSIC_CONF = {
-    "spark.master": "local[2]",
-    "spark.sql.shuffle.partitions": "2",
-    "spark.default.parallelism": "2",
-    "spark.ui.enabled": "false",
-    "spark.ui.showConsoleProgress": "false",
-    "spark.sql.execution.arrow.pyspark.enabled": "true",
-    "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
-    "spark.driver.memory": "512m",
-    "spark.driver.extraJavaOptions": "-XX:+UseSerialGC -XX:TieredStopAtLevel=1",
 }
 
 
@@ -198,43 +179,14 @@ def inputs() -> dict[str, pd.DataFrame]:
     }
 
 
-def run_views(spark, views: list | None = None) -> dict[str, tuple[list, object]]:
-    """Each view's output over WINDOW: ([name, type, nullable] per field, arrow table)."""
+def outputs(spark, views: list | None = None) -> dict:
+    """Each demo view's output over WINDOW, from the in-memory inputs."""
     data = inputs()
 
     def read(spark, source):
         return spark.createDataFrame(data[source.name], schema=SCHEMAS[source.name])
 
-    results = {}
-    for view in views or demo_views():
-        output = run_transformation(spark, view, WINDOW, read=read)
-        fields = [[f.name, f.dataType.simpleString(), f.nullable] for f in output.schema.fields]
-        results[view.name] = (fields, output.toArrow())
-    return results
-
-
-def main(out_dir: str) -> None:
-    from pyspark import SparkContext
-
-    from featureplane.spark_session import spark_session
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with spark_session("classic", conf=CLASSIC_CONF) as spark:
-        spark.sparkContext.setLogLevel("ERROR")
-        results = run_views(spark)
-        info = {"spark": spark.version, "session": type(spark).__module__}
-    # Stop the JVM now rather than at interpreter exit: it exits when its stdin closes.
-    gateway = SparkContext._gateway
-    gateway.shutdown()
-    gateway.proc.stdin.close()
-    info["jvm_exit_code"] = gateway.proc.wait(timeout=60)
-    for name, (fields, table) in results.items():
-        pq.write_table(table, out / f"{name}.parquet")
-        (out / f"{name}.schema.json").write_text(json.dumps(fields))
-    (out / "info.json").write_text(json.dumps(info))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
-    sys.exit(0)
+    return {
+        view.name: run_transformation(spark, view, WINDOW, read=read)
+        for view in views or demo_views()
+    }

@@ -1,34 +1,22 @@
-"""Time-window aggregation cases shared by tests/test_aggregations.py and a classic PySpark run.
+"""Time-window aggregation cases shared by tests/test_aggregations.py's Sail and classic runs.
 
 A `Case` is events and a spine as plain Python rows (what the test's DuckDB oracle reads) plus the
 aggregations to compute; `run_case` turns it into in-memory DataFrames and calls `compute_tiles`
-then `aggregate_join`. Classic JVM PySpark cannot share a process with the Sail (Spark Connect)
-session of conftest, so the test runs this file as a script, which computes every case of
-`cases()` on classic PySpark and writes one parquet file per case:
-
-    python tests/aggregation_classic_runner.py OUT_DIR
+then `aggregate_join`; `outputs` is what tests/classic.py runs on classic PySpark.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from featureplane.aggregation import Aggregation, last_n
 from featureplane.compute.tiles import AggregateLookup, aggregate_join, compute_tiles
 from featureplane.types import Bool, DType, Float64, Int32, Int64, String
 
-ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 EARLY = datetime(1969, 12, 27, tzinfo=UTC)  # ten days from here straddle the Unix epoch
 H = timedelta(hours=1)
@@ -273,89 +261,6 @@ def cases() -> dict[str, Case]:
     return {"edge": edge_case(), **{f"random_{seed}": random_case(seed) for seed in range(3)}}
 
 
-def run_cases(spark) -> dict[str, tuple[list, pa.Table]]:
-    """Each case's result: ([name, type, nullable] per field, arrow table)."""
-    results = {}
-    for name, case in cases().items():
-        output = run_case(spark, case)
-        fields = [[f.name, f.dataType.simpleString(), f.nullable] for f in output.schema.fields]
-        results[name] = (fields, output.toArrow())
-    return results
-
-
-# ---- the classic PySpark side ----------------------------------------------------------------
-
-
-def main(out_dir: str) -> None:
-    from compat_runner import CLASSIC_CONF
-    from pyspark import SparkContext
-
-    from featureplane.spark_session import spark_session
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with spark_session("classic", conf=CLASSIC_CONF) as spark:
-        spark.sparkContext.setLogLevel("ERROR")
-        results = run_cases(spark)
-        info = {"spark": spark.version, "session": type(spark).__module__}
-    # Stop the JVM now rather than at interpreter exit: it exits when its stdin closes.
-    gateway = SparkContext._gateway
-    gateway.shutdown()
-    gateway.proc.stdin.close()
-    info["jvm_exit_code"] = gateway.proc.wait(timeout=60)
-    for name, (fields, table) in results.items():
-        pq.write_table(table, out / f"{name}.parquet")
-        (out / f"{name}.schema.json").write_text(json.dumps(fields))
-    (out / "info.json").write_text(json.dumps(info))
-
-
-def run_classic(out: Path, timeout: float = 300) -> dict[str, tuple[list, pa.Table]]:
-    """Run this file on classic PySpark in a subprocess; its results like `run_cases`'s.
-
-    Raises AssertionError with the subprocess's log if it fails, times out or leaves processes.
-    """
-    from pit_classic_runner import CONNECT_ENV, _kill, _session_processes
-
-    env = {k: v for k, v in os.environ.items() if k not in CONNECT_ENV}
-    env["PYSPARK_PYTHON"] = env["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), str(out)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its JVM and Python workers share its session id
-    )
-    try:
-        log, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill(_session_processes(proc.pid))
-        proc.kill()
-        log, _ = proc.communicate()
-        raise AssertionError(f"classic PySpark run timed out:\n{log[-4000:]}") from None
-    left: list[str] = []
-    for _ in range(50):  # the Python workers exit shortly after the JVM
-        left = _session_processes(proc.pid)
-        if not left:
-            break
-        time.sleep(0.2)
-    _kill(left)
-    assert proc.returncode == 0, f"classic PySpark run failed:\n{log[-4000:]}"
-    assert not left, f"the classic PySpark run left processes behind: {left}"
-    info = json.loads((out / "info.json").read_text())
-    assert info["session"] == "pyspark.sql.session", info  # classic, not Spark Connect
-    assert info["jvm_exit_code"] == 0, info
-    return {
-        name: (
-            json.loads((out / f"{name}.schema.json").read_text()),
-            pq.read_table(out / f"{name}.parquet"),
-        )
-        for name in cases()
-    }
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
-    sys.exit(0)
+def outputs(spark) -> dict:
+    """Each case's result DataFrame."""
+    return {name: run_case(spark, case) for name, case in cases().items()}
