@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import reduce
 from typing import Any
 
 from featureplane.types import NUMERIC, Array, DType, Float64, Int64
@@ -168,7 +169,7 @@ def merge_partials(function: AggregationFunction, partials: Sequence[Any]) -> An
     if name == "mean":
         return {"n": sum(p["n"] for p in present), "s": sum(p["s"] for p in present)}
     if name in ("var", "stddev"):
-        return {k: sum(p[k] for p in present) for k in ("n", "s", "ss")}
+        return reduce(_merge_moments, present)
     if name == "first":
         return min(present, key=lambda p: (p["ts"], p["v"]))
     if name == "last":
@@ -176,6 +177,16 @@ def merge_partials(function: AggregationFunction, partials: Sequence[Any]) -> An
     decoded = (json.loads(p) if isinstance(p, str) else p for p in present)
     items = sorted((i for p in decoded for i in p), key=lambda i: (i["ts"], i["v"]), reverse=True)
     return items[: function.n] or None
+
+
+def _merge_moments(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Chan et al.'s pairwise merge of (count, mean, sum of squared deviations)."""
+    n = a["n"] + b["n"]
+    if n == 0:
+        return {"n": 0, "mean": 0.0, "m2": 0.0}
+    delta = b["mean"] - a["mean"]
+    mean = a["mean"] + delta * b["n"] / n
+    return {"n": n, "mean": mean, "m2": a["m2"] + b["m2"] + delta * delta * a["n"] * b["n"] / n}
 
 
 def finalize(function: AggregationFunction, partial: Any) -> Any:
@@ -188,10 +199,9 @@ def finalize(function: AggregationFunction, partial: Any) -> Any:
     if name == "mean":
         return partial["s"] / partial["n"] if partial["n"] else None
     if name in ("var", "stddev"):
-        n, s, ss = partial["n"], partial["s"], partial["ss"]
-        if n < 2:
+        if partial["n"] < 2:
             return None
-        variance = max((ss - s * s / n) / (n - 1), 0.0)
+        variance = max(partial["m2"] / (partial["n"] - 1), 0.0)
         return math.sqrt(variance) if name == "stddev" else variance
     if name in ("first", "last"):
         return partial["v"]

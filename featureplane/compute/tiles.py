@@ -52,9 +52,11 @@ def _partial(function: AggregationFunction, column: str, ts: str) -> Column:
     total = F.coalesce(F.sum(as_double), F.lit(0.0))
     if name == "mean":
         return F.struct(F.count(value).alias("n"), total.alias("s"))
-    if name in ("var", "stddev"):
-        squares = F.coalesce(F.sum(as_double * as_double), F.lit(0.0))
-        return F.struct(F.count(value).alias("n"), total.alias("s"), squares.alias("ss"))
+    if name in ("var", "stddev"):  # centred moments: exact however far values are from 0
+        n = F.count(value)
+        mean = F.coalesce(F.avg(as_double), F.lit(0.0))
+        m2 = F.coalesce(F.var_pop(as_double) * n, F.lit(0.0))
+        return F.struct(n.alias("n"), mean.alias("mean"), m2.alias("m2"))
     if name == "first":
         return F.min(_valued(column, ts))
     if name == "last":
@@ -108,12 +110,20 @@ def _merged(function: AggregationFunction, partial: str, window: Window) -> Colu
     if name == "last":
         return F.max(field).over(window).getField("v")
     n = F.sum(field.getField("n")).over(window)
-    s = F.sum(field.getField("s")).over(window)
     if name == "mean":
-        return F.when(n > 0, s / n)
-    ss = F.sum(field.getField("ss")).over(window)
-    variance = F.greatest((ss - s * s / n) / (n - 1), F.lit(0.0))
+        return F.when(n > 0, F.sum(field.getField("s")).over(window) / n)
+    # Tile moments are merged around the entity's shift (the smallest tile mean, see
+    # aggregate_join), which keeps the sums small: var = (Σm2 + Σn·d² − (Σn·d)²/N) / (N − 1).
+    tile_n = field.getField("n")
+    offset = field.getField("mean") - F.col(_shift(partial))
+    spread = F.sum(field.getField("m2") + tile_n * offset * offset).over(window)
+    moved = F.sum(tile_n * offset).over(window)
+    variance = F.greatest((spread - moved * moved / n) / (n - 1), F.lit(0.0))
     return F.when(n >= 2, F.sqrt(variance) if name == "stddev" else variance)
+
+
+def _shift(partial: str) -> str:
+    return f"__fp_shift_{partial}"
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,12 @@ def aggregate_join(spine: DataFrame, timestamp_column: str, lookup: AggregateLoo
             F.lit(1).alias(KIND),
             *(F.lit(None).cast(tile_types[column]).alias(column) for column in needed),
         )
+    )
+    moments = sorted({a.partial_column for a in lookup.aggregations if a.fn.partial == "moments"})
+    entity = Window.partitionBy(*keys)
+    rows = rows.select(
+        "*",
+        *(F.min(F.col(p).getField("mean")).over(entity).alias(_shift(p)) for p in moments),
     )
     frames = {
         a.time_window: Window.partitionBy(*keys)
