@@ -28,6 +28,14 @@ class FeatureViewError(DefinitionError):
     """A feature view's definition or output is invalid."""
 
 
+class FeatureServiceError(DefinitionError):
+    """A feature service, or a reference to features, is invalid."""
+
+
+class TrainingDatasetError(DefinitionError):
+    """A training dataset definition is invalid."""
+
+
 class RepositoryError(DefinitionError):
     """The feature repository as a whole is inconsistent (duplicate or unknown names)."""
 

@@ -8,15 +8,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from featureplane._location import caller_location
-from featureplane.errors import DefinitionError
+from featureplane.errors import FeatureServiceError
 from featureplane.naming import name_problem, owner_problem
 
 if TYPE_CHECKING:
     from featureplane.feature_view import FeatureView
-
-
-class FeatureServiceError(DefinitionError):
-    """A feature service, or a reference to features, is invalid."""
 
 
 @dataclass(frozen=True)

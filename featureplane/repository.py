@@ -14,11 +14,16 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 
 from featureplane.entity import Entity
-from featureplane.errors import FeatureViewError, RepositoryError
-from featureplane.feature_service import FeatureSelection, FeatureService, FeatureServiceError
+from featureplane.errors import (
+    FeatureServiceError,
+    FeatureViewError,
+    RepositoryError,
+    TrainingDatasetError,
+)
+from featureplane.feature_service import FeatureSelection, FeatureService
 from featureplane.feature_view import FeatureView
 from featureplane.source import BatchSource
-from featureplane.training_dataset import TrainingDataset, TrainingDatasetError
+from featureplane.training_dataset import TrainingDataset
 
 DEFINITION_TYPES = (Entity, BatchSource, FeatureView, FeatureService, TrainingDataset)
 SKIPPED_MODULES = frozenset({"definitions"})

@@ -8,15 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from featureplane._location import caller_location
-from featureplane.errors import DefinitionError
+from featureplane.errors import TrainingDatasetError
 from featureplane.feature_service import FeatureService
 from featureplane.feature_view import FeatureView
 from featureplane.naming import name_problem, owner_problem
 from featureplane.source import BatchSource
-
-
-class TrainingDatasetError(DefinitionError):
-    """A training dataset definition is invalid."""
 
 
 @dataclass(frozen=True)
