@@ -68,12 +68,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,7 +81,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bench.pit_join import DAY_US, START, THREADS, TS, machine_info, peak_rss_mib
+from bench.harness import THREADS, cpu_seconds, machine_info, peak_rss_mib, run_engine, worker
+from bench.pit_join import DAY_US, START, TS
 from featureplane import (
     Aggregation,
     BatchSource,
@@ -254,11 +252,6 @@ def generate(data: Path, params: DataParams) -> dict:
 # ---- engines (each runs in its own subprocess) -----------------------------------------------
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _files(uri: str) -> str:
     """The Parquet files of a Delta table's current version, as a DuckDB list literal."""
     from deltalake import DeltaTable
@@ -297,11 +290,11 @@ def run_tiles(job: dict) -> dict:
         baseline = peak_rss_mib()
         for run in _runs(job):
             shutil.rmtree(uri, ignore_errors=True)
-            cpu, started = _cpu_seconds(), time.perf_counter()
+            cpu, started = cpu_seconds(), time.perf_counter()
             tiles = run_transformation(spark, view, window)
             offline.write_window(tiles, uri, window, view.table_timestamp_field)
             finished = time.perf_counter()
-            timings.append({"seconds": finished - started, "cpu_seconds": _cpu_seconds() - cpu})
+            timings.append({"seconds": finished - started, "cpu_seconds": cpu_seconds() - cpu})
             print(f"  tiles         {job['events']:>11,} run {run}: {finished - started:7.2f}s")
         tile_rows = spark.read.format("delta").load(uri).count()
     return _report(timings, uri, baseline, tile_rows=tile_rows)
@@ -363,7 +356,7 @@ def run_ours(job: dict) -> dict:
             print("\n".join(f"    {line}" for line in extra["analyze"]["operators"]))
         for run in _runs(job):
             target = out / f"run{run}"
-            cpu, started = _cpu_seconds(), time.perf_counter()
+            cpu, started = cpu_seconds(), time.perf_counter()
             result = features()
             planned = time.perf_counter()
             result.write.format("delta").mode("overwrite").save(str(target))
@@ -371,7 +364,7 @@ def run_ours(job: dict) -> dict:
             timings.append(
                 {
                     "seconds": finished - started,
-                    "cpu_seconds": _cpu_seconds() - cpu,
+                    "cpu_seconds": cpu_seconds() - cpu,
                     "call": planned - started,
                     "write": finished - planned,
                 }
@@ -486,10 +479,10 @@ def _run_duckdb(job: dict, sql, label: str) -> dict:
     timings = []
     for run in _runs(job):
         target = out / f"run{run}.parquet"
-        cpu, started = _cpu_seconds(), time.perf_counter()
+        cpu, started = cpu_seconds(), time.perf_counter()
         connection.execute(sql(data, job["events"], job["spine_rows"], target))
         finished = time.perf_counter()
-        timings.append({"seconds": finished - started, "cpu_seconds": _cpu_seconds() - cpu})
+        timings.append({"seconds": finished - started, "cpu_seconds": cpu_seconds() - cpu})
         print(f"  {label:<13} {job['events']:>11,} run {run}: {finished - started:7.2f}s")
         if run < _runs(job)[-1]:
             target.unlink()
@@ -512,28 +505,6 @@ ENGINES = {
     "duckdb_frames": run_duckdb_frames,
 }
 ORACLE = "duckdb"
-
-
-def run_engine(engine: str, job: dict) -> dict:
-    """Run one engine on one case in a fresh Python process; return its report."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-        json.dump({**job, "engine": engine}, handle)
-        job_path = handle.name
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "bench.aggregations", "--worker", job_path],
-            cwd=ROOT,
-            check=True,
-        )
-        return json.loads(Path(job_path).read_text())["report"]
-    finally:
-        os.unlink(job_path)
-
-
-def worker(job_path: str) -> None:
-    job = json.loads(Path(job_path).read_text())
-    job["report"] = ENGINES[job["engine"]](job)
-    Path(job_path).write_text(json.dumps(job))
 
 
 # ---- comparison and report -----------------------------------------------------------------
@@ -796,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--analyze", action="store_true", help="EXPLAIN ANALYZE ours once")
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker)
+        worker(args.worker, ENGINES)
         return 0
 
     if args.quick:
@@ -834,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
                     "explain": args.explain,
                     "analyze": args.analyze,
                 }
-                report = run_engine(engine, job)
+                report = run_engine("bench.aggregations", engine, job)
                 case[engine] = summarize(engine, report, args.warmup, events, params.spine_rows)
             add_ratios_and_checks(case)
             if not args.keep:

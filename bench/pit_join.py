@@ -56,23 +56,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from bench.harness import THREADS, cpu_seconds, machine_info, peak_rss_mib, run_engine, worker
 from featureplane import (
     BatchSource,
     Entity,
@@ -91,7 +87,6 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "pit_join.json"
 START = datetime(2025, 1, 1, tzinfo=UTC)
 DAY_US = 86_400 * 1_000_000
 TS = pa.timestamp("us", tz="UTC")
-THREADS = 2  # DuckDB threads; Sail uses every core, and the machine this was written for has 2
 ARROW_TYPES = {
     Int32: pa.int32(),
     Int64: pa.int64(),
@@ -262,27 +257,6 @@ def generate(data: Path, params: DataParams) -> dict:
 # ---- engines (each runs in its own subprocess) -----------------------------------------------
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident set size (all threads, so Sail's server too), in MiB.
-
-    `VmHWM` from /proc/self/status, which starts afresh at exec. `ru_maxrss` does not: Linux
-    carries the pre-exec (forked parent's) peak into it, so a child of a parent that once held
-    1 GiB reports at least 1 GiB. `ru_maxrss` is the fallback where /proc is missing.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _local_paths(uris: list[str]) -> list[str]:
     return [uri.removeprefix("file://") for uri in uris]
 
@@ -308,7 +282,7 @@ def run_ours(job: dict) -> dict:
             store.get_historical_features(spine, views).explain(mode="formatted")
         for run in range(job["warmup"] + job["repeats"]):
             target = out / f"run{run}"
-            cpu, started = _cpu_seconds(), time.perf_counter()
+            cpu, started = cpu_seconds(), time.perf_counter()
             result = store.get_historical_features(spine, views)
             planned = time.perf_counter()
             result.write.format("delta").mode("overwrite").save(str(target))
@@ -316,7 +290,7 @@ def run_ours(job: dict) -> dict:
             timings.append(
                 {
                     "seconds": finished - started,
-                    "cpu_seconds": _cpu_seconds() - cpu,
+                    "cpu_seconds": cpu_seconds() - cpu,
                     "call": planned - started,
                     "write": finished - planned,
                 }
@@ -379,10 +353,10 @@ def run_duckdb(job: dict) -> dict:
     timings = []
     for run in range(job["warmup"] + job["repeats"]):
         target = out / f"run{run}.parquet"
-        cpu, started = _cpu_seconds(), time.perf_counter()
+        cpu, started = cpu_seconds(), time.perf_counter()
         connection.execute(duckdb_sql(data, job["spine_rows"], target))
         finished = time.perf_counter()
-        timings.append({"seconds": finished - started, "cpu_seconds": _cpu_seconds() - cpu})
+        timings.append({"seconds": finished - started, "cpu_seconds": cpu_seconds() - cpu})
         print(f"  duckdb {job['spine_rows']:>11,} run {run}: {finished - started:7.2f}s")
         if run < job["warmup"] + job["repeats"] - 1:
             target.unlink()
@@ -396,28 +370,6 @@ def run_duckdb(job: dict) -> dict:
 
 
 ENGINES = {"ours": run_ours, "duckdb": run_duckdb}
-
-
-def run_engine(engine: str, job: dict) -> dict:
-    """Run one engine on one case in a fresh Python process; return its report."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-        json.dump({**job, "engine": engine}, handle)
-        job_path = handle.name
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "bench.pit_join", "--worker", job_path],
-            cwd=ROOT,
-            check=True,
-        )
-        return json.loads(Path(job_path).read_text())["report"]
-    finally:
-        os.unlink(job_path)
-
-
-def worker(job_path: str) -> None:
-    job = json.loads(Path(job_path).read_text())
-    job["report"] = ENGINES[job["engine"]](job)
-    Path(job_path).write_text(json.dumps(job))
 
 
 # ---- comparison and report -----------------------------------------------------------------
@@ -478,34 +430,6 @@ def _median(report: dict, key: str = "seconds") -> float:
     return statistics.median(t[key] for t in report["timings"][report["warmup"] :])
 
 
-def machine_info() -> dict:
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    memory = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gib": memory,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {
-            name: version(name)
-            for name in ("pysail", "duckdb", "pyspark", "deltalake", "pyarrow", "numpy")
-        },
-        "duckdb_threads": THREADS,
-    }
-
-
 def print_table(cases: list[dict]) -> None:
     header = (
         f"{'spine rows':>11} {'ours s':>8} {'DuckDB s':>9} {'ratio':>6} {'ours rows/s':>12} "
@@ -564,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--explain", action="store_true", help="print the plans before timing")
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker)
+        worker(args.worker, ENGINES)
         return 0
 
     if args.quick:
@@ -601,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
                     "repeats": repeats,
                     "explain": args.explain,
                 }
-                report = run_engine(engine, job)
+                report = run_engine("bench.pit_join", engine, job)
                 report["warmup"] = args.warmup
                 median = _median(report)
                 case[engine] = {

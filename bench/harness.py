@@ -1,0 +1,90 @@
+"""What every benchmark here shares: engines run in fresh processes, and how they are measured.
+
+Each engine runs in a fresh Python process (`python -m bench.<name> --worker JOB`), so its peak
+memory and CPU time are its own and the engines cannot warm each other's caches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+THREADS = 2  # DuckDB threads; Sail uses every core, and the machine this was written for has 2
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (all threads, so Sail's server too), in MiB.
+
+    `VmHWM` from /proc/self/status, which starts afresh at exec. `ru_maxrss` does not: Linux
+    carries the pre-exec (forked parent's) peak into it, so a child of a parent that once held
+    1 GiB reports at least 1 GiB. `ru_maxrss` is the fallback where /proc is missing.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def cpu_seconds() -> float:
+    """User and system CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_engine(module: str, engine: str, job: dict) -> dict:
+    """Run one engine of `module` on one case in a fresh Python process; return its report."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump({**job, "engine": engine}, handle)
+        job_path = handle.name
+    try:
+        subprocess.run([sys.executable, "-m", module, "--worker", job_path], cwd=ROOT, check=True)
+        return json.loads(Path(job_path).read_text())["report"]
+    finally:
+        os.unlink(job_path)
+
+
+def worker(job_path: str, engines: dict[str, Callable[[dict], dict]]) -> None:
+    """The worker side of `run_engine`: run the job's engine and write its report back."""
+    job = json.loads(Path(job_path).read_text())
+    job["report"] = engines[job["engine"]](job)
+    Path(job_path).write_text(json.dumps(job))
+
+
+def machine_info() -> dict:
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    memory = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gib": memory,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {
+            name: version(name)
+            for name in ("pysail", "duckdb", "pyspark", "deltalake", "pyarrow", "numpy")
+        },
+        "duckdb_threads": THREADS,
+    }
