@@ -66,7 +66,6 @@ values per feature (and of non-zero counts) so the comparison is not vacuous.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -81,7 +80,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bench.harness import THREADS, cpu_seconds, machine_info, peak_rss_mib, run_engine, worker
+from bench.harness import (
+    THREADS,
+    base_parser,
+    cpu_seconds,
+    machine_info,
+    peak_rss_mib,
+    run_engine,
+    worker,
+)
 from bench.pit_join import DAY_US, START, TS
 from featureplane import (
     Aggregation,
@@ -751,19 +758,10 @@ METHOD = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.aggregations", description=__doc__)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="smoke size")
+    parser = base_parser("python -m bench.aggregations", __doc__, ENGINES, DEFAULT_OUT)
     parser.add_argument("--events", type=int, nargs="+", help="events per case (1M 10M)")
     parser.add_argument("--spine-rows", type=int, help="spine rows (1M)")
-    parser.add_argument("--repeats", type=int, help="timed runs per engine and case (3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (1)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report path")
-    parser.add_argument("--data-dir", type=Path, help="data/results dir (default: temp)")
-    parser.add_argument("--keep", action="store_true", help="keep the data dir and results")
-    parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES))
     parser.add_argument("--entities", type=int, help="users (100k)")
-    parser.add_argument("--explain", action="store_true", help="print the plans before timing")
     parser.add_argument("--analyze", action="store_true", help="EXPLAIN ANALYZE ours once")
     args = parser.parse_args(argv)
     if args.worker:

@@ -6,6 +6,7 @@ memory and CPU time are its own and the engines cannot warm each other's caches.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -41,6 +42,23 @@ def cpu_seconds() -> float:
     """User and system CPU seconds of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def base_parser(
+    prog: str, description: str, engines: dict, default_out: Path
+) -> argparse.ArgumentParser:
+    """The command line every benchmark takes; each adds the sizes of its own data."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="smoke size (seconds)")
+    parser.add_argument("--repeats", type=int, help="timed runs per engine and case (3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (1)")
+    parser.add_argument("--out", type=Path, default=default_out, help="JSON report path")
+    parser.add_argument("--data-dir", type=Path, help="data/results dir (default: temp)")
+    parser.add_argument("--keep", action="store_true", help="keep the data dir and results")
+    parser.add_argument("--engines", nargs="+", choices=list(engines), default=list(engines))
+    parser.add_argument("--explain", action="store_true", help="print the plans before timing")
+    return parser
 
 
 def run_engine(module: str, engine: str, job: dict) -> dict:

@@ -54,7 +54,6 @@ fraction of non-null values per feature so the comparison is not vacuous.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -68,7 +67,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bench.harness import THREADS, cpu_seconds, machine_info, peak_rss_mib, run_engine, worker
+from bench.harness import (
+    THREADS,
+    base_parser,
+    cpu_seconds,
+    machine_info,
+    peak_rss_mib,
+    run_engine,
+    worker,
+)
 from featureplane import (
     BatchSource,
     Entity,
@@ -473,19 +480,10 @@ def scaling(cases: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.pit_join", description=__doc__)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="smoke size (seconds)")
+    parser = base_parser("python -m bench.pit_join", __doc__, ENGINES, DEFAULT_OUT)
     parser.add_argument("--spine-rows", type=int, nargs="+", help="spine sizes to run")
-    parser.add_argument("--repeats", type=int, help="timed runs per engine and case (3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (1)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report path")
-    parser.add_argument("--data-dir", type=Path, help="data/results dir (default: temp)")
-    parser.add_argument("--keep", action="store_true", help="keep the data dir and results")
-    parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES))
     parser.add_argument("--entities", type=int, help="entities per key (100k)")
     parser.add_argument("--feature-rows", type=int, help="rows per feature view (3M)")
-    parser.add_argument("--explain", action="store_true", help="print the plans before timing")
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker, ENGINES)
