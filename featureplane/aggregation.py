@@ -33,9 +33,11 @@ class AggregationFunction:
 
     @property
     def partial(self) -> str:
-        """Name of the partial it needs: var and stddev share their moments."""
+        """Name of the partial it needs: var and stddev share moments, sum and mean a total."""
         if self.name in ("var", "stddev"):
             return "moments"
+        if self.name in ("sum", "mean"):
+            return "total"
         return f"last{self.n}" if self.name == "last_n" else self.name
 
     def __str__(self) -> str:
@@ -160,14 +162,15 @@ def merge_partials(function: AggregationFunction, partials: Sequence[Any]) -> An
     name = function.name
     if not present:
         return None
-    if name in ("count", "sum"):
+    if name == "count":
         return sum(present)
+    if name in ("sum", "mean"):
+        totals = [p["s"] for p in present if p["s"] is not None]
+        return {"n": sum(p["n"] for p in present), "s": sum(totals) if totals else None}
     if name == "min":
         return min(present)
     if name == "max":
         return max(present)
-    if name == "mean":
-        return {"n": sum(p["n"] for p in present), "s": sum(p["s"] for p in present)}
     if name in ("var", "stddev"):
         return reduce(_merge_moments, present)
     if name == "first":
@@ -194,10 +197,12 @@ def finalize(function: AggregationFunction, partial: Any) -> Any:
     name = function.name
     if partial is None:
         return 0 if name == "count" else None
-    if name in ("count", "sum", "min", "max"):
+    if name in ("count", "min", "max"):
         return partial
-    if name == "mean":
-        return partial["s"] / partial["n"] if partial["n"] else None
+    if name in ("sum", "mean"):
+        if not partial["n"]:
+            return None
+        return partial["s"] if name == "sum" else partial["s"] / partial["n"]
     if name in ("var", "stddev"):
         if partial["n"] < 2:
             return None

@@ -605,12 +605,14 @@ def test_functions_are_normalized_and_moments_are_shared():
     assert Aggregation("x", "var", DAY) == Aggregation("x", AggregationFunction("var"), DAY)
     assert Aggregation("x", "var", DAY).fn == AggregationFunction("var")
     partials = {
-        f: Aggregation("x", f, DAY).partial_column for f in ("var", "stddev", "mean", "last")
+        f: Aggregation("x", f, DAY).partial_column
+        for f in ("var", "stddev", "sum", "mean", "last")
     }
     assert partials == {
         "var": "moments__x",
         "stddev": "moments__x",
-        "mean": "mean__x",
+        "sum": "total__x",
+        "mean": "total__x",
         "last": "last__x",
     }
     assert Aggregation("x", last_n(2), DAY).partial_column == "last2__x"

@@ -22,6 +22,8 @@ from featureplane.aggregation import TILE_START, Aggregation, AggregationFunctio
 
 ORDER = "__fp_t"
 KIND = "__fp_kind"
+LAG = "__fp_lag"
+RUNNING = ("count", "sum", "mean")  # invertible: running totals instead of sliding frames
 
 
 def _micros(interval: timedelta) -> int:
@@ -46,12 +48,11 @@ def _partial(function: AggregationFunction, column: str, ts: str) -> Column:
     value = F.col(column)
     if name == "count":
         return F.count(value)
-    if name in ("sum", "min", "max"):
+    if name in ("min", "max"):
         return getattr(F, name)(value)
-    as_double = value.cast("double").alias(f"{column}_as_double")  # unique beside sum(column)
-    total = F.coalesce(F.sum(as_double), F.lit(0.0))
-    if name == "mean":
-        return F.struct(F.count(value).alias("n"), total.alias("s"))
+    if name in ("sum", "mean"):  # the count says whether a window has any value at all
+        return F.struct(F.count(value).alias("n"), F.sum(value).alias("s"))
+    as_double = value.cast("double").alias(f"{column}_as_double")
     if name in ("var", "stddev"):  # centred moments: exact however far values are from 0
         n = F.count(value)
         mean = F.coalesce(F.avg(as_double), F.lit(0.0))
@@ -101,17 +102,13 @@ def _merged(function: AggregationFunction, partial: str, window: Window) -> Colu
     """The merge of the partials in the frame, finalized to the feature value."""
     name = function.name
     field = F.col(partial)
-    if name == "count":
-        return F.coalesce(F.sum(field).over(window), F.lit(0))
-    if name in ("sum", "min", "max"):
+    if name in ("min", "max"):
         return getattr(F, name)(field).over(window)
     if name == "first":
         return F.min(field).over(window).getField("v")
     if name == "last":
         return F.max(field).over(window).getField("v")
     n = F.sum(field.getField("n")).over(window)
-    if name == "mean":
-        return F.when(n > 0, F.sum(field.getField("s")).over(window) / n)
     # Tile moments are merged around the entity's shift (the smallest tile mean, see
     # aggregate_join), which keeps the sums small: var = (Σm2 + Σn·d² − (Σn·d)²/N) / (N − 1).
     tile_n = field.getField("n")
@@ -177,7 +174,9 @@ def aggregate_join(spine: DataFrame, timestamp_column: str, lookup: AggregateLoo
         .rangeBetween(-_micros(a.time_window), -1)
         for a in lookup.aggregations
     }
-    sliding = {a: out for a, out in lookup.aggregations.items() if a.fn.name != "last_n"}
+    sliding = {
+        a: out for a, out in lookup.aggregations.items() if a.fn.name not in ("last_n", *RUNNING)
+    }
     values = rows.select(
         *keys,
         F.col(ORDER).alias(anchor),
@@ -188,12 +187,93 @@ def aggregate_join(spine: DataFrame, timestamp_column: str, lookup: AggregateLoo
         ),
     ).where(F.col(KIND) == 1)
     joined = spine.join(values.drop(KIND), on=[*keys, anchor], how="left")
+    running = {a: out for a, out in lookup.aggregations.items() if a.fn.name in RUNNING}
+    if running:
+        totals = _running_totals(lookup.tiles, anchors, keys, types, anchor, running)
+        joined = joined.join(totals, on=[*keys, anchor], how="left")
     for aggregation, output in lookup.aggregations.items():
-        if aggregation not in sliding:
+        if aggregation.fn.name == "last_n":
             value_type = lookup.column_types.get(aggregation.column, "string")
             recent = _last_n(lookup.tiles, anchors, keys, types, anchor, aggregation, value_type)
             joined = joined.join(recent.withColumnRenamed("value", output), [*keys, anchor], "left")
     return joined.select(*(c for c in spine.columns if c != anchor), *lookup.aggregations.values())
+
+
+def _running_totals(
+    tiles: DataFrame,
+    anchors: DataFrame,
+    keys: list[str],
+    types: dict[str, str],
+    anchor: str,
+    aggregations: dict[Aggregation, str],
+) -> DataFrame:
+    """(keys, anchor, values) of count, sum and mean, as differences of running totals.
+
+    The total of the tiles in [A - w, A) is the running total before A minus the one before
+    A - w. Probe rows at A and at A - w for each window sort before tiles of the same time; one
+    unbounded running sum per partial (cheap, unlike a sliding range frame) gives every total,
+    and one grouping per anchor subtracts them. Integer counts and sums are exact; a double sum
+    can lose about machine epsilon times the running total.
+    """
+    lags = sorted({0, *(_micros(a.time_window) for a in aggregations)})
+    partials = sorted({a.partial_column for a in aggregations})
+    tile_types = dict(tiles.dtypes)
+    fields = {p: [p] if tile_types[p] == "bigint" else [f"{p}.n", f"{p}.s"] for p in partials}
+    columns = [c for p in partials for c in fields[p]]
+    names = {c: f"__fp_total_{n}" for n, c in enumerate(columns)}
+    rows = tiles.select(
+        *(F.col(key).cast(types[key]).alias(key) for key in keys),
+        F.unix_micros(TILE_START).alias(ORDER),
+        F.lit(1).alias(KIND),
+        F.lit(None).cast("bigint").alias(anchor),
+        F.lit(None).cast("bigint").alias(LAG),
+        *(F.col(c).alias(names[c]) for c in columns),
+    )
+    probe_types = dict(rows.dtypes)
+    for lag in lags:
+        rows = rows.unionByName(
+            anchors.select(
+                *keys,
+                (F.col(anchor) - lag).alias(ORDER),
+                F.lit(0).alias(KIND),
+                anchor,
+                F.lit(lag).cast("bigint").alias(LAG),
+                *(F.lit(None).cast(probe_types[names[c]]).alias(names[c]) for c in columns),
+            )
+        )
+    before = (
+        Window.partitionBy(*keys)
+        .orderBy(ORDER, KIND)
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
+    probes = rows.select(
+        *keys,
+        anchor,
+        LAG,
+        KIND,
+        *(F.coalesce(F.sum(names[c]).over(before), F.lit(0)).alias(names[c]) for c in columns),
+    ).where(F.col(KIND) == 0)
+    pivoted = probes.groupBy(*keys, anchor).agg(
+        *(
+            F.max(F.when(F.col(LAG) == lag, F.col(names[c]))).alias(f"{names[c]}_{lag}")
+            for c in columns
+            for lag in lags
+        )
+    )
+
+    def total(column: str, window: timedelta) -> Column:
+        return F.col(f"{names[column]}_0") - F.col(f"{names[column]}_{_micros(window)}")
+
+    values = []
+    for aggregation, output in aggregations.items():
+        p, w = aggregation.partial_column, aggregation.time_window
+        if aggregation.fn.name == "count":
+            values.append(total(p, w).alias(output))
+            continue
+        n, s = total(f"{p}.n", w), total(f"{p}.s", w)
+        value = s if aggregation.fn.name == "sum" else s / n
+        values.append(F.when(n > 0, value).alias(output))
+    return pivoted.select(*keys, anchor, *values)
 
 
 def _last_n(
