@@ -605,8 +605,7 @@ def test_functions_are_normalized_and_moments_are_shared():
     assert Aggregation("x", "var", DAY) == Aggregation("x", AggregationFunction("var"), DAY)
     assert Aggregation("x", "var", DAY).fn == AggregationFunction("var")
     partials = {
-        f: Aggregation("x", f, DAY).partial_column
-        for f in ("var", "stddev", "sum", "mean", "last")
+        f: Aggregation("x", f, DAY).partial_column for f in ("var", "stddev", "sum", "mean", "last")
     }
     assert partials == {
         "var": "moments__x",
