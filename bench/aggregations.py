@@ -87,6 +87,8 @@ from bench.harness import (
     machine_info,
     peak_rss_mib,
     run_engine,
+    scaling,
+    time_writes,
     worker,
 )
 from bench.pit_join import DAY_US, START, TS
@@ -336,7 +338,7 @@ def run_ours(job: dict) -> dict:
     repository = Repository.from_objects([feature_view(events_uri(data, job["events"]))])
     view = repository.feature_views[VIEW]
     spine = spine_uri(data, job["spine_rows"])
-    timings, extra = [], {}
+    extra = {}
     with spark_session() as spark:
         store = FeatureStore(repository, spark, root)
         baseline = peak_rss_mib()
@@ -361,25 +363,9 @@ def run_ours(job: dict) -> dict:
             }
             print(f"  EXPLAIN ANALYZE ({elapsed:.1f}s), full text in {path}:")
             print("\n".join(f"    {line}" for line in extra["analyze"]["operators"]))
-        for run in _runs(job):
-            target = out / f"run{run}"
-            cpu, started = cpu_seconds(), time.perf_counter()
-            result = features()
-            planned = time.perf_counter()
-            result.write.format("delta").mode("overwrite").save(str(target))
-            finished = time.perf_counter()
-            timings.append(
-                {
-                    "seconds": finished - started,
-                    "cpu_seconds": cpu_seconds() - cpu,
-                    "call": planned - started,
-                    "write": finished - planned,
-                }
-            )
-            print(f"  ours          {job['events']:>11,} run {run}: {finished - started:7.2f}s")
-            if run < _runs(job)[-1]:
-                shutil.rmtree(target)
-    return _report(timings, str(target), baseline, **extra)
+        label = f"ours          {job['events']:>11,}"
+        timings, target = time_writes(label, _runs(job), features, out)
+    return _report(timings, target, baseline, **extra)
 
 
 def _anchor(column: str) -> str:
@@ -684,30 +670,11 @@ def print_table(cases: list[dict]) -> None:
         )
 
 
-def scaling(cases: list[dict]) -> dict:
-    """Seconds per million events per engine, and the largest/smallest case time ratio."""
-    result = {}
-    for engine in ENGINES:
-        timed = [(c["events"], c[engine]["median_s"]) for c in cases if c.get(engine)]
-        if len(timed) < 2:
-            continue
-        (small, t_small), (large, t_large) = min(timed), max(timed)
-        result[engine] = {
-            "seconds": {str(events): s for events, s in timed},
-            "seconds_per_million_events": {
-                str(events): round(s / events * 1e6, 3) for events, s in timed
-            },
-            "time_ratio": round(t_large / t_small, 2),
-            "events_ratio": round(large / small, 2),
-        }
-    return result
-
-
 def print_notes(cases: list[dict], growth: dict) -> None:
     for engine, figures in growth.items():
         print(
-            f"{engine}: {figures['events_ratio']:g}x events took {figures['time_ratio']:g}x "
-            f"time; s per 1M events: {figures['seconds_per_million_events']}"
+            f"{engine}: {figures['size_ratio']:g}x events took {figures['time_ratio']:g}x "
+            f"time; s per 1M events: {figures['seconds_per_million']}"
         )
     for case in cases:
         cpu = ", ".join(
@@ -810,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(results, ignore_errors=True)
             cases.append(case)
         print_table(cases)
-        growth = scaling(cases)
+        growth = scaling(cases, "events", ENGINES)
         print_notes(cases, growth)
         report = {
             "benchmark": "aggregations",

@@ -11,9 +11,11 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -59,6 +61,51 @@ def base_parser(
     parser.add_argument("--engines", nargs="+", choices=list(engines), default=list(engines))
     parser.add_argument("--explain", action="store_true", help="print the plans before timing")
     return parser
+
+
+def time_writes(label: str, runs: range, result: Callable, out: Path) -> tuple[list[dict], str]:
+    """Time `result()` (a lazy Spark DataFrame) written to a new Delta table, once per run.
+
+    Returns the timings (total, CPU, planning call, write) and the last run's table, which is
+    kept for the comparison; earlier runs' tables are deleted.
+    """
+    timings = []
+    for run in runs:
+        target = out / f"run{run}"
+        cpu, started = cpu_seconds(), time.perf_counter()
+        frame = result()
+        planned = time.perf_counter()
+        frame.write.format("delta").mode("overwrite").save(str(target))
+        finished = time.perf_counter()
+        timings.append(
+            {
+                "seconds": finished - started,
+                "cpu_seconds": cpu_seconds() - cpu,
+                "call": planned - started,
+                "write": finished - planned,
+            }
+        )
+        print(f"  {label} run {run}: {finished - started:7.2f}s")
+        if run < runs[-1]:
+            shutil.rmtree(target)
+    return timings, str(target)
+
+
+def scaling(cases: list[dict], size: str, engines) -> dict:
+    """Per engine: seconds per million `size` units, and how time grew from the smallest case."""
+    result = {}
+    for engine in engines:
+        timed = [(c[size], c[engine]["median_s"]) for c in cases if c.get(engine)]
+        if len(timed) < 2:
+            continue
+        (small, t_small), (large, t_large) = min(timed), max(timed)
+        result[engine] = {
+            "seconds": {str(n): s for n, s in timed},
+            "seconds_per_million": {str(n): round(s / n * 1e6, 3) for n, s in timed},
+            "time_ratio": round(t_large / t_small, 2),
+            "size_ratio": round(large / small, 2),
+        }
+    return result
 
 
 def run_engine(module: str, engine: str, job: dict) -> dict:

@@ -74,6 +74,8 @@ from bench.harness import (
     machine_info,
     peak_rss_mib,
     run_engine,
+    scaling,
+    time_writes,
     worker,
 )
 from featureplane import (
@@ -281,33 +283,19 @@ def run_ours(job: dict) -> dict:
     repository = Repository.from_objects(feature_views(params))
     views = [repository.feature_views[spec.name] for spec in VIEW_SPECS]
     spine = spine_uri(data, job["spine_rows"])
-    timings = []
     with spark_session() as spark:
         store = FeatureStore(repository, spark, str(data / "offline"))
         baseline = peak_rss_mib()
         if job.get("explain"):
             store.get_historical_features(spine, views).explain(mode="formatted")
-        for run in range(job["warmup"] + job["repeats"]):
-            target = out / f"run{run}"
-            cpu, started = cpu_seconds(), time.perf_counter()
-            result = store.get_historical_features(spine, views)
-            planned = time.perf_counter()
-            result.write.format("delta").mode("overwrite").save(str(target))
-            finished = time.perf_counter()
-            timings.append(
-                {
-                    "seconds": finished - started,
-                    "cpu_seconds": cpu_seconds() - cpu,
-                    "call": planned - started,
-                    "write": finished - planned,
-                }
-            )
-            print(f"  ours   {job['spine_rows']:>11,} run {run}: {finished - started:7.2f}s")
-            if run < job["warmup"] + job["repeats"] - 1:
-                shutil.rmtree(target)
+        runs = range(job["warmup"] + job["repeats"])
+        label = f"ours   {job['spine_rows']:>11,}"
+        timings, target = time_writes(
+            label, runs, lambda: store.get_historical_features(spine, views), out
+        )
     return {
         "timings": timings,
-        "result": str(target),
+        "result": target,
         "peak_rss_mib": peak_rss_mib(),
         "baseline_rss_mib": baseline,
     }
@@ -463,22 +451,6 @@ def print_table(cases: list[dict]) -> None:
         )
 
 
-def scaling(cases: list[dict]) -> dict:
-    """Seconds per million spine rows, per engine, and the largest/smallest case time ratio."""
-    result = {}
-    for engine in ("ours", "duckdb"):
-        timed = [(c["spine_rows"], c[engine]["median_s"]) for c in cases if c.get(engine)]
-        if len(timed) < 2:
-            continue
-        (small, t_small), (large, t_large) = min(timed), max(timed)
-        result[engine] = {
-            "seconds_per_million": {str(rows): round(s / rows * 1e6, 3) for rows, s in timed},
-            "time_ratio": round(t_large / t_small, 2),
-            "rows_ratio": round(large / small, 2),
-        }
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("python -m bench.pit_join", __doc__, ENGINES, DEFAULT_OUT)
     parser.add_argument("--spine-rows", type=int, nargs="+", help="spine sizes to run")
@@ -553,10 +525,10 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(results, ignore_errors=True)
             cases.append(case)
         print_table(cases)
-        growth = scaling(cases)
+        growth = scaling(cases, "spine_rows", ("ours", "duckdb"))
         for engine, figures in growth.items():
             print(
-                f"{engine}: {figures['rows_ratio']:g}x rows took {figures['time_ratio']:g}x time; "
+                f"{engine}: {figures['size_ratio']:g}x rows took {figures['time_ratio']:g}x time; "
                 f"s per 1M rows: {figures['seconds_per_million']}"
             )
         for case in cases:
