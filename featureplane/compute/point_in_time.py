@@ -5,21 +5,26 @@ event time <= t, ignored when older than t - ttl; nothing matches a null key. Ro
 event time come from the same materialized window; among them the greatest tie-breaker values win
 (compared in order, nulls lowest), so the choice is deterministic.
 
-Instead of a range join (spine x history, which explodes), the spine rows and the feature tables'
-(keys, event time) pairs are unioned and sorted per entity once; a running max carries each
-table's latest event time forward to the spine rows behind it, and the values are then joined on
-(keys, time), which ties have made unique. Feature tables keyed on the same join keys share one
-sort; each further key set is one more pass over the previous pass's output. Spine rows are never
-joined back, so duplicates and extra columns (labels) pass through untouched.
+Instead of a range join (spine x history, which explodes), the spine rows and the feature rows
+are unioned, hash-partitioned on the join keys once, and each partition is merged as of in Arrow:
+sorted by (keys, time), a running maximum of row positions finds each spine row's latest feature
+row of every table, whose values are then taken. That is one shuffle per set of join keys and no
+join at all: feature tables keyed alike share the pass, each further key set is one more pass
+over the previous pass's output. Spine rows are never joined back, so duplicates and extra
+columns (labels) pass through untouched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
-from pyspark.sql import Column, DataFrame, Window
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 KIND = "__fp_kind"  # 0 = feature row, 1 = spine row: at equal times features sort first (<= t)
@@ -45,11 +50,16 @@ class Lookup:
     tie_breakers: tuple[str, ...] = ()
     unique_times: bool = False
 
-    @property
-    def carried(self) -> list[str]:
-        """The columns carried forward: tie-breakers first, then any other selected feature."""
-        order = list(self.tie_breakers or self.features)
-        return order + [column for column in self.features if column not in order]
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one lookup's rows sit in the union: the column marking them (their event time),
+    the columns holding their values, the output names, and the ttl in microseconds."""
+
+    time: str
+    values: tuple[str, ...]
+    outputs: tuple[str, ...]
+    ttl: int | None
 
 
 def point_in_time_join(
@@ -59,42 +69,12 @@ def point_in_time_join(
     passes: dict[tuple[str, ...], list[int]] = {}
     for index, lookup in enumerate(lookups):
         passes.setdefault(lookup.join_keys, []).append(index)
-    types = dict(spine.dtypes)
     matched = spine
     for keys, indexes in passes.items():
-        matched = _match_times(matched, timestamp_column, keys, {i: lookups[i] for i in indexes})
-    for i, lookup in enumerate(lookups):
-        values = _latest_rows(lookup, i, types)
-        matched = matched.join(values, on=[*lookup.join_keys, _slot(i)], how="left")
+        matched = _as_of_pass(matched, timestamp_column, keys, {i: lookups[i] for i in indexes})
     return matched.select(
         *spine.columns,
-        *(
-            _feature(lookup, i, lookup.carried.index(column), timestamp_column).alias(output)
-            for i, lookup in enumerate(lookups)
-            for column, output in lookup.features.items()
-        ),
-    )
-
-
-def _slot(index: int) -> str:
-    return f"__fp_ts_{index}"
-
-
-def _value(index: int, n: int) -> str:
-    return f"__fp_{index}_{n}"
-
-
-def _event_rows(lookup: Lookup, types: dict[str, str]) -> DataFrame:
-    """The rows that can match: keys and event time present, keys typed like the spine's."""
-    ts = lookup.timestamp_field
-    keys = lookup.join_keys
-    present = F.col(ts).isNotNull()
-    for key in keys:
-        present = present & F.col(key).isNotNull()
-    return lookup.table.where(present).select(
-        *(F.col(key).cast(types[key]).alias(key) for key in keys),
-        F.col(ts).cast("timestamp").alias(ts),
-        *lookup.carried,
+        *(output for lookup in lookups for output in lookup.features.values()),
     )
 
 
@@ -107,72 +87,125 @@ def latest_per_time(
     return rows.withColumn(RANK, F.row_number().over(rank)).where(F.col(RANK) == 1).drop(RANK)
 
 
-def _latest_rows(lookup: Lookup, index: int, types: dict[str, str]) -> DataFrame:
-    """The lookup's rows as values to join on (keys, event time), ties resolved unless the
-    table is known to hold none."""
-    rows = _event_rows(lookup, types)
+def _feature_rows(lookup: Lookup, types: dict[str, str]) -> DataFrame:
+    """The rows that can match, ties resolved: keys and event time present, keys typed like
+    the spine's."""
+    ts = lookup.timestamp_field
+    keys = lookup.join_keys
+    present = F.col(ts).isNotNull()
+    for key in keys:
+        present = present & F.col(key).isNotNull()
+    rows = lookup.table.where(present)
     if not lookup.unique_times:
         ties = list(lookup.tie_breakers or lookup.features)
-        rows = latest_per_time(rows, lookup.join_keys, lookup.timestamp_field, ties)
+        rows = latest_per_time(rows, keys, ts, ties)
     return rows.select(
-        *lookup.join_keys,
-        F.col(lookup.timestamp_field).alias(_slot(index)),
-        *(F.col(c).alias(_value(index, n)) for n, c in enumerate(lookup.carried)),
+        *(F.col(key).cast(types[key]).alias(key) for key in keys),
+        F.col(ts).cast("timestamp").alias(ts),
+        *lookup.features,
     )
 
 
-def _match_times(
+def _as_of_pass(
     spine: DataFrame, ts: str, keys: tuple[str, ...], lookups: dict[int, Lookup]
 ) -> DataFrame:
-    """Each spine row with, per lookup, the latest event time <= its own: one sort per entity.
-
-    Only keys and event times of feature rows enter the sort, and a running max carries the
-    latest one forward to the spine rows behind it.
-    """
+    """The spine with the features of `lookups`, which share `keys`: one shuffle, no join."""
     types = dict(spine.dtypes)
-    carried = [c for c in spine.columns if c not in (*keys, ts)]
-    no_match = {i: F.lit(None).cast("timestamp").alias(_slot(i)) for i in lookups}
-    rows = spine.select(*spine.columns, F.lit(SPINE_ROW).alias(KIND), *no_match.values())
+    slots: list[_Slot] = []
+    parts: list[tuple[_Slot, DataFrame]] = []
     for i, lookup in lookups.items():
-        rows = rows.unionByName(
-            _event_rows(lookup, types).select(
-                *keys,
-                F.col(lookup.timestamp_field).alias(ts),
-                *(F.lit(None).cast(types[c]).alias(c) for c in carried),
-                F.lit(1 - SPINE_ROW).alias(KIND),
-                *(
-                    F.col(lookup.timestamp_field).alias(_slot(j)) if j == i else no_match[j]
-                    for j in lookups
+        slot = _Slot(
+            time=f"__fp_ts_{i}",
+            values=tuple(f"__fp_{i}_{n}" for n in range(len(lookup.features))),
+            outputs=tuple(lookup.features.values()),
+            ttl=None if lookup.ttl is None else lookup.ttl // timedelta(microseconds=1),
+        )
+        rows = _feature_rows(lookup, types)
+        parts.append(
+            (
+                slot,
+                rows.select(
+                    *keys,
+                    F.col(lookup.timestamp_field).alias(ts),
+                    F.col(lookup.timestamp_field).alias(slot.time),
+                    *(F.col(c).alias(v) for c, v in zip(lookup.features, slot.values, strict=True)),
                 ),
             )
         )
-    window = (
-        Window.partitionBy(*keys)
-        .orderBy(F.col(ts).asc_nulls_first(), F.col(KIND))
-        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    )
-    return (
-        rows.select(
-            *spine.columns,
-            F.col(KIND),
-            *(F.max(_slot(i)).over(window).alias(_slot(i)) for i in lookups),
+        slots.append(slot)
+    union_types = {**types, **{c: t for _, part in parts for c, t in part.dtypes}}
+    columns = [*spine.columns, *(c for _, part in parts for c in part.columns[len(keys) + 1 :])]
+
+    def aligned(frame: DataFrame, kind: int) -> DataFrame:
+        present = set(frame.columns)
+        return frame.select(
+            *(
+                F.col(c) if c in present else F.lit(None).cast(union_types[c]).alias(c)
+                for c in columns
+            ),
+            F.lit(kind).cast("tinyint").alias(KIND),
         )
-        .where(F.col(KIND) == SPINE_ROW)
-        .drop(KIND)
+
+    rows = aligned(spine, SPINE_ROW)
+    for _, part in parts:
+        rows = rows.unionByName(aligned(part, 1 - SPINE_ROW))
+    schema = ", ".join(
+        [f"`{name}` {kind}" for name, kind in spine.dtypes]
+        + [
+            f"`{output}` {union_types[value]}"
+            for slot in slots
+            for value, output in zip(slot.values, slot.outputs, strict=True)
+        ]
     )
+    merge = partial(_merge_as_of, keys=keys, ts=ts, spine_columns=spine.columns, slots=slots)
+    return rows.repartition(*keys).mapInArrow(merge, schema)
 
 
-def _feature(lookup: Lookup, index: int, n: int, ts: str) -> Column:
-    value = F.col(_value(index, n))
-    if lookup.ttl is None:
-        return value
-    ttl_micros = lookup.ttl // timedelta(microseconds=1)
-    fresh = F.unix_micros(F.col(_slot(index))) >= F.unix_micros(F.col(ts)) - ttl_micros
-    return F.when(fresh, value)
+def _merge_as_of(
+    batches: Iterator[pa.RecordBatch],
+    keys: tuple[str, ...],
+    ts: str,
+    spine_columns: list[str],
+    slots: list[_Slot],
+) -> Iterator[pa.RecordBatch]:
+    """The as-of merge of one partition, which holds every row of its keys."""
+    batches = list(batches)
+    table = pa.Table.from_batches(batches) if batches else None
+    if table is None or table.num_rows == 0:
+        return
+    order = pc.sort_indices(
+        table.select([*keys, ts, KIND]),
+        sort_keys=[(column, "ascending", "at_start") for column in (*keys, ts, KIND)],
+    ).to_numpy()
+    n = len(order)
+    position = np.arange(n)
+    starts = np.zeros(n, dtype=bool)
+    starts[0] = True
+    for key in keys:  # a null key starts a group of its own: it matches nothing
+        column = table[key].take(order)
+        changed = pc.fill_null(pc.not_equal(column[1:], column[:-1]), True)
+        starts[1:] |= changed.to_numpy(zero_copy_only=False)
+    group_start = np.maximum.accumulate(np.where(starts, position, 0))
+    kinds = table[KIND].to_numpy()[order]
+    spine_at = np.flatnonzero(kinds == SPINE_ROW)  # sorted positions of the spine rows
+    spine_rows = order[spine_at]
+    times = _micros(table[ts])
+    columns = {name: table[name].take(spine_rows) for name in spine_columns}
+    for slot in slots:
+        event = table[slot.time]
+        marked = event.is_valid().to_numpy()[order]
+        latest = np.maximum.accumulate(np.where(marked, position, -1))[spine_at]
+        found = latest >= group_start[spine_at]
+        source = order[np.maximum(latest, 0)]
+        if slot.ttl is not None:
+            found &= _micros(event)[source] >= times[spine_rows] - slot.ttl
+        indices = pa.array(source, mask=~found)
+        for value, output in zip(slot.values, slot.outputs, strict=True):
+            columns[output] = table[value].take(indices)
+    yield from pa.table(columns).to_batches()
 
 
-def _all(conditions) -> Column:
-    result = F.lit(True)
-    for condition in conditions:
-        result = result & condition
-    return result
+def _micros(times: pa.ChunkedArray) -> np.ndarray:
+    """Event times as epoch microseconds (nulls as the smallest integer: older than any ttl)."""
+    micros = pc.cast(times, pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    return pc.fill_null(micros, np.iinfo(np.int64).min).to_numpy()
