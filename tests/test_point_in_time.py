@@ -40,7 +40,14 @@ from featureplane import (
     RetrievalError,
     batch_feature_view,
 )
-from featureplane.compute.point_in_time import Lookup, latest_per_time, point_in_time_join
+from featureplane.compute.point_in_time import (
+    KIND,
+    SPINE_ROW,
+    Lookup,
+    _sort,
+    latest_per_time,
+    point_in_time_join,
+)
 from featureplane.compute.window import TimeWindow
 from featureplane.feature_store import FeatureStore
 from featureplane.offline_store import OfflineStore
@@ -284,6 +291,80 @@ def random_cases(draw) -> pit.Case:
 @given(case=random_cases())
 def test_join_matches_the_oracle(spark, case):
     check_case(spark, case)
+
+
+# ---- the per-partition sort: packed int64 keys, or Arrow's multi-column sort ------------------
+
+EXTREME = datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC)
+
+
+@st.composite
+def partitions(draw) -> tuple[pa.Table, tuple[str, ...]]:
+    """Rows of one partition: keys that pack into an int64 or not (huge integers, strings),
+    times on a small grid or centuries apart, nulls in both."""
+    key_values = draw(
+        st.sampled_from(
+            [
+                st.integers(-3, 3),
+                st.integers(-(2**63), 2**63 - 1),
+                st.sampled_from(["a", "b", "ab", ""]),
+            ]
+        )
+    )
+    width = draw(st.integers(1, 2))
+    moments = st.one_of(MOMENTS, st.sampled_from(EXTREME)) if draw(st.booleans()) else MOMENTS
+    rows = draw(
+        st.lists(
+            st.tuples(
+                st.tuples(*[nullable(key_values)] * width),
+                nullable(moments),
+                st.sampled_from([0, 1, SPINE_ROW]),
+            ),
+            min_size=1,
+            max_size=40,
+        )
+    )
+    keys = tuple(f"k{i}" for i in range(width))
+    columns = {key: [row[0][i] for row in rows] for i, key in enumerate(keys)}
+    table = pa.table(
+        {
+            **columns,
+            "ts": pa.array([row[1] for row in rows], pa.timestamp("us", tz="UTC")),
+            KIND: pa.array([row[2] for row in rows], pa.int8()),
+        }
+    )
+    return table, keys
+
+
+@settings(max_examples=300, deadline=None)
+@given(partition=partitions())
+def test_partition_sort_groups_keys_and_orders_times(partition):
+    """Equal non-null keys form one run, ordered by time (nulls first, spine rows after feature
+    rows of the same time); a run starts exactly where the keys change, and at every row with
+    a null key (which matches nothing)."""
+    table, keys = partition
+    order, starts = _sort(table, keys, "ts")
+    assert sorted(order.tolist()) == list(range(table.num_rows))
+    rows = table.to_pylist()
+    ordered = [rows[i] for i in order]
+    runs = []
+    for i, row in enumerate(ordered):
+        key = tuple(row[k] for k in keys)
+        previous = tuple(ordered[i - 1][k] for k in keys) if i else None
+        if None in key:
+            assert starts[i]
+            continue
+        assert bool(starts[i]) == (key != previous)
+        if starts[i]:
+            runs.append(key)
+            continue
+        before = ordered[i - 1]
+
+        def rank(r):
+            return (r["ts"] is not None, r["ts"] or EXTREME[0], r[KIND] == SPINE_ROW)
+
+        assert rank(before) <= rank(row)
+    assert len(runs) == len(set(runs))
 
 
 # ---- DuckDB's ASOF JOIN on a larger data set without ties --------------------------------------

@@ -27,8 +27,8 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-KIND = "__fp_kind"  # 0 = feature row, 1 = spine row: at equal times features sort first (<= t)
-SPINE_ROW = 1
+KIND = "__fp_kind"  # a feature row's lookup number in its pass; spine rows sort after them (<= t)
+SPINE_ROW = 127
 RANK = "__fp_rank"
 
 
@@ -53,10 +53,9 @@ class Lookup:
 
 @dataclass(frozen=True)
 class _Slot:
-    """Where one lookup's rows sit in the union: the column marking them (their event time),
-    the columns holding their values, the output names, and the ttl in microseconds."""
+    """One lookup in a pass: its columns in the union, output names, and ttl in microseconds.
+    Its rows in the union carry its position in the pass as their kind."""
 
-    time: str
     values: tuple[str, ...]
     outputs: tuple[str, ...]
     ttl: int | None
@@ -110,47 +109,40 @@ def _as_of_pass(
     spine: DataFrame, ts: str, keys: tuple[str, ...], lookups: dict[int, Lookup]
 ) -> DataFrame:
     """The spine with the features of `lookups`, which share `keys`: one shuffle, no join."""
+    if len(lookups) >= SPINE_ROW:
+        raise ValueError(f"at most {SPINE_ROW - 1} feature views on the same keys per query")
     types = dict(spine.dtypes)
     slots: list[_Slot] = []
-    parts: list[tuple[_Slot, DataFrame]] = []
-    for i, lookup in lookups.items():
+    parts: list[DataFrame] = []
+    for kind, (i, lookup) in enumerate(lookups.items()):
         slot = _Slot(
-            time=f"__fp_ts_{i}",
             values=tuple(f"__fp_{i}_{n}" for n in range(len(lookup.features))),
             outputs=tuple(lookup.features.values()),
             ttl=None if lookup.ttl is None else lookup.ttl // timedelta(microseconds=1),
         )
-        rows = _feature_rows(lookup, types)
+        slots.append(slot)
         parts.append(
-            (
-                slot,
-                rows.select(
-                    *keys,
-                    F.col(lookup.timestamp_field).alias(ts),
-                    F.col(lookup.timestamp_field).alias(slot.time),
-                    *(F.col(c).alias(v) for c, v in zip(lookup.features, slot.values, strict=True)),
-                ),
+            _feature_rows(lookup, types).select(
+                *keys,
+                F.col(lookup.timestamp_field).alias(ts),
+                F.lit(kind).cast("tinyint").alias(KIND),
+                *(F.col(c).alias(v) for c, v in zip(lookup.features, slot.values, strict=True)),
             )
         )
-        slots.append(slot)
-    union_types = {**types, **{c: t for _, part in parts for c, t in part.dtypes}}
-    columns = [*spine.columns, *(c for _, part in parts for c in part.columns[len(keys) + 1 :])]
+    union_types = {**types, **{c: t for part in parts for c, t in part.dtypes}}
+    columns = [*spine.columns, KIND, *(v for slot in slots for v in slot.values)]
 
-    def aligned(frame: DataFrame, kind: int) -> DataFrame:
+    def aligned(frame: DataFrame) -> DataFrame:
         present = set(frame.columns)
         return frame.select(
-            *(
-                F.col(c) if c in present else F.lit(None).cast(union_types[c]).alias(c)
-                for c in columns
-            ),
-            F.lit(kind).cast("tinyint").alias(KIND),
+            *(c if c in present else F.lit(None).cast(union_types[c]).alias(c) for c in columns)
         )
 
-    rows = aligned(spine, SPINE_ROW)
-    for _, part in parts:
-        rows = rows.unionByName(aligned(part, 1 - SPINE_ROW))
+    rows = aligned(spine.withColumn(KIND, F.lit(SPINE_ROW).cast("tinyint")))
+    for part in parts:
+        rows = rows.unionByName(aligned(part))
     schema = ", ".join(
-        [f"`{name}` {kind}" for name, kind in spine.dtypes]
+        [f"`{name}` {dtype}" for name, dtype in spine.dtypes]
         + [
             f"`{output}` {union_types[value]}"
             for slot in slots
@@ -173,39 +165,101 @@ def _merge_as_of(
     table = pa.Table.from_batches(batches) if batches else None
     if table is None or table.num_rows == 0:
         return
-    order = pc.sort_indices(
-        table.select([*keys, ts, KIND]),
-        sort_keys=[(column, "ascending", "at_start") for column in (*keys, ts, KIND)],
-    ).to_numpy()
-    n = len(order)
-    position = np.arange(n)
-    starts = np.zeros(n, dtype=bool)
-    starts[0] = True
-    for key in keys:  # a null key starts a group of its own: it matches nothing
-        column = table[key].take(order)
-        changed = pc.fill_null(pc.not_equal(column[1:], column[:-1]), True)
-        starts[1:] |= changed.to_numpy(zero_copy_only=False)
+    order, starts = _sort(table, keys, ts)
+    position = np.arange(len(order))
     group_start = np.maximum.accumulate(np.where(starts, position, 0))
     kinds = table[KIND].to_numpy()[order]
     spine_at = np.flatnonzero(kinds == SPINE_ROW)  # sorted positions of the spine rows
     spine_rows = order[spine_at]
     times = _micros(table[ts])
     columns = {name: table[name].take(spine_rows) for name in spine_columns}
-    for slot in slots:
-        event = table[slot.time]
-        marked = event.is_valid().to_numpy()[order]
-        latest = np.maximum.accumulate(np.where(marked, position, -1))[spine_at]
+    for kind, slot in enumerate(slots):
+        latest = np.maximum.accumulate(np.where(kinds == kind, position, -1))[spine_at]
         found = latest >= group_start[spine_at]
         source = order[np.maximum(latest, 0)]
         if slot.ttl is not None:
-            found &= _micros(event)[source] >= times[spine_rows] - slot.ttl
+            found &= times[source] >= times[spine_rows] - slot.ttl
         indices = pa.array(source, mask=~found)
         for value, output in zip(slot.values, slot.outputs, strict=True):
             columns[output] = table[value].take(indices)
     yield from pa.table(columns).to_batches()
 
 
+def _sort(table: pa.Table, keys: tuple[str, ...], ts: str) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions in (keys, time) order, null times first and spine rows after feature rows
+    of the same time, and whether each sorted row
+    starts a new run of keys. Null keys never equal anything, so they start runs that hold no
+    feature row (feature rows have keys).
+
+    When the keys' codes and the times fit in 63 bits together, one int64 argsort does it, about
+    ten times faster than a multi-column Arrow sort; otherwise the Arrow sort.
+    """
+    codes = _key_codes(table, keys)
+    micros = _micros(table[ts])
+    present = micros != NO_TIME
+    low = int(micros[present].min()) if present.any() else 0
+    high = int(micros[present].max()) if present.any() else 0
+    shift = (2 * (high - low + 1) + 1).bit_length()
+    if codes is not None and int(codes.max()).bit_length() + shift <= 62:
+        offset = np.where(present, micros - low + 1, 0)
+        spine = table[KIND].to_numpy() == SPINE_ROW
+        packed = (codes << shift) | (offset * 2 + spine)
+        order = np.argsort(packed)
+        ordered = codes[order]
+        starts = np.empty(len(order), dtype=bool)
+        starts[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+        return order, starts | _null_keys(table, keys)[order]
+    order = pc.sort_indices(
+        table.select([*keys, ts, KIND]),
+        sort_keys=[(column, "ascending", "at_start") for column in (*keys, ts, KIND)],
+    ).to_numpy()
+    starts = np.zeros(len(order), dtype=bool)
+    starts[0] = True
+    for key in keys:
+        column = table[key].take(order)
+        changed = pc.fill_null(pc.not_equal(column[1:], column[:-1]), True)
+        starts[1:] |= changed.to_numpy(zero_copy_only=False)
+    return order, starts
+
+
+def _key_codes(table: pa.Table, keys: tuple[str, ...]) -> np.ndarray | None:
+    """One int64 per row, equal exactly when the rows' keys are equal (nulls aside), or None
+    when the codes would not fit: integer keys offset by their minimum, others dictionary
+    encoded."""
+    codes = np.zeros(table.num_rows, dtype=np.int64)
+    size = 1
+    for key in keys:
+        column = table[key].combine_chunks()
+        if pa.types.is_integer(column.type):
+            bounds = pc.min_max(column)
+            low, high = bounds["min"].as_py() or 0, bounds["max"].as_py() or 0
+            width = high - low + 2
+            if size * width >= 1 << 62:
+                return None
+            code = pc.subtract(column.cast(pa.int64()), low)
+        else:
+            encoded = pc.dictionary_encode(column)
+            width = len(encoded.dictionary) + 1
+            code = encoded.indices.cast(pa.int64())
+        size *= width
+        if size >= 1 << 62:
+            return None
+        codes = codes * width + pc.fill_null(code, width - 1).to_numpy()
+    return codes
+
+
+def _null_keys(table: pa.Table, keys: tuple[str, ...]) -> np.ndarray:
+    nulls = np.zeros(table.num_rows, dtype=bool)
+    for key in keys:
+        nulls |= table[key].is_null().to_numpy(zero_copy_only=False)
+    return nulls
+
+
+NO_TIME = np.iinfo(np.int64).min
+
+
 def _micros(times: pa.ChunkedArray) -> np.ndarray:
-    """Event times as epoch microseconds (nulls as the smallest integer: older than any ttl)."""
+    """Event times as epoch microseconds (nulls as NO_TIME, older than any ttl)."""
     micros = pc.cast(times, pa.timestamp("us", tz="UTC")).cast(pa.int64())
-    return pc.fill_null(micros, np.iinfo(np.int64).min).to_numpy()
+    return pc.fill_null(micros, NO_TIME).to_numpy()
