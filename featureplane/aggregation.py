@@ -293,7 +293,7 @@ def hll_scale(precision: int) -> float:
 def hll_estimate(ranks: Mapping[int, int], precision: int) -> int:
     """The HyperLogLog estimate of the distinct values that set `ranks` ({index: rank}).
 
-    raw = alpha * m**2 / sum(2**-rank over all m registers, 0 for unset ones); at or below
+    raw = alpha * m**2 / sum(2**-rank over all m registers, rank 0 for unset ones); at or below
     2.5 * m with unset registers left, linear counting m * ln(m / unset) instead; rounded half
     up. The sum is taken as two exact integers (ranks up to SPLIT scaled by 2**SPLIT, the rest
     by 2**(2 * SPLIT)) and one rounding to a double, so Spark computes the same bits whatever

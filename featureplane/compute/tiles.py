@@ -5,8 +5,10 @@ partial aggregate of every (function, column) the view needs. `aggregate_join` g
 row the value of every aggregation at its timestamp t, from the tiles with tile_start in
 [floor(t) - window, floor(t)): the spine's distinct (keys, floor(t)) anchors are unioned with the
 tiles, and one sliding range frame per window merges the partials before each anchor — a single
-sort per entity, never spine x tiles. The merge and finalize mirror `featureplane.aggregation`,
-which serves the same tiles online.
+sort per entity, never spine x tiles. count, sum and mean come from running totals instead, and
+last_n and approx_count_distinct from joins of their own (`_last_n`, a hop hierarchy of
+sketches). The merge and finalize mirror `featureplane.aggregation`, which serves the same tiles
+online.
 """
 
 from __future__ import annotations
@@ -381,12 +383,12 @@ def _approx_count_distinct(
     step = _micros(lookup.interval)
     window = _micros(aggregation.time_window)
     sizes = [step << level for level in range((window // step).bit_length())]
-    start = F.col(ORDER)
     registers = lookup.tiles.select(
         *keys,
         F.unix_micros(TILE_START).alias(ORDER),
         F.explode(F.from_json(aggregation.partial_column, "array<bigint>")).alias("code"),
     )
+    start = F.col(ORDER)
     blocks = (
         registers.select(
             *keys,
@@ -445,8 +447,8 @@ def _approx_count_distinct(
 
 
 def _estimates(ranks: DataFrame, keys: list[str], precision: int) -> DataFrame:
-    """(keys, anchor, value): `featureplane.aggregation.hll_estimate` of each anchor's ranks,
-    computed alike, bit for bit; 0 for an anchor without any."""
+    """(keys, anchor, value): `featureplane.aggregation.hll_estimate` of each anchor's ranks
+    ({keys, anchor, index, rank} rows), computed alike, bit for bit."""
     m = 1 << precision
     rank = F.col("rank")
     sums = ranks.groupBy(*keys, ANCHOR).agg(
@@ -457,10 +459,9 @@ def _estimates(ranks: DataFrame, keys: list[str], precision: int) -> DataFrame:
         ),
     )
     unset = F.lit(m) - F.col("set")
-    high = unset * (1 << SPLIT) + F.coalesce("high", F.lit(0))
-    harmonic = high.cast("double") * 2.0**-SPLIT + F.coalesce("low", F.lit(0)).cast(
-        "double"
-    ) * 2.0 ** (-2 * SPLIT)
+    high = (unset * (1 << SPLIT) + F.coalesce("high", F.lit(0))).cast("double")
+    low = F.coalesce("low", F.lit(0)).cast("double")
+    harmonic = high * 2.0**-SPLIT + low * 2.0 ** (-2 * SPLIT)
     raw = F.lit(hll_scale(precision)) / harmonic
     linear = F.lit(float(m)) * F.log(F.lit(float(m)) / unset.cast("double"))
     estimate = F.when((unset > 0) & (raw <= 2.5 * m), linear).otherwise(raw)
