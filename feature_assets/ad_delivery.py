@@ -1,4 +1,4 @@
-"""How often and where each ad was shown over the last week (time-window aggregations)."""
+"""How often, where and to how many users each ad was shown over the last week (aggregations)."""
 
 from datetime import timedelta
 
@@ -18,12 +18,14 @@ WEEK = timedelta(days=7)
     schema=[
         Field("impression_id", Int64, "The impression."),
         Field("position", Int32, "Slot the ad was shown in (null when unknown)."),
+        Field("user_id", Int64, "The user it was shown to."),
     ],
     timestamp_field="ts",
     aggregations=[
         Aggregation("impression_id", "count", WEEK, "impressions_7d"),
         Aggregation("position", "mean", WEEK, "mean_position_7d"),
         Aggregation("position", "min", WEEK, "best_position_7d"),
+        Aggregation("user_id", "approx_count_distinct", WEEK, "distinct_users_7d"),
     ],
     aggregation_interval=timedelta(days=1),
     feature_start_time=FIRST_DAY,
@@ -33,5 +35,5 @@ WEEK = timedelta(days=7)
 def ad_delivery(ad_impressions: DataFrame) -> DataFrame:
     """One event per distinct impression of the ad."""
     return ad_impressions.dropDuplicates(["impression_id"]).select(
-        "ad_id", "ts", "impression_id", "position"
+        "ad_id", "ts", "impression_id", "position", "user_id"
     )

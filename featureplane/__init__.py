@@ -6,7 +6,7 @@ Spark-backed `FeatureStore` is imported on first use.
 
 from typing import Any
 
-from featureplane.aggregation import Aggregation, last_n
+from featureplane.aggregation import Aggregation, approx_count_distinct, last_n
 from featureplane.entity import Entity
 from featureplane.errors import (
     DefinitionError,
@@ -62,6 +62,7 @@ __all__ = [
     "String",
     "Timestamp",
     "TrainingDataset",
+    "approx_count_distinct",
     "batch_feature_view",
     "last_n",
 ]

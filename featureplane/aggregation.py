@@ -26,7 +26,7 @@ TILE_START = "tile_start"
 
 @dataclass(frozen=True)
 class AggregationFunction:
-    """An aggregation function; `n` only for last_n."""
+    """An aggregation function; `n` is last_n's count or approx_count_distinct's precision."""
 
     name: str
     n: int = 0
@@ -38,14 +38,33 @@ class AggregationFunction:
             return "moments"
         if self.name in ("sum", "mean"):
             return "total"
+        if self.name == "approx_count_distinct":
+            return f"hll{self.n}"
         return f"last{self.n}" if self.name == "last_n" else self.name
 
     def __str__(self) -> str:
+        """The name in default feature names and in the view version: it names the parameter."""
+        if self.name == "approx_count_distinct" and self.n != DEFAULT_PRECISION:
+            return f"approx_count_distinct_p{self.n}"
         return f"last_{self.n}" if self.name == "last_n" else self.name
 
 
-FUNCTIONS = ("count", "sum", "mean", "min", "max", "stddev", "var", "first", "last")
+FUNCTIONS = (
+    "count",
+    "sum",
+    "mean",
+    "min",
+    "max",
+    "stddev",
+    "var",
+    "first",
+    "last",
+    "approx_count_distinct",
+)
 NUMERIC_ONLY = frozenset({"sum", "mean", "stddev", "var"})
+PRECISIONS = range(4, 17)
+"""HyperLogLog precisions p (2**p registers): from 16 registers to 64 Ki of them."""
+DEFAULT_PRECISION = 12
 
 
 def last_n(n: int) -> AggregationFunction:
@@ -53,6 +72,23 @@ def last_n(n: int) -> AggregationFunction:
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"last_n needs a positive whole number, got {n!r}")
     return AggregationFunction("last_n", n)
+
+
+def approx_count_distinct(precision: int = DEFAULT_PRECISION) -> AggregationFunction:
+    """The number of distinct non-null values, estimated by a HyperLogLog sketch.
+
+    A sketch of 2**precision registers has a relative standard error of about
+    1.04 / sqrt(2**precision): 1.6% at the default 12, 0.4% at 16; below 2.5 * 2**precision
+    distinct values linear counting makes it far more accurate (small counts are nearly
+    exact). Sketches merge by a max per register, so tiles merge into any window exactly as
+    if the window's events had been sketched at once, unlike an exact distinct count.
+    """
+    if not isinstance(precision, int) or precision not in PRECISIONS:
+        raise ValueError(
+            f"approx_count_distinct precision must be a whole number from {PRECISIONS.start} "
+            f"to {PRECISIONS.stop - 1}, got {precision!r}"
+        )
+    return AggregationFunction("approx_count_distinct", precision)
 
 
 def _window_label(window: timedelta) -> str:
@@ -83,9 +119,12 @@ class Aggregation:
             if function not in FUNCTIONS:
                 raise ValueError(
                     f"aggregation function {function!r} is not one of "
-                    f"{', '.join(FUNCTIONS)}, last_n(n)"
+                    f"{', '.join(FUNCTIONS)}, last_n(n), approx_count_distinct(precision)"
                 )
-            function = AggregationFunction(function)
+            if function == "approx_count_distinct":
+                function = approx_count_distinct()
+            else:
+                function = AggregationFunction(function)
         object.__setattr__(self, "function", function)
         if not isinstance(self.time_window, timedelta) or self.time_window <= timedelta(0):
             raise ValueError(f"time_window must be a positive timedelta, got {self.time_window!r}")
@@ -115,6 +154,11 @@ class Aggregation:
             return f"aggregation {self.name!r}: {self.fn} needs a numeric column, {dtype} is not"
         if self.fn.name in ("min", "max", "first", "last") and dtype.spark.startswith("array"):
             return f"aggregation {self.name!r}: {self.fn} cannot order {dtype} values"
+        if self.fn.name == "approx_count_distinct" and dtype.spark.startswith("array"):
+            return (
+                f"aggregation {self.name!r}: approx_count_distinct cannot hash {dtype} values "
+                "(Sail does not hash arrays as Spark does)"
+            )
         if self.fn.name == "last_n" and dtype.spark in ("timestamp", "date"):
             return (
                 f"aggregation {self.name!r}: last_n keeps values as JSON, which cannot carry "
@@ -125,7 +169,7 @@ class Aggregation:
     def output_type(self, dtype: DType) -> DType:
         """The feature's type for an input column of `dtype`."""
         name = self.fn.name
-        if name == "count":
+        if name in ("count", "approx_count_distinct"):
             return Int64
         if name in ("mean", "stddev", "var"):
             return Float64
@@ -156,7 +200,9 @@ def floor_time(moment: datetime, interval: timedelta) -> datetime:
 def merge_partials(function: AggregationFunction, partials: Sequence[Any]) -> Any:
     """Merge tile partials of one function (None partials, i.e. empty tiles, are skipped).
 
-    last_n partials are JSON lists of {"ts": epoch microseconds, "v": value}, as tiles store them.
+    last_n partials are JSON lists of {"ts": epoch microseconds, "v": value}, as tiles store them;
+    approx_count_distinct partials are JSON lists of packed registers (see `registers`), or
+    already merged {index: rank} registers.
     """
     present = [p for p in partials if p is not None]
     name = function.name
@@ -177,6 +223,12 @@ def merge_partials(function: AggregationFunction, partials: Sequence[Any]) -> An
         return min(present, key=lambda p: (p["ts"], p["v"]))
     if name == "last":
         return max(present, key=lambda p: (p["ts"], p["v"]))
+    if name == "approx_count_distinct":
+        merged: dict[int, int] = {}
+        for partial in present:
+            for index, rank in registers(partial).items():
+                merged[index] = max(rank, merged.get(index, 0))
+        return merged
     decoded = (json.loads(p) if isinstance(p, str) else p for p in present)
     items = sorted((i for p in decoded for i in p), key=lambda i: (i["ts"], i["v"]), reverse=True)
     return items[: function.n] or None
@@ -196,7 +248,7 @@ def finalize(function: AggregationFunction, partial: Any) -> Any:
     """The feature value of a merged partial; an empty window counts 0 and is null otherwise."""
     name = function.name
     if partial is None:
-        return 0 if name == "count" else None
+        return 0 if name in ("count", "approx_count_distinct") else None
     if name in ("count", "min", "max"):
         return partial
     if name in ("sum", "mean"):
@@ -210,7 +262,52 @@ def finalize(function: AggregationFunction, partial: Any) -> Any:
         return math.sqrt(variance) if name == "stddev" else variance
     if name in ("first", "last"):
         return partial["v"]
+    if name == "approx_count_distinct":
+        return hll_estimate(partial, function.n)
     return [item["v"] for item in partial]
+
+
+# ---- HyperLogLog: the registers of approx_count_distinct and their estimate ---------------------
+
+RANK_BITS = 6
+"""A register is stored packed as index << 6 | rank: ranks are at most 65 - precision <= 61."""
+SPLIT = 32
+"""Ranks up to SPLIT and above it are summed apart, as exact integers (see `hll_estimate`)."""
+
+
+def registers(partial: str | Mapping[int, int]) -> Mapping[int, int]:
+    """{register index: rank} of a tile's partial (a JSON list of packed registers)."""
+    if not isinstance(partial, str):
+        return partial
+    mask = (1 << RANK_BITS) - 1
+    return {code >> RANK_BITS: code & mask for code in json.loads(partial)}
+
+
+def hll_scale(precision: int) -> float:
+    """alpha * m**2 of the raw HyperLogLog estimate (Flajolet et al., 2007), m = 2**precision."""
+    m = 1 << precision
+    alpha = {16: 0.673, 32: 0.697, 64: 0.709}.get(m, 0.7213 / (1 + 1.079 / m))
+    return alpha * m * m
+
+
+def hll_estimate(ranks: Mapping[int, int], precision: int) -> int:
+    """The HyperLogLog estimate of the distinct values that set `ranks` ({index: rank}).
+
+    raw = alpha * m**2 / sum(2**-rank over all m registers, rank 0 for unset ones); at or below
+    2.5 * m with unset registers left, linear counting m * ln(m / unset) instead; rounded half
+    up. The sum is taken as two exact integers (ranks up to SPLIT scaled by 2**SPLIT, the rest
+    by 2**(2 * SPLIT)) and one rounding to a double, so Spark computes the same bits whatever
+    order it sums in (`featureplane.compute.tiles` mirrors this).
+    """
+    m = 1 << precision
+    unset = m - len(ranks)
+    high = (unset << SPLIT) + sum(1 << (SPLIT - r) for r in ranks.values() if r <= SPLIT)
+    low = sum(1 << (2 * SPLIT - r) for r in ranks.values() if r > SPLIT)
+    harmonic = float(high) * 2.0**-SPLIT + float(low) * 2.0 ** (-2 * SPLIT)
+    estimate = hll_scale(precision) / harmonic
+    if unset and estimate <= 2.5 * m:
+        estimate = m * math.log(m / unset)
+    return math.floor(estimate + 0.5)
 
 
 def aggregate(

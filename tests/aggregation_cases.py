@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
-from featureplane.aggregation import Aggregation, last_n
+from featureplane import aggregation
+from featureplane.aggregation import Aggregation, approx_count_distinct, last_n
 from featureplane.compute.tiles import AggregateLookup, aggregate_join, compute_tiles
 from featureplane.types import Bool, DType, Float64, Int32, Int64, String
 
@@ -28,19 +29,7 @@ KEY_TYPES = {"user_id": "bigint", "ad_id": "string"}
 KEY_SETS = (("user_id",), ("ad_id",), ("user_id", "ad_id"))
 VALUE_TYPES: dict[str, DType] = {"i": Int64, "p": Int32, "x": Float64, "s": String, "b": Bool}
 NUMERIC_COLUMNS = ("i", "p", "x")
-FUNCTIONS = (
-    "count",
-    "sum",
-    "mean",
-    "min",
-    "max",
-    "var",
-    "stddev",
-    "first",
-    "last",
-    last_n(1),
-    last_n(3),
-)
+FUNCTIONS = (*aggregation.FUNCTIONS, last_n(1), last_n(3), approx_count_distinct(4))
 WINDOWS = {H: (H, 2 * H, DAY, 7 * DAY), DAY: (DAY, 7 * DAY)}
 """The windows each interval allows (multiples of it)."""
 
@@ -179,6 +168,7 @@ def edge_case() -> Case:
         Aggregation("i", "last", 2 * H, name="latest_i"),
         Aggregation("s", last_n(2), 2 * H),
         Aggregation("i", last_n(3), DAY),
+        Aggregation("s", "approx_count_distinct", DAY),
     ]
     return Case(("user_id",), H, spread(aggregations), events, spine)
 
@@ -257,8 +247,46 @@ def random_case(seed: int, n_events: int = 300, n_spine: int = 200) -> Case:
     return Case(keys, interval, spread(aggregations), events, spine)
 
 
+def distinct_case(n_events: int = 3000) -> Case:
+    """Hundreds of distinct values per window (1h tiles), so that approx_count_distinct leaves
+    linear counting at small precisions and keeps it at large ones."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for _ in range(n_events):
+        ts = T0 + int(rng.integers(0, 10 * 24 * 6)) * MIN10 + int(rng.integers(-1, 2)) * US
+        rows.append(
+            (
+                int(rng.integers(1, 3)),
+                ts,
+                int(rng.integers(-(10**12), 10**12)),
+                int(rng.integers(0, 400)),
+                float(rng.normal()),
+                f"v{int(rng.integers(0, 10**6))}",
+                None if rng.random() < 0.5 else bool(rng.random() < 0.5),
+            )
+        )
+    rows += [(1, T0 + DAY, None, None, None, None, None)] * 5
+    spine = [
+        (rid, "d", int(rng.integers(1, 4)), T0 + int(rng.integers(0, 12 * 24)) * H + US * rid)
+        for rid in range(60)
+    ]
+    aggregations = (
+        Aggregation("i", approx_count_distinct(4), 7 * DAY),
+        Aggregation("x", approx_count_distinct(6), 7 * DAY),
+        Aggregation("s", "approx_count_distinct", DAY),
+        Aggregation("p", approx_count_distinct(16), 7 * DAY),
+        Aggregation("b", approx_count_distinct(5), 2 * H),
+        Aggregation("i", "count", 7 * DAY),
+    )
+    return Case(("user_id",), H, aggregations, rows, spine)
+
+
 def cases() -> dict[str, Case]:
-    return {"edge": edge_case(), **{f"random_{seed}": random_case(seed) for seed in range(3)}}
+    return {
+        "edge": edge_case(),
+        "distinct": distinct_case(),
+        **{f"random_{seed}": random_case(seed) for seed in range(3)},
+    }
 
 
 def outputs(spark) -> dict:

@@ -17,6 +17,7 @@ aggregate views end to end through `FeatureStore.get_historical_features`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ import pytest
 from classic import run_on_classic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pyspark.sql import functions as F
 
 from conftest import TINY, read_delta
 from featureplane import (
@@ -47,10 +49,19 @@ from featureplane import (
     Repository,
     String,
     Timestamp,
+    approx_count_distinct,
     batch_feature_view,
     last_n,
 )
-from featureplane.aggregation import AggregationFunction, aggregate, floor_time, window_tiles
+from featureplane.aggregation import (
+    RANK_BITS,
+    AggregationFunction,
+    aggregate,
+    floor_time,
+    hll_estimate,
+    merge_partials,
+    window_tiles,
+)
 from featureplane.compute.tiles import AggregateLookup, aggregate_join, compute_tiles
 from featureplane.compute.transform import run_transformation
 from featureplane.compute.window import TimeWindow
@@ -86,6 +97,8 @@ def _oracle_expression(a: Aggregation) -> str:
     name = a.fn.name
     if name in plain:
         return f"{plain[name]}({value}) FILTER (WHERE {frame})"
+    if name == "approx_count_distinct":  # exact: the test allows the sketch's error
+        return f"count(DISTINCT {value}) FILTER (WHERE {frame})"
     if name == "last_n":  # the n latest values, latest first; ties: the greater value first
         recent = f"list({value} ORDER BY e.us DESC, {value} DESC)"
         return f"({recent} FILTER (WHERE {frame} AND {value} IS NOT NULL))[1:{a.fn.n}]"
@@ -128,17 +141,33 @@ def oracle(case: agg.Case) -> list[dict]:
     return [{**row, **values[row["rid"]]} for row in case.spine_records()]
 
 
-def same(function: str, actual, expected) -> bool:
-    """Equal values: exactly, or within rel 1e-9 for the functions that divide."""
+def within_sketch_error(estimate: int, exact: int, precision: int) -> bool:
+    """|estimate - exact| <= 4 standard errors (1.04 / sqrt(2**precision) relative).
+
+    A correct sketch misses it about once in 15,000 values. The bound rounds down, so it is
+    exact below about 15 distinct values at precision 12: linear counting gives them exactly
+    unless two values share a register, and the cases' few values do not.
+    """
+    return abs(estimate - exact) <= 4 * 1.04 / math.sqrt(2**precision) * exact
+
+
+def same(function: AggregationFunction, actual, expected, estimates: bool = False) -> bool:
+    """Equal values: exactly, within rel 1e-9 for the functions that divide, and within the
+    sketch's error for approx_count_distinct against exact counts (`estimates`)."""
     if actual is None or expected is None:
         return actual is None and expected is None
-    if function in APPROXIMATE:
+    if function.name in APPROXIMATE:
         return math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-12)
+    if estimates and function.name == "approx_count_distinct":
+        return within_sketch_error(actual, expected, function.n)
     return actual == expected
 
 
-def assert_rows(case: agg.Case, actual: list[dict], expected: list[dict]) -> None:
-    """Same spine rows in rid order, and every aggregation value the same."""
+def assert_rows(
+    case: agg.Case, actual: list[dict], expected: list[dict], estimates: bool = False
+) -> None:
+    """Same spine rows in rid order, and every aggregation value the same (`estimates`: the
+    expected rows hold exact distinct counts, see `same`)."""
     spine_columns = list(case.spine_columns)
     assert [{c: r[c] for c in spine_columns} for r in actual] == [
         {c: r[c] for c in spine_columns} for r in expected
@@ -147,7 +176,7 @@ def assert_rows(case: agg.Case, actual: list[dict], expected: list[dict]) -> Non
         (r["rid"], a.name, r[a.name], e[a.name])
         for r, e in zip(actual, expected, strict=True)
         for a in case.aggregations
-        if not same(a.fn.name, r[a.name], e[a.name])
+        if not same(a.fn, r[a.name], e[a.name], estimates)
     ]
     assert not wrong, f"(rid, aggregation, actual, expected): {wrong[:10]}"
 
@@ -165,7 +194,7 @@ def offline(spark, case: agg.Case) -> list[dict]:
 
 
 def check_case(spark, case: agg.Case) -> None:
-    assert_rows(case, offline(spark, case), oracle(case))
+    assert_rows(case, offline(spark, case), oracle(case), estimates=True)
 
 
 # ---- hand-made and seeded cases ----------------------------------------------------------------
@@ -205,6 +234,9 @@ def test_edge_case_has_the_specified_values(spark):
     assert (actual[0]["s_last_2_2h"], actual[0]["i_last_3_1d"]) == (["b", "a"], [4, 2, 1])
     assert (actual[5]["s_last_2_2h"], actual[5]["i_last_3_1d"]) == (["y", ""], [32, 1, 8])
     assert (actual[4]["s_last_2_2h"], actual[6]["i_last_3_1d"]) == (None, None)
+    # distinct non-null values: a, b, é at rid 0; b, a, z, "", y at rid 3; none a week later
+    distinct = "s_approx_count_distinct_1d"
+    assert [actual[rid][distinct] for rid in (0, 3, 6, 7, 9)] == [3, 5, 0, None, 0]
     check_case(spark, case)
 
 
@@ -212,7 +244,7 @@ def test_no_events_and_no_spine_rows(spark):
     case = agg.edge_case()
     no_events = dataclasses.replace(case, events=[])
     rows = offline(spark, no_events)
-    assert_rows(no_events, rows, oracle(no_events))
+    assert_rows(no_events, rows, oracle(no_events), estimates=True)
     assert {row["i_count_1h"] for row in rows} == {0, None}  # null for null keys and times
     assert offline(spark, dataclasses.replace(case, spine=[])) == []
 
@@ -224,7 +256,7 @@ def test_spine_keys_are_matched_across_integer_types(spark):
     spine = spine.withColumn("user_id", spine["user_id"].cast("int"))
     result = aggregate_join(spine, "ts", agg.lookup(case, agg.tiles_of(spark, case)))
     assert dict(result.dtypes)["user_id"] == "int"
-    assert_rows(case, by_rid(result.toArrow().to_pylist()), oracle(case))
+    assert_rows(case, by_rid(result.toArrow().to_pylist()), oracle(case), estimates=True)
 
 
 @pytest.mark.parametrize("name", [n for n in agg.cases() if n != "edge"])
@@ -405,6 +437,124 @@ def test_online_window_selection_and_floor():
     assert aggregate(Aggregation("x", "sum", H), [], T0, H) is None
 
 
+# ---- approx_count_distinct: the sketch, its merge and its hop hierarchy -----------------------
+
+
+def sketch(hashes: list[int], precision: int) -> str:
+    """A tile partial as `compute_tiles` writes it, from signed 64-bit hashes: the high bits
+    pick the register, the rank is 1 + the leading zeros of the rest; the greatest rank each."""
+    width = 64 - precision
+    ranks: dict[int, int] = {}
+    for signed in hashes:
+        h = signed % 2**64
+        index, rank = h >> width, width + 1 - (h % 2**width).bit_length()
+        ranks[index] = max(rank, ranks.get(index, 0))
+    return json.dumps(sorted(i << RANK_BITS | r for i, r in ranks.items()), separators=(",", ":"))
+
+
+def merged_estimate(partials: list, precision: int) -> int:
+    function = approx_count_distinct(precision)
+    return hll_estimate(merge_partials(function, partials), precision)
+
+
+@pytest.mark.parametrize("precision", [4, 10, 12, 16])
+@pytest.mark.parametrize("n", [10, 3_000, 200_000])
+def test_sketch_estimates_within_its_stated_error(precision, n):
+    hashes = np.random.default_rng(precision * n).integers(-(2**63), 2**63, n, dtype=np.int64)
+    estimate = merged_estimate([sketch(hashes.tolist(), precision)], precision)
+    assert within_sketch_error(estimate, n, precision)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=40), min_size=1, max_size=5),
+    st.sampled_from([4, 8, 16]),
+)
+def test_sketches_merge_like_the_sketch_of_the_union(parts, precision):
+    """Merging is associative and commutative, and gives exactly the sketch of all values."""
+    function = approx_count_distinct(precision)
+    partials = [sketch(part, precision) for part in parts]
+    whole = merge_partials(function, [sketch([h for part in parts for h in part], precision)])
+    assert merge_partials(function, partials) == whole
+    assert merge_partials(function, partials[::-1]) == whole
+    assert (
+        merge_partials(function, [merge_partials(function, partials[:1]), *partials[1:]]) == whole
+    )
+    assert hll_estimate(whole, precision) == merged_estimate(partials, precision)
+
+
+def test_linear_counting_rounds_alike_on_every_engine():
+    """m ln(m / unset) is never within 1e-11 (relative) of a half, so Spark's, Sail's and
+    Python's logarithms, which may differ in the last bit, round it to the same count."""
+    for precision in range(4, 17):
+        m = 2**precision
+        for unset in range(1, m + 1):
+            estimate = m * math.log(m / unset)
+            assert abs(estimate % 1 - 0.5) > 1e-11 * max(estimate, 1)
+
+
+def test_tile_sketch_holds_the_registers_of_xxhash64(spark):
+    """compute_tiles' registers are those of Spark's xxhash64 of the non-null values."""
+    values = [None, *range(-500, 1500, 3), 2**40, -(2**62)]
+    frame = spark.createDataFrame([(1, T0, v) for v in values], "k bigint, ts timestamp, i bigint")
+    aggregations = [Aggregation("i", approx_count_distinct(p), DAY) for p in (4, 12)]
+    tile = compute_tiles(frame, ["k"], "ts", aggregations, H).first()
+    hashes = [r[0] for r in frame.where("i IS NOT NULL").select(F.xxhash64("i")).collect()]
+    assert tile["hll4__i"] == sketch(hashes, 4)
+    assert tile["hll12__i"] == sketch(hashes, 12)
+
+
+@st.composite
+def sketched_tiles(draw):
+    """Tiles of random registers (ranks up to the largest), and a spine around them."""
+    precision = draw(st.sampled_from([4, 8, 16]))
+    interval = draw(st.sampled_from([H, DAY]))
+    window = draw(st.sampled_from([*agg.WINDOWS[interval], 3 * interval, 13 * interval]))
+    base = draw(st.sampled_from([T0, EARLY]))
+    register = st.tuples(st.integers(0, 2**precision - 1), st.integers(1, 65 - precision))
+    starts = st.tuples(st.sampled_from([1, 2]), st.integers(0, 40))
+    tiles = draw(st.dictionaries(starts, st.lists(register, max_size=6), min_size=1, max_size=30))
+    rows = [
+        (
+            user,
+            base + k * interval,
+            json.dumps(sorted(i << RANK_BITS | r for i, r in dict(sorted(regs)).items())),
+        )
+        for (user, k), regs in tiles.items()
+    ]
+    moment = st.tuples(
+        st.sampled_from([1, 2, 3]), st.integers(0, 50), st.sampled_from([0, 0, 1, -1])
+    )
+    spine = [
+        (rid, user, base + k * interval + jitter * US)
+        for rid, (user, k, jitter) in enumerate(draw(st.lists(moment, min_size=1, max_size=20)))
+    ]
+    return Aggregation("i", approx_count_distinct(precision), window), interval, rows, spine
+
+
+@PROPERTY
+@given(drawn=sketched_tiles())
+def test_approx_count_distinct_of_random_tiles_equals_the_python_merge(spark, drawn):
+    """aggregate_join's hop hierarchy gives exactly the Python merge of the window's tiles,
+    raw estimates and linear counting alike."""
+    aggregation, interval, rows, spine = drawn
+    tiles = spark.createDataFrame(
+        rows, f"user_id bigint, tile_start timestamp, {aggregation.partial_column} string"
+    )
+    lookup = AggregateLookup(tiles, ("user_id",), interval, {aggregation: "value"})
+    frame = spark.createDataFrame(spine, "rid bigint, user_id bigint, ts timestamp")
+    actual = {r["rid"]: r["value"] for r in aggregate_join(frame, "ts", lookup).collect()}
+    records = [
+        dict(zip(("user_id", "tile_start", aggregation.partial_column), r, strict=True))
+        for r in rows
+    ]
+    expected = {
+        rid: aggregate(aggregation, [t for t in records if t["user_id"] == user], ts, interval)
+        for rid, user, ts in spine
+    }
+    assert actual == expected
+
+
 # ---- classic JVM PySpark against Sail ------------------------------------------------------------
 
 
@@ -428,7 +578,7 @@ def test_classic_pyspark_matches_sail(spark, classic, name):
     sail_rows = output.toArrow()
     assert sail_rows.schema.remove_metadata().types == classic_rows.schema.remove_metadata().types
     assert_rows(case, by_rid(sail_rows.to_pylist()), by_rid(classic_rows.to_pylist()))
-    assert_rows(case, by_rid(classic_rows.to_pylist()), oracle(case))
+    assert_rows(case, by_rid(classic_rows.to_pylist()), oracle(case), estimates=True)
 
 
 # ---- definitions: validation, default names, output types ----------------------------------------
@@ -518,6 +668,10 @@ def rejected(problem: str, **overrides) -> None:
         ),
         ({"aggregations": [Aggregation("tags", "max", DAY)]}, "max cannot order Array(String)"),
         (
+            {"aggregations": [Aggregation("tags", "approx_count_distinct", DAY)]},
+            "approx_count_distinct cannot hash Array(String) values",
+        ),
+        (
             {"aggregations": [Aggregation("nope", "count", DAY)]},
             "aggregation 'nope_count_1d': column 'nope' is not in the schema",
         ),
@@ -581,6 +735,21 @@ def test_last_n_needs_a_positive_whole_number(n):
         last_n(n)
 
 
+@pytest.mark.parametrize("precision", [3, 17, 0, -12, 12.0, "12", None, True])
+def test_approx_count_distinct_needs_a_precision_from_4_to_16(precision):
+    with pytest.raises(ValueError, match="precision must be a whole number from 4 to 16, got"):
+        approx_count_distinct(precision)
+
+
+def test_the_precision_of_approx_count_distinct_changes_the_version():
+    """The default precision keeps the plain name; another one names itself, as last_n does."""
+    default = Aggregation("clicks", "approx_count_distinct", DAY)
+    finer = Aggregation("clicks", approx_count_distinct(14), DAY, default.name)
+    assert default.fn == approx_count_distinct(12)
+    assert (default.partial_column, finer.partial_column) == ("hll12__clicks", "hll14__clicks")
+    assert define(aggregations=[default]).version != define(aggregations=[finer]).version
+
+
 @pytest.mark.parametrize(
     ("column", "function", "window", "name"),
     [
@@ -594,6 +763,9 @@ def test_last_n_needs_a_positive_whole_number(n):
         ("clicks", "min", timedelta(seconds=45), "clicks_min_45s"),
         ("clicks", "max", timedelta(seconds=90), "clicks_max_90s"),
         ("clicks", last_n(5), DAY, "clicks_last_5_1d"),
+        ("page", "approx_count_distinct", 7 * DAY, "page_approx_count_distinct_7d"),
+        ("page", approx_count_distinct(12), H, "page_approx_count_distinct_1h"),
+        ("page", approx_count_distinct(14), H, "page_approx_count_distinct_p14_1h"),
     ],
 )
 def test_default_names(column, function, window, name):
@@ -637,6 +809,9 @@ def test_functions_are_normalized_and_moments_are_shared():
         ("first", Array(String), Array(String)),
         ("last", Float32, Float32),
         (last_n(3), Int64, Array(Int64)),
+        ("approx_count_distinct", String, Int64),
+        (approx_count_distinct(4), Float32, Int64),
+        ("approx_count_distinct", Timestamp, Int64),
     ],
 )
 def test_output_types(function, dtype, output):
@@ -677,7 +852,8 @@ def test_spark_types_of_every_function_match_output_type(spark):
         Aggregation(column, function, DAY)
         for column in types
         for function in agg.FUNCTIONS
-        if column != "t" or function in ("count", "min", "max", "first", "last")
+        if column != "t"
+        or function in ("count", "min", "max", "first", "last", "approx_count_distinct")
     ]
     aggregations = [a for a in aggregations if a.fn.name != "sum"] + [
         Aggregation("n", "sum", 2 * DAY, "n_sum"),
@@ -698,6 +874,7 @@ def test_spark_types_of_every_function_match_output_type(spark):
     assert (row["f_first_1d"], row["f_var_1d"], row["n_last_1d"]) == (1.5, 0.78125, 1)
     assert (row["t_min_1d"], row["t_max_1d"], row["t_last_1d"]) == (T0, T0 + US, T0)
     assert (row["n_last_3_1d"], row["f_last_3_1d"]) == ([1, 3, 2], [0.25, 1.5])
+    assert (row["t_approx_count_distinct_1d"], row["n_approx_count_distinct_p4_1d"]) == (2, 3)
 
 
 # ---- end to end: the demo's aggregate views through the FeatureStore ---------------------------
@@ -755,6 +932,7 @@ def test_demo_aggregate_views_match_duckdb_over_the_raw_sources(demo_store, demo
         "ad_delivery:impressions_7d",
         "ad_delivery:mean_position_7d",
         "ad_delivery:best_position_7d",
+        "ad_delivery:distinct_users_7d",
     ]
     result = demo_store.get_historical_features(spine, features).toPandas()
     outputs = [f.replace(":", "__") for f in features]
@@ -804,24 +982,35 @@ def test_demo_aggregate_views_match_duckdb_over_the_raw_sources(demo_store, demo
           (SELECT avg(position) FROM i WHERE i.ad_id = s.ad_id AND i.us >= s.d - {7 * day}
             AND i.us < s.d) AS mean_position_7d,
           (SELECT min(position) FROM i WHERE i.ad_id = s.ad_id AND i.us >= s.d - {7 * day}
-            AND i.us < s.d) AS best_position_7d
+            AND i.us < s.d) AS best_position_7d,
+          CASE WHEN s.ad_id IS NOT NULL AND s.d IS NOT NULL THEN (
+            SELECT count(DISTINCT user_id) FROM i WHERE i.ad_id = s.ad_id
+            AND i.us >= s.d - {7 * day} AND i.us < s.d) END AS distinct_users_7d
         FROM s ORDER BY s.rid
         """
     ).df()
     expected.columns = ["rid", *outputs]
-    counts = [o for o in outputs if "position" not in o]
+    counts = [o for o in outputs if "position" not in o and "distinct" not in o]
     pd.testing.assert_frame_equal(
         result[["rid", *counts]].astype("Int64"), expected[["rid", *counts]].astype("Int64")
     )
     pd.testing.assert_frame_equal(
-        result[outputs[-2:]].astype("Float64"),
-        expected[outputs[-2:]].astype("Float64"),
+        result[outputs[-3:-1]].astype("Float64"),
+        expected[outputs[-3:-1]].astype("Float64"),
         check_exact=False,
         rtol=1e-9,
     )
     assert (result["user_ad_activity__clicks_1d"] > 0).sum() > 1000  # not vacuous
     assert result["ad_delivery__mean_position_7d"].notna().sum() > 10_000
     assert (result["user_ad_activity__impressions_1h"] == 0).sum() > 100
+    distinct = "ad_delivery__distinct_users_7d"
+    assert result[distinct].isna().tolist() == expected[distinct].isna().tolist()
+    known = expected[distinct].notna()
+    assert all(
+        within_sketch_error(estimate, exact, 12)
+        for estimate, exact in zip(result[distinct][known], expected[distinct][known], strict=True)
+    )
+    assert expected[distinct].max() > 100  # past the cases' few values
     passed = result[list(spine.columns)].assign(ts=result["ts"].dt.tz_localize("UTC"))
     pd.testing.assert_frame_equal(passed.astype(spine.dtypes.to_dict()), spine)
 

@@ -5,25 +5,36 @@ partial aggregate of every (function, column) the view needs. `aggregate_join` g
 row the value of every aggregation at its timestamp t, from the tiles with tile_start in
 [floor(t) - window, floor(t)): the spine's distinct (keys, floor(t)) anchors are unioned with the
 tiles, and one sliding range frame per window merges the partials before each anchor — a single
-sort per entity, never spine x tiles. The merge and finalize mirror `featureplane.aggregation`,
-which serves the same tiles online.
+sort per entity, never spine x tiles. count, sum and mean come from running totals instead, and
+last_n and approx_count_distinct from joins of their own (`_last_n`, a hop hierarchy of
+sketches). The merge and finalize mirror `featureplane.aggregation`, which serves the same tiles
+online.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from featureplane.aggregation import TILE_START, Aggregation, AggregationFunction
+from featureplane.aggregation import (
+    RANK_BITS,
+    SPLIT,
+    TILE_START,
+    Aggregation,
+    AggregationFunction,
+    hll_scale,
+)
 
 ORDER = "__fp_t"
+ANCHOR = "__fp_anchor"
 KIND = "__fp_kind"
 LAG = "__fp_lag"
 RUNNING = ("count", "sum", "mean")  # invertible: running totals instead of sliding frames
+MERGED = ("last_n", "approx_count_distinct")  # merged by joins of their own, not by frames
 
 
 def _micros(interval: timedelta) -> int:
@@ -62,11 +73,38 @@ def _partial(function: AggregationFunction, column: str, ts: str) -> Column:
         return F.min(_valued(column, ts))
     if name == "last":
         return F.max(_valued(column, ts))
+    if name == "approx_count_distinct":
+        return _sketch(value, function.n)
     recent = F.when(
         F.col(column).isNotNull(),
         F.struct(F.unix_micros(F.col(ts)).alias("ts"), F.col(column).alias("v")),
     )
     return F.to_json(F.slice(F.sort_array(F.collect_list(recent), asc=False), 1, function.n))
+
+
+def _sketch(value: Column, precision: int) -> Column:
+    """The HyperLogLog registers of the tile's non-null values, as a JSON list of packed
+    registers (index << RANK_BITS | rank), one per index with its greatest rank, sorted.
+
+    Spark's xxhash64 (seed 42), which Sail computes identically for every scalar type: the high
+    `precision` bits pick the register, the rank is 1 + the leading zeros of the other bits.
+    """
+    hashed = F.xxhash64(value)
+    rest = hashed.bitwiseAND(F.lit((1 << (64 - precision)) - 1))
+    width = F.when(rest == 0, F.lit(0)).otherwise(F.length(F.bin(rest)))
+    code = F.shiftleft(F.shiftrightunsigned(hashed, 64 - precision), RANK_BITS) + (
+        F.lit(65 - precision) - width
+    )
+    codes = F.sort_array(F.collect_set(F.when(value.isNotNull(), code)))
+    size = F.size(codes)
+
+    def greatest_of_its_index(code: Column, i: Column) -> Column:  # the next has another index
+        following = F.element_at(codes, F.least(i + 2, size))
+        return (i == size - 1) | (
+            F.shiftright(following, RANK_BITS) != F.shiftright(code, RANK_BITS)
+        )
+
+    return F.to_json(F.filter(codes, greatest_of_its_index))
 
 
 def _items_type(value_type: str) -> str:
@@ -142,22 +180,25 @@ def aggregate_join(spine: DataFrame, timestamp_column: str, lookup: AggregateLoo
     """The spine with the lookup's aggregation values at each row's time appended."""
     keys = list(lookup.join_keys)
     types = dict(spine.dtypes)
-    anchor = "__fp_anchor"
-    spine = spine.withColumn(anchor, floor_micros(F.col(timestamp_column), lookup.interval))
+    spine = spine.withColumn(ANCHOR, floor_micros(F.col(timestamp_column), lookup.interval))
     anchors = (
-        spine.select(*keys, anchor).where(F.col(anchor).isNotNull()).dropna(subset=keys).distinct()
+        spine.select(*keys, ANCHOR).where(F.col(ANCHOR).isNotNull()).dropna(subset=keys).distinct()
     )
     needed = sorted({a.partial_column for a in lookup.aggregations})
     tile_types = dict(lookup.tiles.dtypes)
-    rows = lookup.tiles.select(
-        *(F.col(key).cast(types[key]).alias(key) for key in keys),
+    tiles = lookup.tiles.select(  # keyed like the spine
+        *(F.col(key).cast(types[key]).alias(key) for key in keys), TILE_START, *needed
+    )
+    lookup = replace(lookup, tiles=tiles)
+    rows = tiles.select(
+        *keys,
         F.unix_micros(TILE_START).alias(ORDER),
         F.lit(0).alias(KIND),
         *needed,
     ).unionByName(
         anchors.select(
             *keys,
-            F.col(anchor).alias(ORDER),
+            F.col(ANCHOR).alias(ORDER),
             F.lit(1).alias(KIND),
             *(F.lit(None).cast(tile_types[column]).alias(column) for column in needed),
         )
@@ -175,37 +216,32 @@ def aggregate_join(spine: DataFrame, timestamp_column: str, lookup: AggregateLoo
         for a in lookup.aggregations
     }
     sliding = {
-        a: out for a, out in lookup.aggregations.items() if a.fn.name not in ("last_n", *RUNNING)
+        a: out for a, out in lookup.aggregations.items() if a.fn.name not in (*MERGED, *RUNNING)
     }
     values = rows.select(
         *keys,
-        F.col(ORDER).alias(anchor),
+        F.col(ORDER).alias(ANCHOR),
         F.col(KIND),
         *(
             _merged(a.fn, a.partial_column, frames[a.time_window]).alias(output)
             for a, output in sliding.items()
         ),
     ).where(F.col(KIND) == 1)
-    joined = spine.join(values.drop(KIND), on=[*keys, anchor], how="left")
+    joined = spine.join(values.drop(KIND), on=[*keys, ANCHOR], how="left")
     running = {a: out for a, out in lookup.aggregations.items() if a.fn.name in RUNNING}
     if running:
-        totals = _running_totals(lookup.tiles, anchors, keys, types, anchor, running)
-        joined = joined.join(totals, on=[*keys, anchor], how="left")
+        totals = _running_totals(tiles, anchors, keys, running)
+        joined = joined.join(totals, on=[*keys, ANCHOR], how="left")
     for aggregation, output in lookup.aggregations.items():
-        if aggregation.fn.name == "last_n":
-            value_type = lookup.column_types.get(aggregation.column, "string")
-            recent = _last_n(lookup.tiles, anchors, keys, types, anchor, aggregation, value_type)
-            joined = joined.join(recent.withColumnRenamed("value", output), [*keys, anchor], "left")
-    return joined.select(*(c for c in spine.columns if c != anchor), *lookup.aggregations.values())
+        if aggregation.fn.name in MERGED:
+            merge = _last_n if aggregation.fn.name == "last_n" else _approx_count_distinct
+            merged = merge(lookup, anchors, aggregation)
+            joined = joined.join(merged.withColumnRenamed("value", output), [*keys, ANCHOR], "left")
+    return joined.select(*(c for c in spine.columns if c != ANCHOR), *lookup.aggregations.values())
 
 
 def _running_totals(
-    tiles: DataFrame,
-    anchors: DataFrame,
-    keys: list[str],
-    types: dict[str, str],
-    anchor: str,
-    aggregations: dict[Aggregation, str],
+    tiles: DataFrame, anchors: DataFrame, keys: list[str], aggregations: dict[Aggregation, str]
 ) -> DataFrame:
     """(keys, anchor, values) of count, sum and mean, as differences of running totals.
 
@@ -222,10 +258,10 @@ def _running_totals(
     columns = [c for p in partials for c in fields[p]]
     names = {c: f"__fp_total_{n}" for n, c in enumerate(columns)}
     rows = tiles.select(
-        *(F.col(key).cast(types[key]).alias(key) for key in keys),
+        *keys,
         F.unix_micros(TILE_START).alias(ORDER),
         F.lit(1).alias(KIND),
-        F.lit(None).cast("bigint").alias(anchor),
+        F.lit(None).cast("bigint").alias(ANCHOR),
         F.lit(None).cast("bigint").alias(LAG),
         *(F.col(c).alias(names[c]) for c in columns),
     )
@@ -234,9 +270,9 @@ def _running_totals(
         rows = rows.unionByName(
             anchors.select(
                 *keys,
-                (F.col(anchor) - lag).alias(ORDER),
+                (F.col(ANCHOR) - lag).alias(ORDER),
                 F.lit(0).alias(KIND),
-                anchor,
+                ANCHOR,
                 F.lit(lag).cast("bigint").alias(LAG),
                 *(F.lit(None).cast(probe_types[names[c]]).alias(names[c]) for c in columns),
             )
@@ -248,12 +284,12 @@ def _running_totals(
     )
     probes = rows.select(
         *keys,
-        anchor,
+        ANCHOR,
         LAG,
         KIND,
         *(F.coalesce(F.sum(names[c]).over(before), F.lit(0)).alias(names[c]) for c in columns),
     ).where(F.col(KIND) == 0)
-    pivoted = probes.groupBy(*keys, anchor).agg(
+    pivoted = probes.groupBy(*keys, ANCHOR).agg(
         *(
             F.max(F.when(F.col(LAG) == lag, F.col(names[c]))).alias(f"{names[c]}_{lag}")
             for c in columns
@@ -273,26 +309,20 @@ def _running_totals(
         n, s = total(f"{p}.n", w), total(f"{p}.s", w)
         value = s if aggregation.fn.name == "sum" else s / n
         values.append(F.when(n > 0, value).alias(output))
-    return pivoted.select(*keys, anchor, *values)
+    return pivoted.select(*keys, ANCHOR, *values)
 
 
-def _last_n(
-    tiles: DataFrame,
-    anchors: DataFrame,
-    keys: list[str],
-    types: dict[str, str],
-    anchor: str,
-    aggregation: Aggregation,
-    value_type: str,
-) -> DataFrame:
+def _last_n(lookup: AggregateLookup, anchors: DataFrame, aggregation: Aggregation) -> DataFrame:
     """(keys, anchor, value) of a last_n aggregation, without a sliding collect.
 
     Tile items are numbered per entity in time order; a running max finds, for each anchor, the
     number of the last item before it, so its n candidates are an equi-join on (keys, number).
     """
     n = aggregation.fn.n
-    items = tiles.select(
-        *(F.col(key).cast(types[key]).alias(key) for key in keys),
+    keys = list(lookup.join_keys)
+    value_type = lookup.column_types.get(aggregation.column, "string")
+    items = lookup.tiles.select(
+        *keys,
         F.unix_micros(TILE_START).alias(ORDER),
         F.explode(F.from_json(aggregation.partial_column, _items_type(value_type))).alias("item"),
     )
@@ -312,7 +342,7 @@ def _last_n(
         .unionByName(
             anchors.select(
                 *keys,
-                F.col(anchor).alias(ORDER),
+                F.col(ANCHOR).alias(ORDER),
                 F.lit(0).alias(KIND),
                 F.lit(None).cast("int").alias("pos"),
             )
@@ -322,16 +352,117 @@ def _last_n(
     )
     candidates = last_before.select(
         *keys,
-        F.col(ORDER).alias(anchor),
+        F.col(ORDER).alias(ANCHOR),
         F.explode(
             F.sequence(F.greatest(F.col("last_pos") - n + 1, F.lit(1)), F.col("last_pos"))
         ).alias("pos"),
     )
-    window_start = F.col(anchor) - _micros(aggregation.time_window)
+    window_start = F.col(ANCHOR) - _micros(aggregation.time_window)
     return (
         candidates.join(numbered, [*keys, "pos"])
         .where(F.col(ORDER) >= window_start)
-        .groupBy(*keys, anchor)
+        .groupBy(*keys, ANCHOR)
         .agg(F.slice(F.sort_array(F.collect_list("item"), asc=False), 1, n).alias("items"))
-        .select(*keys, anchor, F.transform("items", lambda item: item.getField("v")).alias("value"))
+        .select(*keys, ANCHOR, F.transform("items", lambda item: item.getField("v")).alias("value"))
     )
+
+
+def _approx_count_distinct(
+    lookup: AggregateLookup, anchors: DataFrame, aggregation: Aggregation
+) -> DataFrame:
+    """(keys, anchor, value) of an approx_count_distinct aggregation, from a hop hierarchy.
+
+    Sketches merge by a max, which cannot be undone like a running total. So, as in Chronon
+    and Tecton, the tiles' registers are merged once into aligned blocks of 2**level tiles for
+    every level up to the window; the window [A - w, A) of each anchor splits into at most two
+    blocks per level (the blocks inside it whose parent block is not), found by arithmetic on
+    A, and an equi-join on (keys, level, block start) brings their registers: anchors x
+    2 log2(w / interval) blocks, never anchors x tiles.
+    """
+    keys = list(lookup.join_keys)
+    step = _micros(lookup.interval)
+    window = _micros(aggregation.time_window)
+    sizes = [step << level for level in range((window // step).bit_length())]
+    registers = lookup.tiles.select(
+        *keys,
+        F.unix_micros(TILE_START).alias(ORDER),
+        F.explode(F.from_json(aggregation.partial_column, "array<bigint>")).alias("code"),
+    )
+    start = F.col(ORDER)
+    blocks = (
+        registers.select(
+            *keys,
+            "code",
+            F.explode(
+                F.array(
+                    *(
+                        F.struct(
+                            F.lit(level).alias("level"),
+                            (start - F.pmod(start, F.lit(size))).alias("start"),
+                        )
+                        for level, size in enumerate(sizes)
+                    )
+                )
+            ).alias("block"),
+        )
+        .groupBy(
+            *keys,
+            F.col("block.level").alias("level"),
+            F.col("block.start").alias("block_start"),
+            F.shiftright("code", RANK_BITS).alias("index"),
+        )
+        .agg(F.max(F.col("code").bitwiseAND((1 << RANK_BITS) - 1)).alias("rank"))
+    )
+
+    end = F.col(ANCHOR)
+    begin = end - window
+
+    def inside(size: int) -> tuple[Column, Column]:
+        """The first and the end of the blocks of `size` inside the window."""
+        return begin + F.pmod(-begin, F.lit(size)), end - F.pmod(end, F.lit(size))
+
+    chosen = []
+    for level, size in enumerate(sizes):
+        first, last = inside(size)
+        parents = inside(sizes[level + 1]) if level + 1 < len(sizes) else None
+        for block, used in ((first, first < last), (last - size, last - size > first)):
+            if parents is not None:  # a block whose parent is inside is merged by the parent
+                used = used & ~((block >= parents[0]) & (block < parents[1]))
+            chosen.append(
+                F.when(used, F.struct(F.lit(level).alias("level"), block.alias("block_start")))
+            )
+    wanted = anchors.select(*keys, ANCHOR, F.explode(F.array(*chosen)).alias("block")).where(
+        F.col("block").isNotNull()
+    )
+    ranks = (
+        wanted.select(*keys, ANCHOR, "block.level", "block.block_start")
+        .join(blocks, [*keys, "level", "block_start"])
+        .groupBy(*keys, ANCHOR, "index")
+        .agg(F.max("rank").alias("rank"))
+    )
+    estimates = _estimates(ranks, keys, aggregation.fn.n)
+    return anchors.join(estimates, [*keys, ANCHOR], "left").select(
+        *keys, ANCHOR, F.coalesce("value", F.lit(0).cast("bigint")).alias("value")
+    )
+
+
+def _estimates(ranks: DataFrame, keys: list[str], precision: int) -> DataFrame:
+    """(keys, anchor, value): `featureplane.aggregation.hll_estimate` of each anchor's ranks
+    ({keys, anchor, index, rank} rows), computed alike, bit for bit."""
+    m = 1 << precision
+    rank = F.col("rank")
+    sums = ranks.groupBy(*keys, ANCHOR).agg(
+        F.count("index").alias("set"),
+        F.sum(F.when(rank <= SPLIT, F.pow(F.lit(2.0), SPLIT - rank).cast("bigint"))).alias("high"),
+        F.sum(F.when(rank > SPLIT, F.pow(F.lit(2.0), 2 * SPLIT - rank).cast("bigint"))).alias(
+            "low"
+        ),
+    )
+    unset = F.lit(m) - F.col("set")
+    high = (unset * (1 << SPLIT) + F.coalesce("high", F.lit(0))).cast("double")
+    low = F.coalesce("low", F.lit(0)).cast("double")
+    harmonic = high * 2.0**-SPLIT + low * 2.0 ** (-2 * SPLIT)
+    raw = F.lit(hll_scale(precision)) / harmonic
+    linear = F.lit(float(m)) * F.log(F.lit(float(m)) / unset.cast("double"))
+    estimate = F.when((unset > 0) & (raw <= 2.5 * m), linear).otherwise(raw)
+    return sums.select(*keys, ANCHOR, F.floor(estimate + 0.5).cast("bigint").alias("value"))
