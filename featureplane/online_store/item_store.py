@@ -17,6 +17,8 @@ from featureplane.online_store.encoding import (
     from_epoch_seconds,
     from_micros,
     item_key,
+    key_prefix,
+    prefixed_key,
     to_epoch_seconds,
     to_micros,
 )
@@ -51,11 +53,12 @@ class ItemStore(ABC):
         """The stored items of distinct keys; absent keys are left out."""
 
     def write(self, view: str, version: str, records: Iterable[Record]) -> WriteResult:
+        prefix = key_prefix(view, version)
         latest: dict[str, StoredItem] = {}
         rows = 0
         for entity_key, event_timestamp, values, expires_at in records:
             rows += 1
-            key = item_key(view, version, entity_key)
+            key = prefixed_key(prefix, entity_key)
             micros = to_micros(event_timestamp)
             current = latest.get(key)
             if current is None or micros >= current.event_micros:
