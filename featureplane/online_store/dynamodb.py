@@ -195,19 +195,16 @@ class DynamoDBOnlineStore(ItemStore):
         return []
 
     def _conditional_put(self, item: StoredItem) -> dict[str, Any]:
-        attributes = {
-            KEY: {"S": item.key},
-            TIMESTAMP: {"N": str(item.event_micros)},
-            VALUES: {"S": item.payload},
-        }
-        if item.expires_at is not None:
-            attributes[EXPIRES] = {"N": str(item.expires_at)}
+        key, micros, payload, expires_at = item
+        attributes = {KEY: {"S": key}, TIMESTAMP: {"N": str(micros)}, VALUES: {"S": payload}}
+        if expires_at is not None:
+            attributes[EXPIRES] = {"N": str(expires_at)}
         return {
             "TableName": self.table,
             "Item": attributes,
             "ConditionExpression": NEWER_OR_ABSENT,
             "ExpressionAttributeNames": {"#ts": TIMESTAMP},
-            "ExpressionAttributeValues": {":ts": {"N": str(item.event_micros)}},
+            "ExpressionAttributeValues": {":ts": {"N": str(micros)}},
         }
 
     def _get_chunk(self, keys: Sequence[str]) -> dict[str, StoredItem]:
@@ -220,7 +217,7 @@ class DynamoDBOnlineStore(ItemStore):
             response = self._call(self.client.batch_get_item, RequestItems={self.table: request})
             for item in response["Responses"].get(self.table, ()):
                 stored = _stored_item(item)
-                found[stored.key] = stored
+                found[stored[0]] = stored
             request = response.get("UnprocessedKeys", {}).get(self.table)
             if not request:
                 return found
@@ -253,7 +250,7 @@ class DynamoDBOnlineStore(ItemStore):
 
 def _stored_item(item: Mapping[str, Mapping[str, str]]) -> StoredItem:
     expires = item.get(EXPIRES)
-    return StoredItem(
+    return (
         item[KEY]["S"],
         int(item[TIMESTAMP]["N"]),
         item[VALUES]["S"],

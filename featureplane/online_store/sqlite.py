@@ -1,9 +1,8 @@
 """The embedded online store: one SQLite file in WAL mode, the default for local use and tests.
 
 WAL lets the server's reader threads run while a push writes. A push is one transaction of
-`executemany` in key order (B-tree locality) over an upsert whose `WHERE` keeps the newer event
-time, so the conditional write is atomic per row and costs no extra read; `total_changes` tells
-how many rows it applied.
+`executemany` over an upsert whose `WHERE` keeps the newer event time, so the conditional write
+is atomic per row and costs no extra read; `total_changes` tells how many rows it applied.
 Connections are pooled (one per concurrent caller, reused), because sqlite3 connections must
 not be used by two threads at once and a server may start a thread per request.
 """
@@ -79,7 +78,7 @@ class SQLiteOnlineStore(ItemStore):
             before = connection.total_changes
             connection.execute("BEGIN IMMEDIATE")
             with connection:
-                connection.executemany(UPSERT, sorted(items))
+                connection.executemany(UPSERT, items)
             return len(items) - (connection.total_changes - before)
 
     def _get(self, keys: Collection[str]) -> Mapping[str, StoredItem]:
@@ -90,7 +89,7 @@ class SQLiteOnlineStore(ItemStore):
                 chunk = keys[start : start + KEYS_PER_SELECT]
                 query = f"{SELECT}({','.join('?' * len(chunk))})"
                 for row in connection.execute(query, chunk):
-                    found[row[0]] = StoredItem._make(row)
+                    found[row[0]] = row
         return found
 
     def close(self) -> None:
