@@ -61,3 +61,27 @@ def test_loading_the_feature_repository_imports_no_dagster():
 def test_online_package_imports_no_spark_and_no_dagster():
     loaded = modules_loaded_by("import online")
     assert not loaded & {"pyspark", "dagster"}
+
+
+def test_online_store_is_light_and_leaves_boto3_to_its_dynamodb_module():
+    """The Lambda handler imports it cold: no Spark, Dagster or pandas, boto3 only for DynamoDB."""
+    code = (
+        "import time; start = time.perf_counter(); import featureplane.online_store.sqlite; "
+        "print(f'cold import of featureplane.online_store: {time.perf_counter() - start:.3f} s')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    print(out.stdout.strip())
+    loaded = modules_loaded_by("import featureplane.online_store.sqlite")
+    assert not loaded & {"pyspark", "dagster", "pandas", "numpy", "boto3", "botocore"}
+    assert "boto3" in modules_loaded_by("import featureplane.online_store.dynamodb")
+
+
+def test_only_the_dynamodb_store_imports_boto3():
+    importers = {
+        path.relative_to(ROOT).as_posix()
+        for path in python_files("featureplane")
+        if imported_modules(path) & {"boto3", "botocore"}
+    }
+    assert importers <= {"featureplane/online_store/dynamodb.py"}

@@ -1,0 +1,27 @@
+"""The online store: latest feature values by (view, version, entity key), SQLite or DynamoDB.
+
+Spark-free, Dagster-free and light to import: the Lambda handler imports it. boto3 is imported
+only by `featureplane.online_store.dynamodb`, when a DynamoDB store is opened.
+"""
+
+from featureplane.online_store.encoding import EntityKeyError
+from featureplane.online_store.store import (
+    OnlineStore,
+    Record,
+    RecordKey,
+    StoreThrottled,
+    WriteResult,
+    expiry,
+    open_store,
+)
+
+__all__ = [
+    "EntityKeyError",
+    "OnlineStore",
+    "Record",
+    "RecordKey",
+    "StoreThrottled",
+    "WriteResult",
+    "expiry",
+    "open_store",
+]

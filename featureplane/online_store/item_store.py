@@ -1,0 +1,89 @@
+"""The `OnlineStore` contract written once over encoded items; backends only put and get them.
+
+Everything both backends must agree on lives here and in `encoding`: key and value encoding,
+collapsing a batch to the latest row per key, the write counts, and the order of reads. A
+backend implements a conditional put of items with distinct keys and a get by keys.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Self
+
+from featureplane.online_store.encoding import (
+    decode_values,
+    encode_values,
+    from_epoch_seconds,
+    from_micros,
+    item_key,
+    key_prefix,
+    prefixed_key,
+    to_epoch_seconds,
+    to_micros,
+)
+from featureplane.online_store.store import Record, RecordKey, WriteResult
+
+StoredItem = tuple[str, int, str, int | None]
+"""A record as backends store it: (key, event microseconds, encoded values, expiry in epoch
+seconds); see `encoding`. A plain tuple: a NamedTuple would cost a push 0.7 µs a row."""
+
+
+class ItemStore(ABC):
+    """An `OnlineStore` over a backend of `StoredItem`s."""
+
+    @abstractmethod
+    def ensure_table(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def _put_latest(self, items: Sequence[StoredItem]) -> int:
+        """Put items with distinct keys, each only over an equal or older event time, atomically
+        per item; return how many were skipped because the stored one is newer."""
+
+    @abstractmethod
+    def _get(self, keys: Collection[str]) -> Mapping[str, StoredItem]:
+        """The stored items of distinct keys; absent keys are left out."""
+
+    def write(self, view: str, version: str, records: Iterable[Record]) -> WriteResult:
+        prefix = key_prefix(view, version)
+        latest: dict[str, StoredItem] = {}
+        rows = 0
+        for entity_key, event_timestamp, values, expires_at in records:
+            rows += 1
+            key = prefixed_key(prefix, entity_key)
+            micros = to_micros(event_timestamp)
+            current = latest.get(key)
+            if current is None or micros >= current[1]:
+                expires = None if expires_at is None else to_epoch_seconds(expires_at)
+                latest[key] = (key, micros, encode_values(values), expires)
+        written = len(latest) - (self._put_latest(list(latest.values())) if latest else 0)
+        return WriteResult(written=written, skipped_stale=rows - written)
+
+    def read(
+        self, view: str, version: str, entity_keys: Sequence[Sequence[str | int]]
+    ) -> list[Record | None]:
+        return self.read_many([RecordKey(view, version, key) for key in entity_keys])
+
+    def read_many(self, keys: Sequence[RecordKey]) -> list[Record | None]:
+        wanted = [
+            (item_key(view, version, entity_key), entity_key) for view, version, entity_key in keys
+        ]
+        found = self._get({key for key, _ in wanted}) if wanted else {}
+        return [_record(entity_key, found.get(key)) for key, entity_key in wanted]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _record(entity_key: Sequence[str | int], item: StoredItem | None) -> Record | None:
+    if item is None:
+        return None
+    _, micros, payload, expires_at = item
+    expires = None if expires_at is None else from_epoch_seconds(expires_at)
+    return Record(tuple(entity_key), from_micros(micros), decode_values(payload), expires)

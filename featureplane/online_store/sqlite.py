@@ -1,0 +1,99 @@
+"""The embedded online store: one SQLite file in WAL mode, the default for local use and tests.
+
+WAL lets the server's reader threads run while a push writes. A push is one transaction of
+`executemany` over an upsert whose `WHERE` keeps the newer event time, so the conditional write
+is atomic per row and costs no extra read; `total_changes` tells how many rows it applied.
+Connections are pooled (one per concurrent caller, reused), because sqlite3 connections must
+not be used by two threads at once and a server may start a thread per request.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from featureplane.online_store.item_store import ItemStore, StoredItem
+from featureplane.settings import data_dir
+
+TABLE = "online_records"
+CREATE = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+    item_key TEXT PRIMARY KEY,
+    event_micros INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    expires_at INTEGER
+) WITHOUT ROWID"""
+UPSERT = f"""INSERT INTO {TABLE} (item_key, event_micros, payload, expires_at)
+VALUES (?, ?, ?, ?)
+ON CONFLICT (item_key) DO UPDATE SET
+    event_micros = excluded.event_micros,
+    payload = excluded.payload,
+    expires_at = excluded.expires_at
+WHERE excluded.event_micros >= {TABLE}.event_micros"""
+SELECT = f"SELECT item_key, event_micros, payload, expires_at FROM {TABLE} WHERE item_key IN "
+CACHE_KIB = 64 * 1024
+"""Page cache per connection, filled on demand: a push touches pages all over the key B-tree."""
+KEYS_PER_SELECT = 500
+"""Bound parameters per query, well under SQLite's limit; only placeholders vary the SQL."""
+
+
+class SQLiteOnlineStore(ItemStore):
+    """The online store in a SQLite file (default: `online_store.sqlite` in the data directory)."""
+
+    def __init__(self, path: str | Path | None = None, busy_timeout_ms: int = 10_000):
+        self.path = Path(path) if path is not None else data_dir() / "online_store.sqlite"
+        self.busy_timeout_ms = int(busy_timeout_ms)
+        self._idle: list[sqlite3.Connection] = []
+        self._opened: list[sqlite3.Connection] = []
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+        connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        self._opened.append(connection)
+        return connection
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection no other thread uses meanwhile (list pop and append are atomic)."""
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            connection = self._connect()
+        try:
+            yield connection
+        finally:
+            self._idle.append(connection)
+
+    def ensure_table(self) -> None:
+        with self._connection() as connection:
+            connection.execute(CREATE)
+
+    def _put_latest(self, items: Sequence[StoredItem]) -> int:
+        with self._connection() as connection:
+            before = connection.total_changes
+            connection.execute("BEGIN IMMEDIATE")
+            with connection:
+                connection.executemany(UPSERT, items)
+            return len(items) - (connection.total_changes - before)
+
+    def _get(self, keys: Collection[str]) -> Mapping[str, StoredItem]:
+        keys = list(keys)
+        found: dict[str, StoredItem] = {}
+        with self._connection() as connection:
+            for start in range(0, len(keys), KEYS_PER_SELECT):
+                chunk = keys[start : start + KEYS_PER_SELECT]
+                query = f"{SELECT}({','.join('?' * len(chunk))})"
+                for row in connection.execute(query, chunk):
+                    found[row[0]] = row
+        return found
+
+    def close(self) -> None:
+        for connection in self._opened:
+            connection.close()
+        self._opened.clear()
+        self._idle.clear()

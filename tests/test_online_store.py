@@ -1,0 +1,517 @@
+"""The online store contract, run against SQLite, moto in-process and moto_server over HTTP."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import boto3
+import pytest
+from botocore.stub import ANY, Stubber
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from moto import mock_aws
+
+from featureplane.online_store import (
+    EntityKeyError,
+    OnlineStore,
+    Record,
+    RecordKey,
+    StoreThrottled,
+    WriteResult,
+    expiry,
+    open_store,
+)
+from featureplane.online_store.dynamodb import Backoff, DynamoDBOnlineStore
+from featureplane.online_store.encoding import decode_values, encode_values, item_key
+from featureplane.online_store.sqlite import SQLiteOnlineStore
+
+REGION = "us-east-1"
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+FAST = Backoff(retries=2, base_seconds=0.001)
+MOTO = {"region": REGION, "backoff": FAST, "concurrent_writes": False}
+"""moto cannot run concurrent transactions on one table (see DynamoDBOnlineStore)."""
+
+
+@pytest.fixture(scope="session")
+def aws_credentials() -> Iterator[None]:
+    """Fake credentials, so that nothing can reach a real AWS account."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            patch.setenv(name, "testing")
+        patch.setenv("AWS_DEFAULT_REGION", REGION)
+        yield
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(aws_credentials) -> Iterator[str]:
+    """A moto_server process on 127.0.0.1: DynamoDB over real HTTP, stopped at the end."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def open_backend(kind: str, request: pytest.FixtureRequest, stack: ExitStack) -> OnlineStore:
+    if kind == "sqlite":
+        return SQLiteOnlineStore(request.getfixturevalue("tmp_path") / "online.sqlite")
+    if kind == "mock_aws":
+        request.getfixturevalue("aws_credentials")
+        stack.enter_context(mock_aws())
+        return DynamoDBOnlineStore("features", **MOTO)
+    endpoint = request.getfixturevalue("moto_endpoint")
+    table = f"features_{uuid.uuid4().hex[:12]}"
+    return DynamoDBOnlineStore(table, endpoint_url=endpoint, **MOTO)
+
+
+def opened(request: pytest.FixtureRequest) -> Iterator[OnlineStore]:
+    with ExitStack() as stack:
+        backend = open_backend(request.param, request, stack)
+        backend.ensure_table()
+        yield backend
+        backend.close()
+
+
+@pytest.fixture(params=["sqlite", "mock_aws", "moto_server"])
+def store(request) -> Iterator[OnlineStore]:
+    yield from opened(request)
+
+
+@pytest.fixture(params=["mock_aws", "moto_server"])
+def dynamodb_store(request) -> Iterator[DynamoDBOnlineStore]:
+    yield from opened(request)
+
+
+def rows(*items: tuple[object, datetime, dict]) -> list[Record]:
+    return [Record((key,), moment, values) for key, moment, values in items]
+
+
+EVERY_TYPE = {
+    "big_int": 2**63 + 1,
+    "negative": -(2**80),
+    "float": 0.1,
+    "negative_zero": -0.0,
+    "infinity": math.inf,
+    "text": 'déjà vu 🚀 "quoted" \\ \x00',
+    "flag": True,
+    "nothing": None,
+    "list": [1, "1", 1.0, None, [True]],
+    "nested": {"a": {"b": [1, {"c": "d"}]}, "$ts": 5, "$$x": "escaped"},
+    "timestamp": datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC),
+    "date": date(1999, 12, 31),
+    "bytes": b"\x00\xff",
+    "tiles": [{"tile_start": datetime(2024, 1, 1, tzinfo=UTC), "total__x": {"n": 3, "s": 1.5}}],
+}
+
+
+def test_store_satisfies_the_protocol(store):
+    assert isinstance(store, OnlineStore)
+
+
+def test_every_value_type_round_trips(store):
+    assert store.write("ad_stats", "v1", [Record(("u1",), T0, EVERY_TYPE)]) == WriteResult(1, 0)
+    (record,) = store.read("ad_stats", "v1", [("u1",)])
+    assert record.values == EVERY_TYPE
+    assert math.copysign(1, record.values["negative_zero"]) == -1
+    assert record.event_timestamp == T0 and record.event_timestamp.tzinfo == UTC
+    assert record.entity_key == ("u1",)
+    assert math.isnan(store_and_read(store, {"x": math.nan})["x"])
+
+
+def store_and_read(store: OnlineStore, values: dict) -> dict:
+    store.write("scratch", "v1", [Record(("k",), T0, values)])
+    return store.read("scratch", "v1", [("k",)])[0].values
+
+
+def test_missing_keys_read_as_none_in_order(store):
+    store.write("ad_stats", "v1", rows(("b", T0, {"x": 2})))
+    assert [r and r.values for r in store.read("ad_stats", "v1", [("a",), ("b",), ("c",)])] == [
+        None,
+        {"x": 2},
+        None,
+    ]
+    assert store.read("ad_stats", "v1", []) == []
+    assert store.write("ad_stats", "v1", []) == WriteResult(0, 0)
+
+
+def test_newer_overwrites_equal_overwrites_older_is_skipped(store):
+    assert store.write("s", "v1", rows(("k", T0, {"x": 1}))) == WriteResult(1, 0)
+    assert store.write("s", "v1", rows(("k", T0 + timedelta(microseconds=1), {"x": 2}))) == (
+        WriteResult(1, 0)
+    )
+    assert store.write("s", "v1", rows(("k", T0, {"x": 3}))) == WriteResult(0, 1)
+    assert store.write("s", "v1", rows(("k", T0 + timedelta(microseconds=1), {"x": 4}))) == (
+        WriteResult(1, 0)
+    )
+    (record,) = store.read("s", "v1", [("k",)])
+    assert record.values == {"x": 4}
+    assert record.event_timestamp == T0 + timedelta(microseconds=1)
+
+
+def test_within_a_batch_the_latest_row_per_key_wins(store):
+    batch = rows(
+        ("a", T0, {"x": 1}),
+        ("a", T0 + timedelta(hours=1), {"x": 2}),
+        ("a", T0, {"x": 3}),
+        ("b", T0, {"x": 1}),
+        ("b", T0, {"x": 2}),
+    )
+    assert store.write("s", "v1", batch) == WriteResult(written=2, skipped_stale=3)
+    assert [r.values for r in store.read("s", "v1", [("a",), ("b",)])] == [{"x": 2}, {"x": 2}]
+
+
+def test_a_mixed_batch_writes_the_newer_rows_and_counts_the_stale_ones(store):
+    store.write("s", "v1", [Record((i,), T0, {"x": "old"}) for i in range(150)])
+    mixed = [Record((i,), T0 + timedelta(seconds=i % 2 * 2 - 1), {"x": "new"}) for i in range(150)]
+    assert store.write("s", "v1", mixed) == WriteResult(written=75, skipped_stale=75)
+    read = store.read("s", "v1", [(i,) for i in range(150)])
+    assert [r.values["x"] for r in read] == ["old", "new"] * 75
+
+
+def test_many_keys_are_read_in_order_across_chunks(store):
+    store.write("s", "v1", [Record((i, f"k{i}"), T0, {"i": i}) for i in range(0, 350, 2)])
+    keys = [(i, f"k{i}") for i in reversed(range(350))] + [(0, "k0"), (0, "k0")]
+    read = store.read("s", "v1", keys)
+    assert [r and r.values["i"] for r in read] == [
+        i if i % 2 == 0 else None for i in reversed(range(350))
+    ] + [0, 0]
+    assert all(r is None or r.entity_key == key for r, key in zip(read, keys, strict=True))
+
+
+def test_views_and_versions_are_isolated_and_read_together(store):
+    for view, version in itertools.product(("ad_stats", "user_stats"), ("v1", "v2")):
+        store.write(view, version, rows((1, T0, {"src": f"{view}/{version}"})))
+    keys = [
+        RecordKey("user_stats", "v2", (1,)),
+        RecordKey("ad_stats", "v1", (1,)),
+        RecordKey("ad_stats", "v3", (1,)),
+        RecordKey("user_stats", "v1", (1,)),
+        RecordKey("ad_stats", "v2", (1,)),
+    ]
+    assert [r and r.values["src"] for r in store.read_many(keys)] == [
+        "user_stats/v2",
+        "ad_stats/v1",
+        None,
+        "user_stats/v1",
+        "ad_stats/v2",
+    ]
+
+
+def test_typed_join_keys_do_not_collide(store):
+    keys = [(1,), ("1",), (1, 2), ("1", 2), ("1,2",), ("[1,2]",), (12,), (1, "2")]
+    store.write("s", "v1", [Record(key, T0, {"key": repr(key)}) for key in keys])
+    assert [r.values["key"] for r in store.read("s", "v1", keys)] == [repr(k) for k in keys]
+
+
+HOSTILE = [
+    "'; DROP TABLE online_records; --",
+    "../../../etc/passwd",
+    "/tmp/x.sqlite",
+    'a"]#s#v1#["b',
+    "#",
+    "%s %d {}",
+    "\x00",
+    "\ud800",
+    "ключ",
+]
+
+
+def test_keys_that_look_like_sql_or_paths_are_only_data(store):
+    store.write("s", "v1", [Record((key,), T0, {"key": key}) for key in HOSTILE])
+    assert [r.values["key"] for r in store.read("s", "v1", [(k,) for k in HOSTILE])] == HOSTILE
+    assert store.read("s", "v1", [("other",)]) == [None]
+
+
+@pytest.mark.parametrize(
+    ("view", "version", "key"),
+    [
+        ("a#b", "v1", (1,)),
+        ("../etc", "v1", (1,)),
+        ("s", "v1#x", (1,)),
+        ("s", "", (1,)),
+        ("s", "v1", ()),
+        ("s", "v1", "abc"),
+        ("s", "v1", (1.5,)),
+        ("s", "v1", (True,)),
+        ("s", "v1", (None,)),
+        ("s", "v1", ("x" * 3000,)),
+    ],
+)
+def test_invalid_addresses_are_client_errors(store, view, version, key):
+    with pytest.raises(EntityKeyError):
+        store.read(view, version, [key])
+    with pytest.raises(EntityKeyError):
+        store.write(view, version, [Record(key, T0, {})])
+
+
+def test_expiry_is_stored_to_the_second_rounded_up(store):
+    expires = expiry(T0, timedelta(days=7))
+    store.write("s", "v1", [Record(("k",), T0, {"x": 1}, expires), Record(("n",), T0, {"x": 1})])
+    kept, never = store.read("s", "v1", [("k",), ("n",)])
+    assert kept.expires_at == (expires + timedelta(seconds=1)).replace(microsecond=0)
+    assert never.expires_at is None
+
+
+def test_ensure_table_is_idempotent(store):
+    store.write("s", "v1", rows(("k", T0, {"x": 1})))
+    store.ensure_table()
+    store.ensure_table()
+    assert store.read("s", "v1", [("k",)])[0].values == {"x": 1}
+
+
+def test_concurrent_readers_see_whole_records(store):
+    store.write("s", "v1", [Record((i,), T0, {"i": i, "sq": i * i}) for i in range(50)])
+
+    def read(offset: int) -> bool:
+        keys = [((offset + j) % 50,) for j in range(10)]
+        return all(r.values["sq"] == r.values["i"] ** 2 for r in store.read("s", "v1", keys))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(read, range(64)))
+
+
+# ---- DynamoDB specifics: the table, TTL, retries and throttling -----------------------------
+
+
+def test_dynamodb_items_carry_the_ttl_attribute_and_ttl_is_enabled(dynamodb_store):
+    store = dynamodb_store
+    store.write("s", "v1", [Record(("k",), T0, {"x": 1}, datetime(2030, 1, 1, tzinfo=UTC))])
+    item = store.client.get_item(TableName=store.table, Key={"pk": {"S": 's#v1#["k"]'}})["Item"]
+    assert item["exp"] == {"N": str(int(datetime(2030, 1, 1, tzinfo=UTC).timestamp()))}
+    ttl = store.client.describe_time_to_live(TableName=store.table)["TimeToLiveDescription"]
+    assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "exp")
+    billing = store.client.describe_table(TableName=store.table)["Table"]["BillingModeSummary"]
+    assert billing["BillingMode"] == "PAY_PER_REQUEST"
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path):
+    with SQLiteOnlineStore(tmp_path / "online.sqlite") as store:
+        store.ensure_table()
+    with sqlite3.connect(tmp_path / "online.sqlite") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+@pytest.fixture
+def stubbed(aws_credentials) -> Iterator[tuple[DynamoDBOnlineStore, Stubber]]:
+    """A DynamoDB store whose client answers from a script, to provoke partial results."""
+    client = boto3.client("dynamodb", region_name=REGION)
+    with Stubber(client) as stubber:
+        store = DynamoDBOnlineStore("features", backoff=FAST, client=client)
+        yield store, stubber
+        stubber.assert_no_pending_responses()
+        store.close()
+
+
+def stored(key: str, x: int) -> dict:
+    return {"pk": {"S": key}, "ts": {"N": "1"}, "v": {"S": f'{{"x":{x}}}'}}
+
+
+def test_unprocessed_keys_are_retried(stubbed):
+    store, stubber = stubbed
+    a, b = item_key("s", "v1", ("a",)), item_key("s", "v1", ("b",))
+    stubber.add_response(
+        "batch_get_item",
+        {
+            "Responses": {"features": [stored(a, 1)]},
+            "UnprocessedKeys": {"features": {"Keys": [{"pk": {"S": b}}]}},
+        },
+    )
+    stubber.add_response(
+        "batch_get_item",
+        {"Responses": {"features": [stored(b, 2)]}},
+        expected_params={"RequestItems": {"features": {"Keys": [{"pk": {"S": b}}]}}},
+    )
+    assert [r.values for r in store.read("s", "v1", [("a",), ("b",)])] == [{"x": 1}, {"x": 2}]
+
+
+def test_keys_left_unprocessed_after_retries_raise_throttled(stubbed):
+    store, stubber = stubbed
+    a = item_key("s", "v1", ("a",))
+    for _ in range(FAST.retries + 1):
+        stubber.add_response(
+            "batch_get_item",
+            {"Responses": {}, "UnprocessedKeys": {"features": {"Keys": [{"pk": {"S": a}}]}}},
+        )
+    with pytest.raises(StoreThrottled, match="unprocessed"):
+        store.read("s", "v1", [("a",)])
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"],
+)
+def test_throttling_is_a_distinct_error(stubbed, code):
+    store, stubber = stubbed
+    stubber.add_client_error("batch_get_item", service_error_code=code, http_status_code=400)
+    with pytest.raises(StoreThrottled, match=code):
+        store.read("s", "v1", [("a",)])
+
+
+def cancelled(stubber: Stubber, *codes: str) -> None:
+    reasons = [{"Code": code} for code in codes]
+    stubber.add_client_error(
+        "transact_write_items",
+        service_error_code="TransactionCanceledException",
+        modeled_fields={"CancellationReasons": reasons},
+        expected_params={"TransactItems": [ANY] * len(codes)},
+    )
+
+
+def test_cancelled_writes_drop_stale_items_and_retry_the_rest(stubbed):
+    store, stubber = stubbed
+    cancelled(stubber, "None", "ConditionalCheckFailed", "TransactionConflict")
+    stubber.add_response("transact_write_items", {}, {"TransactItems": [ANY, ANY]})
+    batch = rows(("a", T0, {}), ("b", T0, {}), ("c", T0, {}))
+    assert store.write("s", "v1", batch) == WriteResult(written=2, skipped_stale=1)
+
+
+def test_writes_throttled_after_retries_raise_throttled(stubbed):
+    store, stubber = stubbed
+    for _ in range(FAST.retries + 1):
+        cancelled(stubber, "ThrottlingError")
+    with pytest.raises(StoreThrottled, match="conflicting or throttled"):
+        store.write("s", "v1", rows(("a", T0, {})))
+
+
+# ---- properties ------------------------------------------------------------------------------
+
+
+def identical(a: object, b: object) -> bool:
+    """Equal, of the same types all the way down, floats to the bit (NaN equals NaN)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return a.hex() == b.hex() if not math.isnan(a) else math.isnan(b)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(identical, a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(identical(a[k], b[k]) for k in a)
+    return a == b
+
+
+tricky_keys = st.sampled_from(["$ts", "$date", "$bytes", "$", "$$ts", "a", ""]) | st.text()
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**100), max_value=2**100)
+    | st.floats()
+    | st.text()
+    | st.datetimes(timezones=st.just(UTC))
+    | st.dates()
+    | st.binary(max_size=16)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(tricky_keys, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(tricky_keys, values, max_size=6))
+def test_values_round_trip_exactly(original):
+    assert identical(decode_values(encode_values(original)), original)
+
+
+def test_aware_datetimes_come_back_as_the_same_instant_in_utc_and_naive_ones_as_utc():
+    paris = datetime(2024, 6, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    decoded = decode_values(encode_values({"a": paris, "n": datetime(2024, 6, 1, 12, 0)}))
+    assert decoded == {"a": paris, "n": datetime(2024, 6, 1, 12, 0, tzinfo=UTC)}
+    assert decoded["a"].tzinfo == UTC
+
+
+join_keys = st.tuples(st.text(max_size=5) | st.integers()) | st.tuples(
+    st.text(max_size=3) | st.integers(), st.text(max_size=3) | st.integers()
+)
+
+
+@given(join_keys, join_keys)
+def test_entity_key_encoding_is_injective(first, second):
+    def typed(key):
+        return [(type(part), part) for part in key]
+
+    same = item_key("s", "v1", first) == item_key("s", "v1", second)
+    assert same == (typed(first) == typed(second))
+
+
+writes = st.lists(
+    st.lists(
+        st.tuples(st.sampled_from("abcd"), st.integers(0, 5), st.integers()), min_size=1, max_size=8
+    ),
+    min_size=1,
+    max_size=5,
+)
+_versions = itertools.count()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=writes)
+def test_random_writes_match_a_latest_event_time_wins_oracle(store, batches):
+    version = f"p{next(_versions)}"
+    oracle: dict[str, tuple[int, int]] = {}
+    for batch in batches:
+        winners: dict[str, tuple[int, int]] = {}
+        for key, second, value in batch:
+            if key not in winners or second >= winners[key][0]:
+                winners[key] = (second, value)
+        applied = {k: w for k, w in winners.items() if k not in oracle or w[0] >= oracle[k][0]}
+        oracle.update(applied)
+        result = store.write(
+            "s", version, [Record((k,), T0 + timedelta(seconds=s), {"v": v}) for k, s, v in batch]
+        )
+        assert result == WriteResult(len(applied), len(batch) - len(applied))
+    read = store.read("s", version, [(k,) for k in "abcd"])
+    expected = [oracle.get(k) for k in "abcd"]
+    assert [
+        r and ((r.event_timestamp - T0) // timedelta(seconds=1), r.values["v"]) for r in read
+    ] == expected
+
+
+# ---- settings --------------------------------------------------------------------------------
+
+
+def test_open_store_builds_each_backend_from_settings(tmp_path, aws_credentials):
+    with open_store({"type": "sqlite", "path": str(tmp_path / "o.sqlite")}) as local:
+        assert isinstance(local, SQLiteOnlineStore)
+    with open_store(
+        {"type": "dynamodb", "table": "t", "region": "eu-west-1", "endpoint_url": "http://h:1"}
+    ) as remote:
+        assert remote.client.meta.endpoint_url == "http://h:1"
+        assert remote.client.meta.region_name == "eu-west-1"
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [({"type": "redis"}, "not one of sqlite, dynamodb"), ({"tabel": "x"}, "tabel")],
+)
+def test_open_store_rejects_unknown_settings(settings, problem):
+    with pytest.raises(ValueError, match=problem):
+        open_store(settings)
