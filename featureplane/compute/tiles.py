@@ -3,10 +3,10 @@
 `compute_tiles` turns a window of events into one row per (join keys, tile_start) holding the
 partial aggregate of every (function, column) the view needs. `aggregate_join` gives each spine
 row the value of every aggregation at its timestamp t, from the tiles with tile_start in
-[floor(t) - window, floor(t)): the spine's distinct (keys, floor(t)) anchors are unioned with the
-tiles, and one sliding range frame per window merges the partials before each anchor — a single
-sort per entity, never spine x tiles. count, sum and mean come from running totals instead, and
-last_n and approx_count_distinct from joins of their own (`_last_n`, a hop hierarchy of
+[floor(t) - window, floor(t)), computed from the spine's distinct (keys, floor(t)) anchors and
+never as spine x tiles: count, sum, mean, min, max, first and last in one Arrow pass per
+partition (`featureplane.compute.tile_windows`), var and stddev by a sliding range frame of tile
+moments, last_n and approx_count_distinct by joins of their own (`_last_n`, a hop hierarchy of
 sketches). The merge and finalize mirror `featureplane.aggregation`, which serves the same tiles
 online.
 """
@@ -28,13 +28,13 @@ from featureplane.aggregation import (
     AggregationFunction,
     hll_scale,
 )
+from featureplane.compute.tile_windows import FUNCTIONS as WINDOWED
+from featureplane.compute.tile_windows import window_values
 
 ORDER = "__fp_t"
 ANCHOR = "__fp_anchor"
 KIND = "__fp_kind"
-LAG = "__fp_lag"
-RUNNING = ("count", "sum", "mean")  # invertible: running totals instead of sliding frames
-MERGED = ("last_n", "approx_count_distinct")  # merged by joins of their own, not by frames
+MERGED = ("last_n", "approx_count_distinct")  # merged by joins of their own
 
 
 def _micros(interval: timedelta) -> int:
@@ -136,25 +136,54 @@ def compute_tiles(
     )
 
 
-def _merged(function: AggregationFunction, partial: str, window: Window) -> Column:
-    """The merge of the partials in the frame, finalized to the feature value."""
-    name = function.name
-    field = F.col(partial)
-    if name in ("min", "max"):
-        return getattr(F, name)(field).over(window)
-    if name == "first":
-        return F.min(field).over(window).getField("v")
-    if name == "last":
-        return F.max(field).over(window).getField("v")
-    n = F.sum(field.getField("n")).over(window)
-    # Tile moments are merged around the entity's shift (the smallest tile mean, see
-    # aggregate_join), which keeps the sums small: var = (Σm2 + Σn·d² − (Σn·d)²/N) / (N − 1).
-    tile_n = field.getField("n")
-    offset = field.getField("mean") - F.col(_shift(partial))
-    spread = F.sum(field.getField("m2") + tile_n * offset * offset).over(window)
-    moved = F.sum(tile_n * offset).over(window)
-    variance = F.greatest((spread - moved * moved / n) / (n - 1), F.lit(0.0))
-    return F.when(n >= 2, F.sqrt(variance) if name == "stddev" else variance)
+def _sliding_moments(
+    tiles: DataFrame, anchors: DataFrame, keys: list[str], aggregations: dict[Aggregation, str]
+) -> DataFrame:
+    """(keys, anchor, values) of var and stddev: Chan's merge of the tile moments in a sliding
+    range frame per window, exact within the frame (prefix sums of squares would cancel).
+
+    The moments are merged around the entity's shift (its smallest tile mean), which keeps the
+    sums small: var = (Σm2 + Σn·d² − (Σn·d)²/N) / (N − 1) with d = tile mean − shift.
+    """
+    partials = sorted({a.partial_column for a in aggregations})
+    tile_types = dict(tiles.dtypes)
+    rows = tiles.select(
+        *keys, F.unix_micros(TILE_START).alias(ORDER), F.lit(0).alias(KIND), *partials
+    ).unionByName(
+        anchors.select(
+            *keys,
+            F.col(ANCHOR).alias(ORDER),
+            F.lit(1).alias(KIND),
+            *(F.lit(None).cast(tile_types[p]).alias(p) for p in partials),
+        )
+    )
+    entity = Window.partitionBy(*keys)
+    rows = rows.select(
+        "*", *(F.min(F.col(p).getField("mean")).over(entity).alias(_shift(p)) for p in partials)
+    )
+
+    def value(aggregation: Aggregation) -> Column:
+        frame = entity.orderBy(ORDER).rangeBetween(-_micros(aggregation.time_window), -1)
+        moments = F.col(aggregation.partial_column)
+        tile_n = moments.getField("n")
+        offset = moments.getField("mean") - F.col(_shift(aggregation.partial_column))
+        n = F.sum(tile_n).over(frame)
+        spread = F.sum(moments.getField("m2") + tile_n * offset * offset).over(frame)
+        moved = F.sum(tile_n * offset).over(frame)
+        variance = F.greatest((spread - moved * moved / n) / (n - 1), F.lit(0.0))
+        stddev = aggregation.fn.name == "stddev"
+        return F.when(n >= 2, F.sqrt(variance) if stddev else variance)
+
+    return (
+        rows.select(
+            *keys,
+            F.col(ORDER).alias(ANCHOR),
+            KIND,
+            *(value(a).alias(output) for a, output in aggregations.items()),
+        )
+        .where(F.col(KIND) == 1)
+        .drop(KIND)
+    )
 
 
 def _shift(partial: str) -> str:
@@ -185,131 +214,26 @@ def aggregate_join(spine: DataFrame, timestamp_column: str, lookup: AggregateLoo
         spine.select(*keys, ANCHOR).where(F.col(ANCHOR).isNotNull()).dropna(subset=keys).distinct()
     )
     needed = sorted({a.partial_column for a in lookup.aggregations})
-    tile_types = dict(lookup.tiles.dtypes)
     tiles = lookup.tiles.select(  # keyed like the spine
         *(F.col(key).cast(types[key]).alias(key) for key in keys), TILE_START, *needed
     )
     lookup = replace(lookup, tiles=tiles)
-    rows = tiles.select(
-        *keys,
-        F.unix_micros(TILE_START).alias(ORDER),
-        F.lit(0).alias(KIND),
-        *needed,
-    ).unionByName(
-        anchors.select(
-            *keys,
-            F.col(ANCHOR).alias(ORDER),
-            F.lit(1).alias(KIND),
-            *(F.lit(None).cast(tile_types[column]).alias(column) for column in needed),
+    joined = spine
+    windowed = {a: out for a, out in lookup.aggregations.items() if a.fn.name in WINDOWED}
+    if windowed:
+        values = window_values(tiles, anchors, keys, ANCHOR, lookup.interval, windowed)
+        joined = joined.join(values, on=[*keys, ANCHOR], how="left")
+    sliding = {a: out for a, out in lookup.aggregations.items() if a.fn.partial == "moments"}
+    if sliding:
+        joined = joined.join(
+            _sliding_moments(tiles, anchors, keys, sliding), [*keys, ANCHOR], "left"
         )
-    )
-    moments = sorted({a.partial_column for a in lookup.aggregations if a.fn.partial == "moments"})
-    entity = Window.partitionBy(*keys)
-    rows = rows.select(
-        "*",
-        *(F.min(F.col(p).getField("mean")).over(entity).alias(_shift(p)) for p in moments),
-    )
-    frames = {
-        a.time_window: Window.partitionBy(*keys)
-        .orderBy(ORDER)
-        .rangeBetween(-_micros(a.time_window), -1)
-        for a in lookup.aggregations
-    }
-    sliding = {
-        a: out for a, out in lookup.aggregations.items() if a.fn.name not in (*MERGED, *RUNNING)
-    }
-    values = rows.select(
-        *keys,
-        F.col(ORDER).alias(ANCHOR),
-        F.col(KIND),
-        *(
-            _merged(a.fn, a.partial_column, frames[a.time_window]).alias(output)
-            for a, output in sliding.items()
-        ),
-    ).where(F.col(KIND) == 1)
-    joined = spine.join(values.drop(KIND), on=[*keys, ANCHOR], how="left")
-    running = {a: out for a, out in lookup.aggregations.items() if a.fn.name in RUNNING}
-    if running:
-        totals = _running_totals(tiles, anchors, keys, running)
-        joined = joined.join(totals, on=[*keys, ANCHOR], how="left")
     for aggregation, output in lookup.aggregations.items():
         if aggregation.fn.name in MERGED:
             merge = _last_n if aggregation.fn.name == "last_n" else _approx_count_distinct
             merged = merge(lookup, anchors, aggregation)
             joined = joined.join(merged.withColumnRenamed("value", output), [*keys, ANCHOR], "left")
     return joined.select(*(c for c in spine.columns if c != ANCHOR), *lookup.aggregations.values())
-
-
-def _running_totals(
-    tiles: DataFrame, anchors: DataFrame, keys: list[str], aggregations: dict[Aggregation, str]
-) -> DataFrame:
-    """(keys, anchor, values) of count, sum and mean, as differences of running totals.
-
-    The total of the tiles in [A - w, A) is the running total before A minus the one before
-    A - w. Probe rows at A and at A - w for each window sort before tiles of the same time; one
-    unbounded running sum per partial (cheap, unlike a sliding range frame) gives every total,
-    and one grouping per anchor subtracts them. Integer counts and sums are exact; a double sum
-    can lose about machine epsilon times the running total.
-    """
-    lags = sorted({0, *(_micros(a.time_window) for a in aggregations)})
-    partials = sorted({a.partial_column for a in aggregations})
-    tile_types = dict(tiles.dtypes)
-    fields = {p: [p] if tile_types[p] == "bigint" else [f"{p}.n", f"{p}.s"] for p in partials}
-    columns = [c for p in partials for c in fields[p]]
-    names = {c: f"__fp_total_{n}" for n, c in enumerate(columns)}
-    rows = tiles.select(
-        *keys,
-        F.unix_micros(TILE_START).alias(ORDER),
-        F.lit(1).alias(KIND),
-        F.lit(None).cast("bigint").alias(ANCHOR),
-        F.lit(None).cast("bigint").alias(LAG),
-        *(F.col(c).alias(names[c]) for c in columns),
-    )
-    probe_types = dict(rows.dtypes)
-    for lag in lags:
-        rows = rows.unionByName(
-            anchors.select(
-                *keys,
-                (F.col(ANCHOR) - lag).alias(ORDER),
-                F.lit(0).alias(KIND),
-                ANCHOR,
-                F.lit(lag).cast("bigint").alias(LAG),
-                *(F.lit(None).cast(probe_types[names[c]]).alias(names[c]) for c in columns),
-            )
-        )
-    before = (
-        Window.partitionBy(*keys)
-        .orderBy(ORDER, KIND)
-        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    )
-    probes = rows.select(
-        *keys,
-        ANCHOR,
-        LAG,
-        KIND,
-        *(F.coalesce(F.sum(names[c]).over(before), F.lit(0)).alias(names[c]) for c in columns),
-    ).where(F.col(KIND) == 0)
-    pivoted = probes.groupBy(*keys, ANCHOR).agg(
-        *(
-            F.max(F.when(F.col(LAG) == lag, F.col(names[c]))).alias(f"{names[c]}_{lag}")
-            for c in columns
-            for lag in lags
-        )
-    )
-
-    def total(column: str, window: timedelta) -> Column:
-        return F.col(f"{names[column]}_0") - F.col(f"{names[column]}_{_micros(window)}")
-
-    values = []
-    for aggregation, output in aggregations.items():
-        p, w = aggregation.partial_column, aggregation.time_window
-        if aggregation.fn.name == "count":
-            values.append(total(p, w).alias(output))
-            continue
-        n, s = total(f"{p}.n", w), total(f"{p}.s", w)
-        value = s if aggregation.fn.name == "sum" else s / n
-        values.append(F.when(n > 0, value).alias(output))
-    return pivoted.select(*keys, ANCHOR, *values)
 
 
 def _last_n(lookup: AggregateLookup, anchors: DataFrame, aggregation: Aggregation) -> DataFrame:

@@ -1,0 +1,223 @@
+"""Window values from tiles, merged per partition in Arrow: one shuffle for every window.
+
+The tiles and the spine's anchors (keys, floor(t)) are unioned and hash-partitioned on the keys;
+each partition sorts its tiles by (keys, tile_start) once, and two binary searches per window
+give every anchor's tiles as a slice [lo, hi) of the sorted rows. Then:
+- count, sum and mean are differences of prefix sums (exact for integers; a double sum can lose
+  about machine epsilon times the entity's running total, as any prefix-sum method does);
+- min, max, first and last take the best-ranked tile of the slice from a sparse table (O(1) per
+  anchor: two overlapping power-of-two blocks), so no function slides a frame.
+A window holds at most window/interval tiles per entity, which bounds the sparse table's levels.
+The values equal `featureplane.aggregation`'s merge and finalize of the same tiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from featureplane.aggregation import TILE_START, Aggregation
+
+FUNCTIONS = ("count", "sum", "mean", "min", "max", "first", "last")
+ANCHOR_ROW = 1
+TIME = "__fp_time"
+KIND = "__fp_kind"
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """One output: its function, tile partial column, window in intervals, and name."""
+
+    function: str
+    partial: str
+    window: int
+    output: str
+
+
+def window_values(
+    tiles: DataFrame,
+    anchors: DataFrame,
+    keys: Sequence[str],
+    anchor: str,
+    interval: timedelta,
+    aggregations: dict[Aggregation, str],
+) -> DataFrame:
+    """(keys, anchor, one column per aggregation) for every anchor; `tiles` are keyed like the
+    anchors, which are epoch microseconds that are multiples of `interval`."""
+    step = interval // timedelta(microseconds=1)
+    specs = [
+        _Spec(a.fn.name, a.partial_column, a.time_window // interval, output)
+        for a, output in aggregations.items()
+    ]
+    needed = sorted({spec.partial for spec in specs})
+    tile_types = dict(tiles.dtypes)
+    rows = (
+        tiles.where(F.col(TILE_START).isNotNull())
+        .select(
+            *keys,
+            F.unix_micros(TILE_START).alias(TIME),
+            F.lit(1 - ANCHOR_ROW).cast("tinyint").alias(KIND),
+            *needed,
+        )
+        .unionByName(
+            anchors.select(
+                *keys,
+                F.col(anchor).alias(TIME),
+                F.lit(ANCHOR_ROW).cast("tinyint").alias(KIND),
+                *(F.lit(None).cast(tile_types[column]).alias(column) for column in needed),
+            )
+        )
+    )
+    outputs = tiles.select(*(_output(spec).alias(spec.output) for spec in specs)).dtypes
+    schema = ", ".join(
+        [f"`{name}` {dtype}" for name, dtype in rows.select(*keys).dtypes]
+        + [f"`{anchor}` bigint"]
+        + [f"`{name}` {dtype}" for name, dtype in outputs]
+    )
+    merge = partial(_merge, keys=tuple(keys), anchor=anchor, step=step, specs=specs)
+    return rows.repartition(*keys).mapInArrow(merge, schema)
+
+
+def _output(spec: _Spec) -> Column:
+    """An expression of the output's Spark type (for the schema only)."""
+    column = F.col(spec.partial)
+    if spec.function in ("count", "min", "max"):
+        return column
+    if spec.function in ("first", "last"):
+        return column.getField("v")
+    if spec.function == "sum":
+        return column.getField("s")
+    return column.getField("s").cast("double")
+
+
+def _merge(
+    batches: Iterator[pa.RecordBatch],
+    keys: tuple[str, ...],
+    anchor: str,
+    step: int,
+    specs: list[_Spec],
+) -> Iterator[pa.RecordBatch]:
+    """The window values of one partition's anchors, which has every tile of their keys."""
+    batches = list(batches)
+    table = pa.Table.from_batches(batches) if batches else None
+    if table is None or table.num_rows == 0:
+        return
+    codes = _dense_codes(table, keys)
+    times = table[TIME].to_numpy() // step  # in intervals: tiles and anchors are aligned
+    low = int(times.min()) - max(spec.window for spec in specs)
+    shift = (int(times.max()) - low + 1).bit_length()
+    if (int(codes.max()) + 1).bit_length() + shift > 62:
+        raise ValueError("too many keys and tiles in one partition to pack into 62 bits")
+    packed = (codes << shift) | (times - low)
+    is_anchor = table[KIND].to_numpy() == ANCHOR_ROW
+    tile_rows = np.flatnonzero(~is_anchor)
+    tile_rows = tile_rows[np.argsort(packed[tile_rows])]
+    anchor_rows = np.flatnonzero(is_anchor)
+    sorted_packed = packed[tile_rows]
+    ends = np.searchsorted(sorted_packed, packed[anchor_rows])
+    slices = {
+        window: (np.searchsorted(sorted_packed, packed[anchor_rows] - window), ends)
+        for window in {spec.window for spec in specs}
+    }
+    tiles = table.take(tile_rows)
+    columns = {key: table[key].take(anchor_rows) for key in keys}
+    columns[anchor] = pa.array(times[anchor_rows] * step)
+    best = _Best(max(spec.window for spec in specs))
+    for spec in specs:
+        lo, hi = slices[spec.window]
+        columns[spec.output] = _value(spec.function, tiles[spec.partial], lo, hi, best)
+    yield from pa.table(columns).to_batches()
+
+
+def _dense_codes(table: pa.Table, keys: tuple[str, ...]) -> np.ndarray:
+    """One int64 per row, equal exactly when the keys are equal, from 0 to the distinct count."""
+    codes: np.ndarray | None = None
+    for key in keys:
+        encoded = pc.dictionary_encode(table[key].combine_chunks())
+        width = len(encoded.dictionary) + 1
+        code = pc.fill_null(encoded.indices.cast(pa.int64()), width - 1).to_numpy()
+        if codes is not None:
+            code = pc.dictionary_encode(pa.array(codes * width + code)).indices.to_numpy()
+        codes = code.astype(np.int64)
+    assert codes is not None
+    return codes
+
+
+def _value(
+    function: str, partials: pa.ChunkedArray, lo: np.ndarray, hi: np.ndarray, best: _Best
+) -> pa.Array:
+    """The finalized value of `function` over the tiles [lo, hi) of each anchor."""
+    column = partials.combine_chunks()
+    if function == "count":
+        return pa.array(_window_sums(column, lo, hi))
+    if function in ("sum", "mean"):
+        n = _window_sums(column.field("n"), lo, hi)
+        s = _window_sums(column.field("s"), lo, hi)
+        empty = n == 0
+        if function == "mean":
+            return pa.array(s / np.where(empty, 1, n), mask=empty)
+        return pa.array(s, mask=empty)
+    values = column.field("v") if function in ("first", "last") else column
+    score = _scores(column, values, largest=function in ("max", "last"))
+    chosen = best(score, lo, hi)
+    found = hi > lo  # no tiles at all: every slice is empty
+    if found.any():
+        found &= score[chosen] > 0
+    return values.take(pa.array(chosen, mask=~found))
+
+
+def _window_sums(values: pa.Array, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Sums of values[lo:hi] (nulls as 0) as differences of prefix sums."""
+    filled = pc.fill_null(values, 0).to_numpy()
+    prefix = np.concatenate([np.zeros(1, dtype=filled.dtype), np.cumsum(filled)])
+    return prefix[hi] - prefix[lo]
+
+
+def _scores(column: pa.Array, values: pa.Array, largest: bool) -> np.ndarray:
+    """A rank per tile, greater for the better partial, 0 for a null one. first and last rank
+    their (event time, value) pairs; min and max their values (NaN above every number)."""
+    if pa.types.is_struct(column.type):
+        order = pc.sort_indices(
+            pa.table({"ts": column.field("ts"), "v": values}),
+            sort_keys=[("ts", "ascending", "at_end"), ("v", "ascending", "at_end")],
+        ).to_numpy()
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(1, len(order) + 1)
+    else:
+        rank = pc.rank(values, sort_keys="ascending", tiebreaker="dense").to_numpy()
+        rank = rank.astype(np.int64)
+    if not largest:
+        rank = len(rank) + 1 - rank
+    return np.where(column.is_null().to_numpy(zero_copy_only=False), 0, rank)
+
+
+class _Best:
+    """The position of the greatest score in ranges of at most `longest` rows (sparse table)."""
+
+    def __init__(self, longest: int) -> None:
+        self.levels = max(int(longest).bit_length() - 1, 0)
+
+    def __call__(self, score: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        n = len(score)
+        if n == 0:
+            return np.zeros(len(lo), dtype=np.int64)
+        table = [np.arange(n)]
+        for level in range(1, self.levels + 1):
+            previous = table[-1]
+            partner = previous[np.minimum(np.arange(n) + (1 << (level - 1)), n - 1)]
+            table.append(np.where(score[partner] > score[previous], partner, previous))
+        blocks = np.stack(table)
+        length = np.maximum(hi - lo, 1)
+        level = np.floor(np.log2(length)).astype(np.int64)
+        start = np.minimum(lo, n - 1)
+        first = blocks[level, start]
+        second = blocks[level, np.clip(hi - (1 << level), 0, n - 1)]
+        return np.where(score[second] > score[first], second, first)
