@@ -16,6 +16,7 @@ from featureplane.online_store import StoreThrottled
 from featureplane.registry import load_registry, write_registry
 from featureplane.serving import FeatureServer
 from online.handler import handler
+from tests import serving_repo
 from tests.serving_repo import (
     AGGREGATIONS,
     HOUR,
@@ -520,3 +521,20 @@ def test_no_request_is_a_server_error(serve, method, path, body, kind):
     status, answer = serve(method, path, body, kind=kind, raw=True)
     assert status < 500
     assert status == 200 or "error" in answer
+
+
+def test_feature_store_serves_in_process(tmp_path, monkeypatch, store_path):
+    """`FeatureStore.get_online_features` runs the same dispatch without HTTP (no Spark needed)."""
+    from featureplane.feature_store import FeatureStore
+
+    recent = datetime.now(UTC) - HOUR
+    write_row(store_path, ad_stats, ("a1",), recent, {"ctr": 0.5, "title": "Shoes"})
+    settings = json.dumps({"type": "sqlite", "path": str(store_path)})
+    monkeypatch.setenv("FEATUREPLANE_ONLINE_STORE", settings)
+    with FeatureStore(serving_repo.repository(), spark=None) as store:
+        one = store.get_online_features("checkout", {"user_id": 1, "ad_id": "a1"})
+        assert one["results"][0]["values"]["ad_stats__ctr"] == 0.5
+        many = store.get_online_features("users", [{"user_id": 1}, {"user_id": 2}])
+        assert [r["status"]["user_stats__clicks"] for r in many["results"]] == ["missing"] * 2
+        with pytest.raises(ValueError, match="missing join keys"):
+            store.get_online_features("checkout", {"user_id": 1})
