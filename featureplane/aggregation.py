@@ -318,5 +318,6 @@ def aggregate(
 ) -> Any:
     """The aggregation's value at `at` from a key's tiles (dicts with tile_start and partials)."""
     selected = window_tiles(tiles, at, aggregation.time_window, interval)
-    partials = [tile.get(aggregation.partial_column) for tile in selected]
+    column = aggregation.partial_column  # a property: once, not per tile
+    partials = [tile.get(column) for tile in selected]
     return finalize(aggregation.fn, merge_partials(aggregation.fn, partials))

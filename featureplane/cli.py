@@ -4,6 +4,8 @@
   through Dagster, print a summary.
 - `featureplane materialize`: compute feature views for a date range through Dagster.
 - `featureplane validate`: load the repository and check every view's output schema on Spark.
+- `featureplane registry`: write the serving registry of the repository (what `serve` reads).
+- `featureplane serve`: serve feature services over HTTP with the Lambda handler's dispatch.
 """
 
 from __future__ import annotations
@@ -106,6 +108,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_registry(args: argparse.Namespace) -> int:
+    from featureplane.registry import build_registry, write_registry
+    from featureplane.repository import Repository
+    from featureplane.settings import online_store_settings, registry_path
+
+    registry = build_registry(Repository.load(args.repository), online_store_settings())
+    path = write_registry(registry, args.out or registry_path())
+    views, services = len(registry["feature_views"]), len(registry["feature_services"])
+    print(f"wrote the registry of {services} services and {views} views to {path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from featureplane.settings import registry_path
+
+    registry = args.registry or registry_path()
+    if not os.path.exists(registry):
+        print(
+            f"error: no registry at {registry}; run `featureplane registry` first", file=sys.stderr
+        )
+        return 1
+    from online.server import serve
+
+    serve(registry, args.host, args.port, args.workers)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featureplane", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="load the repository and check outputs")
     validate.add_argument("--repository", default=DEFAULT_REPOSITORY)
     validate.set_defaults(run=cmd_validate)
+
+    registry = commands.add_parser("registry", help="write the serving registry")
+    registry.add_argument("--repository", default=DEFAULT_REPOSITORY)
+    registry.add_argument("--out", help="file to write (default: <data dir>/registry.json)")
+    registry.set_defaults(run=cmd_registry)
+
+    serve = commands.add_parser("serve", help="serve feature services over HTTP")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--registry", help="registry file (default: $FEATUREPLANE_REGISTRY)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes")
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 

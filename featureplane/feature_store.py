@@ -8,7 +8,7 @@ dataset's manifest names exactly what was read, and `rebuild` reproduces it by t
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,8 +28,10 @@ from featureplane.errors import RetrievalError
 from featureplane.feature_service import FeatureSelection, FeatureService
 from featureplane.feature_view import FeatureView
 from featureplane.offline_store import OfflineStore
+from featureplane.registry import build_registry, load_registry
 from featureplane.repository import Repository
-from featureplane.settings import offline_root
+from featureplane.serving import FeatureServer
+from featureplane.settings import offline_root, online_store_settings
 from featureplane.source import BatchSource
 from featureplane.spark_session import spark_session
 
@@ -58,6 +60,7 @@ class FeatureStore:
         self.spark = spark
         self.offline = OfflineStore(offline_root_uri or offline_root())
         self._resources = ExitStack()
+        self._online: FeatureServer | None = None
 
     @classmethod
     def from_repo(
@@ -76,6 +79,21 @@ class FeatureStore:
 
     def close(self) -> None:
         self._resources.close()
+
+    def get_online_features(
+        self,
+        service: str,
+        entities: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        request_data: Mapping[str, Any] | None = None,
+        features: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """Online features of one entity row (a mapping) or many (a list), as the handler
+        serves them (see `featureplane.serving`), from the online store of the settings."""
+        if self._online is None:
+            registry = load_registry(build_registry(self.repository, online_store_settings()))
+            self._online = FeatureServer(registry)
+            self._resources.callback(self._online.close)
+        return self._online.get_features(service, entities, request_data, features)
 
     def __enter__(self) -> FeatureStore:
         return self

@@ -251,6 +251,11 @@ class FeatureView:
         return tuple(key for entity in self.entities for key in entity.join_keys)
 
     @property
+    def join_key_types(self) -> dict[str, DType | None]:
+        """Each join key's declared type, None where its entity leaves it open."""
+        return {key: e.join_key_types.get(key) for e in self.entities for key in e.join_keys}
+
+    @property
     def schema_names(self) -> tuple[str, ...]:
         """The columns the transformation outputs besides join keys and timestamp."""
         return tuple(column.name for column in self.schema)

@@ -1,14 +1,16 @@
 """Where the embedded defaults keep their data, from the environment.
 
 One variable, `FEATUREPLANE_DATA_DIR` (default `./data`), roots raw demo sources, relative source
-paths and the Delta offline store, so a notebook, the CLI and `dagster dev` started in the same
-project see the same tables.
+paths, the Delta offline store, the SQLite online store and the serving registry, so a notebook,
+the CLI, `dagster dev` and `featureplane serve` started in the same project see the same data.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 
 def data_dir() -> Path:
@@ -19,3 +21,18 @@ def data_dir() -> Path:
 def offline_root() -> str:
     """Root of the Delta offline store: `$FEATUREPLANE_OFFLINE_ROOT` (a path or `s3://…` URI)."""
     return os.environ.get("FEATUREPLANE_OFFLINE_ROOT") or str(data_dir() / "offline")
+
+
+def online_store_settings() -> dict[str, Any]:
+    """`open_store` settings: `$FEATUREPLANE_ONLINE_STORE` as JSON (e.g.
+    `{"type": "dynamodb", "table": "features"}`), else SQLite in the data directory."""
+    configured = os.environ.get("FEATUREPLANE_ONLINE_STORE")
+    if configured:
+        return json.loads(configured)
+    return {"type": "sqlite", "path": str(data_dir() / "online_store.sqlite")}
+
+
+def registry_path() -> Path:
+    """The serving registry file: `$FEATUREPLANE_REGISTRY`, or `registry.json` in the data dir."""
+    configured = os.environ.get("FEATUREPLANE_REGISTRY")
+    return Path(configured) if configured else data_dir() / "registry.json"

@@ -85,3 +85,24 @@ def test_only_the_dynamodb_store_imports_boto3():
         if imported_modules(path) & {"boto3", "botocore"}
     }
     assert importers <= {"featureplane/online_store/dynamodb.py"}
+
+
+def test_the_lambda_handler_imports_light_and_fast():
+    """The handler's cold import (what a Lambda cold start pays): no Spark, Dagster or pandas."""
+    code = (
+        "import time; start = time.perf_counter(); import online.handler; "
+        "elapsed = time.perf_counter() - start; import sys; "
+        "print(f'{elapsed:.4f}', ' '.join(sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-X", "frozen_modules=on", "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    elapsed, *modules = out.stdout.split()
+    print(f"cold import of online.handler: {float(elapsed) * 1000:.0f} ms")
+    loaded = {name.split(".")[0] for name in modules}
+    assert not loaded & {"pyspark", "dagster", "pandas", "numpy", "pyarrow", "boto3", "uvicorn"}
+    assert float(elapsed) < 1.0

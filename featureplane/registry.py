@@ -1,0 +1,240 @@
+"""The serving registry: the repository's services and views as JSON, what `online/` reads.
+
+The online handler must not import the feature repository (that imports Spark and every
+transformation), so `build_registry` writes down what serving needs — services, views,
+versions, join keys and types, features and types, ttl, aggregations, store settings — and
+`load_registry` turns it back into immutable specs with `Aggregation` objects, importing
+neither Spark, pandas nor Dagster.
+
+The format is ready to become the applied registry of `featureplane plan/apply`: a `format`
+version that readers check, every list sorted by name (features keep their definition order,
+which is meaningful), and `write_registry` prints sorted keys with a fixed indent, so the same
+repository always gives the same bytes and a diff of two registries is a plan.
+
+    {"format": 1,
+     "online_store": {"type": "sqlite", "path": "..."},
+     "feature_views": [{"name", "version", "online", "join_keys": [{"name", "type"}],
+                        "features": [{"name", "type"}], "ttl_seconds",
+                        "aggregation_interval_seconds",
+                        "aggregations": [{"name", "column", "function", "n",
+                                          "time_window_seconds"}],
+                        "description", "owner", "tags"}],
+     "feature_services": [{"name", "features": [{"view", "features": [...]}],
+                           "description", "owner", "tags"}],
+     "on_demand_views": []}
+
+A join key's type is null when its entity does not declare it. `on_demand_views` is reserved
+for on-demand views (their function source travels in it); readers skip it for now.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from featureplane.aggregation import Aggregation, approx_count_distinct, last_n
+
+if TYPE_CHECKING:
+    from featureplane.feature_service import FeatureService
+    from featureplane.feature_view import FeatureView
+    from featureplane.repository import Repository
+
+FORMAT = 1
+"""The registry format this code writes and reads; a reader refuses any other."""
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """What serving knows of a feature view version; `features` are what it serves."""
+
+    name: str
+    version: str
+    online: bool
+    join_keys: tuple[str, ...]
+    join_key_types: tuple[str | None, ...]
+    features: tuple[str, ...]
+    feature_types: tuple[str, ...]
+    ttl: timedelta | None
+    interval: timedelta | None
+    aggregations: tuple[Aggregation, ...]
+    description: str
+    owner: str | None
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A feature service: (view name, feature names) selections in definition order."""
+
+    name: str
+    selections: tuple[tuple[str, tuple[str, ...]], ...]
+    description: str
+    owner: str | None
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ServingRegistry:
+    """A loaded registry: specs by name and the online store's settings."""
+
+    format: int
+    online_store: Mapping[str, Any]
+    views: Mapping[str, ViewSpec]
+    services: Mapping[str, ServiceSpec]
+
+
+def _seconds(duration: timedelta | None) -> int | float | None:
+    if duration is None:
+        return None
+    seconds = duration.total_seconds()
+    return int(seconds) if seconds.is_integer() else seconds
+
+
+def _duration(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _aggregation_json(aggregation: Aggregation) -> dict[str, Any]:
+    return {
+        "name": aggregation.name,
+        "column": aggregation.column,
+        "function": aggregation.fn.name,
+        "n": aggregation.fn.n,
+        "time_window_seconds": _seconds(aggregation.time_window),
+    }
+
+
+def _aggregation(spec: Mapping[str, Any]) -> Aggregation:
+    name, n = spec["function"], spec["n"]
+    function = last_n(n) if name == "last_n" else name
+    if name == "approx_count_distinct":
+        function = approx_count_distinct(n)
+    return Aggregation(
+        spec["column"], function, _duration(spec["time_window_seconds"]), spec["name"]
+    )
+
+
+def _view_json(view: FeatureView) -> dict[str, Any]:
+    key_types = view.join_key_types
+    return {
+        "name": view.name,
+        "version": view.version,
+        "online": view.online,
+        "join_keys": [
+            {"name": key, "type": None if dtype is None else dtype.name}
+            for key, dtype in key_types.items()
+        ],
+        "features": [
+            {"name": name, "type": dtype.name} for name, dtype in view.feature_types.items()
+        ],
+        "ttl_seconds": _seconds(view.ttl),
+        "aggregation_interval_seconds": _seconds(view.interval) if view.aggregations else None,
+        "aggregations": [_aggregation_json(a) for a in view.aggregations],
+        "description": view.description,
+        "owner": view.owner,
+        "tags": dict(view.tags),
+    }
+
+
+def _service_json(service: FeatureService) -> dict[str, Any]:
+    return {
+        "name": service.name,
+        "features": [{"view": s.view_name, "features": list(s.features)} for s in service.features],
+        "description": service.description,
+        "owner": service.owner,
+        "tags": dict(service.tags),
+    }
+
+
+def build_registry(repository: Repository, online_store: Mapping[str, Any]) -> dict[str, Any]:
+    """The registry of a repository served from the store of `online_store` settings."""
+    return {
+        "format": FORMAT,
+        "online_store": dict(online_store),
+        "feature_views": [_view_json(v) for _, v in sorted(repository.feature_views.items())],
+        "feature_services": [
+            _service_json(s) for _, s in sorted(repository.feature_services.items())
+        ],
+        "on_demand_views": [],
+    }
+
+
+def registry_text(registry: Mapping[str, Any]) -> str:
+    """The registry's canonical text: sorted keys, two-space indent, final newline."""
+    return json.dumps(registry, sort_keys=True, indent=2) + "\n"
+
+
+def write_registry(registry: Mapping[str, Any], path: str | Path) -> Path:
+    """Write the registry atomically (a process loading it never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(registry_text(registry))
+    partial.replace(path)
+    return path
+
+
+def _view(spec: Mapping[str, Any]) -> ViewSpec:
+    return ViewSpec(
+        name=spec["name"],
+        version=spec["version"],
+        online=spec["online"],
+        join_keys=tuple(key["name"] for key in spec["join_keys"]),
+        join_key_types=tuple(key["type"] for key in spec["join_keys"]),
+        features=tuple(feature["name"] for feature in spec["features"]),
+        feature_types=tuple(feature["type"] for feature in spec["features"]),
+        ttl=_duration(spec["ttl_seconds"]),
+        interval=_duration(spec["aggregation_interval_seconds"]),
+        aggregations=tuple(_aggregation(a) for a in spec["aggregations"]),
+        description=spec["description"],
+        owner=spec["owner"],
+        tags=MappingProxyType(dict(spec["tags"])),
+    )
+
+
+def _service(spec: Mapping[str, Any], views: Mapping[str, ViewSpec]) -> ServiceSpec:
+    selections = []
+    for selection in spec["features"]:
+        view = views.get(selection["view"])
+        if view is None:
+            raise ValueError(
+                f"registry: service {spec['name']!r} selects unknown view {selection['view']!r}"
+            )
+        unknown = [name for name in selection["features"] if name not in view.features]
+        if unknown:
+            raise ValueError(
+                f"registry: service {spec['name']!r} selects {unknown} of view {view.name!r}, "
+                f"which serves {list(view.features)}"
+            )
+        selections.append((view.name, tuple(selection["features"])))
+    return ServiceSpec(
+        name=spec["name"],
+        selections=tuple(selections),
+        description=spec["description"],
+        owner=spec["owner"],
+        tags=MappingProxyType(dict(spec["tags"])),
+    )
+
+
+def load_registry(source: str | Path | Mapping[str, Any]) -> ServingRegistry:
+    """A registry from its file or its dict; a registry of another format is refused."""
+    registry = source if isinstance(source, Mapping) else json.loads(Path(source).read_text())
+    if registry.get("format") != FORMAT:
+        raise ValueError(
+            f"registry format {registry.get('format')!r} is not supported (this build reads "
+            f"{FORMAT}); rebuild it with `featureplane registry`"
+        )
+    views = {spec["name"]: _view(spec) for spec in registry["feature_views"]}
+    services = {spec["name"]: _service(spec, views) for spec in registry["feature_services"]}
+    return ServingRegistry(
+        format=FORMAT,
+        online_store=MappingProxyType(dict(registry["online_store"])),
+        views=MappingProxyType(views),
+        services=MappingProxyType(services),
+    )

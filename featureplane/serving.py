@@ -1,0 +1,460 @@
+"""Online feature serving over a registry and an online store: the one dispatch behind the
+Lambda handler, the local HTTP server and `FeatureStore.get_online_features`.
+
+Routes (`FeatureServer.respond(method, path, body)`):
+- `GET /health` → `{"status": "ok", "registry_format": 1, "feature_services": 2}`
+- `GET /v1/feature-services` → `{"feature_services": [{"name", "description", "owner", "tags",
+  "join_keys": [{"name", "type"}], "features": [...]}]}`
+- `POST /v1/feature-services/{name}/get-features` with
+  `{"entities": {"user_id": 1, "ad_id": 7}, "request_data": {...}, "features": [...]}`
+- `POST /v1/feature-services/{name}/get-features-batch` with `{"entities": [{...}, ...], ...}`
+  (one object per row, at most `Limits.max_batch_rows`).
+
+`entities` must hold exactly the service's join keys, of their declared types (an Int64 key
+takes a JSON integer, not `"12"` nor `true`); `features` optionally picks a subset of the
+service's features; `request_data` is accepted for the on-demand views to come.
+
+Features are named `<view>__<feature>`, as in training data, so a name is unique across the
+views of a service. Response (both routes; one result per entity row, in request order):
+
+    {"service": "ctr", "features": ["ad_delivery__impressions_7d", ...],
+     "results": [{"values": {feature: value},
+                  "status": {feature: "present" | "missing" | "expired"},
+                  "event_timestamps": {feature: "2026-10-03T10:00:00+00:00" | null},
+                  "age_seconds": {feature: 5400.0 | null}}],
+     "metadata": {"served_at": "...", "feature_versions": {view: version}}}
+
+Status: `missing` when the store has no record (no data for the entity, or an offline-only
+view); `expired` when the view has a ttl and the record is older than it (value null, time
+and age still reported); `present` otherwise. Aggregations are finalized from the record's
+tiles at request time for the current time; an entity without a record is `missing` with the
+value of an empty window (counts 0, others null), which is what training data holds for it.
+The event time of aggregates is the end of their latest tile.
+
+Errors are `{"error": message}`: 400 for malformed JSON, missing, extra or mistyped join keys,
+unknown features or too many rows; 404 for an unknown route or service; 405 for a wrong
+method; 413 for a body over `Limits.max_body_bytes`; 503 when the store stays throttled.
+
+Everything that does not depend on the request is computed once per service when the server
+is built (key checks, view keys, output names, aggregation objects), and a request reads all
+its rows and views from the store in one `read_many`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from featureplane.aggregation import Aggregation, aggregate, finalize
+from featureplane.online_store import EntityKeyError, RecordKey, StoreThrottled, open_store
+from featureplane.online_store.store import OnlineStore, Record
+from featureplane.registry import ServiceSpec, ServingRegistry, ViewSpec
+
+JSON_HEADERS = (("content-type", "application/json"),)
+SUBSET_CACHE = 256
+"""Feature subsets whose plans are kept per service (requests usually repeat a few)."""
+REQUEST_FIELDS = frozenset({"entities", "request_data", "features"})
+
+
+class RequestError(ValueError):
+    """A request that cannot be served as sent; `status` is its HTTP status (4xx)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits; `from_env` reads `FEATUREPLANE_MAX_BATCH_ROWS` and
+    `FEATUREPLANE_MAX_BODY_BYTES`."""
+
+    max_batch_rows: int = 1000
+    max_body_bytes: int = 1 << 20
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        return cls(
+            max_batch_rows=int(os.environ.get("FEATUREPLANE_MAX_BATCH_ROWS", cls.max_batch_rows)),
+            max_body_bytes=int(os.environ.get("FEATUREPLANE_MAX_BODY_BYTES", cls.max_body_bytes)),
+        )
+
+
+@dataclass(frozen=True)
+class Response:
+    """An HTTP response: status, JSON body bytes and headers."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = JSON_HEADERS
+
+
+def _int_check(bits: int) -> Callable[[Any], bool]:
+    low, high = -(1 << (bits - 1)), 1 << (bits - 1)
+    return lambda value: type(value) is int and low <= value < high
+
+
+KEY_CHECKS: dict[str | None, tuple[Callable[[Any], bool], str]] = {
+    "String": (lambda value: type(value) is str, "a string"),
+    "Int64": (_int_check(64), "an integer (64-bit)"),
+    "Int32": (_int_check(32), "an integer (32-bit)"),
+    None: (lambda value: type(value) in (str, int), "a string or an integer"),
+}
+"""Join key type → (check of a decoded JSON value, what it expects); bool is not an int."""
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"cannot serve a {type(value).__name__} value")
+
+
+encode_json = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """How one view of a service is read and reported, precomputed."""
+
+    view: ViewSpec
+    key_positions: tuple[int, ...]
+    features: tuple[str, ...]
+    outputs: tuple[str, ...]
+    aggregations: tuple[Aggregation, ...]
+    empty_values: dict[str, Any]
+    """Values of an entity without a record: empty-window values for aggregates, else nulls."""
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """A service (or a feature subset of it) ready to serve."""
+
+    name: str
+    join_keys: tuple[str, ...]
+    key_types: tuple[str | None, ...]
+    key_checks: tuple[tuple[str, Callable[[Any], bool], str], ...]
+    views: tuple[ViewPlan, ...]
+    outputs: tuple[str, ...]
+    versions: dict[str, str]
+
+
+def _view_plan(view: ViewSpec, features: Sequence[str], join_keys: Sequence[str]) -> ViewPlan:
+    by_name = {a.name: a for a in view.aggregations}
+    aggregations = tuple(by_name[f] for f in features) if view.aggregations else ()
+    outputs = tuple(f"{view.name}__{f}" for f in features)
+    empty = [finalize(a.fn, None) for a in aggregations] or [None] * len(features)
+    return ViewPlan(
+        view=view,
+        key_positions=tuple(join_keys.index(key) for key in view.join_keys),
+        features=tuple(features),
+        outputs=outputs,
+        aggregations=aggregations,
+        empty_values=dict(zip(outputs, empty, strict=True)),
+    )
+
+
+def _service_plan(
+    service: ServiceSpec, views: Mapping[str, ViewSpec], wanted: frozenset[str] | None = None
+) -> ServicePlan:
+    join_keys: list[str] = []
+    key_types: dict[str, str | None] = {}
+    for view_name, _ in service.selections:
+        view = views[view_name]
+        for key, dtype in zip(view.join_keys, view.join_key_types, strict=True):
+            if key not in key_types or key_types[key] is None:
+                key_types[key] = dtype
+            if key not in join_keys:
+                join_keys.append(key)
+    plans = []
+    for view_name, features in service.selections:
+        view = views[view_name]
+        chosen = [f for f in features if wanted is None or f"{view_name}__{f}" in wanted]
+        if chosen:
+            plans.append(_view_plan(view, chosen, join_keys))
+    return ServicePlan(
+        name=service.name,
+        join_keys=tuple(join_keys),
+        key_types=tuple(key_types[key] for key in join_keys),
+        key_checks=tuple((key, *KEY_CHECKS[key_types[key]]) for key in join_keys),
+        views=tuple(plans),
+        outputs=tuple(name for plan in plans for name in plan.outputs),
+        versions={plan.view.name: plan.view.version for plan in plans},
+    )
+
+
+class FeatureServer:
+    """Serves a registry's feature services from an online store; see the module docstring.
+
+    `clock` gives the request time (UTC), which decides expiry, ages and aggregation windows.
+    """
+
+    def __init__(
+        self,
+        registry: ServingRegistry,
+        store: OnlineStore | None = None,
+        limits: Limits | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
+        self.registry = registry
+        self.store = store if store is not None else _open(registry.online_store)
+        self.limits = limits or Limits.from_env()
+        self.clock = clock
+        self.plans = {
+            name: _service_plan(service, registry.views)
+            for name, service in registry.services.items()
+        }
+        self._subsets: dict[tuple[str, tuple[str, ...]], ServicePlan] = {}
+        self._listing = {"feature_services": [self._describe(name) for name in sorted(self.plans)]}
+        self._health = {
+            "status": "ok",
+            "registry_format": registry.format,
+            "feature_services": len(self.plans),
+        }
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ---- HTTP-shaped entry point ---------------------------------------------------------------
+
+    def respond(self, method: str, path: str, body: bytes | str | None) -> Response:
+        """The response to one HTTP request; client errors become 4xx, throttling 503."""
+        try:
+            payload = self._route(method.upper(), path, body)
+        except RequestError as error:
+            return _error(error.status, str(error))
+        except EntityKeyError as error:
+            return _error(400, str(error))
+        except StoreThrottled as error:
+            return Response(
+                503,
+                encode_json({"error": f"online store throttled, retry later: {error}"}).encode(),
+                (*JSON_HEADERS, ("retry-after", "1")),
+            )
+        return Response(200, encode_json(payload).encode())
+
+    def _route(self, method: str, path: str, body: bytes | str | None) -> dict[str, Any]:
+        parts = path.strip("/").split("/")
+        if parts == ["health"]:
+            _allow(method, "GET", path)
+            return self._health
+        if parts[:2] != ["v1", "feature-services"]:
+            raise RequestError(404, f"no route {path!r}")
+        if len(parts) == 2:
+            _allow(method, "GET", path)
+            return self._listing
+        if len(parts) == 4 and parts[3] in ("get-features", "get-features-batch"):
+            _allow(method, "POST", path)
+            request = self._parse(body)
+            return self._serve(parts[2], request, batch=parts[3] == "get-features-batch")
+        raise RequestError(404, f"no route {path!r}")
+
+    def _parse(self, body: bytes | str | None) -> dict[str, Any]:
+        if isinstance(body, str):
+            body = body.encode()
+        if not body:
+            raise RequestError(400, 'empty body: send a JSON object like {"entities": {...}}')
+        if len(body) > self.limits.max_body_bytes:
+            raise RequestError(
+                413, f"body of {len(body)} bytes is over the limit of {self.limits.max_body_bytes}"
+            )
+        try:
+            request = json.loads(body)
+        except (ValueError, RecursionError) as error:
+            raise RequestError(400, f"body is not valid JSON: {error}") from None
+        if type(request) is not dict:
+            raise RequestError(400, "body must be a JSON object with an 'entities' field")
+        return request
+
+    # ---- programmatic entry point ---------------------------------------------------------------
+
+    def get_features(
+        self,
+        service: str,
+        entities: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        request_data: Mapping[str, Any] | None = None,
+        features: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """The response for one entity row (a mapping) or a batch (a list of mappings)."""
+        batch = not isinstance(entities, Mapping)
+        request: dict[str, Any] = {
+            "entities": [dict(row) for row in entities] if batch else dict(entities)
+        }
+        if request_data is not None:
+            request["request_data"] = dict(request_data)
+        if features is not None:
+            request["features"] = list(features)
+        return self._serve(service, request, batch)
+
+    # ---- serving --------------------------------------------------------------------------------
+
+    def _serve(self, name: str, request: dict[str, Any], batch: bool) -> dict[str, Any]:
+        plan = self.plans.get(name)
+        if plan is None:
+            known = ", ".join(sorted(self.plans)) or "none"
+            raise RequestError(404, f"no feature service {name!r} (known: {known})")
+        unexpected = request.keys() - REQUEST_FIELDS
+        if unexpected:
+            raise RequestError(
+                400,
+                f"unexpected fields {sorted(unexpected)}; a request has "
+                "'entities', optionally 'request_data' and 'features'",
+            )
+        if "features" in request:
+            plan = self._subset(plan, request["features"])
+        request_data = request.get("request_data", {})
+        if type(request_data) is not dict:
+            raise RequestError(400, "'request_data' must be a JSON object")
+        rows = self._rows(request.get("entities"), batch)
+        keys = [_entity_key(plan, row, index if batch else None) for index, row in enumerate(rows)]
+        now = self.clock()
+        record_keys = [
+            RecordKey(view.view.name, view.view.version, tuple(key[i] for i in view.key_positions))
+            for key in keys
+            for view in plan.views
+            if view.view.online
+        ]
+        records = iter(self.store.read_many(record_keys) if record_keys else ())
+        results = [_result(plan, records, now) for _ in keys]
+        return {
+            "service": plan.name,
+            "features": list(plan.outputs),
+            "results": results,
+            "metadata": {"served_at": now.isoformat(), "feature_versions": plan.versions},
+        }
+
+    def _rows(self, entities: Any, batch: bool) -> list[Any]:
+        if not batch:
+            if type(entities) is not dict:
+                raise RequestError(400, "'entities' must be a JSON object of join key values")
+            return [entities]
+        if type(entities) is not list or not entities:
+            raise RequestError(400, "'entities' must be a non-empty JSON array of join key objects")
+        if len(entities) > self.limits.max_batch_rows:
+            raise RequestError(
+                400,
+                f"too many rows: {len(entities)}, the limit is {self.limits.max_batch_rows}",
+            )
+        return entities
+
+    def _subset(self, plan: ServicePlan, features: Any) -> ServicePlan:
+        if type(features) is not list or not features:
+            raise RequestError(400, "'features' must be a non-empty JSON array of feature names")
+        wanted = tuple(features)
+        cached = self._subsets.get((plan.name, wanted))
+        if cached is not None:
+            return cached
+        unknown = [f for f in wanted if type(f) is not str or f not in plan.outputs]
+        if unknown:
+            raise RequestError(
+                400,
+                f"unknown features {unknown[:10]} for service {plan.name!r} "
+                f"(features: {', '.join(plan.outputs)})",
+            )
+        if len(set(wanted)) != len(wanted):
+            raise RequestError(400, "'features' names a feature twice")
+        service = self.registry.services[plan.name]
+        subset = _service_plan(service, self.registry.views, frozenset(wanted))
+        if len(self._subsets) < SUBSET_CACHE:
+            self._subsets[(plan.name, wanted)] = subset
+        return subset
+
+    def _describe(self, name: str) -> dict[str, Any]:
+        service, plan = self.registry.services[name], self.plans[name]
+        return {
+            "name": name,
+            "description": service.description,
+            "owner": service.owner,
+            "tags": dict(service.tags),
+            "join_keys": [
+                {"name": key, "type": dtype}
+                for key, dtype in zip(plan.join_keys, plan.key_types, strict=True)
+            ],
+            "features": list(plan.outputs),
+        }
+
+
+def _open(settings: Mapping[str, Any]) -> OnlineStore:
+    """The store of the settings; an embedded SQLite file gets its table (a DynamoDB table is
+    provisioned, not created by a Lambda cold start)."""
+    store = open_store(settings)
+    if settings.get("type", "sqlite") == "sqlite":
+        store.ensure_table()
+    return store
+
+
+def _allow(method: str, allowed: str, path: str) -> None:
+    if method != allowed:
+        raise RequestError(405, f"{path} takes {allowed}, not {method}")
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(status, encode_json({"error": message}).encode())
+
+
+def _entity_key(plan: ServicePlan, row: Any, index: int | None) -> tuple[str | int, ...]:
+    """The row's join key values in the service's order, checked against their types."""
+    where = "entities" if index is None else f"entities[{index}]"
+    if type(row) is not dict:
+        raise RequestError(400, f"{where} must be a JSON object of join key values")
+    if len(row) != len(plan.join_keys) or not all(key in row for key in plan.join_keys):
+        missing = [key for key in plan.join_keys if key not in row]
+        extra = [key for key in row if key not in plan.join_keys]
+        problems = [f"missing join keys {missing}"] if missing else []
+        problems += [f"unexpected keys {extra}"] if extra else []
+        raise RequestError(
+            400,
+            f"{where}: {' and '.join(problems)}; service {plan.name!r} takes join keys "
+            f"{list(plan.join_keys)}",
+        )
+    values = []
+    for key, check, expects in plan.key_checks:
+        value = row[key]
+        if not check(value):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 40 else f"{shown[:37]}..."
+            raise RequestError(400, f"{where}: join key {key!r} must be {expects}, got {shown}")
+        values.append(value)
+    return tuple(values)
+
+
+def _result(plan: ServicePlan, records: Iterator[Record | None], now: datetime) -> dict[str, Any]:
+    """One row's values, statuses, event times and ages from its records (taken in view order)."""
+    values: dict[str, Any] = {}
+    status: dict[str, str] = {}
+    times: dict[str, str | None] = {}
+    ages: dict[str, float | None] = {}
+    for view in plan.views:
+        record = next(records) if view.view.online else None
+        outputs = view.outputs
+        if record is None:
+            values.update(view.empty_values)
+            state, stamp, age = "missing", None, None
+        else:
+            event_time = record.event_timestamp
+            stamp, age = event_time.isoformat(), round((now - event_time).total_seconds(), 3)
+            stored = record.values
+            if view.aggregations:
+                tiles = stored.get("tiles") or ()
+                interval = view.view.interval
+                for output, aggregation in zip(outputs, view.aggregations, strict=True):
+                    values[output] = aggregate(aggregation, tiles, now, interval)
+                state = "present"
+            elif view.view.ttl is not None and now - event_time > view.view.ttl:
+                values.update(view.empty_values)
+                state = "expired"
+            else:
+                for output, feature in zip(outputs, view.features, strict=True):
+                    values[output] = stored.get(feature)
+                state = "present"
+        for output in outputs:
+            status[output] = state
+            times[output] = stamp
+            ages[output] = age
+    return {"values": values, "status": status, "event_timestamps": times, "age_seconds": ages}

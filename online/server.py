@@ -1,0 +1,98 @@
+"""The local HTTP server: the Lambda handler's dispatch as a raw ASGI app, served by uvicorn.
+
+No web framework: `app` reads the body (refusing one over the limit before reading it all),
+calls `FeatureServer.respond` and writes the response, which keeps the per-request overhead
+to the dispatch itself. Uvicorn runs it on uvloop and httptools, production-grade and already
+pinned through dagster-webserver. SQLite reads take microseconds and run on the event loop;
+other stores' reads block on the network and run in a thread. Several `workers` are separate
+processes, each with its own registry and store client, as Lambda instances would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from featureplane.serving import Response, encode_json
+from online.handler import server
+
+Scope = dict[str, Any]
+
+
+async def app(scope: Scope, receive: Any, send: Any) -> None:
+    """The ASGI application (http and lifespan scopes)."""
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    if scope["type"] != "http":
+        return
+    feature_server = server()
+    limit = feature_server.limits.max_body_bytes
+    body = await _read_body(scope, receive, limit)
+    if body is None:
+        response = Response(413, encode_json({"error": f"body is over {limit} bytes"}).encode())
+    elif feature_server.registry.online_store.get("type", "sqlite") == "sqlite":
+        response = feature_server.respond(scope["method"], scope["path"], body)
+    else:
+        response = await asyncio.get_running_loop().run_in_executor(
+            None, feature_server.respond, scope["method"], scope["path"], body
+        )
+    headers = [(name.encode(), value.encode()) for name, value in response.headers]
+    headers.append((b"content-length", str(len(response.body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to be over `limit` bytes."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            return None
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    """Load the registry and open the store at startup, close the store at shutdown."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                server()
+            except Exception as error:  # noqa: BLE001 - reported to uvicorn, which exits
+                await send({"type": "lifespan.startup.failed", "message": str(error)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            server().close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def serve(
+    registry: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1
+) -> None:
+    """Serve the registry's feature services over HTTP until interrupted."""
+    import uvicorn
+
+    os.environ["FEATUREPLANE_REGISTRY"] = str(Path(registry).resolve())
+    uvicorn.run(
+        "online.server:app",
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+        lifespan="on",
+    )

@@ -1,0 +1,540 @@
+"""The Lambda handler over a SQLite store holding records in the push's format."""
+
+import base64
+import json
+import random
+import statistics
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import online.handler
+from featureplane.aggregation import aggregate, floor_time
+from featureplane.online_store import StoreThrottled
+from featureplane.registry import load_registry, write_registry
+from featureplane.serving import FeatureServer
+from online.handler import handler
+from tests import serving_repo
+from tests.serving_repo import (
+    AGGREGATIONS,
+    HOUR,
+    NOW,
+    Clock,
+    ad_stats,
+    feature_server,
+    registry,
+    tiles,
+    user_stats,
+    write_row,
+    write_tiles,
+)
+
+ROUTE = "/v1/feature-services/{}/get-features"
+BATCH = "/v1/feature-services/{}/get-features-batch"
+AGGREGATE_NAMES = [f"user_ad_purchases__{a.name}" for a in AGGREGATIONS]
+
+
+def v1_event(method, path, body=None):
+    return {
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": method,
+        "headers": {"Content-Type": "application/json"},
+        "requestContext": {"stage": "prod", "path": f"/prod{path}"},
+        "body": body,
+        "isBase64Encoded": False,
+    }
+
+
+def v2_event(method, path, body=None):
+    """An HTTP API event on stage `prod`: the raw path carries the stage, the body base64."""
+    encoded = None if body is None else base64.b64encode(body.encode()).decode()
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": f"/prod{path}",
+        "requestContext": {"http": {"method": method, "path": f"/prod{path}"}, "stage": "prod"},
+        "body": encoded,
+        "isBase64Encoded": body is not None,
+    }
+
+
+def url_event(method, path, body=None):
+    return {
+        "version": "2.0",
+        "rawPath": path,
+        "requestContext": {
+            "domainName": "abc.lambda-url.eu-west-1.on.aws",
+            "http": {"method": method, "path": path},
+            "stage": "$default",
+        },
+        "body": body,
+        "isBase64Encoded": False,
+    }
+
+
+EVENTS = {"v1": v1_event, "v2": v2_event, "function_url": url_event}
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    return tmp_path / "online.sqlite"
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def serve(store_path, clock, monkeypatch):
+    """Call the handler with an event kind, method, path and JSON-able body; (status, body)."""
+    monkeypatch.setattr(online.handler, "_server", feature_server(store_path, clock))
+
+    def call(method, path, body=None, kind="v1", raw=False):
+        text = body if raw or body is None else json.dumps(body)
+        response = handler(EVENTS[kind](method, path, text), None)
+        assert response["headers"]["content-type"] == "application/json"
+        return response["statusCode"], json.loads(response["body"])
+
+    yield call
+    online.handler._server.close()
+
+
+def purchases(seed: int, count: int = 60) -> list:
+    """Random (ts, amount, category) events over the 8 days before NOW."""
+    rng = random.Random(seed)
+    return [
+        (
+            NOW - timedelta(seconds=rng.randrange(8 * 86400)),
+            round(rng.uniform(1, 100), 2),
+            rng.choice("abcde"),
+        )
+        for _ in range(count)
+    ]
+
+
+def brute_force(aggregation, rows, now):
+    """The value from raw events in [floor(now) - window, floor(now)), without tiles."""
+    anchor = floor_time(now, HOUR)
+    inside = sorted(r for r in rows if anchor - aggregation.time_window <= r[0] < anchor)
+    amounts = [amount for _, amount, _ in inside]
+    recent = [category for _, _, category in sorted(inside, reverse=True)]
+    name = aggregation.fn.name
+    if name == "count":
+        return len(inside)
+    if not inside:
+        return None
+    return {
+        "sum": lambda: sum(amounts),
+        "mean": lambda: statistics.fmean(amounts),
+        "min": lambda: min(amounts),
+        "max": lambda: max(amounts),
+        "stddev": lambda: statistics.stdev(amounts) if len(amounts) > 1 else None,
+        "last": lambda: recent[0],
+        "last_n": lambda: recent[: aggregation.fn.n],
+    }[name]()
+
+
+@pytest.mark.parametrize("kind", sorted(EVENTS))
+def test_values_statuses_times_and_ages_through_each_event_kind(serve, store_path, kind):
+    seen = NOW - timedelta(hours=5)
+    write_row(
+        store_path, user_stats, (1,), NOW - HOUR, {"clicks": 4, "country": "FR", "last_seen": seen}
+    )
+    write_row(store_path, ad_stats, ("a1",), NOW - 2 * HOUR, {"ctr": 0.25, "title": "Shoes"})
+    write_tiles(store_path, (1, "a1"), purchases(1))
+    status, body = serve(
+        "POST", ROUTE.format("checkout"), {"entities": {"user_id": 1, "ad_id": "a1"}}, kind=kind
+    )
+    assert status == 200, body
+    assert body["service"] == "checkout"
+    assert body["features"][:4] == [
+        "user_stats__clicks",
+        "user_stats__country",
+        "user_stats__last_seen",
+        "ad_stats__ctr",
+    ]
+    (result,) = body["results"]
+    assert set(result["values"]) == set(body["features"])
+    assert result["values"]["user_stats__clicks"] == 4
+    assert result["values"]["user_stats__last_seen"] == seen.isoformat()
+    assert result["values"]["ad_stats__ctr"] == 0.25
+    assert set(result["status"].values()) == {"present"}
+    assert result["event_timestamps"]["user_stats__country"] == (NOW - HOUR).isoformat()
+    assert result["age_seconds"]["user_stats__country"] == 3600
+    assert result["age_seconds"]["ad_stats__ctr"] == 7200
+    last_tile_end = floor_time(max(ts for ts, _, _ in purchases(1)), HOUR) + HOUR
+    assert result["event_timestamps"]["user_ad_purchases__spend_7d"] == last_tile_end.isoformat()
+    assert body["metadata"]["feature_versions"]["user_stats"] == user_stats.version
+    assert body["metadata"]["served_at"] == NOW.isoformat()
+
+
+def test_an_entity_without_records_is_missing_with_empty_window_aggregates(serve):
+    status, body = serve(
+        "POST", ROUTE.format("checkout"), {"entities": {"user_id": 2, "ad_id": "zz"}}
+    )
+    assert status == 200
+    (result,) = body["results"]
+    assert set(result["status"].values()) == {"missing"}
+    assert set(result["event_timestamps"].values()) == {None}
+    assert set(result["age_seconds"].values()) == {None}
+    assert result["values"]["user_ad_purchases__purchases_1d"] == 0
+    assert result["values"]["user_ad_purchases__spend_7d"] is None
+    assert result["values"]["user_stats__clicks"] is None
+
+
+def test_values_older_than_the_ttl_are_expired(serve, store_path, clock):
+    event_ts = NOW - HOUR
+    write_row(
+        store_path, user_stats, (1,), event_ts, {"clicks": 4, "country": "FR", "last_seen": NOW}
+    )
+    write_row(store_path, ad_stats, ("a1",), event_ts, {"ctr": 0.5, "title": "Shoes"})
+    clock.now = event_ts + timedelta(days=2)
+    _, body = serve("POST", ROUTE.format("checkout"), {"entities": {"user_id": 1, "ad_id": "a1"}})
+    assert body["results"][0]["status"]["user_stats__clicks"] == "present"
+    clock.now = event_ts + timedelta(days=2, microseconds=1)
+    _, body = serve("POST", ROUTE.format("checkout"), {"entities": {"user_id": 1, "ad_id": "a1"}})
+    result = body["results"][0]
+    assert result["status"]["user_stats__clicks"] == "expired"
+    assert result["values"]["user_stats__clicks"] is None
+    assert result["event_timestamps"]["user_stats__clicks"] == event_ts.isoformat()
+    assert result["status"]["ad_stats__ctr"] == "present"  # no ttl
+    assert result["values"]["ad_stats__ctr"] == 0.5
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_aggregates_are_finalized_from_tiles_at_request_time(serve, store_path, clock, seed):
+    rows = purchases(seed)
+    write_tiles(store_path, (7, "a7"), rows)
+    stored = tiles(rows)
+    for now in (
+        NOW,
+        NOW + 30 * timedelta(minutes=1),
+        floor_time(NOW, HOUR),
+        NOW + timedelta(days=3),
+    ):
+        clock.now = now
+        _, body = serve(
+            "POST", ROUTE.format("checkout"), {"entities": {"user_id": 7, "ad_id": "a7"}}
+        )
+        values = body["results"][0]["values"]
+        for aggregation, name in zip(AGGREGATIONS, AGGREGATE_NAMES, strict=True):
+            expected = aggregate(aggregation, stored, now, HOUR)
+            assert values[name] == (
+                pytest.approx(expected) if isinstance(expected, float) else expected
+            )
+            assert values[name] == pytest.approx(brute_force(aggregation, rows, now)), name
+        assert body["results"][0]["status"]["user_ad_purchases__spend_7d"] == "present"
+
+
+def test_batch_answers_each_row_in_order(serve, store_path):
+    write_row(
+        store_path, user_stats, (1,), NOW - HOUR, {"clicks": 1, "country": "FR", "last_seen": NOW}
+    )
+    write_row(
+        store_path, user_stats, (3,), NOW - HOUR, {"clicks": 3, "country": "DE", "last_seen": NOW}
+    )
+    rows = [{"user_id": 3}, {"user_id": 2}, {"user_id": 1}, {"user_id": 3}]
+    status, body = serve("POST", BATCH.format("users"), {"entities": rows})
+    assert status == 200
+    assert [r["values"]["user_stats__clicks"] for r in body["results"]] == [3, None, 1, 3]
+    assert [r["status"]["user_stats__clicks"] for r in body["results"]] == [
+        "present",
+        "missing",
+        "present",
+        "present",
+    ]
+
+
+def test_a_feature_subset_is_served_alone(serve, store_path):
+    write_row(store_path, ad_stats, ("a1",), NOW - HOUR, {"ctr": 0.5, "title": "Shoes"})
+    wanted = ["ad_stats__ctr", "user_ad_purchases__purchases_1d"]
+    request = {"entities": {"user_id": 1, "ad_id": "a1"}, "features": wanted}
+    for _ in range(2):  # the second request uses the cached plan
+        _, body = serve("POST", ROUTE.format("checkout"), request)
+        assert body["features"] == wanted
+        assert body["results"][0]["values"] == {
+            "ad_stats__ctr": 0.5,
+            "user_ad_purchases__purchases_1d": 0,
+        }
+        assert list(body["metadata"]["feature_versions"]) == ["ad_stats", "user_ad_purchases"]
+
+
+def test_health_and_the_list_of_services(serve):
+    assert serve("GET", "/health") == (
+        200,
+        {"status": "ok", "registry_format": 1, "feature_services": 2},
+    )
+    status, body = serve("GET", "/v1/feature-services/", kind="v2")
+    assert status == 200
+    assert [s["name"] for s in body["feature_services"]] == ["checkout", "users"]
+    checkout = body["feature_services"][0]
+    assert checkout["join_keys"] == [
+        {"name": "user_id", "type": "Int64"},
+        {"name": "ad_id", "type": "String"},
+    ]
+    assert body["feature_services"][1]["owner"] == "team:x"
+
+
+ENTITY = {"user_id": 1, "ad_id": "a1"}
+CLIENT_ERRORS = {
+    "malformed JSON": ("POST", ROUTE.format("checkout"), '{"entities": ', 400, "not valid JSON"),
+    "not an object": ("POST", ROUTE.format("checkout"), "[1, 2]", 400, "JSON object"),
+    "empty body": ("POST", ROUTE.format("checkout"), None, 400, "empty body"),
+    "deep nesting": ("POST", ROUTE.format("checkout"), "[" * 4000, 400, "not valid JSON"),
+    "missing key": (
+        "POST",
+        ROUTE.format("checkout"),
+        {"entities": {"user_id": 1}},
+        400,
+        "missing join keys ['ad_id']",
+    ),
+    "extra key": (
+        "POST",
+        ROUTE.format("users"),
+        {"entities": {"user_id": 1, "ad_id": "a1"}},
+        400,
+        "unexpected keys ['ad_id']",
+    ),
+    "int as string": (
+        "POST",
+        ROUTE.format("users"),
+        {"entities": {"user_id": "12"}},
+        400,
+        "join key 'user_id' must be an integer",
+    ),
+    "bool as int": (
+        "POST",
+        ROUTE.format("users"),
+        {"entities": {"user_id": True}},
+        400,
+        "'user_id' must be an integer",
+    ),
+    "float as int": (
+        "POST",
+        ROUTE.format("users"),
+        {"entities": {"user_id": 1.0}},
+        400,
+        "'user_id' must be an integer",
+    ),
+    "int too large": (
+        "POST",
+        ROUTE.format("users"),
+        {"entities": {"user_id": 2**63}},
+        400,
+        "64-bit",
+    ),
+    "int as string key": (
+        "POST",
+        ROUTE.format("checkout"),
+        {"entities": {"user_id": 1, "ad_id": 5}},
+        400,
+        "'ad_id' must be a string",
+    ),
+    "entities not an object": (
+        "POST",
+        ROUTE.format("users"),
+        {"entities": [{"user_id": 1}]},
+        400,
+        "'entities' must be a JSON object",
+    ),
+    "no entities": (
+        "POST",
+        ROUTE.format("users"),
+        {"features": ["user_stats__clicks"]},
+        400,
+        "'entities'",
+    ),
+    "unexpected field": (
+        "POST",
+        ROUTE.format("users"),
+        {"entities": {"user_id": 1}, "rows": 1},
+        400,
+        "unexpected fields ['rows']",
+    ),
+    "unknown service": (
+        "POST",
+        ROUTE.format("nope"),
+        {"entities": ENTITY},
+        404,
+        "no feature service 'nope' (known: checkout, users)",
+    ),
+    "unknown feature": (
+        "POST",
+        ROUTE.format("checkout"),
+        {"entities": ENTITY, "features": ["ad_stats__title"]},
+        400,
+        "unknown features ['ad_stats__title']",
+    ),
+    "features not a list": (
+        "POST",
+        ROUTE.format("checkout"),
+        {"entities": ENTITY, "features": "ad_stats__ctr"},
+        400,
+        "'features' must be",
+    ),
+    "repeated feature": (
+        "POST",
+        ROUTE.format("checkout"),
+        {"entities": ENTITY, "features": ["ad_stats__ctr"] * 2},
+        400,
+        "twice",
+    ),
+    "request_data not an object": (
+        "POST",
+        ROUTE.format("users"),
+        {"entities": {"user_id": 1}, "request_data": 3},
+        400,
+        "'request_data'",
+    ),
+    "too many rows": (
+        "POST",
+        BATCH.format("users"),
+        {"entities": [{"user_id": i} for i in range(11)]},
+        400,
+        "too many rows: 11, the limit is 10",
+    ),
+    "empty batch": ("POST", BATCH.format("users"), {"entities": []}, 400, "non-empty JSON array"),
+    "bad batch row": (
+        "POST",
+        BATCH.format("users"),
+        {"entities": [{"user_id": 1}, {"user": 2}]},
+        400,
+        "entities[1]: missing join keys ['user_id']",
+    ),
+    "oversized body": (
+        "POST",
+        ROUTE.format("users"),
+        {"entities": {"user_id": 1}, "request_data": {"x": "y" * 5000}},
+        413,
+        "over the limit of 4096",
+    ),
+    "unknown route": ("GET", "/v2/things", None, 404, "no route"),
+    "wrong method": ("GET", ROUTE.format("users"), None, 405, "takes POST, not GET"),
+    "wrong method on health": ("POST", "/health", "{}", 405, "takes GET"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLIENT_ERRORS))
+@pytest.mark.parametrize("kind", sorted(EVENTS))
+def test_client_errors_are_4xx_naming_the_problem(store_path, clock, monkeypatch, case, kind):
+    server = feature_server(store_path, clock, max_batch_rows=10, max_body_bytes=4096)
+    monkeypatch.setattr(online.handler, "_server", server)
+    method, path, body, expected_status, message = CLIENT_ERRORS[case]
+    text = body if body is None or isinstance(body, str) else json.dumps(body)
+    response = handler(EVENTS[kind](method, path, text), None)
+    assert response["statusCode"] == expected_status
+    assert message in json.loads(response["body"])["error"]
+    server.close()
+
+
+def test_events_that_are_not_http_are_400():
+    assert handler({"hello": "world"}, None)["statusCode"] == 400
+    event = url_event("POST", ROUTE.format("users"), "not base64!")
+    event["isBase64Encoded"] = True
+    assert "base64" in json.loads(handler(event, None)["body"])["error"]
+
+
+class ThrottledStore:
+    def read_many(self, keys):
+        raise StoreThrottled("table 'features': 3 keys stayed unprocessed after 8 retries")
+
+    def close(self):
+        pass
+
+
+def test_a_throttled_store_is_503(store_path, monkeypatch):
+    server = FeatureServer(load_registry(registry(store_path)), store=ThrottledStore())
+    monkeypatch.setattr(online.handler, "_server", server)
+    response = handler(v1_event("POST", ROUTE.format("users"), '{"entities": {"user_id": 1}}'))
+    assert response["statusCode"] == 503
+    assert response["headers"]["retry-after"] == "1"
+    assert "unprocessed" in json.loads(response["body"])["error"]
+
+
+def test_the_handler_loads_the_registry_named_by_the_environment(tmp_path, monkeypatch, store_path):
+    path = write_registry(registry(store_path), tmp_path / "registry.json")
+    recent = datetime.now(UTC) - HOUR  # the handler's own clock: real time
+    write_row(
+        store_path, user_stats, (1,), recent, {"clicks": 9, "country": "FR", "last_seen": NOW}
+    )
+    monkeypatch.setenv("FEATUREPLANE_REGISTRY", str(path))
+    monkeypatch.setattr(online.handler, "_server", None)
+    response = handler(url_event("POST", ROUTE.format("users"), '{"entities": {"user_id": 1}}'))
+    assert json.loads(response["body"])["results"][0]["values"]["user_stats__clicks"] == 9
+    assert online.handler.server() is online.handler.server()
+    online.handler.server().close()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(["user_id", "ad_id", "entities", "features", "x"]) | st.text(max_size=6)
+REQUESTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "entities": st.dictionaries(KEYS, JSON, max_size=3)
+        | st.lists(st.dictionaries(KEYS, JSON, max_size=3), max_size=4)
+        | JSON,
+        "features": st.lists(
+            st.sampled_from(["ad_stats__ctr", "user_stats__clicks"]) | st.text(max_size=5),
+            max_size=3,
+        )
+        | JSON,
+        "request_data": JSON,
+    },
+).map(json.dumps)
+BODIES = (
+    st.none()
+    | REQUESTS
+    | st.binary(max_size=64).map(lambda b: b.decode("latin-1"))
+    | JSON.map(json.dumps)
+)
+PATHS = st.sampled_from(
+    [
+        "/health",
+        "/v1/feature-services",
+        ROUTE.format("checkout"),
+        BATCH.format("users"),
+        ROUTE.format("x/y"),
+    ]
+) | st.text(max_size=30).map(lambda text: "/" + text)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "patch"]),
+    path=PATHS,
+    body=BODIES,
+    kind=st.sampled_from(sorted(EVENTS)),
+)
+def test_no_request_is_a_server_error(serve, method, path, body, kind):
+    status, answer = serve(method, path, body, kind=kind, raw=True)
+    assert status < 500
+    assert status == 200 or "error" in answer
+
+
+def test_feature_store_serves_in_process(tmp_path, monkeypatch, store_path):
+    """`FeatureStore.get_online_features` runs the same dispatch without HTTP (no Spark needed)."""
+    from featureplane.feature_store import FeatureStore
+
+    recent = datetime.now(UTC) - HOUR
+    write_row(store_path, ad_stats, ("a1",), recent, {"ctr": 0.5, "title": "Shoes"})
+    settings = json.dumps({"type": "sqlite", "path": str(store_path)})
+    monkeypatch.setenv("FEATUREPLANE_ONLINE_STORE", settings)
+    with FeatureStore(serving_repo.repository(), spark=None) as store:
+        one = store.get_online_features("checkout", {"user_id": 1, "ad_id": "a1"})
+        assert one["results"][0]["values"]["ad_stats__ctr"] == 0.5
+        many = store.get_online_features("users", [{"user_id": 1}, {"user_id": 2}])
+        assert [r["status"]["user_stats__clicks"] for r in many["results"]] == ["missing"] * 2
+        with pytest.raises(ValueError, match="missing join keys"):
+            store.get_online_features("checkout", {"user_id": 1})

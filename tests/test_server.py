@@ -1,0 +1,112 @@
+"""`featureplane serve` in a subprocess, called end to end through `online.client`."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from featureplane.registry import write_registry
+from online.client import FeatureClient, FeatureServerError
+from tests.serving_repo import ad_stats, registry, user_stats, write_row
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A served registry over a SQLite store with two users and one ad; yields a client."""
+    root = tmp_path_factory.mktemp("serve")
+    store = root / "online.sqlite"
+    now = datetime.now(UTC)
+    for user_id in (1, 2):
+        values = {"clicks": user_id * 10, "country": "FR", "last_seen": now}
+        write_row(store, user_stats, (user_id,), now - timedelta(minutes=5), values)
+    write_row(store, ad_stats, ("a1",), now - timedelta(hours=1), {"ctr": 0.5, "title": "Shoes"})
+    path = write_registry(registry(store), root / "registry.json")
+    port = free_port()
+    command = [sys.executable, "-m", "featureplane.cli", "serve", "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, "--registry", str(path)],
+        cwd=ROOT,
+        env={**os.environ, "FEATUREPLANE_MAX_BATCH_ROWS": "50"},
+    )
+    client = FeatureClient(f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.health()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise
+            time.sleep(0.1)
+    yield client
+    client.close()
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_health_and_services(server):
+    assert server.health()["status"] == "ok"
+    assert [s["name"] for s in server.services()] == ["checkout", "users"]
+
+
+def test_get_features_end_to_end(server):
+    result = server.get_features("checkout", {"user_id": 2, "ad_id": "a1"})
+    assert result["values"]["user_stats__clicks"] == 20
+    assert result["values"]["ad_stats__ctr"] == 0.5
+    assert result["status"]["user_ad_purchases__purchases_1d"] == "missing"
+    assert 3500 < result["age_seconds"]["ad_stats__ctr"] < 3700
+
+
+def test_batch_and_subset(server):
+    rows = [{"user_id": 1}, {"user_id": 3}, {"user_id": 2}]
+    results = server.get_features_batch("users", rows, features=["user_stats__clicks"])
+    assert [r["values"] for r in results] == [
+        {"user_stats__clicks": 10},
+        {"user_stats__clicks": None},
+        {"user_stats__clicks": 20},
+    ]
+
+
+def test_errors_carry_the_servers_message(server):
+    with pytest.raises(FeatureServerError, match="join key 'user_id' must be an integer") as error:
+        server.get_features("users", {"user_id": "1"})
+    assert error.value.status == 400
+    with pytest.raises(FeatureServerError, match="no feature service 'nope'"):
+        server.get_features("nope", {"user_id": 1})
+    with pytest.raises(FeatureServerError, match="too many rows: 51, the limit is 50"):
+        server.get_features_batch("users", [{"user_id": i} for i in range(51)])
+    assert server.health()["status"] == "ok"  # the connection survives errors
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(server):
+    with pytest.raises(FeatureServerError) as error:
+        server.get_features("users", {"user_id": 1}, request_data={"x": "y" * (2 << 20)})
+    assert error.value.status == 413
+    assert server.health()["status"] == "ok"
+
+
+def test_latency_of_one_row(server):
+    """Not a benchmark: prints p50/p99 of 2,000 one-row requests, bounds them loosely."""
+    timings = []
+    for i in range(2000):
+        began = time.perf_counter()
+        server.get_features("checkout", {"user_id": 1 + i % 3, "ad_id": "a1"})
+        timings.append(time.perf_counter() - began)
+    timings.sort()
+    p50, p99 = timings[1000] * 1000, timings[1980] * 1000
+    print(f"1-row get-features over HTTP on SQLite: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    assert p50 < 20
