@@ -2,8 +2,9 @@
 
 Loading imports each module of the package (except `definitions`, which turns the repository into
 Dagster objects), collects the definitions it holds (and those they reference), and checks the
-whole: names unique across kinds, and every name a definition refers to defined. References are
-then resolved, so each definition points at the repository's own objects.
+whole: names unique across kinds (a feature view and an on-demand feature view never share one),
+and every name a definition refers to defined. References are then resolved, so each definition
+(services and on-demand views included) points at the repository's own objects.
 """
 
 from __future__ import annotations
