@@ -5,6 +5,7 @@ from pyspark.sql import functions as F
 
 from feature_assets.ad_delivery import ad_delivery
 from feature_assets.ad_performance import ad_daily_performance
+from feature_assets.ctr_features import ctr_features
 from feature_assets.entities import ad, user
 from feature_assets.sources import FIRST_DAY, ad_clicks, ad_impressions
 from feature_assets.user_activity import user_daily_page_views
@@ -17,6 +18,7 @@ from featureplane import (
     Field,
     Int32,
     Int64,
+    Timestamp,
     TrainingDataset,
     batch_feature_view,
 )
@@ -30,6 +32,7 @@ from featureplane import (
         Field("impression_id", Int64, "The labelled impression."),
         Field("position", Int32, "Slot the ad was shown in."),
         Field("clicked", Bool, "Whether the impression was clicked (the label)."),
+        Field("request_ts", Timestamp, "The impression time: the request field of ctr_features."),
     ],
     timestamp_field="ts",
     feature_start_time=FIRST_DAY,
@@ -38,7 +41,10 @@ from featureplane import (
     tags={"domain": "ads", "kind": "labels"},
 )
 def impression_labels(ad_impressions: DataFrame, ad_clicks: DataFrame) -> DataFrame:
-    """One row per distinct impression; clicked when a click on it landed in the same window."""
+    """One row per distinct impression; clicked when a click on it landed in the same window.
+
+    Its time is repeated as `request_ts`, the request field the served model's requests carry.
+    """
     clicks = ad_clicks.select("impression_id").distinct().withColumn("clicked", F.lit(True))
     return (
         ad_impressions.dropDuplicates(["impression_id"])
@@ -50,6 +56,7 @@ def impression_labels(ad_impressions: DataFrame, ad_clicks: DataFrame) -> DataFr
             "impression_id",
             "position",
             F.coalesce("clicked", F.lit(False)).alias("clicked"),
+            F.col("ts").alias("request_ts"),
         )
     )
 
@@ -63,6 +70,7 @@ ctr = FeatureService(
         ad_daily_performance,
         user_ad_activity,
         ad_delivery[["impressions_7d", "mean_position_7d"]],
+        ctr_features,
     ],
     description="Features of the click-through-rate model, served per (user, ad) request.",
     owner="team:ads-ml",

@@ -12,12 +12,14 @@ from featureplane.errors import (
     DefinitionError,
     EntityError,
     FeatureViewError,
+    OnDemandFeatureViewError,
     RepositoryError,
     RetrievalError,
     SourceError,
 )
 from featureplane.feature_service import FeatureSelection, FeatureService
 from featureplane.feature_view import FeatureView, batch_feature_view
+from featureplane.on_demand import OnDemandFeatureView, RequestSource, on_demand_feature_view
 from featureplane.repository import Repository
 from featureplane.source import BatchSource
 from featureplane.training_dataset import TrainingDataset
@@ -55,8 +57,11 @@ __all__ = [
     "Float64",
     "Int32",
     "Int64",
+    "OnDemandFeatureView",
+    "OnDemandFeatureViewError",
     "Repository",
     "RepositoryError",
+    "RequestSource",
     "RetrievalError",
     "SourceError",
     "String",
@@ -65,6 +70,7 @@ __all__ = [
     "approx_count_distinct",
     "batch_feature_view",
     "last_n",
+    "on_demand_feature_view",
 ]
 
 

@@ -28,6 +28,10 @@ class FeatureViewError(DefinitionError):
     """A feature view's definition or output is invalid."""
 
 
+class OnDemandFeatureViewError(DefinitionError):
+    """An on-demand feature view's definition, or what its function returned, is invalid."""
+
+
 class FeatureServiceError(DefinitionError):
     """A feature service, or a reference to features, is invalid."""
 

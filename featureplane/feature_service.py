@@ -8,18 +8,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from featureplane._location import caller_location
-from featureplane.errors import FeatureServiceError
+from featureplane.errors import DefinitionError, FeatureServiceError
 from featureplane.naming import name_problem, owner_problem
 
 if TYPE_CHECKING:
     from featureplane.feature_view import FeatureView
+    from featureplane.on_demand import OnDemandFeatureView
 
 
 @dataclass(frozen=True)
 class FeatureSelection:
-    """Some (by default all) features of one feature view: `view[["clicks_1d", "ctr_1d"]]`."""
+    """Some (by default all) features of one feature view or on-demand feature view:
+    `view[["clicks_1d", "ctr_1d"]]`."""
 
-    view: FeatureView
+    view: FeatureView | OnDemandFeatureView
     features: tuple[str, ...]
 
     @property
@@ -27,8 +29,26 @@ class FeatureSelection:
         return self.view.name
 
 
+def select_features(
+    view: FeatureView | OnDemandFeatureView,
+    features: Sequence[str] | str,
+    error: type[DefinitionError],
+) -> FeatureSelection:
+    """`view[features]`, failing with the view's own error type when a feature is unknown."""
+    if isinstance(features, str):
+        features = [features]
+    unknown = [name for name in features if name not in view.feature_names]
+    if unknown or not features:
+        raise error(
+            view.name,
+            view.location,
+            f"has no features {unknown} (features: {', '.join(view.feature_names)})",
+        )
+    return FeatureSelection(view, tuple(features))
+
+
 def select(reference: object) -> FeatureSelection:
-    """A FeatureSelection from a FeatureView (all its features) or a FeatureSelection."""
+    """A FeatureSelection from a (on-demand) feature view (all its features) or a selection."""
     if isinstance(reference, FeatureSelection):
         return reference
     features = getattr(reference, "feature_names", None)
@@ -41,11 +61,12 @@ def select(reference: object) -> FeatureSelection:
 class FeatureService:
     """`FeatureService("ctr", features=[user_stats, ad_stats[["ctr_1d"]]])`.
 
-    `features` lists views (all their features) or selections; it holds selections once built.
+    `features` lists feature views and on-demand feature views (all their features) or
+    selections of them; it holds selections once built.
     """
 
     name: str
-    features: Sequence[FeatureView | FeatureSelection]
+    features: Sequence[FeatureView | OnDemandFeatureView | FeatureSelection]
     description: str = ""
     owner: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)

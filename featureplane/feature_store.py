@@ -20,6 +20,7 @@ from pyarrow import fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from featureplane.compute.on_demand import apply_on_demand
 from featureplane.compute.point_in_time import Lookup, point_in_time_join
 from featureplane.compute.tiles import AggregateLookup, aggregate_join
 from featureplane.compute.transform import PARTITION_COLUMN, read_source
@@ -28,6 +29,7 @@ from featureplane.errors import RetrievalError
 from featureplane.feature_service import FeatureSelection, FeatureService
 from featureplane.feature_view import FeatureView
 from featureplane.offline_store import OfflineStore
+from featureplane.on_demand import OnDemandFeatureView, stored_views
 from featureplane.registry import build_registry, load_registry
 from featureplane.repository import Repository
 from featureplane.serving import FeatureServer
@@ -35,7 +37,10 @@ from featureplane.settings import offline_root, online_store_settings
 from featureplane.source import BatchSource
 from featureplane.spark_session import spark_session
 
-FeatureReference = FeatureService | FeatureView | FeatureSelection | str
+HIDDEN = "__on_demand__"
+"""Prefix of the working columns of on-demand views, dropped before results are returned."""
+
+FeatureReference = FeatureService | FeatureView | OnDemandFeatureView | FeatureSelection | str
 SpineInput = DataFrame | pd.DataFrame | str
 
 
@@ -114,9 +119,12 @@ class FeatureStore:
 
         `spine`: a Spark or pandas DataFrame, or a Delta table path, holding every join key the
         features need and `timestamp_column`; other columns (labels) pass through. `features`: a
-        FeatureService, feature views, selections (`view[["f"]]`) or `"view:feature"` strings.
-        Output features are named `<view>__<feature>`, or plainly when `full_feature_names` is
-        False and the names are unique.
+        FeatureService, (on-demand) feature views, selections (`view[["f"]]`) or `"view:feature"`
+        strings. Output features are named `<view>__<feature>`, or plainly when
+        `full_feature_names` is False and the names are unique; on-demand features come last.
+        On-demand views read their request fields from spine columns of the same name and are
+        computed from the point-in-time values of the features they depend on, which are joined
+        even when not requested (and then not returned).
         """
         selections = self.resolve(features)
         joined, _ = self._historical(
@@ -128,7 +136,9 @@ class FeatureStore:
         self, features: FeatureReference | Sequence[FeatureReference]
     ) -> list[FeatureSelection]:
         """Feature references as selections of the repository's views, one per view."""
-        if isinstance(features, FeatureService | FeatureView | FeatureSelection | str):
+        if isinstance(
+            features, FeatureService | FeatureView | OnDemandFeatureView | FeatureSelection | str
+        ):
             features = [features]
         merged: dict[str, list[str]] = {}
         for reference in features:
@@ -143,7 +153,7 @@ class FeatureStore:
         if isinstance(reference, FeatureService):
             service = self.repository.feature_services.get(reference.name, reference)
             return list(service.features)
-        if isinstance(reference, FeatureView):
+        if isinstance(reference, FeatureView | OnDemandFeatureView):
             view = self._view(reference.name)
             return [FeatureSelection(view, view.feature_names)]
         if isinstance(reference, FeatureSelection):
@@ -161,10 +171,11 @@ class FeatureStore:
             return [FeatureSelection(view, (feature,))]
         raise RetrievalError(f"{reference!r} is not a feature service, view, selection or name")
 
-    def _view(self, name: str) -> FeatureView:
-        view = self.repository.feature_views.get(name)
+    def _view(self, name: str) -> FeatureView | OnDemandFeatureView:
+        views = {**self.repository.feature_views, **self.repository.on_demand_views}
+        view = views.get(name)
         if view is None:
-            known = ", ".join(sorted(self.repository.feature_views)) or "none"
+            known = ", ".join(sorted(views)) or "none"
             raise RetrievalError(f"unknown feature view {name!r} (known: {known})")
         return view
 
@@ -187,7 +198,10 @@ class FeatureStore:
         full_feature_names: bool,
         versions: dict[str, int] | None = None,
     ) -> tuple[DataFrame, list[dict[str, Any]]]:
-        """The joined DataFrame and, per view, what was read (for manifests)."""
+        """The joined DataFrame and, per view, what was read or computed (for manifests).
+
+        Reads of stored views name their Delta version; those of on-demand views say so.
+        """
         if timestamp_column not in spine.columns:
             raise RetrievalError(
                 f"spine has no timestamp column {timestamp_column!r} "
@@ -198,13 +212,24 @@ class FeatureStore:
                 f"spine column {timestamp_column!r} is {dict(spine.dtypes)[timestamp_column]}, "
                 "not a timestamp"
             )
-        names = _output_names(selections, full_feature_names, spine.columns)
+        on_demand = [s for s in selections if isinstance(s.view, OnDemandFeatureView)]
+        stored = [s for s in selections if not isinstance(s.view, OnDemandFeatureView)]
+        names = _output_names([*stored, *on_demand], full_feature_names, spine.columns)
+        columns = _input_columns(on_demand, names)
+        requested = {s.view_name: s.features for s in stored}
+        for selection in on_demand:
+            request = selection.view.request_source
+            missing = [f for f in request.field_names if f not in spine.columns] if request else []
+            if missing:
+                raise RetrievalError(
+                    f"spine lacks request field {missing[0]!r} needed by on-demand feature view "
+                    f"{selection.view_name!r}"
+                )
         spine = spine.withColumn(timestamp_column, F.col(timestamp_column).cast("timestamp"))
         micros = F.unix_micros(F.col(timestamp_column))
         bounds = [utc_from_micros(m) for m in spine.agg(F.min(micros), F.max(micros)).first()]
         lookups, aggregates, reads = [], [], []
-        for selection in selections:
-            view = selection.view
+        for view in stored_views([*stored, *on_demand]):
             missing = [key for key in view.join_keys if key not in spine.columns]
             if missing:
                 raise RetrievalError(
@@ -219,10 +244,10 @@ class FeatureStore:
                     "view_version": view.version,
                     "uri": uri,
                     "delta_version": version,
-                    "features": list(selection.features),
+                    "features": list(requested.get(view.name, ())),
                 }
             )
-            outputs = {f: names[(view.name, f)] for f in selection.features}
+            outputs = {f: column for (v, f), column in columns.items() if v == view.name}
             if view.aggregations:
                 by_name = {a.name: a for a in view.aggregations}
                 aggregates.append(
@@ -249,7 +274,38 @@ class FeatureStore:
         joined = point_in_time_join(spine, timestamp_column, lookups) if lookups else spine
         for aggregate in aggregates:
             joined = aggregate_join(joined, timestamp_column, aggregate)
+        for selection in on_demand:
+            joined = self._apply_on_demand(joined, selection.view, columns)
+            reads.append(
+                {
+                    "view": selection.view_name,
+                    "view_version": selection.view.version,
+                    "on_demand": True,
+                    "features": list(selection.features),
+                }
+            )
         return joined.select(*spine.columns, *names.values()), reads
+
+    @staticmethod
+    def _apply_on_demand(
+        joined: DataFrame, view: OnDemandFeatureView, columns: dict[tuple[str, str], str]
+    ) -> DataFrame:
+        """Compute an on-demand view's features from the spine's request fields (cast to their
+        declared types) and the joined feature columns."""
+        inputs = []
+        for source in view.sources:
+            if isinstance(source, FeatureSelection):
+                inputs.append({f: columns[(source.view_name, f)] for f in source.features})
+                continue
+            request = {}
+            for field in source.schema:
+                request[field.name] = f"{HIDDEN}request__{view.name}__{field.name}"
+                joined = joined.withColumn(
+                    request[field.name], F.col(field.name).cast(field.dtype.spark)
+                )
+            inputs.append(request)
+        outputs = {f: columns[(view.name, f)] for f in view.feature_names}
+        return apply_on_demand(joined, view, inputs, outputs)
 
     def _pinned_table(
         self, view: FeatureView, uri: str, version: int | None
@@ -286,7 +342,8 @@ class FeatureStore:
             "feature_service": dataset.features.name,
             "spine": {**spine_read, "timestamp_column": dataset.spine_timestamp},
             "full_feature_names": dataset.full_feature_names,
-            "features": reads,
+            "features": [read for read in reads if not read.get("on_demand")],
+            "on_demand_features": [read for read in reads if read.get("on_demand")],
         }
         _write_json(self._manifest_uri(name, version), manifest)
         rows = self.get_training_dataset(name, version).count()
@@ -318,7 +375,8 @@ class FeatureStore:
             spine_df = spine_df.drop(PARTITION_COLUMN)
         selections = [
             FeatureSelection(self._view(read["view"]), tuple(read["features"]))
-            for read in manifest["features"]
+            for read in [*manifest["features"], *manifest.get("on_demand_features", [])]
+            if read["features"]
         ]
         versions = {read["view"]: read["delta_version"] for read in manifest["features"]}
         joined, _ = self._historical(
@@ -370,6 +428,21 @@ def _restrict(table: DataFrame, view: FeatureView, earliest, latest) -> DataFram
         floor = earliest - reach - (view.interval if view.aggregations else timedelta(0))
         table = table.where((F.col(ts) >= F.lit(floor)) & (F.col(PARTITION_COLUMN) >= floor.date()))
     return table
+
+
+def _input_columns(
+    on_demand: list[FeatureSelection], names: dict[tuple[str, str], str]
+) -> dict[tuple[str, str], str]:
+    """The column of every (view, feature) the retrieval computes: the output names, plus
+    hidden columns for the inputs and unselected outputs of on-demand views."""
+    columns = dict(names)
+    for selection in on_demand:
+        view = selection.view
+        needed = [(s.view_name, f) for s in view.feature_sources for f in s.features]
+        needed += [(view.name, f) for f in view.feature_names]
+        for key in needed:
+            columns.setdefault(key, f"{HIDDEN}{key[0]}__{key[1]}")
+    return columns
 
 
 def _output_names(

@@ -22,7 +22,7 @@ from featureplane._location import function_location
 from featureplane.aggregation import TILE_START, Aggregation
 from featureplane.entity import Entity
 from featureplane.errors import FeatureViewError
-from featureplane.feature_service import FeatureSelection
+from featureplane.feature_service import FeatureSelection, select_features
 from featureplane.naming import name_problem, owner_problem
 from featureplane.source import BatchSource
 from featureplane.types import DType, Field
@@ -56,6 +56,18 @@ def _as_utc(moment: datetime | date) -> datetime | date:
     if isinstance(moment, date):
         return datetime.combine(moment, time(), tzinfo=UTC)
     return moment
+
+
+def arity_problem(fn: Callable, sources: int) -> str | None:
+    """Why `fn` cannot be called with one positional argument per source, or None."""
+    params = inspect.signature(fn).parameters.values()
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) != sources or len(positional) != len(params):
+        return (
+            f"the function must take exactly {sources} positional parameters, "
+            f"one per source in order, but its signature is {inspect.signature(fn)}"
+        )
+    return None
 
 
 def _transformation_source(fn: Callable) -> str:
@@ -142,14 +154,7 @@ class FeatureView:
             return f"mode {self.mode!r} is not one of {', '.join(MODES)}"
         if self.mode == "pandas" and len(self.sources) != 1:
             return "pandas mode takes exactly one source (run per entity group); join in pyspark"
-        params = inspect.signature(self.function).parameters.values()
-        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        if len(positional) != len(self.sources) or len(positional) != len(params):
-            return (
-                f"the function must take exactly {len(self.sources)} positional parameters, "
-                f"one per source in order, but its signature is {inspect.signature(self.function)}"
-            )
-        return None
+        return arity_problem(self.function, len(self.sources))
 
     def _schema_problem(self) -> str | None:
         if not (isinstance(self.timestamp_field, str) and self.timestamp_field):
@@ -235,16 +240,7 @@ class FeatureView:
 
     def __getitem__(self, features: Sequence[str]) -> FeatureSelection:
         """A selection of this view's features, e.g. `ad_stats[["ctr_1d"]]`."""
-        if isinstance(features, str):
-            features = [features]
-        unknown = [name for name in features if name not in self.feature_names]
-        if unknown or not features:
-            raise FeatureViewError(
-                self.name,
-                self.location,
-                f"has no features {unknown} (features: {', '.join(self.feature_names)})",
-            )
-        return FeatureSelection(self, tuple(features))
+        return select_features(self, features, FeatureViewError)
 
     @property
     def join_keys(self) -> tuple[str, ...]:

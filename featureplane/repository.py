@@ -2,14 +2,16 @@
 
 Loading imports each module of the package (except `definitions`, which turns the repository into
 Dagster objects), collects the definitions it holds (and those they reference), and checks the
-whole: names unique across kinds, and every name a definition refers to defined. References are
-then resolved, so each definition points at the repository's own objects.
+whole: names unique across kinds (a feature view and an on-demand feature view never share one),
+and every name a definition refers to defined. References are then resolved, so each definition
+(services and on-demand views included) points at the repository's own objects.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import ModuleType
 
@@ -17,15 +19,24 @@ from featureplane.entity import Entity
 from featureplane.errors import (
     FeatureServiceError,
     FeatureViewError,
+    OnDemandFeatureViewError,
     RepositoryError,
     TrainingDatasetError,
 )
 from featureplane.feature_service import FeatureSelection, FeatureService
 from featureplane.feature_view import FeatureView
+from featureplane.on_demand import OnDemandFeatureView, RequestSource
 from featureplane.source import BatchSource
 from featureplane.training_dataset import TrainingDataset
 
-DEFINITION_TYPES = (Entity, BatchSource, FeatureView, FeatureService, TrainingDataset)
+DEFINITION_TYPES = (
+    Entity,
+    BatchSource,
+    FeatureView,
+    OnDemandFeatureView,
+    FeatureService,
+    TrainingDataset,
+)
 SKIPPED_MODULES = frozenset({"definitions"})
 
 
@@ -33,6 +44,8 @@ def _references(obj: object) -> list[object]:
     """Definitions an object points at, so that unregistered ones are collected too."""
     if isinstance(obj, FeatureView):
         return [*obj.sources, *obj.entities]
+    if isinstance(obj, OnDemandFeatureView):
+        return [selection.view for selection in obj.feature_sources]
     if isinstance(obj, FeatureService):
         return [selection.view for selection in obj.features]
     if isinstance(obj, TrainingDataset):
@@ -51,6 +64,7 @@ class Repository:
     entities: dict[str, Entity]
     sources: dict[str, BatchSource]
     feature_views: dict[str, FeatureView]
+    on_demand_views: dict[str, OnDemandFeatureView]
     feature_services: dict[str, FeatureService]
     training_datasets: dict[str, TrainingDataset]
 
@@ -76,15 +90,19 @@ class Repository:
             pending.extend(_references(obj))
         sources: dict[str, BatchSource] = by_kind[BatchSource]  # type: ignore[assignment]
         views = {name: _resolve_view(view, sources) for name, view in by_kind[FeatureView].items()}
+        on_demand = {
+            name: _resolve_on_demand(view, views)
+            for name, view in by_kind[OnDemandFeatureView].items()
+        }
         services = {
-            name: _resolve_service(service, views)
+            name: _resolve_service(service, {**views, **on_demand})
             for name, service in by_kind[FeatureService].items()
         }
         datasets = {
             name: _resolve_dataset(dataset, sources, views, services)
             for name, dataset in by_kind[TrainingDataset].items()
         }
-        return cls(by_kind[Entity], sources, views, services, datasets)  # type: ignore[arg-type]
+        return cls(by_kind[Entity], sources, views, on_demand, services, datasets)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, package: str | ModuleType = "feature_assets") -> Repository:
@@ -120,19 +138,42 @@ def _resolve_view(view: FeatureView, sources: dict[str, BatchSource]) -> Feature
     return replace(view, sources=tuple(resolved))
 
 
-def _resolve_service(service: FeatureService, views: dict[str, FeatureView]) -> FeatureService:
+def _resolve_selection(
+    selection: FeatureSelection,
+    views: Mapping[str, FeatureView | OnDemandFeatureView],
+    owner: FeatureService | OnDemandFeatureView,
+) -> FeatureSelection:
+    """The selection pointing at the repository's (resolved) view, or an error of its owner."""
+    view = views.get(selection.view_name)
+    if view is None:
+        error = (
+            FeatureServiceError if isinstance(owner, FeatureService) else OnDemandFeatureViewError
+        )
+        raise error(
+            owner.name,
+            owner.location,
+            f"feature view {selection.view_name!r} does not exist (known: {_known(views)})",
+        )
+    return FeatureSelection(view, selection.features)
+
+
+def _resolve_on_demand(
+    view: OnDemandFeatureView, views: dict[str, FeatureView]
+) -> OnDemandFeatureView:
+    """The on-demand view with each feature source pointing at the repository's view."""
+    sources = tuple(
+        s if isinstance(s, RequestSource) else _resolve_selection(s, views, view)
+        for s in view.sources
+    )
+    return replace(view, sources=sources)
+
+
+def _resolve_service(
+    service: FeatureService, views: dict[str, FeatureView | OnDemandFeatureView]
+) -> FeatureService:
     """The service with each selection pointing at the repository's (resolved) view."""
-    selections = []
-    for selection in service.features:
-        view = views.get(selection.view_name)
-        if view is None:
-            raise FeatureServiceError(
-                service.name,
-                service.location,
-                f"feature view {selection.view_name!r} does not exist (known: {_known(views)})",
-            )
-        selections.append(FeatureSelection(view, selection.features))
-    return replace(service, features=tuple(selections))
+    selections = tuple(_resolve_selection(s, views, service) for s in service.features)
+    return replace(service, features=selections)
 
 
 def _resolve_dataset(

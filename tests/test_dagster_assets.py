@@ -24,6 +24,7 @@ from featureplane.dagster.definitions import resources_for
 from featureplane.dagster.materialize import materialize_range, materialize_training
 from featureplane.dagster.partitions import partitions_for
 from featureplane.feature_view import schedule_cron
+from featureplane.on_demand import stored_views
 from resources import OfflineStoreResource, SparkResource
 
 VIEWS = {
@@ -196,7 +197,10 @@ def test_training_dataset_asset_builds_after_its_features(repo, tmp_path):
     assert spec.code_version == dataset.version
     assert {dep.asset_key for dep in spec.deps} == {
         AssetKey(["features", name])
-        for name in ["impression_labels", *(s.view_name for s in dataset.features.features)]
+        for name in [
+            "impression_labels",
+            *(v.name for v in stored_views(dataset.features.features)),
+        ]
     }
     with DagsterInstance.ephemeral() as instance:
         materialize_range(defs, instance, TINY.start, END)

@@ -119,7 +119,11 @@ def test_the_demo_repository_loads_its_views_service_and_dataset(monkeypatch):
     }
     assert sorted(repo.feature_services) == ["ctr", "recommendations"]
     ctr = repo.feature_services["ctr"]
-    assert all(repo.feature_views[s.view_name] is s.view for s in ctr.features)
+    views = {**repo.feature_views, **repo.on_demand_views}
+    assert all(views[s.view_name] is s.view for s in ctr.features)
+    [ctr_features] = repo.on_demand_views.values()
+    assert ctr_features.name == "ctr_features"
+    assert all(repo.feature_views[s.view_name] is s.view for s in ctr_features.feature_sources)
     dataset = repo.training_datasets["ctr_training"]
     assert dataset.spine is repo.feature_views["impression_labels"]
     assert dataset.features is ctr

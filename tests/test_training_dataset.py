@@ -45,6 +45,7 @@ def test_every_spine_row_once_with_its_label(store, spark):
     )
     assert joined.where(F.col("clicked") != F.col("label")).count() == 0
     assert "ad_daily_performance__ctr_1d" in dataset.columns
+    assert dataset.columns[-2:] == ["ctr_features__user_ctr_1d", "ctr_features__request_hour"]
 
 
 def test_manifest_names_every_input_version(store):
@@ -53,11 +54,15 @@ def test_manifest_names_every_input_version(store):
     assert manifest == built.manifest
     assert manifest["spine"]["name"] == "impression_labels"
     reads = {read["view"]: read for read in manifest["features"]}
+    computed = {read["view"]: read for read in manifest["on_demand_features"]}
     repository = store.repository
-    assert set(reads) == {s.view_name for s in repository.feature_services["ctr"].features}
+    service = repository.feature_services["ctr"]
+    assert set(reads) | set(computed) == {s.view_name for s in service.features}
     for name, read in reads.items():
         assert read["view_version"] == repository.feature_views[name].version
         assert read["delta_version"] == DeltaTable(read["uri"]).version()
+    for name, read in computed.items():
+        assert read["view_version"] == repository.on_demand_views[name].version
 
 
 def test_rebuild_reproduces_a_version_after_features_were_rewritten(store, spark):

@@ -29,6 +29,7 @@ from featureplane.dagster.partitions import partitions_for
 from featureplane.dagster.policies import freshness_policy
 from featureplane.feature_store import FeatureStore
 from featureplane.feature_view import FeatureView
+from featureplane.on_demand import stored_views
 from featureplane.repository import Repository
 from featureplane.source import BatchSource
 from featureplane.training_dataset import TrainingDataset
@@ -131,7 +132,7 @@ def training_dataset_asset(dataset: TrainingDataset, repository: Repository) -> 
     """The asset `training/<name>`: each materialization writes a new, rebuildable version."""
     spine = dataset.spine
     spine_key = feature_key(spine) if isinstance(spine, FeatureView) else source_key(spine)
-    views = [selection.view for selection in dataset.features.features]
+    views = stored_views(dataset.features.features)
 
     @asset(
         key=training_key(dataset),
