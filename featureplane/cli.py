@@ -39,9 +39,12 @@ def _materialize(
 
 def _print_materialized(results, elapsed: float) -> None:
     width = max((len(r.asset_key.to_user_string()) for r in results), default=10)
-    print(f"\n{'asset':<{width}}  {'partitions':>10}  {'rows':>10}")
+    print(f"\n{'asset':<{width}}  {'partitions':>10}  {'rows':>10}  {'pushed rows/s':>13}")
     for r in sorted(results, key=lambda r: r.asset_key.to_user_string()):
-        print(f"{r.asset_key.to_user_string():<{width}}  {r.partitions:>10}  {r.rows:>10,}")
+        speed = f"{r.rows_per_second:>13,.0f}" if r.rows_per_second is not None else ""
+        print(
+            f"{r.asset_key.to_user_string():<{width}}  {r.partitions:>10}  {r.rows:>10,}  {speed}"
+        )
     total = sum(r.partitions for r in results)
     print(f"{len(results)} assets, {total} partitions materialized in {elapsed:.1f}s")
 

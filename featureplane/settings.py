@@ -23,13 +23,18 @@ def offline_root() -> str:
     return os.environ.get("FEATUREPLANE_OFFLINE_ROOT") or str(data_dir() / "offline")
 
 
+def online_store_path() -> Path:
+    """The embedded SQLite online store: `online_store.sqlite` in the data directory."""
+    return data_dir() / "online_store.sqlite"
+
+
 def online_store_settings() -> dict[str, Any]:
     """`open_store` settings: `$FEATUREPLANE_ONLINE_STORE` as JSON (e.g.
     `{"type": "dynamodb", "table": "features"}`), else SQLite in the data directory."""
     configured = os.environ.get("FEATUREPLANE_ONLINE_STORE")
     if configured:
         return json.loads(configured)
-    return {"type": "sqlite", "path": str(data_dir() / "online_store.sqlite")}
+    return {"type": "sqlite", "path": str(online_store_path())}
 
 
 def registry_path() -> Path:

@@ -2,6 +2,14 @@
 
 from resources.offline_io_manager import DeltaOfflineIOManager
 from resources.offline_store import OfflineStoreResource
+from resources.online_io_manager import OnlineIOManager
+from resources.online_store import OnlineStoreResource
 from resources.spark import SparkResource
 
-__all__ = ["DeltaOfflineIOManager", "OfflineStoreResource", "SparkResource"]
+__all__ = [
+    "DeltaOfflineIOManager",
+    "OfflineStoreResource",
+    "OnlineIOManager",
+    "OnlineStoreResource",
+    "SparkResource",
+]

@@ -65,7 +65,9 @@ def test_asset_graph_matches_the_repository(repo, tmp_path):
     sources = {"page_views", "ad_impressions", "ad_clicks", "users"}
     assert set(specs) == {AssetKey(["features", v]) for v in VIEWS} | {
         AssetKey(["sources", s]) for s in sources
-    } | {AssetKey(["training", "ctr_training"])}
+    } | {AssetKey(["training", "ctr_training"])} | {
+        AssetKey(["online", v]) for v in VIEWS if repo.feature_view(v).online
+    }
     for name, (kind, upstream) in VIEWS.items():
         view = repo.feature_view(name)
         spec = specs[AssetKey(["features", name])]

@@ -2,14 +2,19 @@
 
 Each batch feature view becomes `features/<name>`: partitioned in time from its schedule, versioned
 by its definition, downstream of its sources. A run covers one partition or a whole range in one
-Spark job (single-run backfills); the offline IO manager writes exactly that window. Each training
+Spark job (single-run backfills); the offline IO manager writes exactly that window. Each online
+view also becomes `online/<name>`, with the same partitions: it reads what serving needs from
+`features/<name>` and the online IO manager pushes it to the online store. Each training
 dataset becomes `training/<name>`, downstream of its spine and of the views its service reads.
 """
 
+import math
 import warnings
+from typing import Any
 
 from dagster import (
     AssetExecutionContext,
+    AssetIn,
     AssetKey,
     AssetsDefinition,
     AssetSpec,
@@ -19,10 +24,12 @@ from dagster import (
     MetadataValue,
     TableColumn,
     TableSchema,
+    TimeWindowPartitionMapping,
     asset,
 )
 from pyspark.sql import DataFrame
 
+from featureplane.compute.push import arrow_batches, longest_window, push_frame
 from featureplane.compute.transform import run_transformation
 from featureplane.compute.window import TimeWindow
 from featureplane.dagster.partitions import partitions_for
@@ -35,6 +42,7 @@ from featureplane.source import BatchSource
 from featureplane.training_dataset import TrainingDataset
 from resources.offline_io_manager import JOIN_KEYS, TIMESTAMP_FIELD
 from resources.offline_store import OfflineStoreResource
+from resources.online_io_manager import OnlineRows
 from resources.spark import SparkResource
 
 MODE_KINDS = {"pyspark": "pyspark", "spark_sql": "sql", "pandas": "pandas"}
@@ -46,6 +54,10 @@ def source_key(source: BatchSource) -> AssetKey:
 
 def feature_key(view: FeatureView) -> AssetKey:
     return AssetKey(["features", view.name])
+
+
+def online_key(view: FeatureView) -> AssetKey:
+    return AssetKey(["online", view.name])
 
 
 def training_key(dataset: TrainingDataset) -> AssetKey:
@@ -99,6 +111,17 @@ def _metadata(view: FeatureView) -> dict[str, object]:
     } | ({"aggregation_interval": str(view.interval)} if view.aggregations else {})
 
 
+def _view_asset_args(view: FeatureView) -> dict[str, Any]:
+    """What the assets of a view share: its partitions, one-run backfills, version, owners."""
+    return {
+        "partitions_def": partitions_for(view),
+        "backfill_policy": BackfillPolicy.single_run(),
+        "code_version": view.version,
+        "owners": [view.owner] if view.owner else None,
+        "tags": dict(view.tags),
+    }
+
+
 def feature_view_asset(view: FeatureView) -> AssetsDefinition:
     """The asset `features/<name>` that computes the view's windows into the offline store."""
     with warnings.catch_warnings():
@@ -106,12 +129,8 @@ def feature_view_asset(view: FeatureView) -> AssetsDefinition:
         return asset(
             key=feature_key(view),
             description=view.description or None,
-            partitions_def=partitions_for(view),
-            backfill_policy=BackfillPolicy.single_run(),
             freshness_policy=freshness_policy(view),
-            code_version=view.version,
-            owners=[view.owner] if view.owner else None,
-            tags=dict(view.tags),
+            **_view_asset_args(view),
             kinds={"spark", "delta", MODE_KINDS[view.mode]},
             deps=[source_key(s) for s in view.sources],
             metadata=_metadata(view),
@@ -126,6 +145,41 @@ def _compute(view: FeatureView):
         return run_transformation(spark.session, view, TimeWindow(window.start, window.end))
 
     return compute
+
+
+def online_asset(view: FeatureView, store_kind: str) -> AssetsDefinition:
+    """The asset `online/<name>` that pushes a window's end state to the online store.
+
+    An aggregate view reads the tiles of its longest window before the partition's end, so
+    the partition depends on as many earlier `features/<name>` partitions as that spans.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)  # nonexistent upstream: the first days
+        mapping = None
+        if view.aggregations:
+            earlier = math.ceil(longest_window(view) / view.batch_schedule) - 1
+            mapping = TimeWindowPartitionMapping(
+                start_offset=-earlier, allow_nonexistent_upstream_partitions=True
+            )
+        return asset(
+            key=online_key(view),
+            description=f"Latest values of features/{view.name} in the online store.",
+            **_view_asset_args(view),
+            kinds={store_kind},
+            ins={"features": AssetIn(feature_key(view), partition_mapping=mapping)},
+            metadata={"version": view.version, JOIN_KEYS: ",".join(view.join_keys)},
+            group_name="online",
+            io_manager_key="online_io_manager",
+        )(_push(view))
+
+
+def _push(view: FeatureView):
+    def push(context: AssetExecutionContext, features: DataFrame) -> OnlineRows:
+        window = context.partition_time_window
+        rows = push_frame(features, view, TimeWindow(window.start, window.end))
+        return OnlineRows(view, arrow_batches(rows))
+
+    return push
 
 
 def training_dataset_asset(dataset: TrainingDataset, repository: Repository) -> AssetsDefinition:

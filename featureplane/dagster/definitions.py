@@ -7,32 +7,58 @@ from typing import Any
 
 from dagster import Definitions
 
-from featureplane.dagster.assets import feature_view_asset, source_spec, training_dataset_asset
+from featureplane.dagster.assets import (
+    feature_view_asset,
+    online_asset,
+    source_spec,
+    training_dataset_asset,
+)
+from featureplane.dagster.checks import consistency_check
 from featureplane.repository import Repository
-from featureplane.settings import offline_root
+from featureplane.settings import offline_root, online_store_settings
 from resources.offline_io_manager import DeltaOfflineIOManager
 from resources.offline_store import OfflineStoreResource
+from resources.online_io_manager import OnlineIOManager
+from resources.online_store import OnlineStoreResource
 from resources.spark import SparkResource
 
 
-def resources_for(spark: SparkResource, offline_store: OfflineStoreResource) -> dict[str, Any]:
-    """The resources every featureplane asset needs, wired to one session and one store."""
+def resources_for(
+    spark: SparkResource,
+    offline_store: OfflineStoreResource,
+    online_store: OnlineStoreResource | None = None,
+) -> dict[str, Any]:
+    """The resources every featureplane asset needs, wired to one session and the stores
+    (the online store by default: SQLite in the data directory)."""
+    online_store = online_store or OnlineStoreResource()
     return {
         "spark": spark,
         "offline_store": offline_store,
         "offline_io_manager": DeltaOfflineIOManager(offline_store=offline_store, spark=spark),
+        "online_store": online_store,
+        "online_io_manager": OnlineIOManager(online_store=online_store),
     }
 
 
 def default_resources() -> dict[str, Any]:
-    """Embedded defaults: Sail in-process and the Delta offline store under the data directory."""
-    return resources_for(SparkResource(), OfflineStoreResource(root=offline_root()))
+    """Embedded defaults: Sail in-process, the Delta offline store under the data directory, and
+    the online store that `featureplane serve` reads (`$FEATUREPLANE_ONLINE_STORE`, else SQLite
+    in the data directory)."""
+    return resources_for(
+        SparkResource(),
+        OfflineStoreResource(root=offline_root()),
+        OnlineStoreResource(**online_store_settings()),
+    )
 
 
 def build_definitions(
     repository: Repository, resources: Mapping[str, Any] | None = None
 ) -> Definitions:
-    """Source specs and one asset per offline feature view, with the given or default resources."""
+    """Source specs, one asset per offline feature view, and per online one an `online/`
+    asset with its consistency check, with the given or default resources."""
+    resources = dict(resources) if resources is not None else default_resources()
+    store_kind = resources["online_store"].type
+    pushed = [view for view in repository.feature_views.values() if view.offline and view.online]
     return Definitions(
         assets=[
             *(source_spec(source) for source in repository.sources.values()),
@@ -41,10 +67,12 @@ def build_definitions(
                 for view in repository.feature_views.values()
                 if view.offline
             ),
+            *(online_asset(view, store_kind) for view in pushed),
             *(
                 training_dataset_asset(dataset, repository)
                 for dataset in repository.training_datasets.values()
             ),
         ],
-        resources=dict(resources) if resources is not None else default_resources(),
+        asset_checks=[consistency_check(view, repository) for view in pushed],
+        resources=resources,
     )

@@ -1,7 +1,9 @@
 """Materialize feature views for a time range through Dagster: one run per partitioning.
 
 Runs go through the Dagster instance (so they show in the UI) as single-run backfills: every
-selected view with the same partitions computes the whole range in one Spark job.
+selected view with the same partitions computes the whole range in one Spark job and, with
+`online`, pushes the range's end state to the online store in the same run (consistency
+checks included).
 """
 
 import os
@@ -14,6 +16,7 @@ from featureplane.dagster.definitions import build_definitions
 from featureplane.repository import Repository
 
 FEATURES = "features"
+ONLINE = "online"
 TRAINING = "training"
 RANGE_START_TAG = "dagster/asset_partition_range_start"  # the tags Dagster's backfills set
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -27,6 +30,7 @@ class Materialized:
     partitions: int
     rows: int
     run_id: str
+    rows_per_second: float | None = None
 
 
 def materialize_range(
@@ -36,12 +40,15 @@ def materialize_range(
     end: datetime,
     views: list[str] | None = None,
     log_level: str = "WARNING",
+    online: bool = False,
 ) -> list[Materialized]:
-    """Materialize the partitions overlapping [start, end) of the given (default: all) views."""
+    """Materialize the partitions overlapping [start, end) of the given (default: all) views,
+    and with `online` push them to the online store."""
+    kinds = (FEATURES, ONLINE) if online else (FEATURES,)
     groups: dict[TimeWindowPartitionsDefinition, list[AssetKey]] = {}
     for spec in defs.resolve_all_asset_specs():
         key = spec.key
-        if key.path[0] != FEATURES or (views is not None and key.path[-1] not in views):
+        if key.path[0] not in kinds or (views is not None and key.path[-1] not in views):
             continue
         groups.setdefault(spec.partitions_def, []).append(key)
     unknown = set(views or []) - {key.path[-1] for keys in groups.values() for key in keys}
@@ -85,8 +92,10 @@ def _run(
     materialized = []
     for key in keys:
         mine = [event for event in events if event.asset_key == key]
-        rows = mine[0].metadata["dagster/row_count"].value if mine else 0
-        materialized.append(Materialized(key, len(mine), rows, result.run_id))
+        metadata = mine[0].metadata if mine else {}
+        rows = metadata["dagster/row_count"].value if mine else 0
+        speed = metadata["rows_per_second"].value if "rows_per_second" in metadata else None
+        materialized.append(Materialized(key, len(mine), rows, result.run_id, speed))
     return materialized
 
 
@@ -97,8 +106,9 @@ def materialize_repository(
     views: list[str] | None = None,
     training: bool = False,
 ) -> list[Materialized]:
-    """Materialize a repository's feature views (then, optionally, its training datasets) on
-    the Dagster instance of $DAGSTER_HOME, from `start` (default: the earliest feature start).
+    """Materialize a repository's feature views and push its online ones (then, optionally,
+    build its training datasets) on the Dagster instance of $DAGSTER_HOME, from `start`
+    (default: the earliest feature start).
 
     DAGSTER_HOME defaults to the working directory: the project folder, whose dagster.yaml keeps
     the instance's storage under .dagster_home/, where `dagster dev` finds the same runs.
@@ -109,7 +119,7 @@ def materialize_repository(
         start = min(view.feature_start_time for view in repository.feature_views.values())
     defs = build_definitions(repository)
     with DagsterInstance.get() as instance:
-        results = materialize_range(defs, instance, start, end, views)
+        results = materialize_range(defs, instance, start, end, views, online=True)
         if training:
             results += materialize_training(defs, instance)
         return results

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from featureplane.online_store.item_store import ItemStore, StoredItem
-from featureplane.settings import data_dir
+from featureplane.settings import online_store_path
 
 TABLE = "online_records"
 CREATE = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -42,7 +42,7 @@ class SQLiteOnlineStore(ItemStore):
     """The online store in a SQLite file (default: `online_store.sqlite` in the data directory)."""
 
     def __init__(self, path: str | Path | None = None, busy_timeout_ms: int = 10_000):
-        self.path = Path(path) if path is not None else data_dir() / "online_store.sqlite"
+        self.path = Path(path) if path is not None else online_store_path()
         self.busy_timeout_ms = int(busy_timeout_ms)
         self._idle: list[sqlite3.Connection] = []
         self._opened: list[sqlite3.Connection] = []
