@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import reduce
 from typing import Any
 
@@ -22,6 +23,9 @@ from featureplane.types import NUMERIC, Array, DType, Float64, Int64
 
 TILE_START = "tile_start"
 """The event-time column of a tiles table: the start of each tile's interval."""
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TILES = "tiles"
+"""The online record value of an aggregate view: its packed tiles (see `pack_tiles`)."""
 
 
 @dataclass(frozen=True)
@@ -183,12 +187,24 @@ class Aggregation:
 # ---- the online side: merge the partials of the tiles in a window, then finalize ------------
 
 
-def window_tiles(
-    tiles: Iterable[Mapping[str, Any]], at: datetime, window: timedelta, interval: timedelta
-) -> list[Mapping[str, Any]]:
-    """The tiles that make the value at `at`: tile_start in [floor(at) - window, floor(at))."""
-    anchor = floor_time(at, interval)
-    return [t for t in tiles if anchor - window <= t[TILE_START] < anchor]
+def pack_tiles(tiles: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """A key's tiles as the online store keeps them: one list per column, `tile_start` as epoch
+    microseconds in ascending order, JSON-text partials (last_n, approx_count_distinct) decoded.
+
+    Columns of plain JSON values need no tags in the store and no per-tile objects to decode,
+    and a window is a slice found by binary search.
+    """
+    rows = sorted((t for t in tiles if t.get(TILE_START) is not None), key=lambda t: t[TILE_START])
+    columns = sorted({name for row in rows for name in row} - {TILE_START})
+    packed: dict[str, list[Any]] = {TILE_START: [_epoch_micros(t[TILE_START]) for t in rows]}
+    for name in columns:
+        values = [row.get(name) for row in rows]
+        packed[name] = [json.loads(v) if isinstance(v, str) else v for v in values]
+    return packed
+
+
+def _epoch_micros(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(microseconds=1)
 
 
 def floor_time(moment: datetime, interval: timedelta) -> datetime:
@@ -275,12 +291,14 @@ SPLIT = 32
 """Ranks up to SPLIT and above it are summed apart, as exact integers (see `hll_estimate`)."""
 
 
-def registers(partial: str | Mapping[int, int]) -> Mapping[int, int]:
-    """{register index: rank} of a tile's partial (a JSON list of packed registers)."""
-    if not isinstance(partial, str):
+def registers(partial: str | Sequence[int] | Mapping[int, int]) -> Mapping[int, int]:
+    """{register index: rank} of a tile's partial: a list of packed registers, as JSON text in
+    tiles or decoded in packed tiles, or already {index: rank}."""
+    if isinstance(partial, Mapping):
         return partial
+    codes = json.loads(partial) if isinstance(partial, str) else partial
     mask = (1 << RANK_BITS) - 1
-    return {code >> RANK_BITS: code & mask for code in json.loads(partial)}
+    return {code >> RANK_BITS: code & mask for code in codes}
 
 
 def hll_scale(precision: int) -> float:
@@ -317,7 +335,17 @@ def aggregate(
     interval: timedelta,
 ) -> Any:
     """The aggregation's value at `at` from a key's tiles (dicts with tile_start and partials)."""
-    selected = window_tiles(tiles, at, aggregation.time_window, interval)
-    column = aggregation.partial_column  # a property: once, not per tile
-    partials = [tile.get(column) for tile in selected]
-    return finalize(aggregation.fn, merge_partials(aggregation.fn, partials))
+    return aggregate_packed(aggregation, pack_tiles(tiles), at, interval)
+
+
+def aggregate_packed(
+    aggregation: Aggregation, packed: Mapping[str, Sequence[Any]], at: datetime, interval: timedelta
+) -> Any:
+    """The aggregation's value at `at` from a key's packed tiles (see `pack_tiles`): the tiles
+    with tile_start in [floor(at) - window, floor(at))."""
+    starts = packed.get(TILE_START) or ()
+    end = _epoch_micros(floor_time(at, interval))
+    lo = bisect_left(starts, end - aggregation.time_window // timedelta(microseconds=1))
+    hi = bisect_left(starts, end, lo)
+    partials = packed.get(aggregation.partial_column) or ()
+    return finalize(aggregation.fn, merge_partials(aggregation.fn, partials[lo:hi]))

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from featureplane.aggregation import aggregate
+from featureplane.aggregation import TILES, aggregate_packed
 from featureplane.feature_view import FeatureView
-from featureplane.online_push import TILES
 from featureplane.online_store import Record
 
 EXAMPLES = 10
@@ -35,8 +34,8 @@ def online_values(view: FeatureView, record: Record | None, at: datetime) -> dic
     an aggregate view merges the record's tiles like the handler does.
     """
     if view.aggregations:
-        tiles = record.values[TILES] if record is not None else []
-        return {a.name: aggregate(a, tiles, at, view.interval) for a in view.aggregations}
+        tiles = record.values[TILES] if record is not None else {}
+        return {a.name: aggregate_packed(a, tiles, at, view.interval) for a in view.aggregations}
     if record is None or (record.expires_at is not None and at > record.expires_at):
         return dict.fromkeys(view.feature_names)
     return {name: record.values.get(name) for name in view.feature_names}

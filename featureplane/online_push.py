@@ -2,8 +2,8 @@
 
 Record format (the serving handler reads exactly this): key (view name, view version, join key
 values in `view.join_keys` order). A row-level record holds every feature by name, the row's
-event time and expires at event time + ttl. An aggregate record holds `{"tiles": [...]}`, the
-tiles table rows as `featureplane.aggregation.aggregate` takes them, stamped with the end of the
+event time and expires at event time + ttl. An aggregate record holds `{"tiles": ...}`, the
+entity's tiles packed by `featureplane.aggregation.pack_tiles`, stamped with the end of the
 last tile; it never expires, because an entity whose tiles all left every window is served
 exactly what the offline store gives it (count 0, other values null), not a missing value.
 
@@ -21,11 +21,10 @@ from itertools import repeat
 
 import pyarrow as pa
 
+from featureplane.aggregation import TILES, pack_tiles
 from featureplane.feature_view import FeatureView
 from featureplane.online_store import OnlineStore, Record, expiry
 
-TILES = "tiles"
-"""The record value of an aggregate view: its tiles as dicts of tile_start and partials."""
 EVENT_TIME = "event_timestamp"
 """The pushed rows' event-time column: a row's event time, or the end of the last tile."""
 
@@ -52,7 +51,7 @@ def records(view: FeatureView, batch: pa.RecordBatch) -> Iterator[Record]:
     times = batch.column(EVENT_TIME).to_pylist()
     if view.aggregations:
         tiles = batch.column(TILES).to_pylist()
-        return map(Record, keys, times, ({TILES: t} for t in tiles))
+        return map(Record, keys, times, ({TILES: pack_tiles(t)} for t in tiles))
     names = view.feature_names
     rows = zip(*(batch.column(name).to_pylist() for name in names), strict=True)
     values = (dict(zip(names, row, strict=True)) for row in rows)

@@ -21,17 +21,23 @@ repository always gives the same bytes and a diff of two registries is a plan.
                         "description", "owner", "tags"}],
      "feature_services": [{"name", "features": [{"view", "features": [...]}],
                            "description", "owner", "tags"}],
-     "on_demand_views": []}
+     "on_demand_views": [{"name", "version", "features": [{"name", "type", "description"}],
+                          "request": {"name", "fields": [{"name", "type", "description"}]}
+                                     | null,
+                          "sources": [{"request": name} | {"view", "features": [...]}],
+                          "function_source", "description", "owner", "tags"}]}
 
-A join key's type is null when its entity does not declare it. `on_demand_views` is reserved
-for on-demand views (their function source travels in it); readers skip it for now.
+A join key's type is null when its entity does not declare it. A service's selection names a
+feature view or an on-demand view. An on-demand view's function travels as source text and is
+rebuilt at load (`featureplane.on_demand.function_from_source`, builtins plus a few modules in
+scope): a registry is deployed code, to be written only by `featureplane registry`/`apply`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -39,10 +45,13 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from featureplane.aggregation import Aggregation, approx_count_distinct, last_n
+from featureplane.on_demand import function_from_source
+from featureplane.types import Field, dtype_named
 
 if TYPE_CHECKING:
     from featureplane.feature_service import FeatureService
     from featureplane.feature_view import FeatureView
+    from featureplane.on_demand import OnDemandFeatureView
     from featureplane.repository import Repository
 
 FORMAT = 1
@@ -69,6 +78,26 @@ class ViewSpec:
 
 
 @dataclass(frozen=True)
+class OnDemandSpec:
+    """An on-demand view as served: its function, output schema, and inputs in order — the
+    request fields (`None`, fields) or a feature view's features (view name, features)."""
+
+    name: str
+    version: str
+    schema: tuple[Field, ...]
+    request_fields: tuple[Field, ...]
+    sources: tuple[tuple[str | None, tuple[str, ...]], ...]
+    function: Callable[..., Any]
+    description: str
+    owner: str | None
+    tags: Mapping[str, str]
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.schema)
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """A feature service: (view name, feature names) selections in definition order."""
 
@@ -87,6 +116,7 @@ class ServingRegistry:
     online_store: Mapping[str, Any]
     views: Mapping[str, ViewSpec]
     services: Mapping[str, ServiceSpec]
+    on_demand: Mapping[str, OnDemandSpec]
 
 
 def _seconds(duration: timedelta | None) -> int | float | None:
@@ -142,6 +172,38 @@ def _view_json(view: FeatureView) -> dict[str, Any]:
     }
 
 
+def _fields_json(fields: Sequence[Field]) -> list[dict[str, str]]:
+    return [{"name": f.name, "type": f.dtype.name, "description": f.description} for f in fields]
+
+
+def _fields(specs: Sequence[Mapping[str, str]]) -> tuple[Field, ...]:
+    return tuple(
+        Field(spec["name"], dtype_named(spec["type"]), spec["description"]) for spec in specs
+    )
+
+
+def _on_demand_json(view: OnDemandFeatureView) -> dict[str, Any]:
+    request = view.request_source
+    return {
+        "name": view.name,
+        "version": view.version,
+        "features": _fields_json(view.schema),
+        "request": None
+        if request is None
+        else {"name": request.name, "fields": _fields_json(request.schema)},
+        "sources": [
+            {"request": source.name}
+            if source is request
+            else {"view": source.view_name, "features": list(source.features)}
+            for source in view.sources
+        ],
+        "function_source": view.function_source,
+        "description": view.description,
+        "owner": view.owner,
+        "tags": dict(view.tags),
+    }
+
+
 def _service_json(service: FeatureService) -> dict[str, Any]:
     return {
         "name": service.name,
@@ -161,7 +223,9 @@ def build_registry(repository: Repository, online_store: Mapping[str, Any]) -> d
         "feature_services": [
             _service_json(s) for _, s in sorted(repository.feature_services.items())
         ],
-        "on_demand_views": [],
+        "on_demand_views": [
+            _on_demand_json(v) for _, v in sorted(repository.on_demand_views.items())
+        ],
     }
 
 
@@ -198,21 +262,47 @@ def _view(spec: Mapping[str, Any]) -> ViewSpec:
     )
 
 
-def _service(spec: Mapping[str, Any], views: Mapping[str, ViewSpec]) -> ServiceSpec:
+def _on_demand(spec: Mapping[str, Any], views: Mapping[str, ViewSpec]) -> OnDemandSpec:
+    request = spec["request"]
+    sources = []
+    for source in spec["sources"]:
+        if "request" in source:
+            sources.append((None, tuple(f["name"] for f in request["fields"])))
+            continue
+        _check_selection(f"on-demand view {spec['name']!r}", source, views)
+        sources.append((source["view"], tuple(source["features"])))
+    return OnDemandSpec(
+        name=spec["name"],
+        version=spec["version"],
+        schema=_fields(spec["features"]),
+        request_fields=_fields(request["fields"]) if request else (),
+        sources=tuple(sources),
+        function=function_from_source(spec["function_source"], spec["name"]),
+        description=spec["description"],
+        owner=spec["owner"],
+        tags=MappingProxyType(dict(spec["tags"])),
+    )
+
+
+def _check_selection(
+    what: str, selection: Mapping[str, Any], views: Mapping[str, ViewSpec | OnDemandSpec]
+) -> None:
+    view = views.get(selection["view"])
+    if view is None:
+        raise ValueError(f"registry: {what} selects unknown view {selection['view']!r}")
+    unknown = [name for name in selection["features"] if name not in view.features]
+    if unknown:
+        raise ValueError(
+            f"registry: {what} selects {unknown} of view {view.name!r}, "
+            f"which serves {list(view.features)}"
+        )
+
+
+def _service(spec: Mapping[str, Any], views: Mapping[str, ViewSpec | OnDemandSpec]) -> ServiceSpec:
     selections = []
     for selection in spec["features"]:
-        view = views.get(selection["view"])
-        if view is None:
-            raise ValueError(
-                f"registry: service {spec['name']!r} selects unknown view {selection['view']!r}"
-            )
-        unknown = [name for name in selection["features"] if name not in view.features]
-        if unknown:
-            raise ValueError(
-                f"registry: service {spec['name']!r} selects {unknown} of view {view.name!r}, "
-                f"which serves {list(view.features)}"
-            )
-        selections.append((view.name, tuple(selection["features"])))
+        _check_selection(f"service {spec['name']!r}", selection, views)
+        selections.append((selection["view"], tuple(selection["features"])))
     return ServiceSpec(
         name=spec["name"],
         selections=tuple(selections),
@@ -231,10 +321,13 @@ def load_registry(source: str | Path | Mapping[str, Any]) -> ServingRegistry:
             f"{FORMAT}); rebuild it with `featureplane registry`"
         )
     views = {spec["name"]: _view(spec) for spec in registry["feature_views"]}
-    services = {spec["name"]: _service(spec, views) for spec in registry["feature_services"]}
+    on_demand = {spec["name"]: _on_demand(spec, views) for spec in registry["on_demand_views"]}
+    selectable = {**views, **on_demand}
+    services = {spec["name"]: _service(spec, selectable) for spec in registry["feature_services"]}
     return ServingRegistry(
         format=FORMAT,
         online_store=MappingProxyType(dict(registry["online_store"])),
         views=MappingProxyType(views),
         services=MappingProxyType(services),
+        on_demand=MappingProxyType(on_demand),
     )

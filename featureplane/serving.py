@@ -4,7 +4,7 @@ Lambda handler, the local HTTP server and `FeatureStore.get_online_features`.
 Routes (`FeatureServer.respond(method, path, body)`):
 - `GET /health` → `{"status": "ok", "registry_format": 1, "feature_services": 2}`
 - `GET /v1/feature-services` → `{"feature_services": [{"name", "description", "owner", "tags",
-  "join_keys": [{"name", "type"}], "features": [...]}]}`
+  "join_keys": [{"name", "type"}], "request_data": [{"name", "type"}], "features": [...]}]}`
 - `POST /v1/feature-services/{name}/get-features` with
   `{"entities": {"user_id": 1, "ad_id": 7}, "request_data": {...}, "features": [...]}`
 - `POST /v1/feature-services/{name}/get-features-batch` with `{"entities": [{...}, ...], ...}`
@@ -12,7 +12,11 @@ Routes (`FeatureServer.respond(method, path, body)`):
 
 `entities` must hold exactly the service's join keys, of their declared types (an Int64 key
 takes a JSON integer, not `"12"` nor `true`); `features` optionally picks a subset of the
-service's features; `request_data` is accepted for the on-demand views to come.
+service's features; `request_data` holds exactly the request fields of the service's on-demand
+views (timestamps and dates as ISO 8601 text): one object, or in a batch one for every row or
+a list of one per row. On-demand features are computed from it and the features they read,
+by the function the registry ships; they are `present`, with no event time or age. A function
+that fails on the request's values gives 422.
 
 Features are named `<view>__<feature>`, as in training data, so a name is unique across the
 views of a service. Response (both routes; one result per entity row, in request order):
@@ -50,10 +54,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from featureplane.aggregation import Aggregation, aggregate, finalize
+from featureplane.aggregation import TILES, Aggregation, aggregate_packed, finalize
+from featureplane.errors import OnDemandFeatureViewError
+from featureplane.on_demand import compute_features
 from featureplane.online_store import EntityKeyError, RecordKey, StoreThrottled, open_store
 from featureplane.online_store.store import OnlineStore, Record
-from featureplane.registry import ServiceSpec, ServingRegistry, ViewSpec
+from featureplane.registry import OnDemandSpec, ServiceSpec, ServingRegistry, ViewSpec
+from featureplane.types import DType, Field, dtype_named
 
 JSON_HEADERS = (("content-type", "application/json"),)
 SUBSET_CACHE = 256
@@ -121,15 +128,25 @@ encode_json = json.JSONEncoder(separators=(",", ":"), default=_json_default).enc
 
 @dataclass(frozen=True)
 class ViewPlan:
-    """How one view of a service is read and reported, precomputed."""
+    """How one view of a service is read and reported, precomputed. `outputs` name the
+    features served; None marks one read only as an input of an on-demand view."""
 
     view: ViewSpec
     key_positions: tuple[int, ...]
     features: tuple[str, ...]
-    outputs: tuple[str, ...]
+    outputs: tuple[str | None, ...]
     aggregations: tuple[Aggregation, ...]
-    empty_values: dict[str, Any]
+    empty_values: tuple[Any, ...]
     """Values of an entity without a record: empty-window values for aggregates, else nulls."""
+
+
+@dataclass(frozen=True)
+class OnDemandPlan:
+    """An on-demand view of a service: its spec and the features it serves, named."""
+
+    spec: OnDemandSpec
+    features: tuple[str, ...]
+    outputs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -141,51 +158,76 @@ class ServicePlan:
     key_types: tuple[str | None, ...]
     key_checks: tuple[tuple[str, Callable[[Any], bool], str], ...]
     views: tuple[ViewPlan, ...]
+    on_demand: tuple[OnDemandPlan, ...]
+    request_fields: dict[str, Field]
     outputs: tuple[str, ...]
     versions: dict[str, str]
 
 
-def _view_plan(view: ViewSpec, features: Sequence[str], join_keys: Sequence[str]) -> ViewPlan:
+def _view_plan(
+    view: ViewSpec, features: Mapping[str, str | None], join_keys: Sequence[str]
+) -> ViewPlan:
     by_name = {a.name: a for a in view.aggregations}
     aggregations = tuple(by_name[f] for f in features) if view.aggregations else ()
-    outputs = tuple(f"{view.name}__{f}" for f in features)
     empty = [finalize(a.fn, None) for a in aggregations] or [None] * len(features)
     return ViewPlan(
         view=view,
         key_positions=tuple(join_keys.index(key) for key in view.join_keys),
         features=tuple(features),
-        outputs=outputs,
+        outputs=tuple(features.values()),
         aggregations=aggregations,
-        empty_values=dict(zip(outputs, empty, strict=True)),
+        empty_values=tuple(empty),
     )
 
 
 def _service_plan(
-    service: ServiceSpec, views: Mapping[str, ViewSpec], wanted: frozenset[str] | None = None
+    service: ServiceSpec, registry: ServingRegistry, wanted: frozenset[str] | None = None
 ) -> ServicePlan:
+    """The plan of a service, or of the `wanted` features of it. Views are read once each:
+    for their served features and for the inputs of the service's on-demand views."""
+    reads: dict[str, dict[str, str | None]] = {}
+    on_demand: list[OnDemandPlan] = []
+    outputs: list[str] = []
+    for view_name, features in service.selections:
+        chosen = [f for f in features if wanted is None or f"{view_name}__{f}" in wanted]
+        named = [f"{view_name}__{f}" for f in chosen]
+        outputs += named
+        spec = registry.on_demand.get(view_name)
+        if spec is None:
+            if chosen:
+                reads.setdefault(view_name, {}).update(zip(chosen, named, strict=True))
+            continue
+        if chosen:
+            on_demand.append(OnDemandPlan(spec, tuple(chosen), tuple(named)))
+            for source, inputs in spec.sources:
+                if source is not None:
+                    read = reads.setdefault(source, {})
+                    for feature in inputs:
+                        read.setdefault(feature, None)
     join_keys: list[str] = []
     key_types: dict[str, str | None] = {}
-    for view_name, _ in service.selections:
-        view = views[view_name]
+    for view_name in reads:
+        view = registry.views[view_name]
         for key, dtype in zip(view.join_keys, view.join_key_types, strict=True):
             if key not in key_types or key_types[key] is None:
                 key_types[key] = dtype
             if key not in join_keys:
                 join_keys.append(key)
-    plans = []
-    for view_name, features in service.selections:
-        view = views[view_name]
-        chosen = [f for f in features if wanted is None or f"{view_name}__{f}" in wanted]
-        if chosen:
-            plans.append(_view_plan(view, chosen, join_keys))
+    plans = [_view_plan(registry.views[name], read, join_keys) for name, read in reads.items()]
+    request_fields = {f.name: f for plan in on_demand for f in plan.spec.request_fields}
     return ServicePlan(
         name=service.name,
         join_keys=tuple(join_keys),
         key_types=tuple(key_types[key] for key in join_keys),
         key_checks=tuple((key, *KEY_CHECKS[key_types[key]]) for key in join_keys),
         views=tuple(plans),
-        outputs=tuple(name for plan in plans for name in plan.outputs),
-        versions={plan.view.name: plan.view.version for plan in plans},
+        on_demand=tuple(on_demand),
+        request_fields=request_fields,
+        outputs=tuple(outputs),
+        versions={
+            **{plan.view.name: plan.view.version for plan in plans},
+            **{plan.spec.name: plan.spec.version for plan in on_demand},
+        },
     )
 
 
@@ -207,8 +249,7 @@ class FeatureServer:
         self.limits = limits or Limits.from_env()
         self.clock = clock
         self.plans = {
-            name: _service_plan(service, registry.views)
-            for name, service in registry.services.items()
+            name: _service_plan(service, registry) for name, service in registry.services.items()
         }
         self._subsets: dict[tuple[str, tuple[str, ...]], ServicePlan] = {}
         self._listing = {"feature_services": [self._describe(name) for name in sorted(self.plans)]}
@@ -231,6 +272,8 @@ class FeatureServer:
             return _error(error.status, str(error))
         except EntityKeyError as error:
             return _error(400, str(error))
+        except OnDemandFeatureViewError as error:
+            return _error(422, f"cannot compute the request's on-demand features: {error}")
         except StoreThrottled as error:
             return Response(
                 503,
@@ -308,11 +351,9 @@ class FeatureServer:
             )
         if "features" in request:
             plan = self._subset(plan, request["features"])
-        request_data = request.get("request_data", {})
-        if type(request_data) is not dict:
-            raise RequestError(400, "'request_data' must be a JSON object")
         rows = self._rows(request.get("entities"), batch)
         keys = [_entity_key(plan, row, index if batch else None) for index, row in enumerate(rows)]
+        inputs = _request_rows(plan, request.get("request_data"), len(rows), batch)
         now = self.clock()
         record_keys = [
             RecordKey(view.view.name, view.view.version, tuple(key[i] for i in view.key_positions))
@@ -321,7 +362,7 @@ class FeatureServer:
             if view.view.online
         ]
         records = iter(self.store.read_many(record_keys) if record_keys else ())
-        results = [_result(plan, records, now) for _ in keys]
+        results = [_result(plan, records, now, row) for row in inputs]
         return {
             "service": plan.name,
             "features": list(plan.outputs),
@@ -360,7 +401,7 @@ class FeatureServer:
         if len(set(wanted)) != len(wanted):
             raise RequestError(400, "'features' names a feature twice")
         service = self.registry.services[plan.name]
-        subset = _service_plan(service, self.registry.views, frozenset(wanted))
+        subset = _service_plan(service, self.registry, frozenset(wanted))
         if len(self._subsets) < SUBSET_CACHE:
             self._subsets[(plan.name, wanted)] = subset
         return subset
@@ -375,6 +416,10 @@ class FeatureServer:
             "join_keys": [
                 {"name": key, "type": dtype}
                 for key, dtype in zip(plan.join_keys, plan.key_types, strict=True)
+            ],
+            "request_data": [
+                {"name": field.name, "type": field.dtype.name}
+                for field in plan.request_fields.values()
             ],
             "features": list(plan.outputs),
         }
@@ -424,37 +469,126 @@ def _entity_key(plan: ServicePlan, row: Any, index: int | None) -> tuple[str | i
     return tuple(values)
 
 
-def _result(plan: ServicePlan, records: Iterator[Record | None], now: datetime) -> dict[str, Any]:
-    """One row's values, statuses, event times and ages from its records (taken in view order)."""
+def _result(
+    plan: ServicePlan, records: Iterator[Record | None], now: datetime, request: dict[str, Any]
+) -> dict[str, Any]:
+    """One row's values, statuses, event times and ages from its records (taken in view order)
+    and its request data; on-demand features are computed from both."""
     values: dict[str, Any] = {}
     status: dict[str, str] = {}
     times: dict[str, str | None] = {}
     ages: dict[str, float | None] = {}
+    read: dict[str, dict[str, Any]] = {}
     for view in plan.views:
         record = next(records) if view.view.online else None
-        outputs = view.outputs
         if record is None:
-            values.update(view.empty_values)
-            state, stamp, age = "missing", None, None
+            got, state, stamp, age = view.empty_values, "missing", None, None
         else:
             event_time = record.event_timestamp
             stamp, age = event_time.isoformat(), round((now - event_time).total_seconds(), 3)
             stored = record.values
+            state = "present"
             if view.aggregations:
-                tiles = stored.get("tiles") or ()
+                tiles = stored.get(TILES) or {}
                 interval = view.view.interval
-                for output, aggregation in zip(outputs, view.aggregations, strict=True):
-                    values[output] = aggregate(aggregation, tiles, now, interval)
-                state = "present"
+                got = [aggregate_packed(a, tiles, now, interval) for a in view.aggregations]
             elif view.view.ttl is not None and now - event_time > view.view.ttl:
-                values.update(view.empty_values)
-                state = "expired"
+                got, state = view.empty_values, "expired"
             else:
-                for output, feature in zip(outputs, view.features, strict=True):
-                    values[output] = stored.get(feature)
-                state = "present"
-        for output in outputs:
-            status[output] = state
-            times[output] = stamp
-            ages[output] = age
+                got = [stored.get(feature) for feature in view.features]
+        for output, value in zip(view.outputs, got, strict=True):
+            if output is not None:
+                values[output] = value
+                status[output] = state
+                times[output] = stamp
+                ages[output] = age
+        if plan.on_demand:
+            read[view.view.name] = dict(zip(view.features, got, strict=True))
+    for on_demand in plan.on_demand:
+        spec = on_demand.spec
+        inputs = [
+            request if view is None else {f: read[view][f] for f in features}
+            for view, features in spec.sources
+        ]
+        computed = compute_features(spec.function, spec.name, spec.schema, inputs)
+        for feature, output in zip(on_demand.features, on_demand.outputs, strict=True):
+            values[output] = computed[feature]
+            status[output] = "present"
+            times[output] = None
+            ages[output] = None
     return {"values": values, "status": status, "event_timestamps": times, "age_seconds": ages}
+
+
+def _request_rows(plan: ServicePlan, data: Any, rows: int, batch: bool) -> list[dict[str, Any]]:
+    """Each row's request data, checked and typed for the service's on-demand views: one
+    object for every row, or in a batch a list of one object per row."""
+    if not plan.request_fields:
+        if data not in (None, {}):
+            raise RequestError(400, f"service {plan.name!r} takes no 'request_data'")
+        return [{}] * rows
+    if data is None:
+        raise RequestError(
+            400,
+            f"service {plan.name!r} needs 'request_data' with fields {list(plan.request_fields)}",
+        )
+    if batch and type(data) is list:
+        if len(data) != rows:
+            raise RequestError(
+                400, f"'request_data' has {len(data)} objects for {rows} entity rows"
+            )
+        return [_request_row(plan, row, f"request_data[{i}]") for i, row in enumerate(data)]
+    return [_request_row(plan, data, "request_data")] * rows
+
+
+def _request_row(plan: ServicePlan, data: Any, where: str) -> dict[str, Any]:
+    fields = plan.request_fields
+    if type(data) is not dict:
+        raise RequestError(400, f"{where} must be a JSON object with fields {list(fields)}")
+    missing = [name for name in fields if name not in data]
+    extra = [name for name in data if name not in fields]
+    if missing or extra:
+        problems = [f"missing fields {missing}"] if missing else []
+        problems += [f"unexpected fields {extra}"] if extra else []
+        raise RequestError(
+            400, f"{where}: {' and '.join(problems)}; service {plan.name!r} takes {list(fields)}"
+        )
+    typed = {}
+    for name, field in fields.items():
+        try:
+            typed[name] = _typed(data[name], field.dtype)
+        except (TypeError, ValueError):
+            shown = json.dumps(data[name])
+            shown = shown if len(shown) <= 40 else f"{shown[:37]}..."
+            raise RequestError(
+                400, f"{where}: field {name!r} must be {field.dtype.name}, got {shown}"
+            ) from None
+    return typed
+
+
+def _typed(value: Any, dtype: DType) -> Any:
+    """A decoded JSON value as a value of `dtype` (timestamps and dates from ISO 8601 text;
+    a timestamp without an offset is UTC), or TypeError/ValueError."""
+    if value is None:
+        return None
+    name = dtype.name
+    if name.startswith("Array("):
+        if type(value) is not list:
+            raise TypeError(value)
+        element = dtype_named(name[len("Array(") : -1])
+        return [_typed(item, element) for item in value]
+    if name in ("Int32", "Int64"):
+        if not _int_check(32 if name == "Int32" else 64)(value):
+            raise TypeError(value)
+        return value
+    if name in ("Float32", "Float64"):
+        if type(value) not in (int, float):
+            raise TypeError(value)
+        return float(value)
+    if name == "Timestamp":
+        moment = datetime.fromisoformat(value)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if name == "Date":
+        return date.fromisoformat(value)
+    if type(value) is not {"String": str, "Bool": bool}[name]:
+        raise TypeError(value)
+    return value

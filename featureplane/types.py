@@ -36,6 +36,16 @@ def Array(element: DType) -> DType:  # noqa: N802 - reads as a type constructor,
 
 
 NUMERIC = frozenset({Int32, Int64, Float32, Float64})
+SCALARS = {t.name: t for t in (String, Int32, Int64, Float32, Float64, Bool, Timestamp, Date)}
+
+
+def dtype_named(name: str) -> DType:
+    """The type whose `name` this is (`Int64`, `Array(String)`), as serialised in a registry."""
+    if name.startswith("Array(") and name.endswith(")"):
+        return Array(dtype_named(name[len("Array(") : -1]))
+    if name not in SCALARS:
+        raise ValueError(f"unknown type {name!r}")
+    return SCALARS[name]
 
 
 @dataclass(frozen=True)

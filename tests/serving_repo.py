@@ -4,6 +4,7 @@ events turned into tiles by hand (what the online push writes for aggregate view
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,12 +17,14 @@ from featureplane import (
     Float64,
     Int64,
     Repository,
+    RequestSource,
     String,
     Timestamp,
     batch_feature_view,
     last_n,
+    on_demand_feature_view,
 )
-from featureplane.aggregation import floor_time
+from featureplane.aggregation import TILES, floor_time, pack_tiles
 from featureplane.online_store import Record, expiry, open_store
 from featureplane.registry import build_registry, load_registry
 from featureplane.serving import FeatureServer, Limits
@@ -83,12 +86,37 @@ def user_ad_purchases(events):
     return events
 
 
+purchase_request = RequestSource(
+    [Field("amount", Float64), Field("requested_at", Timestamp)], name="purchase_request"
+)
+
+
+@on_demand_feature_view(
+    sources=[purchase_request, user_stats[["clicks"]], user_ad_purchases[["spend_7d"]]],
+    schema=[
+        Field("spend_share", Float64),
+        Field("log_amount", Float64),
+        Field("clicks_at_hour", String),
+    ],
+)
+def purchase_context(request, user, purchases):
+    """The amount against the week's spend; its log fails for amounts <= 0 (a 422 online)."""
+    amount, spend = request["amount"], purchases["spend_7d"]
+    hour = request["requested_at"].hour if request["requested_at"] else None
+    return {
+        "spend_share": amount / spend if amount is not None and spend else None,
+        "log_amount": math.log(amount) if amount is not None else None,
+        "clicks_at_hour": f"{user['clicks']}@{hour}",
+    }
+
+
 checkout = FeatureService("checkout", features=[user_stats, ad_stats[["ctr"]], user_ad_purchases])
 users = FeatureService("users", features=[user_stats], description="Per user.", owner="team:x")
+context = FeatureService("context", features=[ad_stats[["ctr"]], purchase_context])
 
 
 def repository() -> Repository:
-    return Repository.from_objects([checkout, users])
+    return Repository.from_objects([checkout, users, context])
 
 
 def registry(store_path: Path) -> dict:
@@ -160,4 +188,5 @@ def write_tiles(store_path: Path, key: tuple, rows: list, interval: timedelta = 
     event_ts = stored[-1]["tile_start"] + interval
     with open_store({"type": "sqlite", "path": str(store_path)}) as store:
         store.ensure_table()
-        store.write(view.name, view.version, [Record(key, event_ts, {"tiles": stored})])
+        record = Record(key, event_ts, {TILES: pack_tiles(stored)})
+        store.write(view.name, view.version, [record])

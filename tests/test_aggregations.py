@@ -60,7 +60,6 @@ from featureplane.aggregation import (
     floor_time,
     hll_estimate,
     merge_partials,
-    window_tiles,
 )
 from featureplane.compute.tiles import AggregateLookup, aggregate_join, compute_tiles
 from featureplane.compute.transform import run_transformation
@@ -424,11 +423,12 @@ def test_online_aggregate_of_collected_rows(spark):
 
 
 def test_online_window_selection_and_floor():
-    """window_tiles keeps [floor(t) - window, floor(t)); floor_time works before the epoch too."""
-    tiles = [{"tile_start": T0 + k * H, "count__x": 1} for k in range(-3, 3)]
-    t = T0 + H + 30 * timedelta(minutes=1)
-    assert [tile["tile_start"] for tile in window_tiles(tiles, t, 2 * H, H)] == [T0 - H, T0]
-    assert window_tiles(tiles, T0, H, H) == [tiles[2]]
+    """A window holds [floor(t) - window, floor(t)); floor_time works before the epoch too."""
+    tiles = [{"tile_start": T0 + k * H, "count__x": 10**k} for k in range(0, 6)]
+    t = T0 + 3 * H + 30 * timedelta(minutes=1)
+    assert aggregate(Aggregation("x", "count", 2 * H), tiles, t, H) == 10**1 + 10**2
+    assert aggregate(Aggregation("x", "count", H), tiles, T0 + H, H) == 10**0
+    assert aggregate(Aggregation("x", "count", H), tiles[::-1], T0 + H, H) == 10**0
     assert floor_time(EARLY + DAY + US * -1, DAY) == EARLY
     assert floor_time(EARLY + 90 * timedelta(minutes=1), H) == EARLY + H
     count = Aggregation("x", "count", 3 * H)

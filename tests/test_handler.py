@@ -24,6 +24,7 @@ from tests.serving_repo import (
     Clock,
     ad_stats,
     feature_server,
+    purchase_context,
     registry,
     tiles,
     user_stats,
@@ -172,6 +173,77 @@ def test_values_statuses_times_and_ages_through_each_event_kind(serve, store_pat
     assert body["metadata"]["served_at"] == NOW.isoformat()
 
 
+def test_on_demand_features_are_computed_from_the_request_and_read_features(serve, store_path):
+    """The shipped function gets the request fields (typed) and the features it reads, which
+    are not served themselves; its result equals the definition's function on the values the
+    same store serves for those features."""
+    write_row(store_path, user_stats, (1,), NOW - HOUR, {"clicks": 4, "country": "FR"})
+    write_row(store_path, ad_stats, ("a1",), NOW - 2 * HOUR, {"ctr": 0.25, "title": "Shoes"})
+    write_tiles(store_path, (1, "a1"), purchases(2))
+    entities = {"user_id": 1, "ad_id": "a1"}
+    request = {"amount": 12.5, "requested_at": "2026-03-10T09:15:00+01:00"}
+    status, body = serve(
+        "POST", ROUTE.format("context"), {"entities": entities, "request_data": request}
+    )
+    assert status == 200, body
+    names = ["spend_share", "log_amount", "clicks_at_hour"]
+    assert body["features"] == ["ad_stats__ctr", *(f"purchase_context__{n}" for n in names)]
+    _, served = serve("POST", ROUTE.format("checkout"), {"entities": entities})
+    read = served["results"][0]["values"]
+    expected = purchase_context.function(
+        {"amount": 12.5, "requested_at": datetime(2026, 3, 10, 8, 15, tzinfo=UTC)},
+        {"clicks": read["user_stats__clicks"]},
+        {"spend_7d": read["user_ad_purchases__spend_7d"]},
+    )
+    (result,) = body["results"]
+    assert result["values"] == {
+        "ad_stats__ctr": 0.25,
+        **{f"purchase_context__{name}": value for name, value in expected.items()},
+    }
+    assert result["values"]["purchase_context__clicks_at_hour"] == "4@8"
+    assert result["status"]["purchase_context__log_amount"] == "present"
+    assert result["event_timestamps"]["purchase_context__log_amount"] is None
+
+
+def test_on_demand_request_data_per_row_in_a_batch(serve, store_path):
+    write_row(store_path, user_stats, (1,), NOW - HOUR, {"clicks": 4, "country": "FR"})
+    rows = [{"user_id": 1, "ad_id": "a1"}, {"user_id": 2, "ad_id": "a1"}]
+    data = [
+        {"amount": 1, "requested_at": "2026-03-10T03:00:00"},
+        {"amount": None, "requested_at": None},
+    ]
+    status, body = serve("POST", BATCH.format("context"), {"entities": rows, "request_data": data})
+    assert status == 200, body
+    first, second = (result["values"] for result in body["results"])
+    assert first["purchase_context__log_amount"] == 0.0
+    assert first["purchase_context__clicks_at_hour"] == "4@3"
+    assert second["purchase_context__log_amount"] is None
+    assert second["purchase_context__clicks_at_hour"] == "None@None"
+
+
+@pytest.mark.parametrize(
+    ("request_data", "status", "message"),
+    [
+        (None, 400, "needs 'request_data' with fields ['amount', 'requested_at']"),
+        ({"amount": 1.0}, 400, "missing fields ['requested_at']"),
+        ({"amount": 1.0, "requested_at": None, "x": 1}, 400, "unexpected fields ['x']"),
+        ({"amount": "1.0", "requested_at": None}, 400, "field 'amount' must be Float64"),
+        ({"amount": True, "requested_at": None}, 400, "field 'amount' must be Float64"),
+        ({"amount": 1.0, "requested_at": "yesterday"}, 400, "'requested_at' must be Timestamp"),
+        ({"amount": 1.0, "requested_at": 1700000000}, 400, "'requested_at' must be Timestamp"),
+        ([{"amount": 1.0, "requested_at": None}], 400, "must be a JSON object"),
+        ({"amount": -1.0, "requested_at": None}, 422, "purchase_context"),
+    ],
+)
+def test_on_demand_request_data_errors(serve, request_data, status, message):
+    body = {"entities": {"user_id": 1, "ad_id": "a1"}}
+    if request_data is not None:
+        body["request_data"] = request_data
+    got, answer = serve("POST", ROUTE.format("context"), body)
+    assert got == status
+    assert message in answer["error"]
+
+
 def test_an_entity_without_records_is_missing_with_empty_window_aggregates(serve):
     status, body = serve(
         "POST", ROUTE.format("checkout"), {"entities": {"user_id": 2, "ad_id": "zz"}}
@@ -266,17 +338,26 @@ def test_a_feature_subset_is_served_alone(serve, store_path):
 def test_health_and_the_list_of_services(serve):
     assert serve("GET", "/health") == (
         200,
-        {"status": "ok", "registry_format": 1, "feature_services": 2},
+        {"status": "ok", "registry_format": 1, "feature_services": 3},
     )
     status, body = serve("GET", "/v1/feature-services/", kind="v2")
     assert status == 200
-    assert [s["name"] for s in body["feature_services"]] == ["checkout", "users"]
-    checkout = body["feature_services"][0]
+    assert [s["name"] for s in body["feature_services"]] == ["checkout", "context", "users"]
+    checkout, context, users = body["feature_services"]
     assert checkout["join_keys"] == [
         {"name": "user_id", "type": "Int64"},
         {"name": "ad_id", "type": "String"},
     ]
-    assert body["feature_services"][1]["owner"] == "team:x"
+    assert checkout["request_data"] == []
+    assert context["join_keys"] == [
+        {"name": "ad_id", "type": "String"},
+        {"name": "user_id", "type": "Int64"},
+    ]
+    assert context["request_data"] == [
+        {"name": "amount", "type": "Float64"},
+        {"name": "requested_at", "type": "Timestamp"},
+    ]
+    assert users["owner"] == "team:x"
 
 
 ENTITY = {"user_id": 1, "ad_id": "a1"}
@@ -360,7 +441,7 @@ CLIENT_ERRORS = {
         ROUTE.format("nope"),
         {"entities": ENTITY},
         404,
-        "no feature service 'nope' (known: checkout, users)",
+        "no feature service 'nope' (known: checkout, context, users)",
     ),
     "unknown feature": (
         "POST",

@@ -18,7 +18,7 @@ from moto import mock_aws
 
 from conftest import TINY
 from featureplane import Repository
-from featureplane.aggregation import TILE_START
+from featureplane.aggregation import TILE_START, TILES, pack_tiles
 from featureplane.consistency import compare, moment, online_values
 from featureplane.dagster import build_definitions
 from featureplane.dagster.definitions import resources_for
@@ -97,7 +97,7 @@ def expected_records(root: Path, view: FeatureView, end: datetime) -> dict[tuple
             del row["event_date"]
             tiles.setdefault(key, []).append({TILE_START: start, **row})
     return {
-        key: Record(key, tiles[-1][TILE_START] + view.interval, {"tiles": tiles})
+        key: Record(key, tiles[-1][TILE_START] + view.interval, {TILES: pack_tiles(tiles)})
         for key, tiles in tiles.items()
     }
 
@@ -245,7 +245,7 @@ def test_compare_merges_tiles_and_honours_expiry():
     assert report.examples[0].entity_key == ("a1",)
     hour = END - timedelta(hours=1)
     tile = {TILE_START: hour, "count__impression_id": 4, "count__clicked_impression_id": 1}
-    record = Record((7,), END, {"tiles": [tile]})
+    record = Record((7,), END, {TILES: pack_tiles([tile])})
     served = online_values(tiles_view, record, moment(tiles_view, END))
     assert served == {
         a.name: {"impression_id": 4, "clicked_impression_id": 1}[a.column]

@@ -1,7 +1,7 @@
 """The serving registry: built from a repository, written deterministically, loaded back equal."""
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -88,10 +88,31 @@ def test_output_is_deterministic_and_sorted(demo):
     assert registry_text(build_registry(reordered, STORE)) == first
     registry = json.loads(first)
     assert list(registry) == sorted(registry)
-    for kind in ("feature_views", "feature_services"):
+    for kind in ("feature_views", "feature_services", "on_demand_views"):
         names = [item["name"] for item in registry[kind]]
         assert names == sorted(names)
-    assert registry["on_demand_views"] == []
+    assert [view["name"] for view in registry["on_demand_views"]] == ["ctr_features"]
+
+
+def test_on_demand_views_ship_their_function(demo):
+    """The loaded spec has the view's schema, request fields and inputs in order, and a function
+    rebuilt from source text that computes what the definition's function does."""
+    view = demo.on_demand_views["ctr_features"]
+    spec = load_registry(json.loads(registry_text(build_registry(demo, STORE)))).on_demand[
+        view.name
+    ]
+    assert (spec.version, spec.schema) == (view.version, view.schema)
+    assert spec.request_fields == view.request_source.schema
+    assert spec.sources == tuple(
+        (None, s.field_names) if s is view.request_source else (s.view_name, s.features)
+        for s in view.sources
+    )
+    inputs = [
+        {"request_ts": datetime(2026, 10, 3, 17, 5, tzinfo=UTC)},
+        {"clicks_1d": 3, "impressions_1d": 12},
+    ]
+    assert spec.function(*inputs) == view.function(*inputs)
+    assert spec.function is not view.function
 
 
 def test_another_format_is_refused(demo):

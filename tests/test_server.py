@@ -60,7 +60,7 @@ def server(tmp_path_factory):
 
 def test_health_and_services(server):
     assert server.health()["status"] == "ok"
-    assert [s["name"] for s in server.services()] == ["checkout", "users"]
+    assert [s["name"] for s in server.services()] == ["checkout", "context", "users"]
 
 
 def test_get_features_end_to_end(server):

@@ -17,11 +17,11 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from featureplane.aggregation import TILE_START
+from featureplane.aggregation import TILE_START, TILES
 from featureplane.compute.tiles import partials
 from featureplane.compute.window import TimeWindow
 from featureplane.feature_view import FeatureView
-from featureplane.online_push import EVENT_TIME, TILES
+from featureplane.online_push import EVENT_TIME
 
 BATCH_ROWS = 65_536
 
