@@ -49,7 +49,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -449,22 +449,18 @@ def _entity_key(plan: ServicePlan, row: Any, index: int | None) -> tuple[str | i
     if type(row) is not dict:
         raise RequestError(400, f"{where} must be a JSON object of join key values")
     if len(row) != len(plan.join_keys) or not all(key in row for key in plan.join_keys):
-        missing = [key for key in plan.join_keys if key not in row]
-        extra = [key for key in row if key not in plan.join_keys]
-        problems = [f"missing join keys {missing}"] if missing else []
-        problems += [f"unexpected keys {extra}"] if extra else []
+        problems = _mismatch(plan.join_keys, row, "join keys")
         raise RequestError(
             400,
-            f"{where}: {' and '.join(problems)}; service {plan.name!r} takes join keys "
-            f"{list(plan.join_keys)}",
+            f"{where}: {problems}; service {plan.name!r} takes join keys {list(plan.join_keys)}",
         )
     values = []
     for key, check, expects in plan.key_checks:
         value = row[key]
         if not check(value):
-            shown = json.dumps(value)
-            shown = shown if len(shown) <= 40 else f"{shown[:37]}..."
-            raise RequestError(400, f"{where}: join key {key!r} must be {expects}, got {shown}")
+            raise RequestError(
+                400, f"{where}: join key {key!r} must be {expects}, got {_shown(value)}"
+            )
         values.append(value)
     return tuple(values)
 
@@ -519,6 +515,21 @@ def _result(
     return {"values": values, "status": status, "event_timestamps": times, "age_seconds": ages}
 
 
+def _mismatch(expected: Collection[str], given: Mapping[str, Any], what: str) -> str:
+    """What is missing from and extra in `given` against the `expected` names."""
+    missing = [name for name in expected if name not in given]
+    extra = [name for name in given if name not in expected]
+    problems = [f"missing {what} {missing}"] if missing else []
+    problems += [f"unexpected {'keys' if what == 'join keys' else what} {extra}"] if extra else []
+    return " and ".join(problems)
+
+
+def _shown(value: Any) -> str:
+    """A request value as JSON, cut to 40 characters for an error message."""
+    shown = json.dumps(value)
+    return shown if len(shown) <= 40 else f"{shown[:37]}..."
+
+
 def _request_rows(plan: ServicePlan, data: Any, rows: int, batch: bool) -> list[dict[str, Any]]:
     """Each row's request data, checked and typed for the service's on-demand views: one
     object for every row, or in a batch a list of one object per row."""
@@ -544,23 +555,16 @@ def _request_row(plan: ServicePlan, data: Any, where: str) -> dict[str, Any]:
     fields = plan.request_fields
     if type(data) is not dict:
         raise RequestError(400, f"{where} must be a JSON object with fields {list(fields)}")
-    missing = [name for name in fields if name not in data]
-    extra = [name for name in data if name not in fields]
-    if missing or extra:
-        problems = [f"missing fields {missing}"] if missing else []
-        problems += [f"unexpected fields {extra}"] if extra else []
-        raise RequestError(
-            400, f"{where}: {' and '.join(problems)}; service {plan.name!r} takes {list(fields)}"
-        )
+    if data.keys() != fields.keys():
+        problems = _mismatch(fields, data, "fields")
+        raise RequestError(400, f"{where}: {problems}; service {plan.name!r} takes {list(fields)}")
     typed = {}
     for name, field in fields.items():
         try:
             typed[name] = _typed(data[name], field.dtype)
         except (TypeError, ValueError):
-            shown = json.dumps(data[name])
-            shown = shown if len(shown) <= 40 else f"{shown[:37]}..."
             raise RequestError(
-                400, f"{where}: field {name!r} must be {field.dtype.name}, got {shown}"
+                400, f"{where}: field {name!r} must be {field.dtype.name}, got {_shown(data[name])}"
             ) from None
     return typed
 
