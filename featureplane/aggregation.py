@@ -199,8 +199,17 @@ def pack_tiles(tiles: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
     packed: dict[str, list[Any]] = {TILE_START: [_epoch_micros(t[TILE_START]) for t in rows]}
     for name in columns:
         values = [row.get(name) for row in rows]
-        packed[name] = [json.loads(v) if isinstance(v, str) else v for v in values]
+        if _json_partial(name):
+            values = [json.loads(v) if isinstance(v, str) else v for v in values]
+        packed[name] = values
     return packed
+
+
+def _json_partial(column: str) -> bool:
+    """Whether a tile column holds JSON text: last_n's and approx_count_distinct's partials
+    (`last{n}__…`, `hll{p}__…`; see `AggregationFunction.partial`)."""
+    prefix = column.split("__", 1)[0]
+    return any(prefix.startswith(p) and prefix[len(p) :].isdigit() for p in ("last", "hll"))
 
 
 def _epoch_micros(moment: datetime) -> int:

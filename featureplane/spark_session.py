@@ -18,6 +18,7 @@ from pyspark.sql import SparkSession
 
 SparkMode = Literal["local", "connect", "classic"]
 BASE_CONF = {"spark.sql.session.timeZone": "UTC"}
+SESSION_TIMEOUT_SECS = 7 * 24 * 3600
 
 
 def _builder(conf: Mapping[str, str]) -> SparkSession.Builder:
@@ -35,6 +36,9 @@ def spark_session(
     conf = dict(conf or {})
     if mode == "local":
         os.environ.setdefault("RUST_LOG", "error")  # Sail logs each session and shutdown
+        # Sail ends a session idle for a few minutes; this server belongs to one notebook,
+        # process or test run, which may idle far longer and still expect its session.
+        os.environ.setdefault("SAIL_SPARK__SESSION_TIMEOUT_SECS", str(SESSION_TIMEOUT_SECS))
         from pysail.spark import SparkConnectServer
 
         server = SparkConnectServer("127.0.0.1", 0)

@@ -432,7 +432,7 @@ def test_online_window_selection_and_floor():
     assert floor_time(EARLY + DAY + US * -1, DAY) == EARLY
     assert floor_time(EARLY + 90 * timedelta(minutes=1), H) == EARLY + H
     count = Aggregation("x", "count", 3 * H)
-    assert aggregate(count, tiles, T0 + H, H) == 3
+    assert aggregate(count, tiles, T0 + 3 * H, H) == 10**0 + 10**1 + 10**2
     assert aggregate(count, [], T0, H) == 0
     assert aggregate(Aggregation("x", "sum", H), [], T0, H) is None
 

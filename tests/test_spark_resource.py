@@ -1,6 +1,9 @@
 """The Spark resource's modes, outside Dagster (notebooks, CLI) and inside a Dagster run."""
 
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 from dagster import asset, materialize
@@ -53,3 +56,30 @@ def test_inside_dagster_one_session_serves_the_step():
 
     result = materialize([numbers], resources={"spark": SparkResource()})
     assert result.output_for_node("numbers") == 7
+
+
+IDLE_SESSION = """
+import os, time
+from featureplane.spark_session import spark_session
+with spark_session() as spark:
+    spark.range(1).count()
+    time.sleep(3)
+    try:
+        spark.range(1).count()
+        print("alive", os.environ["SAIL_SPARK__SESSION_TIMEOUT_SECS"])
+    except Exception:
+        print("ended")
+"""
+
+
+@pytest.mark.parametrize(("timeout", "outcome"), [("1", "ended"), (None, f"alive {7 * 86400}")])
+def test_an_idle_local_session_lives_as_long_as_its_owner(timeout, outcome):
+    """Sail ends sessions idle for longer than its session timeout (shown with 1 s); a local
+    session keeps its server's default of a week unless the environment says otherwise."""
+    env = {k: v for k, v in os.environ.items() if k != "SAIL_SPARK__SESSION_TIMEOUT_SECS"}
+    if timeout:
+        env["SAIL_SPARK__SESSION_TIMEOUT_SECS"] = timeout
+    ran = subprocess.run(
+        [sys.executable, "-c", IDLE_SESSION], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ran.stdout.strip().splitlines()[-1] == outcome, ran.stderr[-2000:]
