@@ -172,13 +172,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from featureplane.settings import registry_path
+    from featureplane.registry_store import is_store_location
+    from featureplane.settings import registry_location
 
-    registry = args.registry or registry_path()
-    if not os.path.exists(registry):
-        print(
-            f"error: no registry at {registry}; run `featureplane registry` first", file=sys.stderr
-        )
+    registry = args.registry or registry_location()
+    if not (is_store_location(registry) or os.path.exists(registry)):
+        print(f"error: no registry at {registry}; run `featureplane apply` first", file=sys.stderr)
         return 1
     from online.server import serve
 
@@ -232,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve feature services over HTTP")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--registry", help="registry file (default: $FEATUREPLANE_REGISTRY)")
+    serve.add_argument(
+        "--registry", help="registry file or store (default: $FEATUREPLANE_REGISTRY)"
+    )
     serve.add_argument("--workers", type=int, default=1, help="server processes")
     serve.set_defaults(run=cmd_serve)
     return parser

@@ -6,7 +6,7 @@ versions, join keys and types, features and types, ttl, aggregations, store sett
 `load_registry` turns it back into immutable specs with `Aggregation` objects, importing
 neither Spark, pandas nor Dagster.
 
-The format is ready to become the applied registry of `featureplane plan/apply`: a `format`
+The same text is the applied registry (`featureplane.registry_store`, `plan/apply`): a `format`
 version that readers check, every list sorted by name (features keep their definition order,
 which is meaningful), and `write_registry` prints sorted keys with a fixed indent, so the same
 repository always gives the same bytes and a diff of two registries is a plan.

@@ -18,6 +18,7 @@ import getpass
 import json
 import os
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,7 +77,7 @@ class _LocalFiles:
     def create(self, name: str, data: bytes) -> bool:
         """Link a complete temporary file into place: readers never see a partial version."""
         self.root.mkdir(parents=True, exist_ok=True)
-        partial = self.root / f".{name}.{os.getpid()}.{id(data)}.tmp"
+        partial = self.root / f".{name}.{uuid.uuid4().hex}.tmp"
         partial.write_bytes(data)
         try:
             os.link(partial, self.root / name)
