@@ -23,6 +23,7 @@ from featureplane.cli import main
 from featureplane.plan import diff
 from featureplane.registry import build_registry
 from featureplane.registry_store import RegistryStore
+from tests.serving_repo import ad_stats, purchase_context
 
 STORE = {"type": "sqlite", "path": "/tmp/online.sqlite"}
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -301,3 +302,20 @@ def test_a_repository_that_fails_to_load_is_exit_code_1_naming_file_object_probl
     assert err.startswith("error: FeatureViewError: user_stats (")
     assert "plan_repo_broken/__init__.py:" in err
     assert "schema declares 'user_id', which is a join key" in err
+
+
+def test_a_retyped_on_demand_feature_breaks_the_services_serving_it():
+    schema = (Field("spend_share", String), *purchase_context.schema[1:])
+    retyped = replace(purchase_context, schema=schema)
+    before, after = (
+        build_registry(
+            Repository.from_objects([FeatureService("context", features=[ad_stats, view])]), STORE
+        )
+        for view in (purchase_context, retyped)
+    )
+    (change,) = diff(before, after).changes
+    assert (change.kind, change.name) == ("on_demand_view", "purchase_context")
+    assert change.breaking == (
+        "feature spend_share retyped Float64 -> String, used by feature service context",
+    )
+    assert (change.recompute, change.online) == (None, ())
