@@ -5,12 +5,15 @@
 - `featureplane materialize`: compute feature views for a date range through Dagster.
 - `featureplane validate`: load the repository and check every view's output schema on Spark.
 - `featureplane registry`: write the serving registry of the repository (what `serve` reads).
+- `featureplane plan`: what applying the repository would change in the applied registry.
+- `featureplane apply`: write the repository as the next applied registry version.
 - `featureplane serve`: serve feature services over HTTP with the Lambda handler's dispatch.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -123,14 +126,58 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from featureplane.settings import registry_path
+def _plan(repository: str):
+    """(plan, desired registry, store): the repository against the latest applied registry."""
+    from featureplane.plan import diff
+    from featureplane.registry import build_registry
+    from featureplane.registry_store import RegistryStore
+    from featureplane.repository import Repository
+    from featureplane.settings import online_store_settings, registry_store_location
 
-    registry = args.registry or registry_path()
-    if not os.path.exists(registry):
-        print(
-            f"error: no registry at {registry}; run `featureplane registry` first", file=sys.stderr
-        )
+    desired = build_registry(Repository.load(repository), online_store_settings())
+    store = RegistryStore(registry_store_location())
+    applied = store.latest()
+    if applied is None:
+        return diff(None, desired), desired, store
+    return diff(applied.registry, desired, applied.version), desired, store
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    plan, _, _ = _plan(args.repository)
+    print(json.dumps(plan.as_json(), indent=2) + "\n" if args.json else plan.text(), end="")
+    return 2 if args.detailed_exitcode and not plan.empty else 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from featureplane.registry import write_registry
+    from featureplane.registry_store import is_store_location
+    from featureplane.settings import registry_location
+
+    plan, desired, store = _plan(args.repository)
+    print(plan.text())
+    if plan.empty:
+        return 0
+    if plan.breaking and not args.allow_breaking:
+        print("error: the plan breaks consumers; apply it with --allow-breaking", file=sys.stderr)
+        return 1
+    if not args.yes:
+        print("error: nothing applied; review the plan, then apply with --yes", file=sys.stderr)
+        return 1
+    applied = store.apply(desired, plan.applied_version, plan.change_list())
+    print(f"Applied registry version {applied.version} to {store.location}.")
+    serving = registry_location()
+    if not is_store_location(serving):
+        print(f"Wrote the serving registry {write_registry(desired, serving)}.")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from featureplane.registry_store import is_store_location
+    from featureplane.settings import registry_location
+
+    registry = args.registry or registry_location()
+    if not (is_store_location(registry) or os.path.exists(registry)):
+        print(f"error: no registry at {registry}; run `featureplane apply` first", file=sys.stderr)
         return 1
     from online.server import serve
 
@@ -163,10 +210,30 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_argument("--out", help="file to write (default: <data dir>/registry.json)")
     registry.set_defaults(run=cmd_registry)
 
+    plan = commands.add_parser("plan", help="show what apply would change")
+    plan.add_argument("--repository", default=DEFAULT_REPOSITORY)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 0 without changes, 2 with changes, 1 on error",
+    )
+    plan.set_defaults(run=cmd_plan)
+
+    apply = commands.add_parser("apply", help="write the next applied registry version")
+    apply.add_argument("--repository", default=DEFAULT_REPOSITORY)
+    apply.add_argument("--yes", action="store_true", help="apply without asking")
+    apply.add_argument(
+        "--allow-breaking", action="store_true", help="apply changes that break consumers"
+    )
+    apply.set_defaults(run=cmd_apply)
+
     serve = commands.add_parser("serve", help="serve feature services over HTTP")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--registry", help="registry file (default: $FEATUREPLANE_REGISTRY)")
+    serve.add_argument(
+        "--registry", help="registry file or store (default: $FEATUREPLANE_REGISTRY)"
+    )
     serve.add_argument("--workers", type=int, default=1, help="server processes")
     serve.set_defaults(run=cmd_serve)
     return parser
@@ -176,10 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.path.insert(0, os.getcwd())
     from featureplane.errors import DefinitionError
+    from featureplane.registry_store import RegistryConflict
 
     try:
         return args.run(args)
-    except DefinitionError as exc:
+    except (DefinitionError, RegistryConflict) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 

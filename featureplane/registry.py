@@ -6,7 +6,7 @@ versions, join keys and types, features and types, ttl, aggregations, store sett
 `load_registry` turns it back into immutable specs with `Aggregation` objects, importing
 neither Spark, pandas nor Dagster.
 
-The format is ready to become the applied registry of `featureplane plan/apply`: a `format`
+The same text is the applied registry (`featureplane.registry_store`, `plan/apply`): a `format`
 version that readers check, every list sorted by name (features keep their definition order,
 which is meaningful), and `write_registry` prints sorted keys with a fixed indent, so the same
 repository always gives the same bytes and a diff of two registries is a plan.
@@ -27,6 +27,15 @@ repository always gives the same bytes and a diff of two registries is a plan.
                           "sources": [{"request": name} | {"view", "features": [...]}],
                           "function_source", "description", "owner", "tags"}]}
 
+Plan/apply (`featureplane.plan`) diff two registries, so the registry also records what serving
+ignores: views' `feature_start_time`, `batch_schedule_seconds`, `offline`, `entities` and
+`sources` (names) and each feature's `description`, and three sections `load_registry` skips:
+
+     "entities": [{"name", "join_keys": [{"name", "type"}], "description", "owner"}],
+     "sources": [{"name", "path", "table", "timestamp_field", "description", "owner"}],
+     "training_datasets": [{"name", "version", "spine", "service", "timestamp_column",
+                            "full_feature_names", "description", "owner", "tags"}]
+
 A join key's type is null when its entity does not declare it. A service's selection names a
 feature view or an on-demand view. An on-demand view's function travels as source text and is
 rebuilt at load (`featureplane.on_demand.function_from_source`, builtins plus a few modules in
@@ -46,13 +55,16 @@ from typing import TYPE_CHECKING, Any
 
 from featureplane.aggregation import Aggregation, approx_count_distinct, last_n
 from featureplane.on_demand import function_from_source
-from featureplane.types import Field, dtype_named
+from featureplane.types import DType, Field, dtype_named
 
 if TYPE_CHECKING:
+    from featureplane.entity import Entity
     from featureplane.feature_service import FeatureService
     from featureplane.feature_view import FeatureView
     from featureplane.on_demand import OnDemandFeatureView
     from featureplane.repository import Repository
+    from featureplane.source import BatchSource
+    from featureplane.training_dataset import TrainingDataset
 
 FORMAT = 1
 """The registry format this code writes and reads; a reader refuses any other."""
@@ -150,20 +162,30 @@ def _aggregation(spec: Mapping[str, Any]) -> Aggregation:
     )
 
 
+def _key_types_json(key_types: Mapping[str, DType | None]) -> list[dict[str, str | None]]:
+    return [
+        {"name": key, "type": None if dtype is None else dtype.name}
+        for key, dtype in key_types.items()
+    ]
+
+
 def _view_json(view: FeatureView) -> dict[str, Any]:
-    key_types = view.join_key_types
+    descriptions = {column.name: column.description for column in view.schema}
     return {
         "name": view.name,
         "version": view.version,
         "online": view.online,
-        "join_keys": [
-            {"name": key, "type": None if dtype is None else dtype.name}
-            for key, dtype in key_types.items()
-        ],
+        "join_keys": _key_types_json(view.join_key_types),
         "features": [
-            {"name": name, "type": dtype.name} for name, dtype in view.feature_types.items()
+            {"name": name, "type": dtype.name, "description": descriptions.get(name, "")}
+            for name, dtype in view.feature_types.items()
         ],
         "ttl_seconds": _seconds(view.ttl),
+        "offline": view.offline,
+        "feature_start_time": view.feature_start_time.isoformat(),
+        "batch_schedule_seconds": _seconds(view.batch_schedule),
+        "entities": [entity.name for entity in view.entities],
+        "sources": list(view.source_names),
         "aggregation_interval_seconds": _seconds(view.interval) if view.aggregations else None,
         "aggregations": [_aggregation_json(a) for a in view.aggregations],
         "description": view.description,
@@ -214,11 +236,51 @@ def _service_json(service: FeatureService) -> dict[str, Any]:
     }
 
 
+def _entity_json(entity: Entity) -> dict[str, Any]:
+    key_types = {key: entity.join_key_types.get(key) for key in entity.join_keys}
+    return {
+        "name": entity.name,
+        "join_keys": _key_types_json(key_types),
+        "description": entity.description,
+        "owner": entity.owner,
+    }
+
+
+def _source_json(source: BatchSource) -> dict[str, Any]:
+    return {
+        "name": source.name,
+        "path": source.path,
+        "table": source.table,
+        "timestamp_field": source.timestamp_field,
+        "description": source.description,
+        "owner": source.owner,
+    }
+
+
+def _dataset_json(dataset: TrainingDataset) -> dict[str, Any]:
+    return {
+        "name": dataset.name,
+        "version": dataset.version,
+        "spine": dataset.spine_name,
+        "service": dataset.features.name,
+        "timestamp_column": dataset.spine_timestamp,
+        "full_feature_names": dataset.full_feature_names,
+        "description": dataset.description,
+        "owner": dataset.owner,
+        "tags": dict(dataset.tags),
+    }
+
+
 def build_registry(repository: Repository, online_store: Mapping[str, Any]) -> dict[str, Any]:
     """The registry of a repository served from the store of `online_store` settings."""
     return {
         "format": FORMAT,
         "online_store": dict(online_store),
+        "entities": [_entity_json(e) for _, e in sorted(repository.entities.items())],
+        "sources": [_source_json(s) for _, s in sorted(repository.sources.items())],
+        "training_datasets": [
+            _dataset_json(d) for _, d in sorted(repository.training_datasets.items())
+        ],
         "feature_views": [_view_json(v) for _, v in sorted(repository.feature_views.items())],
         "feature_services": [
             _service_json(s) for _, s in sorted(repository.feature_services.items())

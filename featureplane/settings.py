@@ -37,7 +37,24 @@ def online_store_settings() -> dict[str, Any]:
     return {"type": "sqlite", "path": str(online_store_path())}
 
 
+def registry_location() -> str:
+    """What serving loads: `$FEATUREPLANE_REGISTRY`, a registry file or a registry store (a
+    directory or an `s3://` URI, see `featureplane.registry_store`); by default the file
+    `registry.json` in the data directory."""
+    return os.environ.get("FEATUREPLANE_REGISTRY") or str(data_dir() / "registry.json")
+
+
 def registry_path() -> Path:
-    """The serving registry file: `$FEATUREPLANE_REGISTRY`, or `registry.json` in the data dir."""
-    configured = os.environ.get("FEATUREPLANE_REGISTRY")
-    return Path(configured) if configured else data_dir() / "registry.json"
+    """The serving registry as a local path (a file, or a registry store directory)."""
+    return Path(registry_location())
+
+
+def registry_store_location() -> str:
+    """Where `featureplane apply` writes registry versions: `<offline root>/registry`."""
+    return f"{offline_root().rstrip('/')}/registry"
+
+
+def registry_refresh_seconds() -> float:
+    """How often a server following a registry store looks for a newer applied version:
+    `$FEATUREPLANE_REGISTRY_REFRESH_SECONDS`, default 60."""
+    return float(os.environ.get("FEATUREPLANE_REGISTRY_REFRESH_SECONDS", "60"))

@@ -2,9 +2,12 @@
 
 `handler(event, context)` turns the event into (method, path, body), runs
 `featureplane.serving.FeatureServer.respond` (routes, request and response formats are
-documented there) and returns the proxy response. The registry (`$FEATUREPLANE_REGISTRY`,
-default `<data dir>/registry.json`) and the online store client are loaded on the first
-invocation and kept for the life of the process, so warm invocations reuse both.
+documented there) and returns the proxy response. The registry and the online store client are
+loaded on the first invocation and kept, so warm invocations reuse both. `$FEATUREPLANE_REGISTRY`
+(default `<data dir>/registry.json`) names either a registry file, loaded once, or a registry
+store (a directory or `s3://` URI, `featureplane.registry_store`) whose latest applied version is
+served: the handler looks for a newer version at most every
+`$FEATUREPLANE_REGISTRY_REFRESH_SECONDS` (60), so warm instances pick up an apply.
 
 Cold import cost matters here: this module imports only the Spark-, Dagster- and pandas-free
 serving core, and the store backend on first use.
@@ -14,21 +17,51 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from typing import Any
 
 from featureplane.registry import load_registry
+from featureplane.registry_store import RegistryStore, is_store_location
 from featureplane.serving import FeatureServer, Response, encode_json
-from featureplane.settings import registry_path
+from featureplane.settings import registry_location, registry_refresh_seconds
 
 _server: FeatureServer | None = None
+_store: RegistryStore | None = None
+"""Set when `$FEATUREPLANE_REGISTRY` names a registry store: the server follows its versions."""
+_version: int | None = None
+_checked_at = 0.0
 
 
 def server() -> FeatureServer:
-    """The process's FeatureServer, built from the registry on first use."""
-    global _server
-    if _server is None:
-        _server = FeatureServer(load_registry(registry_path()))
-    return _server
+    """The process's FeatureServer, built from the registry on first use (and, from a registry
+    store, rebuilt when a newer version has been applied)."""
+    global _server, _store
+    if _server is None and _store is None:
+        location = registry_location()
+        if not is_store_location(location):
+            _server = FeatureServer(load_registry(location))
+            return _server
+        _store = RegistryStore(location)
+    if _store is not None and (
+        _server is None or time.monotonic() - _checked_at >= registry_refresh_seconds()
+    ):
+        _follow(_store)
+    return _server  # type: ignore[return-value]
+
+
+def _follow(store: RegistryStore) -> None:
+    """Serve the store's latest version; the online store client is kept while its settings are."""
+    global _server, _version, _checked_at
+    _checked_at = time.monotonic()
+    versions = store.versions()
+    if not versions:
+        raise RuntimeError(f"no registry applied at {store.location}: run `featureplane apply`")
+    if versions[-1] == _version:
+        return
+    registry = load_registry(store.get(versions[-1]).registry)
+    same_store = _server is not None and _server.registry.online_store == registry.online_store
+    _server = FeatureServer(registry, store=_server.store if same_store else None)
+    _version = versions[-1]
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:

@@ -84,10 +84,13 @@ async def _lifespan(receive: Any, send: Any) -> None:
 def serve(
     registry: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1
 ) -> None:
-    """Serve the registry's feature services over HTTP until interrupted."""
+    """Serve the feature services of a registry file or store over HTTP until interrupted."""
     import uvicorn
 
-    os.environ["FEATUREPLANE_REGISTRY"] = str(Path(registry).resolve())
+    location = str(registry)
+    os.environ["FEATUREPLANE_REGISTRY"] = (
+        location if "://" in location else str(Path(location).resolve())
+    )
     uvicorn.run(
         "online.server:app",
         host=host,

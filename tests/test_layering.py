@@ -78,13 +78,18 @@ def test_online_store_is_light_and_leaves_boto3_to_its_dynamodb_module():
     assert "boto3" in modules_loaded_by("import featureplane.online_store.dynamodb")
 
 
-def test_only_the_dynamodb_store_imports_boto3():
+def test_only_the_aws_backends_import_boto3():
+    """The DynamoDB store, and the registry store's S3 files (lazily, in their class)."""
     importers = {
         path.relative_to(ROOT).as_posix()
         for path in python_files("featureplane")
         if imported_modules(path) & {"boto3", "botocore"}
     }
-    assert importers <= {"featureplane/online_store/dynamodb.py"}
+    assert importers <= {
+        "featureplane/online_store/dynamodb.py",
+        "featureplane/registry_store.py",
+    }
+    assert not modules_loaded_by("import featureplane.registry_store") & {"boto3", "botocore"}
 
 
 def test_the_lambda_handler_imports_light_and_fast():

@@ -83,12 +83,17 @@ def test_every_aggregation_function_is_rebuilt_equal():
 
 def test_output_is_deterministic_and_sorted(demo):
     first = registry_text(build_registry(demo, STORE))
-    objects = [*demo.feature_services.values(), *demo.feature_views.values()]
+    objects = [
+        *demo.feature_services.values(),
+        *demo.feature_views.values(),
+        *demo.training_datasets.values(),
+    ]
     reordered = Repository.from_objects(list(reversed(objects)))
     assert registry_text(build_registry(reordered, STORE)) == first
     registry = json.loads(first)
     assert list(registry) == sorted(registry)
-    for kind in ("feature_views", "feature_services", "on_demand_views"):
+    kinds = ("entities", "sources", "feature_views", "feature_services", "on_demand_views")
+    for kind in (*kinds, "training_datasets"):
         names = [item["name"] for item in registry[kind]]
         assert names == sorted(names)
     assert [view["name"] for view in registry["on_demand_views"]] == ["ctr_features"]
