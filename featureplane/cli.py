@@ -6,7 +6,8 @@
 - `featureplane validate`: load the repository and check every view's output schema on Spark.
 - `featureplane registry`: write the serving registry of the repository (what `serve` reads).
 - `featureplane plan`: what applying the repository would change in the applied registry.
-- `featureplane apply`: write the repository as the next applied registry version.
+- `featureplane apply`: write the repository as the next applied registry version, provision
+  the online store and backfill the feature views whose version changed.
 - `featureplane serve`: serve feature services over HTTP with the Lambda handler's dispatch.
 """
 
@@ -18,8 +19,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from featureplane.repository import Repository
 
 DEFAULT_REPOSITORY = "feature_assets"
 
@@ -126,15 +132,14 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(repository: str):
+def _plan(repository: Repository):
     """(plan, desired registry, store): the repository against the latest applied registry."""
     from featureplane.plan import diff
     from featureplane.registry import build_registry
     from featureplane.registry_store import RegistryStore
-    from featureplane.repository import Repository
     from featureplane.settings import online_store_settings, registry_store_location
 
-    desired = build_registry(Repository.load(repository), online_store_settings())
+    desired = build_registry(repository, online_store_settings())
     store = RegistryStore(registry_store_location())
     applied = store.latest()
     if applied is None:
@@ -142,32 +147,76 @@ def _plan(repository: str):
     return diff(applied.registry, desired, applied.version), desired, store
 
 
+def _load(package: str) -> Repository:
+    from featureplane.repository import Repository
+
+    return Repository.load(package)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    plan, _, _ = _plan(args.repository)
+    plan, _, _ = _plan(_load(args.repository))
     print(json.dumps(plan.as_json(), indent=2) + "\n" if args.json else plan.text(), end="")
     return 2 if args.detailed_exitcode and not plan.empty else 0
 
 
+def _confirmed(yes: bool) -> bool:
+    """--yes, or a `yes` typed at the terminal; never a guess when nobody can answer."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        print(
+            "error: nothing applied; stdin is not a terminal to confirm on: "
+            "review the plan, then apply with --yes",
+            file=sys.stderr,
+        )
+        return False
+    answer = input("Apply these changes? Only 'yes' is accepted: ").strip()
+    if answer != "yes":
+        print("Apply cancelled: nothing applied.", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
+    """Plan, confirm, write the next registry version, provision the online store, and
+    launch the backfills of the feature views whose version changed."""
+    from featureplane.online_store import open_store
     from featureplane.registry import write_registry
     from featureplane.registry_store import is_store_location
     from featureplane.settings import registry_location
 
-    plan, desired, store = _plan(args.repository)
+    repository = _load(args.repository)
+    plan, desired, store = _plan(repository)
     print(plan.text())
     if plan.empty:
         return 0
     if plan.breaking and not args.allow_breaking:
         print("error: the plan breaks consumers; apply it with --allow-breaking", file=sys.stderr)
         return 1
-    if not args.yes:
-        print("error: nothing applied; review the plan, then apply with --yes", file=sys.stderr)
+    if not _confirmed(args.yes):
         return 1
     applied = store.apply(desired, plan.applied_version, plan.change_list())
     print(f"Applied registry version {applied.version} to {store.location}.")
     serving = registry_location()
     if not is_store_location(serving):
         print(f"Wrote the serving registry {write_registry(desired, serving)}.")
+    with closing(open_store(desired["online_store"])) as online:
+        online.ensure_table()
+    print(f"Online store ready: {desired['online_store']['type']}.")
+    changed = [c.name for c in plan.changes if c.kind == "feature_view" and c.recompute]
+    if args.no_backfill or not changed:
+        if changed:
+            print(f"Not recomputing {', '.join(changed)} (--no-backfill).")
+        return 0
+    from featureplane.dagster.lifecycle import backfill_changed_views
+
+    for backfill in backfill_changed_views(repository, changed, applied.version):
+        assets = ", ".join(key.to_user_string() for key in backfill.assets)
+        print(
+            f"Launched backfill {backfill.backfill_id}: {assets}, {backfill.partitions} "
+            f"partitions {backfill.first_partition} .. {backfill.last_partition}."
+        )
+    print(f"Backfills run on the Dagster daemon of {os.environ['DAGSTER_HOME']} (dagster dev).")
     return 0
 
 
@@ -225,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--yes", action="store_true", help="apply without asking")
     apply.add_argument(
         "--allow-breaking", action="store_true", help="apply changes that break consumers"
+    )
+    apply.add_argument(
+        "--no-backfill", action="store_true", help="do not recompute changed feature views"
     )
     apply.set_defaults(run=cmd_apply)
 
