@@ -8,6 +8,7 @@
 - `featureplane plan`: what applying the repository would change in the applied registry.
 - `featureplane apply`: write the repository as the next applied registry version, provision
   the online store and backfill the feature views whose version changed.
+- `featureplane list|describe|history`: the applied registry as a catalog.
 - `featureplane serve`: serve feature services over HTTP with the Lambda handler's dispatch.
 """
 
@@ -132,15 +133,22 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store():
+    """The applied registry's versions, at `<offline root>/registry`."""
+    from featureplane.registry_store import RegistryStore
+    from featureplane.settings import registry_store_location
+
+    return RegistryStore(registry_store_location())
+
+
 def _plan(repository: Repository):
     """(plan, desired registry, store): the repository against the latest applied registry."""
     from featureplane.plan import diff
     from featureplane.registry import build_registry
-    from featureplane.registry_store import RegistryStore
-    from featureplane.settings import online_store_settings, registry_store_location
+    from featureplane.settings import online_store_settings
 
     desired = build_registry(repository, online_store_settings())
-    store = RegistryStore(registry_store_location())
+    store = _store()
     applied = store.latest()
     if applied is None:
         return diff(None, desired), desired, store
@@ -220,6 +228,66 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _applied():
+    """The latest applied registry version and its store; None before the first apply."""
+    store = _store()
+    applied = store.latest()
+    if applied is None:
+        print("error: nothing applied yet; run `featureplane apply` first", file=sys.stderr)
+    return applied, store
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from featureplane.catalog import SECTIONS, list_lines
+
+    applied, _ = _applied()
+    if applied is None:
+        return 1
+    kinds = {section: kind for kind, section in SECTIONS.items()}
+    for line in list_lines(applied.registry, kinds.get(args.kind)):
+        print(line)
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from featureplane.catalog import SECTIONS, describe_lines, find
+
+    applied, _ = _applied()
+    if applied is None:
+        return 1
+    try:
+        kind, _ = find(applied.registry, args.name)
+    except KeyError as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 1
+    repository = _load(args.repository)
+    defined = (getattr(repository, section).get(args.name) for section in SECTIONS.values())
+    definition = next((obj.location for obj in defined if obj is not None), None)
+    from featureplane.dagster.lifecycle import materializations_of
+
+    lines = describe_lines(
+        applied.registry, args.name, definition, materializations_of(kind, args.name)
+    )
+    print(f"(applied registry version {applied.version})")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from featureplane.catalog import history
+
+    applied, store = _applied()
+    if applied is None:
+        return 1
+    entries = history(store, args.name)
+    if not entries:
+        print(f"error: no applied version changed {args.name!r}", file=sys.stderr)
+        return 1
+    for entry in entries:
+        print("\n".join(entry.lines()))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from featureplane.registry_store import is_store_location
     from featureplane.settings import registry_location
@@ -235,6 +303,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from featureplane.plan import KINDS
+
     parser = argparse.ArgumentParser(prog="featureplane", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -279,6 +349,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-backfill", action="store_true", help="do not recompute changed feature views"
     )
     apply.set_defaults(run=cmd_apply)
+
+    list_ = commands.add_parser("list", help="list the applied objects, of one kind or all")
+    list_.add_argument("kind", nargs="?", choices=[section for _, section in KINDS])
+    list_.set_defaults(run=cmd_list)
+
+    describe = commands.add_parser("describe", help="one applied object in full")
+    describe.add_argument("name")
+    describe.add_argument("--repository", default=DEFAULT_REPOSITORY)
+    describe.set_defaults(run=cmd_describe)
+
+    history = commands.add_parser("history", help="the applied versions (that changed name)")
+    history.add_argument("name", nargs="?")
+    history.set_defaults(run=cmd_history)
 
     serve = commands.add_parser("serve", help="serve feature services over HTTP")
     serve.add_argument("--host", default="127.0.0.1")

@@ -71,6 +71,7 @@ def cli(data_dir, monkeypatch, capsys):
     for name in ("FEATUREPLANE_REGISTRY", "FEATUREPLANE_ONLINE_STORE"):
         monkeypatch.delenv(name, raising=False)
     (data_dir / "dagster_home").mkdir()
+    (data_dir / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     monkeypatch.setenv("DAGSTER_HOME", str(data_dir / "dagster_home"))
 
     def run(*args: str) -> tuple[int, str, str]:

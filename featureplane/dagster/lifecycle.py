@@ -13,13 +13,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from dagster import AssetKey, DagsterInstance, Definitions
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    MetadataValue,
+    TableMetadataValue,
+    TimestampMetadataValue,
+)
 from dagster._core.execution.backfill import PartitionBackfill
 from dagster._core.utils import make_new_backfill_id
 from dagster._time import get_current_timestamp
 
+from featureplane.catalog import Materialization
 from featureplane.dagster.definitions import build_definitions
 from featureplane.repository import Repository
 
@@ -90,23 +99,47 @@ def launch_backfills(
     return launched
 
 
+def _plain(value: MetadataValue) -> Any:
+    """A metadata value as text or rows: a table's records, a timestamp in ISO format."""
+    if isinstance(value, TableMetadataValue):
+        return [record.data for record in value.records]
+    if isinstance(value, TimestampMetadataValue):
+        return datetime.fromtimestamp(value.value, UTC).isoformat()
+    return value.value
+
+
 def latest_materializations(
     instance: DagsterInstance, keys: Iterable[AssetKey]
-) -> dict[AssetKey, dict[str, Any]]:
-    """Per asset materialized at least once: when, which partition, and its metadata values."""
-    latest = {}
+) -> list[Materialization]:
+    """Of each asset materialized at least once: when, which partition, which run, and the
+    metadata it reported (rows, per-feature stats, Delta version, push speed)."""
+    latest = []
     for key in keys:
         event = instance.get_latest_materialization_event(key)
         if event is None or event.asset_materialization is None:
             continue
         materialization = event.asset_materialization
-        latest[key] = {
-            "timestamp": event.timestamp,
+        values = {
+            "at": datetime.fromtimestamp(event.timestamp, UTC).isoformat(timespec="seconds"),
             "partition": materialization.partition,
             "run_id": event.run_id,
-            **{name: value.value for name, value in materialization.metadata.items()},
+            **{name: _plain(value) for name, value in materialization.metadata.items()},
         }
+        latest.append(Materialization(key.to_user_string(), values))
     return latest
+
+
+def materializations_of(kind: str, name: str) -> list[Materialization]:
+    """The latest materializations on the project instance of the assets of a feature view
+    (`features/`, `online/`) or a training dataset (`training/`); none for other kinds."""
+    paths = {
+        "feature_view": [["features", name], ["online", name]],
+        "training_dataset": [["training", name]],
+    }
+    if kind not in paths:
+        return []
+    with project_instance() as instance:
+        return latest_materializations(instance, [AssetKey(path) for path in paths[kind]])
 
 
 def backfill_changed_views(
