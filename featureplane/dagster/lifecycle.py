@@ -4,13 +4,16 @@ A feature view whose version changed must be recomputed over all its partitions.
 submits that as one asset backfill per view — `features/<name>` and, for an online view,
 `online/<name>` — over every partition from its feature_start_time to now: the same request as
 "Materialize all partitions" in the UI, so it shows on the Backfills page and the daemon runs
-it (as one run per view, the assets' backfill policy). `describe` reads the latest
-materialization of a view's assets.
+it (as one run per view, the assets' backfill policy). Dagster 1.13 has no public Python call
+for this: `PartitionBackfill.from_asset_partitions` + `add_backfill` is what its GraphQL
+`launchPartitionBackfill` does, without needing a running webserver. `describe` reads the
+latest materialization of a view's assets.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +29,6 @@ from dagster import (
 )
 from dagster._core.execution.backfill import PartitionBackfill
 from dagster._core.utils import make_new_backfill_id
-from dagster._time import get_current_timestamp
 
 from featureplane.catalog import Materialization
 from featureplane.dagster.definitions import build_definitions
@@ -77,7 +79,7 @@ def launch_backfills(
             asset_graph=asset_graph,
             partition_names=None,
             asset_selection=keys,
-            backfill_timestamp=get_current_timestamp(),
+            backfill_timestamp=time.time(),
             tags={APPLY_TAG: str(applied_version)},
             dynamic_partitions_store=instance,
             all_partitions=True,
