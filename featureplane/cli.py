@@ -6,7 +6,9 @@
 - `featureplane validate`: load the repository and check every view's output schema on Spark.
 - `featureplane registry`: write the serving registry of the repository (what `serve` reads).
 - `featureplane plan`: what applying the repository would change in the applied registry.
-- `featureplane apply`: write the repository as the next applied registry version.
+- `featureplane apply`: write the repository as the next applied registry version, provision
+  the online store and backfill the feature views whose version changed.
+- `featureplane list|describe|history`: the applied registry as a catalog.
 - `featureplane serve`: serve feature services over HTTP with the Lambda handler's dispatch.
 """
 
@@ -18,8 +20,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from featureplane.repository import Repository
 
 DEFAULT_REPOSITORY = "feature_assets"
 
@@ -126,48 +133,158 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(repository: str):
+def _store():
+    """The applied registry's versions, at `<offline root>/registry`."""
+    from featureplane.registry_store import RegistryStore
+    from featureplane.settings import registry_store_location
+
+    return RegistryStore(registry_store_location())
+
+
+def _plan(repository: Repository):
     """(plan, desired registry, store): the repository against the latest applied registry."""
     from featureplane.plan import diff
     from featureplane.registry import build_registry
-    from featureplane.registry_store import RegistryStore
-    from featureplane.repository import Repository
-    from featureplane.settings import online_store_settings, registry_store_location
+    from featureplane.settings import online_store_settings
 
-    desired = build_registry(Repository.load(repository), online_store_settings())
-    store = RegistryStore(registry_store_location())
+    desired = build_registry(repository, online_store_settings())
+    store = _store()
     applied = store.latest()
     if applied is None:
         return diff(None, desired), desired, store
     return diff(applied.registry, desired, applied.version), desired, store
 
 
+def _load(package: str) -> Repository:
+    from featureplane.repository import Repository
+
+    return Repository.load(package)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    plan, _, _ = _plan(args.repository)
+    plan, _, _ = _plan(_load(args.repository))
     print(json.dumps(plan.as_json(), indent=2) + "\n" if args.json else plan.text(), end="")
     return 2 if args.detailed_exitcode and not plan.empty else 0
 
 
+def _confirmed(yes: bool) -> bool:
+    """--yes, or a `yes` typed at the terminal; never a guess when nobody can answer."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        print(
+            "error: nothing applied; stdin is not a terminal to confirm on: "
+            "review the plan, then apply with --yes",
+            file=sys.stderr,
+        )
+        return False
+    answer = input("Apply these changes? Only 'yes' is accepted: ").strip()
+    if answer != "yes":
+        print("Apply cancelled: nothing applied.", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
+    """Plan, confirm, write the next registry version, provision the online store, and
+    launch the backfills of the feature views whose version changed."""
+    from featureplane.online_store import open_store
     from featureplane.registry import write_registry
     from featureplane.registry_store import is_store_location
     from featureplane.settings import registry_location
 
-    plan, desired, store = _plan(args.repository)
+    repository = _load(args.repository)
+    plan, desired, store = _plan(repository)
     print(plan.text())
     if plan.empty:
         return 0
     if plan.breaking and not args.allow_breaking:
         print("error: the plan breaks consumers; apply it with --allow-breaking", file=sys.stderr)
         return 1
-    if not args.yes:
-        print("error: nothing applied; review the plan, then apply with --yes", file=sys.stderr)
+    if not _confirmed(args.yes):
         return 1
     applied = store.apply(desired, plan.applied_version, plan.change_list())
     print(f"Applied registry version {applied.version} to {store.location}.")
     serving = registry_location()
     if not is_store_location(serving):
         print(f"Wrote the serving registry {write_registry(desired, serving)}.")
+    with closing(open_store(desired["online_store"])) as online:
+        online.ensure_table()
+    print(f"Online store ready: {desired['online_store']['type']}.")
+    changed = [c.name for c in plan.changes if c.kind == "feature_view" and c.recompute]
+    if args.no_backfill or not changed:
+        if changed:
+            print(f"Not recomputing {', '.join(changed)} (--no-backfill).")
+        return 0
+    from featureplane.dagster.lifecycle import backfill_changed_views
+
+    for backfill in backfill_changed_views(repository, changed, applied.version):
+        assets = ", ".join(key.to_user_string() for key in backfill.assets)
+        print(
+            f"Launched backfill {backfill.backfill_id}: {assets}, {backfill.partitions} "
+            f"partitions {backfill.first_partition} .. {backfill.last_partition}."
+        )
+    print(f"Backfills run on the Dagster daemon of {os.environ['DAGSTER_HOME']} (dagster dev).")
+    return 0
+
+
+def _applied():
+    """The latest applied registry version and its store; None before the first apply."""
+    store = _store()
+    applied = store.latest()
+    if applied is None:
+        print("error: nothing applied yet; run `featureplane apply` first", file=sys.stderr)
+    return applied, store
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from featureplane.catalog import SECTIONS, list_lines
+
+    applied, _ = _applied()
+    if applied is None:
+        return 1
+    kinds = {section: kind for kind, section in SECTIONS.items()}
+    for line in list_lines(applied.registry, kinds.get(args.kind)):
+        print(line)
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from featureplane.catalog import SECTIONS, describe_lines, find
+
+    applied, _ = _applied()
+    if applied is None:
+        return 1
+    try:
+        kind, _ = find(applied.registry, args.name)
+    except KeyError as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 1
+    repository = _load(args.repository)
+    defined = (getattr(repository, section).get(args.name) for section in SECTIONS.values())
+    definition = next((obj.location for obj in defined if obj is not None), None)
+    from featureplane.dagster.lifecycle import materializations_of
+
+    lines = describe_lines(
+        applied.registry, args.name, definition, materializations_of(kind, args.name)
+    )
+    print(f"(applied registry version {applied.version})")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from featureplane.catalog import history
+
+    applied, store = _applied()
+    if applied is None:
+        return 1
+    entries = history(store, args.name)
+    if not entries:
+        print(f"error: no applied version changed {args.name!r}", file=sys.stderr)
+        return 1
+    for entry in entries:
+        print("\n".join(entry.lines()))
     return 0
 
 
@@ -186,6 +303,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from featureplane.plan import KINDS
+
     parser = argparse.ArgumentParser(prog="featureplane", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -226,7 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument(
         "--allow-breaking", action="store_true", help="apply changes that break consumers"
     )
+    apply.add_argument(
+        "--no-backfill", action="store_true", help="do not recompute changed feature views"
+    )
     apply.set_defaults(run=cmd_apply)
+
+    list_ = commands.add_parser("list", help="list the applied objects, of one kind or all")
+    list_.add_argument("kind", nargs="?", choices=[section for _, section in KINDS])
+    list_.set_defaults(run=cmd_list)
+
+    describe = commands.add_parser("describe", help="one applied object in full")
+    describe.add_argument("name")
+    describe.add_argument("--repository", default=DEFAULT_REPOSITORY)
+    describe.set_defaults(run=cmd_describe)
+
+    history = commands.add_parser("history", help="the applied versions (that changed name)")
+    history.add_argument("name", nargs="?")
+    history.set_defaults(run=cmd_history)
 
     serve = commands.add_parser("serve", help="serve feature services over HTTP")
     serve.add_argument("--host", default="127.0.0.1")

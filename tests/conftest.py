@@ -1,5 +1,7 @@
-"""Shared fixtures: one Sail Spark session and one small demo data set per test session."""
+"""Shared fixtures: one Sail Spark session and one small demo data set per test session, and
+the `featureplane` command line run in-process on small repositories."""
 
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
+from featureplane.cli import main
 from featureplane.spark_session import spark_session
 from featureplane.synthetic import DemoScale, generate
 
@@ -26,6 +29,57 @@ def data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATUREPLANE_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("FEATUREPLANE_OFFLINE_ROOT", raising=False)
     return tmp_path
+
+
+# ---- the command line on small feature repositories ---------------------------------------
+
+REPOSITORY = """
+from datetime import UTC, datetime
+from featureplane import (BatchSource, Entity, FeatureService, Field, Int64, String,
+                          batch_feature_view)
+
+events = BatchSource("events", path="raw/events", timestamp_field="ts")
+user = Entity("user", join_keys=["user_id"])
+
+
+@batch_feature_view(sources=[events], entities=[user], schema={schema}, timestamp_field="ts",
+                    feature_start_time=datetime(2026, 1, 1, tzinfo=UTC))
+def user_stats(events):
+    return events
+
+
+checkout = FeatureService("checkout", features=[user_stats])
+"""
+
+
+@pytest.fixture
+def cli(data_dir, monkeypatch, capsys):
+    """Run `featureplane …` in-process on packages written to the data directory: `v1`, `v2`
+    (clicks retyped) and `broken`, with a Dagster instance in `<data dir>/dagster_home`;
+    returns (exit code, stdout, stderr)."""
+    schemas = {
+        "v1": '[Field("clicks", Int64), Field("country", String)]',
+        "v2": '[Field("clicks", String), Field("country", String)]',
+        "broken": '[Field("user_id", Int64)]',
+    }
+    for name, schema in schemas.items():
+        package = data_dir / f"plan_repo_{name}"
+        package.mkdir()
+        source = textwrap.dedent(REPOSITORY).replace("{schema}", schema)
+        (package / "__init__.py").write_text(source)
+    monkeypatch.syspath_prepend(str(data_dir))
+    for name in ("FEATUREPLANE_REGISTRY", "FEATUREPLANE_ONLINE_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    (data_dir / "dagster_home").mkdir()
+    (data_dir / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(data_dir / "dagster_home"))
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
 
 
 TINY = DemoScale(days=3, users=200, ads=40, advertisers=8, impressions_per_day=6_000)

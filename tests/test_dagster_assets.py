@@ -37,6 +37,18 @@ VIEWS = {
     "ad_delivery": ("pyspark", ["ad_impressions"]),
     "user_recent_categories": ("pyspark", ["page_views"]),
 }
+SERVICES = {
+    "ctr": {
+        "user_daily_page_views",
+        "user_profile",
+        "user_click_sessions",
+        "ad_daily_performance",
+        "user_ad_activity",
+        "ad_delivery",
+    },
+    "recommendations": {"user_recent_categories", "user_daily_page_views", "user_profile"},
+}
+"""Each feature service and the stored views it reads (ctr_features reads user_ad_activity)."""
 END = TINY.start + timedelta(days=TINY.days)
 
 
@@ -67,7 +79,7 @@ def test_asset_graph_matches_the_repository(repo, tmp_path):
         AssetKey(["sources", s]) for s in sources
     } | {AssetKey(["training", "ctr_training"])} | {
         AssetKey(["online", v]) for v in VIEWS if repo.feature_view(v).online
-    }
+    } | {AssetKey(["services", s]) for s in SERVICES}
     for name, (kind, upstream) in VIEWS.items():
         view = repo.feature_view(name)
         spec = specs[AssetKey(["features", name])]
@@ -85,8 +97,40 @@ def test_asset_graph_matches_the_repository(repo, tmp_path):
         columns = [c.name for c in spec.metadata["dagster/column_schema"].columns]
         assert columns == [*view.join_keys, view.timestamp_field, *view.feature_names]
         assert spec.metadata["version"] == view.version
+        serving = [s for s, views in SERVICES.items() if name in views]
+        assert spec.metadata["feature_services"] == (", ".join(serving) or "none")
         assets_def = defs.resolve_assets_def(spec.key)
         assert assets_def.backfill_policy == BackfillPolicy.single_run()
+
+
+def test_the_catalog_types_every_column_and_shows_services_in_the_lineage(repo, tmp_path):
+    specs = {spec.key: spec for spec in definitions(repo, tmp_path).resolve_all_asset_specs()}
+    columns = (
+        specs[AssetKey(["features", "user_daily_page_views"])]
+        .metadata["dagster/column_schema"]
+        .columns
+    )
+    assert [(c.name, c.type, c.tags) for c in columns[:2]] == [
+        ("user_id", "Int64", {"entity": "user"}),
+        ("ts", "timestamp", {}),
+    ]
+    assert columns[2].description == "Page views in the user's day so far."
+    for name, views in SERVICES.items():
+        service = repo.feature_services[name]
+        spec = specs[AssetKey(["services", name])]
+        assert {dep.asset_key for dep in spec.deps} == {AssetKey(["online", v]) for v in views}
+        assert spec.kinds == {"sqlite"}
+        assert spec.owners == [service.owner]
+        served = [c.name for c in spec.metadata["dagster/column_schema"].columns]
+        assert served == [f"{s.view_name}.{f}" for s in service.features for f in s.features]
+    ctr = {
+        c.name: c
+        for c in specs[AssetKey(["services", "ctr"])].metadata["dagster/column_schema"].columns
+    }
+    assert (ctr["ctr_features.user_ctr_1d"].type, ctr["ctr_features.user_ctr_1d"].tags) == (
+        "Float64",
+        {"view": "ctr_features"},
+    )
 
 
 def test_range_is_one_run_and_one_commit_and_reruns_are_idempotent(repo, tmp_path):

@@ -1,12 +1,14 @@
 """`featureplane plan`: diffs of small repositories (add, change, remove, rename, retype), what
-they cost and whom they break, the text and JSON output, and the CLI's exit codes and apply."""
+they cost and whom they break, the text and JSON output, and the CLI's exit codes and apply:
+confirmation, online store provisioning, backfills on a real Dagster instance."""
 
+import io
 import json
-import textwrap
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from dagster import AssetKey, DagsterInstance
 
 from featureplane import (
     BatchSource,
@@ -19,7 +21,7 @@ from featureplane import (
     TrainingDataset,
     batch_feature_view,
 )
-from featureplane.cli import main
+from featureplane.dagster.lifecycle import APPLY_TAG
 from featureplane.plan import diff
 from featureplane.registry import build_registry
 from featureplane.registry_store import RegistryStore
@@ -215,50 +217,6 @@ def test_an_online_store_change_is_planned():
 
 # ---- the command line -------------------------------------------------------------------------
 
-REPOSITORY = """
-from datetime import UTC, datetime
-from featureplane import (BatchSource, Entity, FeatureService, Field, Int64, String,
-                          batch_feature_view)
-
-events = BatchSource("events", path="raw/events", timestamp_field="ts")
-user = Entity("user", join_keys=["user_id"])
-
-
-@batch_feature_view(sources=[events], entities=[user], schema={schema}, timestamp_field="ts",
-                    feature_start_time=datetime(2026, 1, 1, tzinfo=UTC))
-def user_stats(events):
-    return events
-
-
-checkout = FeatureService("checkout", features=[user_stats])
-"""
-
-
-@pytest.fixture
-def cli(data_dir, monkeypatch, capsys):
-    """Run `featureplane …` in-process on packages written to the data directory: `v1`, `v2`
-    (clicks retyped) and `broken`; returns (exit code, stdout, stderr)."""
-    schemas = {
-        "v1": '[Field("clicks", Int64), Field("country", String)]',
-        "v2": '[Field("clicks", String), Field("country", String)]',
-        "broken": '[Field("user_id", Int64)]',
-    }
-    for name, schema in schemas.items():
-        package = data_dir / f"plan_repo_{name}"
-        package.mkdir()
-        source = textwrap.dedent(REPOSITORY).replace("{schema}", schema)
-        (package / "__init__.py").write_text(source)
-    monkeypatch.syspath_prepend(str(data_dir))
-    for name in ("FEATUREPLANE_REGISTRY", "FEATUREPLANE_ONLINE_STORE"):
-        monkeypatch.delenv(name, raising=False)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
 
 def test_plan_exit_codes_apply_and_idempotency(cli, data_dir):
     code, out, _ = cli("plan", "--repository", "plan_repo_v1", "--detailed-exitcode")
@@ -319,3 +277,68 @@ def test_a_retyped_on_demand_feature_breaks_the_services_serving_it():
         "feature spend_share retyped Float64 -> String, used by feature service context",
     )
     assert (change.recompute, change.online) == (None, ())
+
+
+# ---- apply: confirmation, online store, backfills on a real Dagster instance -------------------
+
+
+def backfills(data_dir) -> list:
+    with DagsterInstance.from_config(str(data_dir / "dagster_home")) as instance:
+        return instance.get_backfills()
+
+
+def test_apply_backfills_changed_views_on_the_dagster_instance(cli, data_dir):
+    code, out, _ = cli("apply", "--repository", "plan_repo_v1", "--yes")
+    assert code == 0
+    assert (data_dir / "online_store.sqlite").exists(), "the online store is provisioned"
+    (first,) = backfills(data_dir)
+    keys = {AssetKey(["features", "user_stats"]), AssetKey(["online", "user_stats"])}
+    assert set(first.asset_selection) == keys
+    assert first.tags[APPLY_TAG] == "1"
+    target = first.asset_backfill_data.target_subset
+    partitions = target.get_partitions_subset(AssetKey(["features", "user_stats"]))
+    now = datetime.now(UTC)
+    expected = (now.date() - date(2026, 1, 1)).days  # every complete day since the start
+    assert len(partitions) == expected
+    assert min(partitions.get_partition_keys()) == "2026-01-01"
+    assert max(partitions.get_partition_keys()) == f"{now - timedelta(days=1):%Y-%m-%d}"
+    assert f"Launched backfill {first.backfill_id}: features/user_stats, online/user_stats" in out
+
+    assert cli("apply", "--repository", "plan_repo_v1", "--yes")[0] == 0
+    assert len(backfills(data_dir)) == 1, "an apply without changes launches nothing"
+
+    code, out, _ = cli("apply", "--repository", "plan_repo_v2", "--yes", "--allow-breaking")
+    assert code == 0
+    latest = max(backfills(data_dir), key=lambda b: b.backfill_timestamp)
+    assert latest.tags[APPLY_TAG] == "2"
+    assert set(latest.asset_selection) == keys
+
+
+def test_apply_without_backfill_still_versions_and_provisions(cli, data_dir):
+    code, out, _ = cli("apply", "--repository", "plan_repo_v1", "--yes", "--no-backfill")
+    assert code == 0 and "Not recomputing user_stats (--no-backfill)." in out
+    assert backfills(data_dir) == []
+    assert RegistryStore(str(data_dir / "offline" / "registry")).versions() == [1]
+
+
+class Terminal(io.StringIO):
+    """Standard input typed at a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("stdin", "code", "message"),
+    [
+        (io.StringIO("yes\n"), 1, "stdin is not a terminal to confirm on"),
+        (Terminal("y\n"), 1, "Apply cancelled: nothing applied."),
+        (Terminal("yes\n"), 0, ""),
+    ],
+)
+def test_apply_asks_for_a_typed_yes(cli, data_dir, monkeypatch, stdin, code, message):
+    monkeypatch.setattr("sys.stdin", stdin)
+    result, out, err = cli("apply", "--repository", "plan_repo_v1", "--no-backfill")
+    assert (result, message in err) == (code, True)
+    versions = RegistryStore(str(data_dir / "offline" / "registry")).versions()
+    assert versions == ([1] if code == 0 else [])

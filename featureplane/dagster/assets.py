@@ -4,12 +4,15 @@ Each batch feature view becomes `features/<name>`: partitioned in time from its 
 by its definition, downstream of its sources. A run covers one partition or a whole range in one
 Spark job (single-run backfills); the offline IO manager writes exactly that window. Each online
 view also becomes `online/<name>`, with the same partitions: it reads what serving needs from
-`features/<name>` and the online IO manager pushes it to the online store. Each training
-dataset becomes `training/<name>`, downstream of its spine and of the views its service reads.
+`features/<name>` and the online IO manager pushes it to the online store. Each feature service
+is `services/<name>`, downstream of the online assets it serves (not materialized: the catalog's
+view of what a model reads), and each training dataset becomes `training/<name>`, downstream of
+its spine and of the views its service reads.
 """
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 from dagster import (
@@ -34,9 +37,10 @@ from featureplane.compute.transform import run_transformation
 from featureplane.compute.window import TimeWindow
 from featureplane.dagster.partitions import partitions_for
 from featureplane.dagster.policies import freshness_policy
+from featureplane.feature_service import FeatureService
 from featureplane.feature_store import FeatureStore
 from featureplane.feature_view import FeatureView
-from featureplane.on_demand import stored_views
+from featureplane.on_demand import OnDemandFeatureView, stored_views
 from featureplane.repository import Repository
 from featureplane.source import BatchSource
 from featureplane.training_dataset import TrainingDataset
@@ -64,6 +68,10 @@ def training_key(dataset: TrainingDataset) -> AssetKey:
     return AssetKey(["training", dataset.name])
 
 
+def service_key(service: FeatureService) -> AssetKey:
+    return AssetKey(["services", service.name])
+
+
 def source_spec(source: BatchSource) -> AssetSpec:
     """A raw source: landed by other systems, read by feature views."""
     location = {"path": MetadataValue.path(source.uri)} if source.uri else {"table": source.table}
@@ -77,16 +85,61 @@ def source_spec(source: BatchSource) -> AssetSpec:
     )
 
 
+def _descriptions(view: FeatureView | OnDemandFeatureView) -> dict[str, str]:
+    """Each feature's description; an aggregate's says what it aggregates, over what."""
+    aggregations = view.aggregations if isinstance(view, FeatureView) else ()
+    return {f.name: f.description for f in view.schema} | {
+        a.name: f"{a.fn} of {a.column} over {a.time_window}" for a in aggregations
+    }
+
+
+def service_spec(service: FeatureService, store_kind: str) -> AssetSpec:
+    """A feature service in the lineage graph: served from the online rows of its views (the
+    stored views an on-demand view is computed from), its features as the column schema."""
+    views = stored_views(service.features)
+    columns = [
+        TableColumn(
+            f"{selection.view_name}.{name}",
+            selection.view.feature_types[name].name,
+            description=_descriptions(selection.view)[name],
+            tags={"view": selection.view_name},
+        )
+        for selection in service.features
+        for name in selection.features
+    ]
+    return AssetSpec(
+        key=service_key(service),
+        description=service.description or None,
+        owners=[service.owner] if service.owner else None,
+        tags=dict(service.tags),
+        kinds={store_kind},
+        deps=[
+            online_key(view) if view.online else feature_key(view) for view in views if view.offline
+        ],
+        metadata={
+            "dagster/column_schema": TableSchema(columns=columns),
+            "views": ", ".join(selection.view_name for selection in service.features),
+        },
+        group_name="services",
+    )
+
+
 def _column_schema(view: FeatureView) -> TableSchema:
+    """The view's table as the UI's column schema: typed join keys tagged with their entity,
+    the event time, and each feature's type and description."""
+    key_types = view.join_key_types
     keys = [
-        TableColumn(key, "key", description=f"join key of entity {entity.name}")
+        TableColumn(
+            key,
+            key_types[key].name if key_types[key] else "key",
+            description=f"join key of entity {entity.name}",
+            tags={"entity": entity.name},
+        )
         for entity in view.entities
         for key in entity.join_keys
     ]
     timestamp = TableColumn(view.timestamp_field, "timestamp", description="event time")
-    descriptions = {f.name: f.description for f in view.schema} | {
-        a.name: f"{a.fn} of {a.column} over {a.time_window}" for a in view.aggregations
-    }
+    descriptions = _descriptions(view)
     features = [
         TableColumn(name, dtype.name, description=descriptions[name])
         for name, dtype in view.feature_types.items()
@@ -94,12 +147,13 @@ def _column_schema(view: FeatureView) -> TableSchema:
     return TableSchema(columns=[*keys, timestamp, *features])
 
 
-def _metadata(view: FeatureView) -> dict[str, object]:
+def _metadata(view: FeatureView, services: Sequence[str]) -> dict[str, object]:
     return {
         "dagster/column_schema": _column_schema(view),
         "entities": ", ".join(
             f"{entity.name} ({', '.join(entity.join_keys)})" for entity in view.entities
         ),
+        "feature_services": ", ".join(services) or "none",
         "version": view.version,
         "mode": view.mode,
         "ttl": str(view.ttl) if view.ttl else "none",
@@ -122,8 +176,9 @@ def _view_asset_args(view: FeatureView) -> dict[str, Any]:
     }
 
 
-def feature_view_asset(view: FeatureView) -> AssetsDefinition:
-    """The asset `features/<name>` that computes the view's windows into the offline store."""
+def feature_view_asset(view: FeatureView, services: Sequence[str] = ()) -> AssetsDefinition:
+    """The asset `features/<name>` that computes the view's windows into the offline store;
+    `services` are the feature services that serve it, shown in its metadata."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BetaWarning)  # single-run backfills are what we rely on
         return asset(
@@ -133,7 +188,7 @@ def feature_view_asset(view: FeatureView) -> AssetsDefinition:
             **_view_asset_args(view),
             kinds={"spark", "delta", MODE_KINDS[view.mode]},
             deps=[source_key(s) for s in view.sources],
-            metadata=_metadata(view),
+            metadata=_metadata(view, services),
             group_name="features",
             io_manager_key="offline_io_manager",
         )(_compute(view))

@@ -10,10 +10,12 @@ from dagster import Definitions
 from featureplane.dagster.assets import (
     feature_view_asset,
     online_asset,
+    service_spec,
     source_spec,
     training_dataset_asset,
 )
 from featureplane.dagster.checks import consistency_check
+from featureplane.on_demand import stored_views
 from featureplane.repository import Repository
 from featureplane.settings import offline_root, online_store_settings
 from resources.offline_io_manager import DeltaOfflineIOManager
@@ -54,20 +56,29 @@ def default_resources() -> dict[str, Any]:
 def build_definitions(
     repository: Repository, resources: Mapping[str, Any] | None = None
 ) -> Definitions:
-    """Source specs, one asset per offline feature view, and per online one an `online/`
-    asset with its consistency check, with the given or default resources."""
+    """Source specs, one asset per offline feature view, per online one an `online/` asset
+    with its consistency check, feature service specs and training dataset assets, with the
+    given or default resources."""
     resources = dict(resources) if resources is not None else default_resources()
     store_kind = resources["online_store"].type
     pushed = [view for view in repository.feature_views.values() if view.offline and view.online]
+    serving: dict[str, list[str]] = {}
+    for service in repository.feature_services.values():
+        for view in stored_views(service.features):
+            serving.setdefault(view.name, []).append(service.name)
     return Definitions(
         assets=[
             *(source_spec(source) for source in repository.sources.values()),
             *(
-                feature_view_asset(view)
+                feature_view_asset(view, serving.get(view.name, []))
                 for view in repository.feature_views.values()
                 if view.offline
             ),
             *(online_asset(view, store_kind) for view in pushed),
+            *(
+                service_spec(service, store_kind)
+                for service in repository.feature_services.values()
+            ),
             *(
                 training_dataset_asset(dataset, repository)
                 for dataset in repository.training_datasets.values()

@@ -6,13 +6,13 @@ selected view with the same partitions computes the whole range in one Spark job
 checks included).
 """
 
-import os
 from dataclasses import dataclass
 from datetime import datetime
 
 from dagster import AssetKey, DagsterInstance, Definitions, TimeWindowPartitionsDefinition
 
 from featureplane.dagster.definitions import build_definitions
+from featureplane.dagster.lifecycle import project_instance
 from featureplane.repository import Repository
 
 FEATURES = "features"
@@ -110,15 +110,13 @@ def materialize_repository(
     build its training datasets) on the Dagster instance of $DAGSTER_HOME, from `start`
     (default: the earliest feature start).
 
-    DAGSTER_HOME defaults to the working directory: the project folder, whose dagster.yaml keeps
-    the instance's storage under .dagster_home/, where `dagster dev` finds the same runs.
+    The instance is `project_instance()`: $DAGSTER_HOME, by default the project folder.
     """
-    os.environ.setdefault("DAGSTER_HOME", os.getcwd())
     repository = Repository.load(package)
     if start is None:
         start = min(view.feature_start_time for view in repository.feature_views.values())
     defs = build_definitions(repository)
-    with DagsterInstance.get() as instance:
+    with project_instance() as instance:
         results = materialize_range(defs, instance, start, end, views, online=True)
         if training:
             results += materialize_training(defs, instance)
