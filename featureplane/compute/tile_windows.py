@@ -44,46 +44,43 @@ class _Spec:
 
 
 def window_values(
-    tiles: DataFrame,
-    anchors: DataFrame,
-    keys: Sequence[str],
+    spine: DataFrame,
     anchor: str,
+    tiles: DataFrame,
+    keys: Sequence[str],
     interval: timedelta,
     aggregations: dict[Aggregation, str],
 ) -> DataFrame:
-    """(keys, anchor, one column per aggregation) for every anchor; `tiles` are keyed like the
-    anchors, which are epoch microseconds that are multiples of `interval`."""
+    """The spine with one column per aggregation appended, in one shuffle and no join: spine
+    rows travel with the tiles of their keys. `anchor` is the spine column holding floor(t) in
+    epoch microseconds (null: no value), `tiles` are keyed like the spine."""
     step = interval // timedelta(microseconds=1)
     specs = [
         _Spec(a.fn.name, a.partial_column, a.time_window // interval, output)
         for a, output in aggregations.items()
     ]
     needed = sorted({spec.partial for spec in specs})
-    tile_types = dict(tiles.dtypes)
-    rows = (
-        tiles.where(F.col(TILE_START).isNotNull())
-        .select(
-            *keys,
-            F.unix_micros(TILE_START).alias(TIME),
-            F.lit(1 - ANCHOR_ROW).cast("tinyint").alias(KIND),
-            *needed,
+    types = {**dict(spine.dtypes), **dict(tiles.dtypes)}
+    columns = [*spine.columns, *needed]
+
+    def aligned(frame: DataFrame, time: Column, kind: int) -> DataFrame:
+        present = set(frame.columns)
+        return frame.select(
+            *(c if c in present else F.lit(None).cast(types[c]).alias(c) for c in columns),
+            time.alias(TIME),
+            F.lit(kind).cast("tinyint").alias(KIND),
         )
-        .unionByName(
-            anchors.select(
-                *keys,
-                F.col(anchor).alias(TIME),
-                F.lit(ANCHOR_ROW).cast("tinyint").alias(KIND),
-                *(F.lit(None).cast(tile_types[column]).alias(column) for column in needed),
-            )
+
+    rows = aligned(spine, F.col(anchor), ANCHOR_ROW).unionByName(
+        aligned(
+            tiles.where(F.col(TILE_START).isNotNull()).select(*keys, TILE_START, *needed),
+            F.unix_micros(TILE_START),
+            1 - ANCHOR_ROW,
         )
     )
     outputs = tiles.select(*(_output(spec).alias(spec.output) for spec in specs)).dtypes
-    schema = ", ".join(
-        [f"`{name}` {dtype}" for name, dtype in rows.select(*keys).dtypes]
-        + [f"`{anchor}` bigint"]
-        + [f"`{name}` {dtype}" for name, dtype in outputs]
-    )
-    merge = partial(_merge, keys=tuple(keys), anchor=anchor, step=step, specs=specs)
+    schema = ", ".join(f"`{name}` {dtype}" for name, dtype in [*spine.dtypes, *outputs])
+    merge = partial(_merge, keys=tuple(keys), spine_columns=spine.columns, step=step, specs=specs)
     return rows.repartition(*keys).mapInArrow(merge, schema)
 
 
@@ -102,39 +99,48 @@ def _output(spec: _Spec) -> Column:
 def _merge(
     batches: Iterator[pa.RecordBatch],
     keys: tuple[str, ...],
-    anchor: str,
+    spine_columns: list[str],
     step: int,
     specs: list[_Spec],
 ) -> Iterator[pa.RecordBatch]:
-    """The window values of one partition's anchors, which has every tile of their keys."""
+    """The spine rows of one partition, which has every tile of their keys, with the window
+    values appended; a row without a time or with a null key gets nulls."""
     batches = list(batches)
     table = pa.Table.from_batches(batches) if batches else None
     if table is None or table.num_rows == 0:
         return
+    is_anchor = table[KIND].to_numpy() == ANCHOR_ROW
+    known = table[TIME].is_valid().to_numpy()
+    for key in keys:
+        known &= table[key].is_valid().to_numpy()
     codes = _dense_codes(table, keys)
-    times = table[TIME].to_numpy() // step  # in intervals: tiles and anchors are aligned
-    low = int(times.min()) - max(spec.window for spec in specs)
-    shift = (int(times.max()) - low + 1).bit_length()
+    times = pc.fill_null(table[TIME], 0).to_numpy() // step  # in intervals: all aligned
+    low = int(times[known].min()) - max(spec.window for spec in specs) if known.any() else 0
+    shift = (int(times[known].max()) - low + 1).bit_length() if known.any() else 1
     if (int(codes.max()) + 1).bit_length() + shift > 62:
         raise ValueError("too many keys and tiles in one partition to pack into 62 bits")
-    packed = (codes << shift) | (times - low)
-    is_anchor = table[KIND].to_numpy() == ANCHOR_ROW
-    tile_rows = np.flatnonzero(~is_anchor)
+    packed = (codes << shift) | np.where(known, times - low, 0)
+    tile_rows = np.flatnonzero(~is_anchor & known)
     tile_rows = tile_rows[np.argsort(packed[tile_rows])]
-    anchor_rows = np.flatnonzero(is_anchor)
+    spine_rows = np.flatnonzero(is_anchor)
+    served = known[spine_rows]
     sorted_packed = packed[tile_rows]
-    ends = np.searchsorted(sorted_packed, packed[anchor_rows])
+    ends = np.where(served, np.searchsorted(sorted_packed, packed[spine_rows]), 0)
     slices = {
-        window: (np.searchsorted(sorted_packed, packed[anchor_rows] - window), ends)
+        window: (
+            np.where(served, np.searchsorted(sorted_packed, packed[spine_rows] - window), 0),
+            ends,
+        )
         for window in {spec.window for spec in specs}
     }
     tiles = table.take(tile_rows)
-    columns = {key: table[key].take(anchor_rows) for key in keys}
-    columns[anchor] = pa.array(times[anchor_rows] * step)
+    columns = {name: table[name].take(spine_rows) for name in spine_columns}
     best = _Best(max(spec.window for spec in specs))
+    unserved = pa.array(~served)
     for spec in specs:
         lo, hi = slices[spec.window]
-        columns[spec.output] = _value(spec.function, tiles[spec.partial], lo, hi, best)
+        value = _value(spec.function, tiles[spec.partial], lo, hi, best)
+        columns[spec.output] = pc.if_else(unserved, pa.nulls(len(value), value.type), value)
     yield from pa.table(columns).to_batches()
 
 

@@ -210,9 +210,6 @@ def aggregate_join(spine: DataFrame, timestamp_column: str, lookup: AggregateLoo
     keys = list(lookup.join_keys)
     types = dict(spine.dtypes)
     spine = spine.withColumn(ANCHOR, floor_micros(F.col(timestamp_column), lookup.interval))
-    anchors = (
-        spine.select(*keys, ANCHOR).where(F.col(ANCHOR).isNotNull()).dropna(subset=keys).distinct()
-    )
     needed = sorted({a.partial_column for a in lookup.aggregations})
     tiles = lookup.tiles.select(  # keyed like the spine
         *(F.col(key).cast(types[key]).alias(key) for key in keys), TILE_START, *needed
@@ -221,14 +218,20 @@ def aggregate_join(spine: DataFrame, timestamp_column: str, lookup: AggregateLoo
     joined = spine
     windowed = {a: out for a, out in lookup.aggregations.items() if a.fn.name in WINDOWED}
     if windowed:
-        values = window_values(tiles, anchors, keys, ANCHOR, lookup.interval, windowed)
-        joined = joined.join(values, on=[*keys, ANCHOR], how="left")
-    sliding = {a: out for a, out in lookup.aggregations.items() if a.fn.partial == "moments"}
+        joined = window_values(joined, ANCHOR, tiles, keys, lookup.interval, windowed)
+    others = {a: out for a, out in lookup.aggregations.items() if a not in windowed}
+    if not others:
+        return joined.drop(ANCHOR)
+    # these are merged per distinct anchor and joined back, which reads the spine twice
+    anchors = (
+        spine.select(*keys, ANCHOR).where(F.col(ANCHOR).isNotNull()).dropna(subset=keys).distinct()
+    )
+    sliding = {a: out for a, out in others.items() if a.fn.partial == "moments"}
     if sliding:
         joined = joined.join(
             _sliding_moments(tiles, anchors, keys, sliding), [*keys, ANCHOR], "left"
         )
-    for aggregation, output in lookup.aggregations.items():
+    for aggregation, output in others.items():
         if aggregation.fn.name in MERGED:
             merge = _last_n if aggregation.fn.name == "last_n" else _approx_count_distinct
             merged = merge(lookup, anchors, aggregation)
