@@ -45,6 +45,9 @@ def spark_session(
         server.start(background=True)
         host, port = server.listening_address
         session = _builder(conf).remote(f"sc://{host}:{port}").create()
+        # Reattaching survives a lost network link, which an in-process server has none of;
+        # its asynchronous releases would only fail noisily once the server has stopped.
+        session.client.disable_reattachable_execute()
         try:
             yield session
         finally:
