@@ -12,13 +12,17 @@ import os
 import platform
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+
+from online.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2  # DuckDB threads; Sail uses every core, and the machine this was written for has 2
@@ -153,3 +157,30 @@ def machine_info() -> dict:
         },
         "duckdb_threads": THREADS,
     }
+
+
+@contextmanager
+def moto_server(timeout: float = 30.0) -> Iterator[str]:
+    """A moto_server process (DynamoDB over real HTTP) on a free 127.0.0.1 port; yields its
+    endpoint URL and always stops it."""
+    port = free_port()
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -1,7 +1,8 @@
 """`featureplane`: the command line of the feature platform.
 
 - `featureplane demo`: generate the synthetic data, materialize every demo feature partition
-  through Dagster, print a summary.
+  through Dagster and push the online views, print a summary, then serve the registry over HTTP
+  and print one feature vector of the `ctr` service.
 - `featureplane materialize`: compute feature views for a date range through Dagster.
 - `featureplane validate`: load the repository and check every view's output schema on Spark.
 - `featureplane registry`: write the serving registry of the repository (what `serve` reads).
@@ -74,7 +75,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     end = scale.start + timedelta(days=scale.days)
     results = _materialize(DEFAULT_REPOSITORY, None, end, None, training=True)
     _print_materialized(results, time.perf_counter() - generated)
-    _print_training_preview("ctr_training")
+    latest = _print_training_preview("ctr_training")
+    _print_served_vector("ctr", latest)
     print(f"demo finished in {time.perf_counter() - began:.1f}s")
     print(
         "\nOpen the Dagster UI:  make ui   "
@@ -84,7 +86,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_training_preview(name: str, rows: int = 3) -> None:
+def _print_training_preview(name: str, rows: int = 3) -> dict:
+    """Print the dataset's size and its last impressions; return the latest one's row."""
     from pyspark.sql import functions as F
 
     from featureplane.feature_store import FeatureStore
@@ -97,6 +100,33 @@ def _print_training_preview(name: str, rows: int = 3) -> None:
         frame = latest.toPandas()
     print(f"\n{name}: {total:,} rows; {rows} impressions of {last_day}, one per column:")
     print(frame.T.to_string(header=False))
+    return frame.iloc[-1].to_dict()
+
+
+def _print_served_vector(service: str, row: dict, timeout: float = 60.0) -> None:
+    """Write the registry, serve it on a free local port, fetch the service's features for the
+    entity of `row` over HTTP with the Python client and print them; the server always stops."""
+    from featureplane.registry import build_registry, write_registry
+    from featureplane.repository import Repository
+    from featureplane.settings import online_store_settings, registry_path
+    from online.client import FeatureClient
+    from online.server import serving_process
+
+    registry = build_registry(Repository.load(DEFAULT_REPOSITORY), online_store_settings())
+    path = write_registry(registry, registry_path())
+    with serving_process(path, timeout=timeout) as url, FeatureClient(url, timeout) as client:
+        [spec] = [s for s in client.services() if s["name"] == service]
+        entities = {key["name"]: int(row[key["name"]]) for key in spec["join_keys"]}
+        # the demo's one request field, request_ts, is the time of the impression
+        request_data = {field["name"]: row["ts"].isoformat() for field in spec["request_data"]}
+        result = client.get_features(service, entities, request_data)
+    print(f"\n{service} served over HTTP at {url} for {entities} (registry {path}):")
+    width = max(map(len, result["values"]))
+    for feature, value in result["values"].items():
+        age = result["age_seconds"][feature]
+        shown = f"{value:.4g}" if isinstance(value, float) else repr(value)
+        age_text = "" if age is None else f"age {age / 3600:,.1f} h"
+        print(f"  {feature:<{width}}  {shown:>12}  {result['status'][feature]:<8} {age_text}")
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:

@@ -12,6 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +105,52 @@ def serve(
         access_log=False,
         lifespan="on",
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for servers started by us)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serving_process(
+    registry: str | Path,
+    workers: int = 1,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+) -> Iterator[str]:
+    """`featureplane serve` in a subprocess on a free 127.0.0.1 port; yields its base URL once
+    `/health` answers and always stops it, for demos and benchmarks that talk HTTP to it."""
+    from online.client import FeatureClient
+
+    port = free_port()
+    root = str(Path(__file__).resolve().parents[1])
+    environment = {**os.environ, **(env or {})}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [root, environment.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "featureplane.cli", "serve", "--registry", str(registry)]
+    command += ["--port", str(port), "--workers", str(workers)]
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        with FeatureClient(url, timeout=1.0) as client:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the server exited with {process.returncode}")
+                try:
+                    client.health()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the server did not answer in {timeout:.0f}s") from None
+                    time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

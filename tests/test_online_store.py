@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
+from bench.harness import moto_server
 from featureplane.online_store import (
     EntityKeyError,
     OnlineStore,
@@ -56,27 +53,8 @@ def aws_credentials() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def moto_endpoint(aws_credentials) -> Iterator[str]:
     """A moto_server process on 127.0.0.1: DynamoDB over real HTTP, stopped at the end."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(timeout=10)
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 def open_backend(kind: str, request: pytest.FixtureRequest, stack: ExitStack) -> OnlineStore:

@@ -1,26 +1,14 @@
 """`featureplane serve` in a subprocess, called end to end through `online.client`."""
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from featureplane.registry import write_registry
 from online.client import FeatureClient, FeatureServerError
+from online.server import serving_process
 from tests.serving_repo import ad_stats, registry, user_stats, write_row
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,28 +22,11 @@ def server(tmp_path_factory):
         write_row(store, user_stats, (user_id,), now - timedelta(minutes=5), values)
     write_row(store, ad_stats, ("a1",), now - timedelta(hours=1), {"ctr": 0.5, "title": "Shoes"})
     path = write_registry(registry(store), root / "registry.json")
-    port = free_port()
-    command = [sys.executable, "-m", "featureplane.cli", "serve", "--port", str(port)]
-    process = subprocess.Popen(
-        [*command, "--registry", str(path)],
-        cwd=ROOT,
-        env={**os.environ, "FEATUREPLANE_MAX_BATCH_ROWS": "50"},
-    )
-    client = FeatureClient(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.health()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise
-            time.sleep(0.1)
-    yield client
-    client.close()
-    process.terminate()
-    process.wait(timeout=10)
+    with (
+        serving_process(path, env={"FEATUREPLANE_MAX_BATCH_ROWS": "50"}, timeout=30) as url,
+        FeatureClient(url) as client,
+    ):
+        yield client
 
 
 def test_health_and_services(server):

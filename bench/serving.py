@@ -1,0 +1,556 @@
+"""Online serving of the demo service `ctr` over HTTP, from SQLite and from DynamoDB (moto_server).
+
+    python -m bench.serving [--quick] [--data-dir DIR] [--stores sqlite dynamodb] [--workers 1 2]
+
+One run reports, per store and server worker count: p50/p95/p99 latency and requests/s of 1-row
+and 100-row requests from 1 and 8 clients; the raw store read (`read_many`) of the same keys and
+the handler's overhead over it; the cold import of the Lambda handler; online push rows/s into
+each store. JSON goes to `bench/results/serving.json`.
+
+Data: the demo pipeline (`featureplane demo`) into `--data-dir` (kept, and reused when it already
+holds a pushed SQLite store), so the store holds real pushed records. DynamoDB is a moto_server
+on 127.0.0.1 filled through the store API with a bounded sample of those records (the records
+of 500 request rows' keys plus up to `--dynamodb-rows` more per view): moto is far slower than
+DynamoDB, so its push figure says little about AWS. Request keys are entity keys sampled from
+the store, 5% of them unknown (served as `missing`).
+
+Server: `featureplane serve` (uvicorn) in a subprocess per store and worker count; each client
+is its own process (threads would measure the GIL), holds one kept-alive connection
+(`online.client.FeatureClient`), and sends requests for a bounded time and count after a
+warm-up; all clients start together. Latency is per request at the client.
+
+Reference: the issue's figures of a popular Python feature server measured on this machine on
+SQLite (quoted, not rerun: it is not installed here).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bench.harness import ROOT, base_parser, machine_info, moto_server
+from featureplane.online_store import OnlineStore, Record, RecordKey, open_store
+from featureplane.online_store.encoding import key_prefix
+from featureplane.registry import ServingRegistry, load_registry, write_registry
+from online.server import serving_process
+
+DEFAULT_OUT = ROOT / "bench" / "results" / "serving.json"
+SERVICE = "ctr"
+STORES = {"sqlite": "SQLite file", "dynamodb": "DynamoDB on moto_server"}
+CASES = ((1, 1), (1, 8), (100, 1), (100, 8))
+"""(rows per request, concurrent clients)."""
+GOALS = {("sqlite", 1, 1): 1.5, ("sqlite", 1, 8): 10.0, ("sqlite", 100, 1): 8.0}
+"""p99 milliseconds the issue asks of the SQLite store over HTTP."""
+REFERENCE = {(1, 1): 3.9, (1, 8): 33.0, (100, 1): 23.0}
+"""p99 ms of a popular Python feature server on SQLite, quoted from the issue."""
+REFERENCE_PUSH = 5_000
+OVERHEAD_GOAL_MS, PUSH_GOAL, IMPORT_GOAL_MS = 0.5, 200_000, 300.0
+UNKNOWN_SHARE = 0.05
+UNKNOWN_BASE = 10**12
+"""Join key values far above any demo id: unknown entities."""
+MOTO_TABLE = "featureplane_bench"
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+"""moto accepts any credentials; fake ones make sure nothing can reach a real account."""
+
+
+def percentiles(seconds: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99 of durations, in milliseconds."""
+    cuts = statistics.quantiles(seconds, n=100, method="inclusive")
+    return {f"p{p}": round(cuts[p - 1] * 1000, 3) for p in (50, 95, 99)}
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+def demo_data(data: Path) -> None:
+    """Run the demo pipeline into `data` unless it holds a pushed SQLite store already."""
+    if (data / "online_store.sqlite").exists():
+        print(f"reusing the demo data in {data}")
+        return
+    home = data / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "FEATUREPLANE_DATA_DIR": str(data), "DAGSTER_HOME": str(home)}
+    print(f"running the demo pipeline into {data}")
+    subprocess.run(
+        [sys.executable, "-m", "featureplane.cli", "demo"], cwd=ROOT, env=env, check=True
+    )
+
+
+def demo_registry(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The demo repository's registry, served from the store of `settings`."""
+    from featureplane.registry import build_registry
+    from featureplane.repository import Repository
+
+    return build_registry(Repository.load("feature_assets"), settings)
+
+
+def request_data(registry: ServingRegistry) -> dict[str, str]:
+    """The request fields of the service's on-demand views: the time of the run (all are
+    timestamps in the demo), as a request of the served model would carry them."""
+    service = registry.services[SERVICE]
+    fields = [
+        field
+        for name, _ in service.selections
+        if name in registry.on_demand
+        for field in registry.on_demand[name].request_fields
+    ]
+    unsupported = [f.name for f in fields if f.dtype.name != "Timestamp"]
+    if unsupported:
+        raise ValueError(f"no request values for the non-timestamp fields {unsupported}")
+    now = datetime.now(UTC).isoformat()
+    return {field.name: now for field in fields}
+
+
+def stored_keys(path: Path, registry: ServingRegistry) -> dict[str, list[tuple]]:
+    """The entity keys of each online view's current version in the SQLite store at `path`."""
+    keys = {}
+    with sqlite3.connect(path) as connection:
+        for view in registry.views.values():
+            if view.online:
+                prefix = key_prefix(view.name, view.version)
+                query = "SELECT item_key FROM online_records WHERE substr(item_key, 1, ?) = ?"
+                found = connection.execute(query, (len(prefix), prefix))
+                keys[view.name] = [tuple(json.loads(row[0][len(prefix) :])) for row in found]
+    return keys
+
+
+def request_rows(
+    registry: ServingRegistry, keys: Mapping[str, list[tuple]], count: int, seed: int = 7
+) -> list[dict[str, int | str]]:
+    """`count` entity rows of the service: each join key drawn from the stored keys of the
+    views keyed by it alone, `UNKNOWN_SHARE` of the rows with unknown values instead."""
+    service = registry.services[SERVICE]
+    values: dict[str, set] = {}
+    for name, _ in service.selections:
+        view = registry.views.get(name)
+        if view is not None and len(view.join_keys) == 1 and keys.get(name):
+            values.setdefault(view.join_keys[0], set()).update(key[0] for key in keys[name])
+    pools = {key: sorted(found) for key, found in values.items()}
+    rng = random.Random(seed)
+    rows = []
+    for index in range(count):
+        known = rng.random() >= UNKNOWN_SHARE
+        rows.append(
+            {
+                key: rng.choice(pool) if known else UNKNOWN_BASE + index
+                for key, pool in pools.items()
+            }
+        )
+    return rows
+
+
+# ---- push ---------------------------------------------------------------------------------------
+
+
+def push_batches(data: Path) -> dict[str, list[pa.RecordBatch]]:
+    """Each online view's push rows for the demo's whole range, as Arrow batches: what the
+    `online/<view>` assets send, selected from the offline tables by the same Spark code."""
+    from featureplane.compute.push import arrow_batches, push_frame
+    from featureplane.compute.window import TimeWindow
+    from featureplane.offline_store import OfflineStore
+    from featureplane.repository import Repository
+    from featureplane.spark_session import spark_session
+    from featureplane.synthetic import SCALES
+
+    scale = SCALES["demo"]
+    end = scale.start + timedelta(days=scale.days)
+    offline = OfflineStore(str(data / "offline"))
+    batches = {}
+    with spark_session() as spark:
+        for view in Repository.load("feature_assets").feature_views.values():
+            if view.online:
+                table = offline.read(spark, offline.table_uri("features", view.name))
+                window = TimeWindow(view.feature_start_time, end)
+                batches[view.name] = list(arrow_batches(push_frame(table, view, window)))
+    return batches
+
+
+def push_rate(store: OnlineStore, batches: Mapping[str, list[pa.RecordBatch]]) -> dict[str, Any]:
+    """Push the batches with `featureplane.online_push.push` (Arrow to records to conditional
+    store writes) into `store`: rows/s of that write path over every view, fetching excluded."""
+    from featureplane.online_push import push
+    from featureplane.repository import Repository
+
+    repository = Repository.load("feature_assets")
+    store.ensure_table()
+    rows, seconds, per_view = 0, 0.0, {}
+    for name, view_batches in batches.items():
+        stats = push(store, repository.feature_views[name], view_batches)
+        rows += stats.rows
+        seconds += stats.write_seconds
+        per_view[name] = {"rows": stats.rows, "rows_per_s": round(stats.rows_per_second)}
+    return {
+        "rows": rows,
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(rows / seconds),
+        "views": per_view,
+    }
+
+
+# ---- load ---------------------------------------------------------------------------------------
+
+
+def client(job: dict[str, Any]) -> dict[str, Any]:
+    """One client process: warm up until the common start, then time requests."""
+    from online.client import FeatureClient
+
+    requests, rows, extra = job["requests"], job["rows"], job["request_data"] or None
+    latencies = []
+    with FeatureClient(job["url"]) as feature_client:
+
+        def send(index: int) -> None:
+            batch = requests[index % len(requests)]
+            if rows == 1:
+                feature_client.get_features(SERVICE, batch[0], extra)
+            else:
+                feature_client.get_features_batch(SERVICE, batch, extra)
+
+        send(0)
+        while time.time() < job["start_at"]:  # warm up until the common start
+            send(job["offset"])
+        started = time.time()
+        deadline = started + job["seconds"]
+        for index in range(job["max_requests"]):
+            if time.time() >= deadline:
+                break
+            began = time.perf_counter()
+            send(index + job["offset"])
+            latencies.append(time.perf_counter() - began)
+    return {"latencies": latencies, "started": started, "finished": time.time()}
+
+
+def load(
+    pool: Any,
+    url: str,
+    rows: list[dict],
+    extra: dict[str, Any],
+    size: int,
+    clients: int,
+    limits: dict[str, Any],
+) -> dict[str, Any]:
+    """Run `clients` client processes against the server; pooled latencies and requests/s."""
+    requests = [rows[i : i + size] for i in range(0, len(rows) - size + 1, size)]
+    start_at = time.time() + limits["start_delay"]
+    jobs = [
+        {
+            "url": url,
+            "requests": requests,
+            "rows": size,
+            "request_data": extra,
+            "start_at": start_at,
+            "seconds": limits["seconds"],
+            "max_requests": limits["max_requests"],
+            "offset": index * 997,
+        }
+        for index in range(clients)
+    ]
+    reports = pool.map(client, jobs)
+    latencies = [s for report in reports for s in report["latencies"]]
+    elapsed = max(r["finished"] for r in reports) - min(r["started"] for r in reports)
+    return {
+        **percentiles(latencies),
+        "requests": len(latencies),
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+    }
+
+
+# ---- in process ---------------------------------------------------------------------------------
+
+
+class TimedStore:
+    """A store whose `read_many` calls are timed: the raw read inside each handler request."""
+
+    def __init__(self, store: Any):
+        self.store = store
+        self.reads: list[float] = []
+
+    def read_many(self, keys: Sequence[RecordKey]) -> list[Record | None]:
+        began = time.perf_counter()
+        found = self.store.read_many(keys)
+        self.reads.append(time.perf_counter() - began)
+        return found
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def in_process(
+    registry: ServingRegistry, rows: list[dict], extra: dict[str, Any], size: int, count: int
+) -> dict[str, Any]:
+    """Raw `read_many` and `FeatureServer.respond` of the same requests, in this process; the
+    handler's overhead is respond minus its read, request by request."""
+    from featureplane.serving import FeatureServer
+
+    store = TimedStore(open_store(registry.online_store))
+    server = FeatureServer(registry, store)
+    route = "get-features" if size == 1 else "get-features-batch"
+    path = f"/v1/feature-services/{SERVICE}/{route}"
+    bodies = [
+        json.dumps(
+            {"entities": rows[i] if size == 1 else rows[i : i + size], "request_data": extra}
+        ).encode()
+        for i in range(0, len(rows) - size + 1, size)
+    ]
+    totals = []
+    for index in range(count + count // 10):
+        began = time.perf_counter()
+        response = server.respond("POST", path, bodies[index % len(bodies)])
+        totals.append(time.perf_counter() - began)
+        if response.status != 200:
+            raise RuntimeError(f"in-process request failed: {response.body[:300]!r}")
+    warm = slice(count // 10, None)  # the first tenth warms caches
+    reads, totals = store.reads[warm], totals[warm]
+    server.close()
+    return {
+        "raw_read_ms": percentiles(reads),
+        "respond_ms": percentiles(totals),
+        "overhead_p50_ms": round(
+            statistics.median(t - r for t, r in zip(totals, reads, strict=True)) * 1000, 3
+        ),
+    }
+
+
+def cold_import(runs: int = 5) -> dict[str, float]:
+    """Median time to import the Lambda handler in a fresh interpreter (and the whole process)."""
+    code = "import time; t = time.perf_counter(); import online.handler; "
+    code += "print(time.perf_counter() - t)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    imports, processes = [], []
+    for _ in range(runs):
+        began = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        processes.append(time.perf_counter() - began)
+        imports.append(float(out.stdout))
+    return {
+        "import_ms": round(statistics.median(imports) * 1000, 1),
+        "process_ms": round(statistics.median(processes) * 1000, 1),
+    }
+
+
+# ---- per store ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def store_settings(kind: str, data: Path) -> Iterator[dict[str, Any]]:
+    """The online store settings of `kind` (for DynamoDB, with a moto_server running)."""
+    if kind == "sqlite":
+        yield {"type": "sqlite", "path": str(data / "online_store.sqlite")}
+        return
+    with moto_server() as endpoint:
+        yield {
+            "type": "dynamodb",
+            "table": MOTO_TABLE,
+            "region": "us-east-1",
+            "endpoint_url": endpoint,
+        }
+
+
+def fill_dynamodb(
+    settings: Mapping[str, Any],
+    registry: ServingRegistry,
+    batches: Mapping[str, list[pa.RecordBatch]],
+    rows: list[dict],
+    extra: int,
+) -> dict[str, Any]:
+    """Push the rows of the request keys plus up to `extra` others per view to DynamoDB."""
+    from featureplane.online_store.dynamodb import DynamoDBOnlineStore
+
+    sample = {}
+    for name, view_batches in batches.items():
+        table = pa.Table.from_batches(view_batches)
+        keys = registry.views[name].join_keys
+        wanted = {tuple(row[key] for key in keys) for row in rows}
+        entities = zip(*(table.column(key).to_pylist() for key in keys), strict=True)
+        requested = pa.array([entity in wanted for entity in entities])
+        chosen = table.filter(requested)
+        others = table.filter(pc.invert(requested)).slice(0, extra)
+        sample[name] = pa.concat_tables([chosen, others]).to_batches()
+    options = {key: value for key, value in settings.items() if key != "type"}
+    store = DynamoDBOnlineStore(**options, concurrent_writes=False)
+    try:
+        return push_rate(store, sample)
+    finally:
+        store.close()
+
+
+def bench_store(
+    kind: str,
+    data: Path,
+    keys: Mapping[str, list[tuple]],
+    batches: Mapping[str, list[pa.RecordBatch]],
+    args: Any,
+    limits: dict,
+) -> dict[str, Any]:
+    """Every figure of one store: push, in-process read and overhead, HTTP load per workers."""
+    result: dict[str, Any] = {"store": STORES[kind]}
+    with (
+        store_settings(kind, data) as settings,
+        multiprocessing.get_context("spawn").Pool(8) as pool,
+    ):
+        os.environ.update(FAKE_AWS)
+        registry_json = demo_registry(settings)
+        path = write_registry(registry_json, data / f"registry_bench_{kind}.json")
+        registry = load_registry(path)
+        served = registry.services[SERVICE]
+        result["views"] = len(served.selections)
+        result["features"] = sum(len(f) for _, f in served.selections)
+        count = limits["keys"] if kind == "sqlite" else limits["dynamodb_keys"]
+        rows = request_rows(registry, keys, count)
+        extra = request_data(registry)
+        if kind == "sqlite":
+            with tempfile.TemporaryDirectory() as scratch:
+                fresh = open_store({"type": "sqlite", "path": f"{scratch}/push.sqlite"})
+                result["push"] = push_rate(fresh, batches)
+                fresh.close()
+        else:
+            result["push"] = fill_dynamodb(
+                settings, registry, batches, rows, limits["dynamodb_rows"]
+            )
+        print(
+            f"  {kind}: pushed {result['push']['rows']:,} rows, "
+            f"{result['push']['rows_per_s']:,} rows/s"
+        )
+        result["in_process"] = {
+            str(size): in_process(registry, rows, extra, size, limits["in_process"] // size or 20)
+            for size in (1, 100)
+        }
+        result["http"] = {}
+        for workers in args.workers:
+            with serving_process(path, workers, FAKE_AWS) as url:
+                cases = {}
+                for size, clients in CASES:
+                    figures = load(pool, url, rows, extra, size, clients, limits)
+                    cases[f"{size}x{clients}"] = figures
+                    print(f"  {kind} workers={workers} {size}-row x{clients}: {figures}")
+                result["http"][str(workers)] = cases
+    return result
+
+
+# ---- report -------------------------------------------------------------------------------------
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    for kind, result in report["stores"].items():
+        if "error" in result:
+            print(f"\n{result['store']}: failed, {result['error']}")
+            continue
+        for workers, cases in result["http"].items():
+            print(
+                f"\n{result['store']}, service {SERVICE} ({result['views']} views, "
+                f"{result['features']} features), {workers} server worker(s)"
+            )
+            print(
+                f"{'request':<16} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'req/s':>8} "
+                f"{'goal p99':>8} {'ref p99':>7} {'ref/ours':>8}  verdict"
+            )
+            for size, clients in CASES:
+                f = cases[f"{size}x{clients}"]
+                goal, ref = GOALS.get((kind, size, clients)), REFERENCE.get((size, clients))
+                verdict = "" if goal is None else ("PASS" if f["p99"] <= goal else "MISS")
+                ratio = f"{ref / f['p99']:.1f}x" if ref and kind == "sqlite" else ""
+                print(
+                    f"{size:>3}-row/{clients} client{'s' if clients > 1 else ' '} "
+                    f"{f['p50']:>7.2f} {f['p95']:>7.2f} {f['p99']:>7.2f} "
+                    f"{f['requests_per_s']:>8,.0f} "
+                    f"{'' if goal is None else f'<= {goal:g}':>8} "
+                    f"{ref if ref and kind == 'sqlite' else '':>7} {ratio:>8}  {verdict}"
+                )
+        for size, figures in result["in_process"].items():
+            overhead = figures["overhead_p50_ms"]
+            goal = "PASS" if overhead <= OVERHEAD_GOAL_MS else "MISS"
+            goal = f"goal <= {OVERHEAD_GOAL_MS} ms: {goal}" if size == "1" else "no goal"
+            print(
+                f"in process, {size}-row: raw read_many p50 "
+                f"{figures['raw_read_ms']['p50']:.3f} ms, respond p50 "
+                f"{figures['respond_ms']['p50']:.3f} ms, handler overhead p50 {overhead:.3f} ms "
+                f"({goal})"
+            )
+        push = result["push"]
+        if kind == "sqlite":
+            verdict = "PASS" if push["rows_per_s"] >= PUSH_GOAL else "MISS"
+            note = f"goal >= {PUSH_GOAL:,}: {verdict}; reference {REFERENCE_PUSH:,}"
+        else:
+            note = "a bounded sample, into moto: says little about AWS"
+        print(f"online push: {push['rows']:,} rows at {push['rows_per_s']:,} rows/s ({note})")
+    cold = report["cold_import"]
+    verdict = "PASS" if cold["import_ms"] <= IMPORT_GOAL_MS else "MISS"
+    print(
+        f"\ncold import of online.handler: {cold['import_ms']:.0f} ms median of 5 "
+        f"(process {cold['process_ms']:.0f} ms; goal <= {IMPORT_GOAL_MS:.0f} ms: {verdict})"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("python -m bench.serving", __doc__, STORES, DEFAULT_OUT)
+    parser.add_argument("--workers", type=int, nargs="+", help="server workers to try (1 2)")
+    parser.add_argument("--seconds", type=float, help="seconds per load case (5)")
+    parser.add_argument("--dynamodb-rows", type=int, help="extra rows per view pushed to moto")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.workers = args.workers or ([1] if quick else [1, 2])
+    limits = {
+        "keys": 2_000 if quick else 20_000,
+        "seconds": args.seconds or (1.0 if quick else 5.0),
+        "max_requests": 300 if quick else 50_000,
+        "start_delay": 1.0 if quick else 2.0,
+        "in_process": 300 if quick else 5_000,
+        "dynamodb_keys": 200 if quick else 500,
+        "dynamodb_rows": args.dynamodb_rows or (50 if quick else 200),
+    }
+    data = args.data_dir or ROOT / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    demo_data(data)
+    sqlite_registry = load_registry(
+        demo_registry({"type": "sqlite", "path": str(data / "online_store.sqlite")})
+    )
+    keys = stored_keys(data / "online_store.sqlite", sqlite_registry)
+    batches = push_batches(data)
+    report: dict[str, Any] = {
+        "benchmark": "serving",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "data": {"dir": str(data), "records": {name: len(k) for name, k in keys.items()}},
+        "method": {**limits, "workers": args.workers, "cases": [f"{s}x{c}" for s, c in CASES]},
+        "goals_p99_ms": {f"{k}:{s}x{c}": g for (k, s, c), g in GOALS.items()},
+        "reference_p99_ms": {f"{s}x{c}": g for (s, c), g in REFERENCE.items()},
+        "stores": {},
+    }
+    for kind in args.engines:
+        print(f"store: {kind}")
+        try:
+            report["stores"][kind] = bench_store(kind, data, keys, batches, args, limits)
+        except Exception as error:  # noqa: BLE001 - one store failing still reports the other
+            print(f"  {kind} failed: {type(error).__name__}: {error}")
+            report["stores"][kind] = {"store": STORES[kind], "error": repr(error)}
+    report["cold_import"] = cold_import()
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
+    print_tables(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
