@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-from online.server import free_port
+from online.server import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2  # DuckDB threads; Sail uses every core, and the machine this was written for has 2
@@ -178,9 +178,4 @@ def moto_server(timeout: float = 30.0) -> Iterator[str]:
                 time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
