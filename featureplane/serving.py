@@ -388,10 +388,12 @@ class FeatureServer:
         if type(features) is not list or not features:
             raise RequestError(400, "'features' must be a non-empty JSON array of feature names")
         wanted = tuple(features)
+        if not all(type(f) is str for f in wanted):
+            raise RequestError(400, "'features' must be a JSON array of feature names (strings)")
         cached = self._subsets.get((plan.name, wanted))
         if cached is not None:
             return cached
-        unknown = [f for f in wanted if type(f) is not str or f not in plan.outputs]
+        unknown = [f for f in wanted if f not in plan.outputs]
         if unknown:
             raise RequestError(
                 400,

@@ -457,6 +457,13 @@ CLIENT_ERRORS = {
         400,
         "'features' must be",
     ),
+    "features not strings": (
+        "POST",
+        ROUTE.format("users"),
+        {"entities": {"user_id": 1}, "features": [[]]},
+        400,
+        "feature names (strings)",
+    ),
     "repeated feature": (
         "POST",
         ROUTE.format("checkout"),
