@@ -201,8 +201,19 @@ def pack_tiles(tiles: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
         values = [row.get(name) for row in rows]
         if _json_partial(name):
             values = [json.loads(v) if isinstance(v, str) else v for v in values]
+        else:
+            values = [_timed(v) for v in values]
         packed[name] = values
     return packed
+
+
+def _timed(partial: Any) -> Any:
+    """A first/last partial with its event time as epoch microseconds (which orders alike and
+    keeps the stored JSON free of tagged datetimes); other partials unchanged."""
+    if isinstance(partial, Mapping) and isinstance(partial.get("ts"), datetime):
+        moment = partial["ts"]
+        return {**partial, "ts": _epoch_micros(moment if moment.tzinfo else moment.astimezone(UTC))}
+    return partial
 
 
 def _json_partial(column: str) -> bool:
@@ -352,8 +363,19 @@ def aggregate_packed(
 ) -> Any:
     """The aggregation's value at `at` from a key's packed tiles (see `pack_tiles`): the tiles
     with tile_start in [floor(at) - window, floor(at))."""
+    return aggregate_before(aggregation, packed, anchor_micros(at, interval))
+
+
+def anchor_micros(at: datetime, interval: timedelta) -> int:
+    """floor(at, interval) in epoch microseconds: where the windows served at `at` end."""
+    return _epoch_micros(floor_time(at, interval))
+
+
+def aggregate_before(
+    aggregation: Aggregation, packed: Mapping[str, Sequence[Any]], end: int
+) -> Any:
+    """The aggregation's value over the packed tiles with tile_start in [end - window, end)."""
     starts = packed.get(TILE_START) or ()
-    end = _epoch_micros(floor_time(at, interval))
     lo = bisect_left(starts, end - aggregation.time_window // timedelta(microseconds=1))
     hi = bisect_left(starts, end, lo)
     partials = packed.get(aggregation.partial_column) or ()

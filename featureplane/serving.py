@@ -54,7 +54,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from featureplane.aggregation import TILES, Aggregation, aggregate_packed, finalize
+from featureplane.aggregation import (
+    TILES,
+    Aggregation,
+    aggregate_before,
+    anchor_micros,
+    finalize,
+)
 from featureplane.errors import OnDemandFeatureViewError
 from featureplane.on_demand import compute_features
 from featureplane.online_store import EntityKeyError, RecordKey, StoreThrottled, open_store
@@ -488,8 +494,8 @@ def _result(
             state = "present"
             if view.aggregations:
                 tiles = stored.get(TILES) or {}
-                interval = view.view.interval
-                got = [aggregate_packed(a, tiles, now, interval) for a in view.aggregations]
+                end = anchor_micros(now, view.view.interval)
+                got = [aggregate_before(a, tiles, end) for a in view.aggregations]
             elif view.view.ttl is not None and now - event_time > view.view.ttl:
                 got, state = view.empty_values, "expired"
             else:
