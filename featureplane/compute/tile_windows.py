@@ -14,7 +14,7 @@ The values equal `featureplane.aggregation`'s merge and finalize of the same til
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -135,11 +135,15 @@ def _merge(
     }
     tiles = table.take(tile_rows)
     columns = {name: table[name].take(spine_rows) for name in spine_columns}
-    best = _Best(max(spec.window for spec in specs))
+    levels = max(max(spec.window for spec in specs).bit_length() - 1, 0)
+    reducers: dict[tuple[str, str], Callable[[np.ndarray, np.ndarray], pa.Array]] = {}
     unserved = pa.array(~served)
     for spec in specs:
         lo, hi = slices[spec.window]
-        value = _value(spec.function, tiles[spec.partial], lo, hi, best)
+        key = (spec.function, spec.partial)
+        if key not in reducers:
+            reducers[key] = _reducer(spec.function, tiles[spec.partial], levels)
+        value = reducers[key](lo, hi)
         columns[spec.output] = pc.if_else(unserved, pa.nulls(len(value), value.type), value)
     yield from pa.table(columns).to_batches()
 
@@ -158,36 +162,48 @@ def _dense_codes(table: pa.Table, keys: tuple[str, ...]) -> np.ndarray:
     return codes
 
 
-def _value(
-    function: str, partials: pa.ChunkedArray, lo: np.ndarray, hi: np.ndarray, best: _Best
-) -> pa.Array:
-    """The finalized value of `function` over the tiles [lo, hi) of each anchor."""
+def _reducer(
+    function: str, partials: pa.ChunkedArray, levels: int
+) -> Callable[[np.ndarray, np.ndarray], pa.Array]:
+    """The finalized value of `function` over the tiles [lo, hi) of each anchor, for any
+    window: prefix sums or the sparse table are built once per partial, not once per window."""
     column = partials.combine_chunks()
     if function == "count":
-        return pa.array(_window_sums(column, lo, hi))
+        counts = _prefix(column)
+        return lambda lo, hi: pa.array(counts[hi] - counts[lo])
     if function in ("sum", "mean"):
-        n = _window_sums(column.field("n"), lo, hi)
-        s = _window_sums(column.field("s"), lo, hi)
-        empty = n == 0
-        if function == "mean":
-            return pa.array(s / np.where(empty, 1, n), mask=empty)
-        return pa.array(s, mask=empty)
+        n_prefix, s_prefix = _prefix(column.field("n")), _prefix(column.field("s"))
+        dtype = s_prefix.dtype if s_prefix.dtype.kind != "f" else np.float64
+
+        def total(lo: np.ndarray, hi: np.ndarray) -> pa.Array:
+            n = n_prefix[hi] - n_prefix[lo]
+            s = (s_prefix[hi] - s_prefix[lo]).astype(dtype)
+            empty = n == 0
+            if function == "mean":
+                return pa.array(s / np.where(empty, 1, n), mask=empty)
+            return pa.array(s, mask=empty)
+
+        return total
     values = column.field("v") if function in ("first", "last") else column
     score = _scores(column, values, largest=function in ("max", "last"))
-    chosen = best(score, lo, hi)
-    found = hi > lo  # no tiles at all: every slice is empty
-    if found.any():
-        found &= score[chosen] > 0
-    return values.take(pa.array(chosen, mask=~found))
+    best = _Best(score, levels)
+
+    def chosen(lo: np.ndarray, hi: np.ndarray) -> pa.Array:
+        position = best(lo, hi)
+        found = hi > lo  # no tiles at all: every slice is empty
+        if found.any():
+            found &= score[position] > 0
+        return values.take(pa.array(position, mask=~found))
+
+    return chosen
 
 
-def _window_sums(values: pa.Array, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Sums of values[lo:hi] (nulls as 0) as differences of prefix sums, floats accumulated in
-    extended precision (see the module docstring)."""
+def _prefix(values: pa.Array) -> np.ndarray:
+    """Prefix sums of the values (nulls as 0) with a leading 0, floats accumulated in extended
+    precision (see the module docstring); window sums are differences of two of them."""
     filled = pc.fill_null(values, 0).to_numpy()
     total = np.longdouble if filled.dtype.kind == "f" else filled.dtype
-    prefix = np.concatenate([np.zeros(1, dtype=total), np.cumsum(filled, dtype=total)])
-    return (prefix[hi] - prefix[lo]).astype(filled.dtype)
+    return np.concatenate([np.zeros(1, dtype=total), np.cumsum(filled, dtype=total)])
 
 
 def _scores(column: pa.Array, values: pa.Array, largest: bool) -> np.ndarray:
@@ -209,24 +225,25 @@ def _scores(column: pa.Array, values: pa.Array, largest: bool) -> np.ndarray:
 
 
 class _Best:
-    """The position of the greatest score in ranges of at most `longest` rows (sparse table)."""
+    """The position of the greatest score in ranges of at most 2**levels rows: a sparse table,
+    built once, answering each range with two overlapping power-of-two blocks."""
 
-    def __init__(self, longest: int) -> None:
-        self.levels = max(int(longest).bit_length() - 1, 0)
-
-    def __call__(self, score: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    def __init__(self, score: np.ndarray, levels: int) -> None:
+        self.score = score
         n = len(score)
-        if n == 0:
-            return np.zeros(len(lo), dtype=np.int64)
         table = [np.arange(n)]
-        for level in range(1, self.levels + 1):
+        for level in range(1, levels + 1):
             previous = table[-1]
             partner = previous[np.minimum(np.arange(n) + (1 << (level - 1)), n - 1)]
             table.append(np.where(score[partner] > score[previous], partner, previous))
-        blocks = np.stack(table)
+        self.blocks = np.stack(table)
+
+    def __call__(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        n = len(self.score)
+        if n == 0:
+            return np.zeros(len(lo), dtype=np.int64)
         length = np.maximum(hi - lo, 1)
         level = np.floor(np.log2(length)).astype(np.int64)
-        start = np.minimum(lo, n - 1)
-        first = blocks[level, start]
-        second = blocks[level, np.clip(hi - (1 << level), 0, n - 1)]
-        return np.where(score[second] > score[first], second, first)
+        first = self.blocks[level, np.minimum(lo, n - 1)]
+        second = self.blocks[level, np.clip(hi - (1 << level), 0, n - 1)]
+        return np.where(self.score[second] > self.score[first], second, first)
