@@ -3,7 +3,7 @@
     python -m bench.serving [--quick] [--data-dir DIR] [--stores sqlite dynamodb] [--workers 1 2]
 
 One run reports, per store and server worker count: p50/p95/p99 latency and requests/s of 1-row
-and 100-row requests from 1 and 8 clients; the raw store read (`read_many`) of the same keys and
+and 100-row requests from 1 and 8 clients; the raw store read (`read_items`) of the same keys and
 the handler's overhead over it; the cold import of the Lambda handler; online push rows/s into
 each store. JSON goes to `bench/results/serving.json`.
 
@@ -45,8 +45,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bench.harness import ROOT, base_parser, machine_info, moto_server
-from featureplane.online_store import OnlineStore, Record, RecordKey, open_store
+from featureplane.online_store import OnlineStore, open_store
 from featureplane.online_store.encoding import key_prefix
+from featureplane.online_store.store import StoredItem
 from featureplane.registry import ServingRegistry, load_registry, write_registry
 from online.server import serving_process
 
@@ -278,15 +279,15 @@ def load(
 
 
 class TimedStore:
-    """A store whose `read_many` calls are timed: the raw read inside each handler request."""
+    """A store whose `read_items` calls are timed: the raw read inside each handler request."""
 
     def __init__(self, store: Any):
         self.store = store
         self.reads: list[float] = []
 
-    def read_many(self, keys: Sequence[RecordKey]) -> list[Record | None]:
+    def read_items(self, keys: Sequence[str]) -> list[StoredItem | None]:
         began = time.perf_counter()
-        found = self.store.read_many(keys)
+        found = self.store.read_items(keys)
         self.reads.append(time.perf_counter() - began)
         return found
 
@@ -297,7 +298,7 @@ class TimedStore:
 def in_process(
     registry: ServingRegistry, rows: list[dict], extra: dict[str, Any], size: int, count: int
 ) -> dict[str, Any]:
-    """Raw `read_many` and `FeatureServer.respond` of the same requests, in this process; the
+    """Raw `read_items` and `FeatureServer.respond` of the same requests, in this process; the
     handler's overhead is respond minus its read, request by request."""
     from featureplane.serving import FeatureServer
 
@@ -480,7 +481,7 @@ def print_tables(report: dict[str, Any]) -> None:
             goal = "PASS" if overhead <= OVERHEAD_GOAL_MS else "MISS"
             goal = f"goal <= {OVERHEAD_GOAL_MS} ms: {goal}" if size == "1" else "no goal"
             print(
-                f"in process, {size}-row: raw read_many p50 "
+                f"in process, {size}-row: raw read p50 "
                 f"{figures['raw_read_ms']['p50']:.3f} ms, respond p50 "
                 f"{figures['respond_ms']['p50']:.3f} ms, handler overhead p50 {overhead:.3f} ms "
                 f"({goal})"

@@ -16,7 +16,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import reduce
+from functools import cached_property, reduce
 from typing import Any
 
 from featureplane.types import NUMERIC, Array, DType, Float64, Int64
@@ -24,6 +24,7 @@ from featureplane.types import NUMERIC, Array, DType, Float64, Int64
 TILE_START = "tile_start"
 """The event-time column of a tiles table: the start of each tile's interval."""
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
 TILES = "tiles"
 """The online record value of an aggregate view: its packed tiles (see `pack_tiles`)."""
 
@@ -140,7 +141,7 @@ class Aggregation:
     def fn(self) -> AggregationFunction:
         return self.function  # type: ignore[return-value]
 
-    @property
+    @cached_property
     def partial_column(self) -> str:
         """The tile column holding this aggregation's partials (shared across windows)."""
         return f"{self.fn.partial}__{self.column}"
@@ -199,7 +200,7 @@ def pack_tiles(tiles: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
     packed: dict[str, list[Any]] = {TILE_START: [_epoch_micros(t[TILE_START]) for t in rows]}
     for name in columns:
         values = [row.get(name) for row in rows]
-        if _json_partial(name):
+        if json_partial(name):
             values = [json.loads(v) if isinstance(v, str) else v for v in values]
         else:
             values = [_timed(v) for v in values]
@@ -216,7 +217,7 @@ def _timed(partial: Any) -> Any:
     return partial
 
 
-def _json_partial(column: str) -> bool:
+def json_partial(column: str) -> bool:
     """Whether a tile column holds JSON text: last_n's and approx_count_distinct's partials
     (`last{n}__…`, `hll{p}__…`; see `AggregationFunction.partial`)."""
     prefix = column.split("__", 1)[0]
@@ -224,7 +225,7 @@ def _json_partial(column: str) -> bool:
 
 
 def _epoch_micros(moment: datetime) -> int:
-    return (moment - EPOCH) // timedelta(microseconds=1)
+    return (moment - EPOCH) // MICROSECOND
 
 
 def floor_time(moment: datetime, interval: timedelta) -> datetime:
@@ -354,16 +355,9 @@ def aggregate(
     at: datetime,
     interval: timedelta,
 ) -> Any:
-    """The aggregation's value at `at` from a key's tiles (dicts with tile_start and partials)."""
-    return aggregate_packed(aggregation, pack_tiles(tiles), at, interval)
-
-
-def aggregate_packed(
-    aggregation: Aggregation, packed: Mapping[str, Sequence[Any]], at: datetime, interval: timedelta
-) -> Any:
-    """The aggregation's value at `at` from a key's packed tiles (see `pack_tiles`): the tiles
-    with tile_start in [floor(at) - window, floor(at))."""
-    return aggregate_before(aggregation, packed, anchor_micros(at, interval))
+    """The aggregation's value at `at` from a key's tiles (dicts with tile_start and partials):
+    the tiles with tile_start in [floor(at) - window, floor(at))."""
+    return aggregate_before((aggregation,), pack_tiles(tiles), anchor_micros(at, interval))[0]
 
 
 def anchor_micros(at: datetime, interval: timedelta) -> int:
@@ -372,11 +366,19 @@ def anchor_micros(at: datetime, interval: timedelta) -> int:
 
 
 def aggregate_before(
-    aggregation: Aggregation, packed: Mapping[str, Sequence[Any]], end: int
-) -> Any:
-    """The aggregation's value over the packed tiles with tile_start in [end - window, end)."""
+    aggregations: Sequence[Aggregation], packed: Mapping[str, Sequence[Any]], end: int
+) -> list[Any]:
+    """The aggregations' values over the packed tiles with tile_start in [end - window, end):
+    one binary search for `end`, one per distinct window, then a merge of each slice."""
     starts = packed.get(TILE_START) or ()
-    lo = bisect_left(starts, end - aggregation.time_window // timedelta(microseconds=1))
-    hi = bisect_left(starts, end, lo)
-    partials = packed.get(aggregation.partial_column) or ()
-    return finalize(aggregation.fn, merge_partials(aggregation.fn, partials[lo:hi]))
+    hi = bisect_left(starts, end)
+    los: dict[timedelta, int] = {}
+    values = []
+    for aggregation in aggregations:
+        window = aggregation.time_window
+        lo = los.get(window)
+        if lo is None:
+            lo = los[window] = bisect_left(starts, end - window // MICROSECOND, 0, hi)
+        partials = packed.get(aggregation.partial_column) or ()
+        values.append(finalize(aggregation.fn, merge_partials(aggregation.fn, partials[lo:hi])))
+    return values

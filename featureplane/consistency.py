@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from featureplane.aggregation import TILES, aggregate_packed
+from featureplane.aggregation import TILES, aggregate_before, anchor_micros
 from featureplane.feature_view import FeatureView
 from featureplane.online_store import Record
 
@@ -35,7 +35,8 @@ def online_values(view: FeatureView, record: Record | None, at: datetime) -> dic
     """
     if view.aggregations:
         tiles = record.values[TILES] if record is not None else {}
-        return {a.name: aggregate_packed(a, tiles, at, view.interval) for a in view.aggregations}
+        values = aggregate_before(view.aggregations, tiles, anchor_micros(at, view.interval))
+        return dict(zip(view.feature_names, values, strict=True))
     if record is None or (record.expires_at is not None and at > record.expires_at):
         return dict.fromkeys(view.feature_names)
     return {name: record.values.get(name) for name in view.feature_names}

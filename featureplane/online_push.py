@@ -7,9 +7,10 @@ entity's tiles packed by `featureplane.aggregation.pack_tiles`, stamped with the
 last tile; it never expires, because an entity whose tiles all left every window is served
 exactly what the offline store gives it (count 0, other values null), not a missing value.
 
-Spark-free: the batches come from `featureplane.compute.push`. Each batch becomes records
-column-wise (one `to_pylist` per column) and one conditional store write, so the only per-row
-Python objects are the ones a `Record` is made of.
+Spark-free: the batches come from `featureplane.compute.push`. Each batch is encoded a column
+at a time with Arrow compute (`featureplane.online_store.columnar`), sorted by key (B-tree stores
+insert in key order fastest), and written with one conditional store write: the only per-row
+Python objects are the stored item tuples.
 """
 
 from __future__ import annotations
@@ -17,13 +18,25 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import repeat
+from datetime import timedelta
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from featureplane.aggregation import TILES, pack_tiles
+from featureplane.aggregation import TILE_START, TILES, json_partial
 from featureplane.feature_view import FeatureView
-from featureplane.online_store import OnlineStore, Record, expiry
+from featureplane.online_store import OnlineStore
+from featureplane.online_store.columnar import (
+    concat,
+    epoch_seconds_up,
+    item_keys,
+    json_texts,
+    micros,
+    object_texts,
+)
+from featureplane.online_store.encoding import key_prefix
+from featureplane.online_store.store import StoredItem
 
 EVENT_TIME = "event_timestamp"
 """The pushed rows' event-time column: a row's event time, or the end of the last tile."""
@@ -45,18 +58,60 @@ class PushStats:
         return self.rows / self.write_seconds if self.write_seconds else 0.0
 
 
-def records(view: FeatureView, batch: pa.RecordBatch) -> Iterator[Record]:
-    """The records of one batch of `featureplane.compute.push.push_frame` rows."""
-    keys = zip(*(batch.column(key).to_pylist() for key in view.join_keys), strict=True)
-    times = batch.column(EVENT_TIME).to_pylist()
+def stored_items(view: FeatureView, batch: pa.RecordBatch) -> Iterator[StoredItem]:
+    """The stored items of one batch of `featureplane.compute.push.push_frame` rows, by key."""
+    keys = item_keys(key_prefix(view.name, view.version), [batch[k] for k in view.join_keys])
+    times = micros(batch[EVENT_TIME])
     if view.aggregations:
-        tiles = batch.column(TILES).to_pylist()
-        return map(Record, keys, times, ({TILES: pack_tiles(t)} for t in tiles))
-    names = view.feature_names
-    rows = zip(*(batch.column(name).to_pylist() for name in names), strict=True)
-    values = (dict(zip(names, row, strict=True)) for row in rows)
-    expires = (expiry(t, view.ttl) for t in times) if view.ttl else repeat(None)
-    return map(Record, keys, times, values, expires)
+        payloads = concat(f'{{"{TILES}":', packed_tiles(batch[TILES]), "}")
+    else:
+        names = view.feature_names
+        payloads = object_texts(names, [json_texts(batch[name]) for name in names])
+    order = pc.sort_indices(keys)
+    keys, times, payloads = (column.take(order) for column in (keys, times, payloads))
+    expires = [None] * len(keys)
+    if view.ttl and not view.aggregations:
+        ttl = view.ttl // timedelta(microseconds=1)
+        expires = epoch_seconds_up(pc.add(times, ttl)).to_pylist()
+    return zip(keys.to_pylist(), times.to_pylist(), payloads.to_pylist(), expires, strict=True)
+
+
+def packed_tiles(tiles: pa.ListArray) -> pa.Array:
+    """The JSON of `featureplane.aggregation.pack_tiles` for each list of tiles, built column by
+    column; the tiles must be sorted by tile_start, as `push_frame` sorts them."""
+    rows, offsets = tiles.flatten(), pc.subtract(tiles.offsets, tiles.offsets[0])
+    fields = {rows.type.field(i).name: rows.field(i) for i in range(rows.type.num_fields)}
+    starts = micros(fields.pop(TILE_START))
+    unsorted = np.flatnonzero(np.diff(starts.to_numpy()) < 0) + 1
+    if not np.isin(unsorted, offsets.to_numpy()).all():
+        raise ValueError("tiles to push must be sorted by tile_start within each entity")
+    columns = {TILE_START: pc.cast(starts, pa.string())}
+    columns |= {name: _partial_texts(name, fields[name]) for name in sorted(fields)}
+    lists = [
+        concat("[", pc.binary_join(pa.ListArray.from_arrays(offsets, texts), ","), "]")
+        for texts in columns.values()
+    ]
+    return object_texts(list(columns), lists)
+
+
+def _partial_texts(column: str, partials: pa.Array) -> pa.Array:
+    """A tile column's partials as `pack_tiles` keeps them: JSON-text partials as they are,
+    first/last event times (`ts`) as epoch microseconds, the rest as JSON values."""
+    if json_partial(column):
+        return pc.if_else(pc.is_valid(partials), partials, pa.scalar("null"))
+    kind = partials.type
+    if not pa.types.is_struct(kind):
+        return json_texts(partials)
+    names = [kind.field(i).name for i in range(kind.num_fields)]
+    texts = []
+    for name in names:
+        values = partials.field(name)
+        if name == "ts" and pa.types.is_timestamp(values.type):
+            texts.append(pc.fill_null(pc.cast(micros(values), pa.string()), "null"))
+        else:
+            texts.append(json_texts(values))
+    objects = object_texts(names, texts)
+    return pc.if_else(pc.is_valid(partials), objects, pa.scalar("null"))
 
 
 def push(store: OnlineStore, view: FeatureView, batches: Iterable[pa.RecordBatch]) -> PushStats:
@@ -71,7 +126,7 @@ def push(store: OnlineStore, view: FeatureView, batches: Iterable[pa.RecordBatch
         fetch += fetched - began
         if batch is None:
             break
-        result = store.write(view.name, view.version, records(view, batch))
+        result = store.write_items(stored_items(view, batch))
         write += time.perf_counter() - fetched
         rows += batch.num_rows
         written += result.written

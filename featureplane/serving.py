@@ -19,14 +19,17 @@ by the function the registry ships; they are `present`, with no event time or ag
 that fails on the request's values gives 422.
 
 Features are named `<view>__<feature>`, as in training data, so a name is unique across the
-views of a service. Response (both routes; one result per entity row, in request order):
+views of a service. Response (both routes; one result per entity row, in request order; each
+result's lists follow `features`, so names are sent once, not once per row):
 
     {"service": "ctr", "features": ["ad_delivery__impressions_7d", ...],
-     "results": [{"values": {feature: value},
-                  "status": {feature: "present" | "missing" | "expired"},
-                  "event_timestamps": {feature: "2026-10-03T10:00:00+00:00" | null},
-                  "age_seconds": {feature: 5400.0 | null}}],
+     "results": [{"values": [12, ...],
+                  "status": ["present" | "missing" | "expired", ...],
+                  "event_timestamps": ["2026-10-03T10:00:00+00:00" | null, ...],
+                  "age_seconds": [5400.0 | null, ...]}],
      "metadata": {"served_at": "...", "feature_versions": {view: version}}}
+
+`online.client.by_feature` turns a response into one mapping per row, keyed by feature.
 
 Status: `missing` when the store has no record (no data for the entity, or an offline-only
 view); `expired` when the view has a ttl and the record is older than it (value null, time
@@ -41,7 +44,7 @@ method; 413 for a body over `Limits.max_body_bytes`; 503 when the store stays th
 
 Everything that does not depend on the request is computed once per service when the server
 is built (key checks, view keys, output names, aggregation objects), and a request reads all
-its rows and views from the store in one `read_many`.
+its rows and views from the store in one `read_items`, decoding only what it serves.
 """
 
 from __future__ import annotations
@@ -63,8 +66,16 @@ from featureplane.aggregation import (
 )
 from featureplane.errors import OnDemandFeatureViewError
 from featureplane.on_demand import compute_features
-from featureplane.online_store import EntityKeyError, RecordKey, StoreThrottled, open_store
-from featureplane.online_store.store import OnlineStore, Record
+from featureplane.online_store import EntityKeyError, StoreThrottled, open_store
+from featureplane.online_store.encoding import (
+    MICROSECOND,
+    decode_values,
+    from_micros,
+    key_prefix,
+    prefixed_key,
+    to_micros,
+)
+from featureplane.online_store.store import OnlineStore, StoredItem
 from featureplane.registry import OnDemandSpec, ServiceSpec, ServingRegistry, ViewSpec
 from featureplane.types import DType, Field, dtype_named
 
@@ -138,12 +149,15 @@ class ViewPlan:
     features served; None marks one read only as an input of an on-demand view."""
 
     view: ViewSpec
+    prefix: str
+    """The stored key prefix of the view version (`encoding.key_prefix`)."""
     key_positions: tuple[int, ...]
     features: tuple[str, ...]
     outputs: tuple[str | None, ...]
     aggregations: tuple[Aggregation, ...]
     empty_values: tuple[Any, ...]
     """Values of an entity without a record: empty-window values for aggregates, else nulls."""
+    ttl_micros: int | None
 
 
 @dataclass(frozen=True)
@@ -167,6 +181,9 @@ class ServicePlan:
     on_demand: tuple[OnDemandPlan, ...]
     request_fields: dict[str, Field]
     outputs: tuple[str, ...]
+    positions: tuple[int, ...] | None
+    """Where each output sits among the features as computed (every view's, then every
+    on-demand view's); None when they are computed in output order."""
     versions: dict[str, str]
 
 
@@ -178,11 +195,13 @@ def _view_plan(
     empty = [finalize(a.fn, None) for a in aggregations] or [None] * len(features)
     return ViewPlan(
         view=view,
+        prefix=key_prefix(view.name, view.version),
         key_positions=tuple(join_keys.index(key) for key in view.join_keys),
         features=tuple(features),
         outputs=tuple(features.values()),
         aggregations=aggregations,
         empty_values=tuple(empty),
+        ttl_micros=None if view.ttl is None else view.ttl // MICROSECOND,
     )
 
 
@@ -221,6 +240,8 @@ def _service_plan(
                 join_keys.append(key)
     plans = [_view_plan(registry.views[name], read, join_keys) for name, read in reads.items()]
     request_fields = {f.name: f for plan in on_demand for f in plan.spec.request_fields}
+    computed = [name for plan in plans for name in plan.outputs]
+    computed += [name for plan in on_demand for name in plan.outputs]
     return ServicePlan(
         name=service.name,
         join_keys=tuple(join_keys),
@@ -230,6 +251,7 @@ def _service_plan(
         on_demand=tuple(on_demand),
         request_fields=request_fields,
         outputs=tuple(outputs),
+        positions=None if computed == outputs else tuple(map(computed.index, outputs)),
         versions={
             **{plan.view.name: plan.view.version for plan in plans},
             **{plan.spec.name: plan.spec.version for plan in on_demand},
@@ -361,14 +383,15 @@ class FeatureServer:
         keys = [_entity_key(plan, row, index if batch else None) for index, row in enumerate(rows)]
         inputs = _request_rows(plan, request.get("request_data"), len(rows), batch)
         now = self.clock()
-        record_keys = [
-            RecordKey(view.view.name, view.view.version, tuple(key[i] for i in view.key_positions))
+        item_keys = [
+            prefixed_key(view.prefix, [key[i] for i in view.key_positions])
             for key in keys
             for view in plan.views
             if view.view.online
         ]
-        records = iter(self.store.read_many(record_keys) if record_keys else ())
-        results = [_result(plan, records, now, row) for row in inputs]
+        items = iter(self.store.read_items(item_keys) if item_keys else ())
+        clock = Clock(now, plan)
+        results = [_result(plan, items, clock, row) for row in inputs]
         return {
             "service": plan.name,
             "features": list(plan.outputs),
@@ -473,39 +496,56 @@ def _entity_key(plan: ServicePlan, row: Any, index: int | None) -> tuple[str | i
     return tuple(values)
 
 
+class Clock:
+    """A request's time as each view needs it, and the ISO text of event times (rows of a
+    batch share a few, e.g. the end of a day), each computed once per request."""
+
+    def __init__(self, now: datetime, plan: ServicePlan):
+        self.micros = to_micros(now)
+        self.ends = [
+            anchor_micros(now, view.view.interval) if view.aggregations else 0
+            for view in plan.views
+        ]
+        self._stamps: dict[int, str] = {}
+
+    def stamp(self, micros: int) -> str:
+        text = self._stamps.get(micros)
+        if text is None:
+            text = self._stamps[micros] = from_micros(micros).isoformat()
+        return text
+
+
 def _result(
-    plan: ServicePlan, records: Iterator[Record | None], now: datetime, request: dict[str, Any]
-) -> dict[str, Any]:
-    """One row's values, statuses, event times and ages from its records (taken in view order)
-    and its request data; on-demand features are computed from both."""
-    values: dict[str, Any] = {}
-    status: dict[str, str] = {}
-    times: dict[str, str | None] = {}
-    ages: dict[str, float | None] = {}
+    plan: ServicePlan, items: Iterator[StoredItem | None], clock: Clock, request: dict[str, Any]
+) -> dict[str, list[Any]]:
+    """One row's values, statuses, event times and ages in the order of `plan.outputs`, from
+    its stored items (taken in view order) and its request data; on-demand features are
+    computed from both."""
+    values: list[Any] = []
+    status: list[str] = []
+    times: list[str | None] = []
+    ages: list[float | None] = []
     read: dict[str, dict[str, Any]] = {}
-    for view in plan.views:
-        record = next(records) if view.view.online else None
-        if record is None:
+    for view, end in zip(plan.views, clock.ends, strict=True):
+        item = next(items) if view.view.online else None
+        if item is None:
             got, state, stamp, age = view.empty_values, "missing", None, None
         else:
-            event_time = record.event_timestamp
-            stamp, age = event_time.isoformat(), round((now - event_time).total_seconds(), 3)
-            stored = record.values
+            micros = item[1]
+            stamp, age = clock.stamp(micros), round((clock.micros - micros) / 1_000_000, 3)
+            stored = decode_values(item[2])
             state = "present"
             if view.aggregations:
-                tiles = stored.get(TILES) or {}
-                end = anchor_micros(now, view.view.interval)
-                got = [aggregate_before(a, tiles, end) for a in view.aggregations]
-            elif view.view.ttl is not None and now - event_time > view.view.ttl:
+                got = aggregate_before(view.aggregations, stored.get(TILES) or {}, end)
+            elif view.ttl_micros is not None and clock.micros - micros > view.ttl_micros:
                 got, state = view.empty_values, "expired"
             else:
                 got = [stored.get(feature) for feature in view.features]
-        for output, value in zip(view.outputs, got, strict=True):
-            if output is not None:
-                values[output] = value
-                status[output] = state
-                times[output] = stamp
-                ages[output] = age
+        count = len(view.features)
+        values += got
+        status += [state] * count
+        times += [stamp] * count
+        ages += [age] * count
         if plan.on_demand:
             read[view.view.name] = dict(zip(view.features, got, strict=True))
     for on_demand in plan.on_demand:
@@ -515,11 +555,16 @@ def _result(
             for view, features in spec.sources
         ]
         computed = compute_features(spec.function, spec.name, spec.schema, inputs)
-        for feature, output in zip(on_demand.features, on_demand.outputs, strict=True):
-            values[output] = computed[feature]
-            status[output] = "present"
-            times[output] = None
-            ages[output] = None
+        values += [computed[feature] for feature in on_demand.features]
+        count = len(on_demand.features)
+        status += ["present"] * count
+        times += [None] * count
+        ages += [None] * count
+    positions = plan.positions
+    if positions is not None:
+        values, status, times, ages = (
+            [column[i] for i in positions] for column in (values, status, times, ages)
+        )
     return {"values": values, "status": status, "event_timestamps": times, "age_seconds": ages}
 
 

@@ -31,6 +31,16 @@ def _error_message(text: bytes) -> str:
         return text.decode(errors="replace")
 
 
+def by_feature(response: Mapping[str, Any]) -> list[dict[str, dict[str, Any]]]:
+    """A features response as one result per row whose values, statuses, event times and ages
+    are mappings keyed by feature name (the wire lists follow the response's `features`)."""
+    names = response["features"]
+    return [
+        {field: dict(zip(names, items, strict=True)) for field, items in result.items()}
+        for result in response["results"]
+    ]
+
+
 class FeatureClient:
     """`FeatureClient("http://127.0.0.1:8000").get_features("ctr", {"user_id": 1, "ad_id": 7})`."""
 
@@ -58,9 +68,9 @@ class FeatureClient:
         request_data: Mapping[str, Any] | None = None,
         features: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """The features of one entity row: the response's first result (values, status, …)."""
+        """The features of one entity row: values, status, event times and ages by feature."""
         response = self._features(service, "get-features", dict(entities), request_data, features)
-        return response["results"][0]
+        return by_feature(response)[0]
 
     def get_features_batch(
         self,
@@ -69,10 +79,10 @@ class FeatureClient:
         request_data: Mapping[str, Any] | None = None,
         features: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """The features of many entity rows, one result per row in order."""
+        """The features of many entity rows, one result per row in order (see `get_features`)."""
         rows = [dict(row) for row in entities]
         response = self._features(service, "get-features-batch", rows, request_data, features)
-        return response["results"]
+        return by_feature(response)
 
     def _features(
         self,

@@ -15,6 +15,7 @@ from featureplane.aggregation import aggregate, floor_time
 from featureplane.online_store import StoreThrottled
 from featureplane.registry import load_registry, write_registry
 from featureplane.serving import FeatureServer
+from online.client import by_feature
 from online.handler import handler
 from tests import serving_repo
 from tests.serving_repo import (
@@ -98,7 +99,10 @@ def serve(store_path, clock, monkeypatch):
         text = body if raw or body is None else json.dumps(body)
         response = handler(EVENTS[kind](method, path, text), None)
         assert response["headers"]["content-type"] == "application/json"
-        return response["statusCode"], json.loads(response["body"])
+        answer = json.loads(response["body"])
+        if "results" in answer:  # keyed by feature, for the assertions; checks list lengths
+            answer["results"] = by_feature(answer)
+        return response["statusCode"], answer
 
     yield call
     online.handler._server.close()
@@ -171,6 +175,20 @@ def test_values_statuses_times_and_ages_through_each_event_kind(serve, store_pat
     assert result["event_timestamps"]["user_ad_purchases__spend_7d"] == last_tile_end.isoformat()
     assert body["metadata"]["feature_versions"]["user_stats"] == user_stats.version
     assert body["metadata"]["served_at"] == NOW.isoformat()
+
+
+def test_results_are_lists_that_follow_the_features(serve, store_path):
+    write_row(store_path, ad_stats, ("a1",), NOW - 2 * HOUR, {"ctr": 0.25, "title": "Shoes"})
+    body = json.dumps({"entities": {"user_id": 1, "ad_id": "a1"}})
+    response = handler(v2_event("POST", ROUTE.format("checkout"), body), None)
+    answer = json.loads(response["body"])
+    names, (result,) = answer["features"], answer["results"]
+    assert set(result) == {"values", "status", "event_timestamps", "age_seconds"}
+    assert all(len(items) == len(names) for items in result.values())
+    ctr, clicks = names.index("ad_stats__ctr"), names.index("user_stats__clicks")
+    assert (result["values"][ctr], result["status"][ctr]) == (0.25, "present")
+    assert result["age_seconds"][ctr] == 7200
+    assert (result["values"][clicks], result["status"][clicks]) == (None, "missing")
 
 
 def test_on_demand_features_are_computed_from_the_request_and_read_features(serve, store_path):
@@ -527,7 +545,7 @@ def test_events_that_are_not_http_are_400():
 
 
 class ThrottledStore:
-    def read_many(self, keys):
+    def read_items(self, keys):
         raise StoreThrottled("table 'features': 3 keys stayed unprocessed after 8 retries")
 
     def close(self):
@@ -552,7 +570,7 @@ def test_the_handler_loads_the_registry_named_by_the_environment(tmp_path, monke
     monkeypatch.setenv("FEATUREPLANE_REGISTRY", str(path))
     monkeypatch.setattr(online.handler, "_server", None)
     response = handler(url_event("POST", ROUTE.format("users"), '{"entities": {"user_id": 1}}'))
-    assert json.loads(response["body"])["results"][0]["values"]["user_stats__clicks"] == 9
+    assert by_feature(json.loads(response["body"]))[0]["values"]["user_stats__clicks"] == 9
     assert online.handler.server() is online.handler.server()
     online.handler.server().close()
 
@@ -621,8 +639,8 @@ def test_feature_store_serves_in_process(tmp_path, monkeypatch, store_path):
     monkeypatch.setenv("FEATUREPLANE_ONLINE_STORE", settings)
     with FeatureStore(serving_repo.repository(), spark=None) as store:
         one = store.get_online_features("checkout", {"user_id": 1, "ad_id": "a1"})
-        assert one["results"][0]["values"]["ad_stats__ctr"] == 0.5
+        assert by_feature(one)[0]["values"]["ad_stats__ctr"] == 0.5
         many = store.get_online_features("users", [{"user_id": 1}, {"user_id": 2}])
-        assert [r["status"]["user_stats__clicks"] for r in many["results"]] == ["missing"] * 2
+        assert [r["status"]["user_stats__clicks"] for r in by_feature(many)] == ["missing"] * 2
         with pytest.raises(ValueError, match="missing join keys"):
             store.get_online_features("checkout", {"user_id": 1})

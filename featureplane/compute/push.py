@@ -60,4 +60,4 @@ def push_frame(table: DataFrame, view: FeatureView, window: TimeWindow) -> DataF
 
 def arrow_batches(frame: DataFrame, rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
     """The frame's rows as Arrow batches, fetched when first iterated (no pandas, no Rows)."""
-    yield from frame.toArrow().to_batches(max_chunksize=rows)
+    yield from frame.toArrow().combine_chunks().to_batches(max_chunksize=rows)

@@ -22,11 +22,7 @@ from featureplane.online_store.encoding import (
     to_epoch_seconds,
     to_micros,
 )
-from featureplane.online_store.store import Record, RecordKey, WriteResult
-
-StoredItem = tuple[str, int, str, int | None]
-"""A record as backends store it: (key, event microseconds, encoded values, expiry in epoch
-seconds); see `encoding`. A plain tuple: a NamedTuple would cost a push 0.7 µs a row."""
+from featureplane.online_store.store import Record, RecordKey, StoredItem, WriteResult
 
 
 class ItemStore(ABC):
@@ -49,16 +45,24 @@ class ItemStore(ABC):
 
     def write(self, view: str, version: str, records: Iterable[Record]) -> WriteResult:
         prefix = key_prefix(view, version)
+        return self.write_items(
+            (
+                prefixed_key(prefix, entity_key),
+                to_micros(event_timestamp),
+                encode_values(values),
+                None if expires_at is None else to_epoch_seconds(expires_at),
+            )
+            for entity_key, event_timestamp, values, expires_at in records
+        )
+
+    def write_items(self, items: Iterable[StoredItem]) -> WriteResult:
         latest: dict[str, StoredItem] = {}
         rows = 0
-        for entity_key, event_timestamp, values, expires_at in records:
+        for item in items:
             rows += 1
-            key = prefixed_key(prefix, entity_key)
-            micros = to_micros(event_timestamp)
-            current = latest.get(key)
-            if current is None or micros >= current[1]:
-                expires = None if expires_at is None else to_epoch_seconds(expires_at)
-                latest[key] = (key, micros, encode_values(values), expires)
+            current = latest.get(item[0])
+            if current is None or item[1] >= current[1]:
+                latest[item[0]] = item
         written = len(latest) - (self._put_latest(list(latest.values())) if latest else 0)
         return WriteResult(written=written, skipped_stale=rows - written)
 
@@ -68,11 +72,12 @@ class ItemStore(ABC):
         return self.read_many([RecordKey(view, version, key) for key in entity_keys])
 
     def read_many(self, keys: Sequence[RecordKey]) -> list[Record | None]:
-        wanted = [
-            (item_key(view, version, entity_key), entity_key) for view, version, entity_key in keys
-        ]
-        found = self._get({key for key, _ in wanted}) if wanted else {}
-        return [_record(entity_key, found.get(key)) for key, entity_key in wanted]
+        items = self.read_items([item_key(*key) for key in keys])
+        return [_record(key.entity_key, item) for key, item in zip(keys, items, strict=True)]
+
+    def read_items(self, keys: Sequence[str]) -> list[StoredItem | None]:
+        found = self._get(set(keys)) if keys else {}
+        return [found.get(key) for key in keys]
 
     def __enter__(self) -> Self:
         return self

@@ -35,6 +35,11 @@ class Record(NamedTuple):
     expires_at: datetime | None = None
 
 
+StoredItem = tuple[str, int, str, int | None]
+"""A record as backends store it: (key, event microseconds, encoded values, expiry in epoch
+seconds); see `encoding`. A plain tuple: a NamedTuple would cost a push 0.7 µs a row."""
+
+
 class RecordKey(NamedTuple):
     """Where a record lives: a view, its version and an entity key in join-key order."""
 
@@ -69,6 +74,10 @@ class OnlineStore(Protocol):
     def write(self, view: str, version: str, records: Iterable[Record]) -> WriteResult:
         """Store records of one view version, each unless a newer one is stored."""
 
+    def write_items(self, items: Iterable[StoredItem]) -> WriteResult:
+        """Store records already encoded (by `encoding`, or by `columnar` for whole batches)
+        as `write` does: per key the latest item, each unless a newer one is stored."""
+
     def read(
         self, view: str, version: str, entity_keys: Sequence[Sequence[str | int]]
     ) -> list[Record | None]:
@@ -76,6 +85,10 @@ class OnlineStore(Protocol):
 
     def read_many(self, keys: Sequence[RecordKey]) -> list[Record | None]:
         """The records of keys across views and versions, in order, in as few round trips."""
+
+    def read_items(self, keys: Sequence[str]) -> list[StoredItem | None]:
+        """`read_many` of keys already encoded (`encoding.prefixed_key`), left encoded: what
+        the online handler reads, decoding only what it serves."""
 
     def close(self) -> None:
         """Release connections and threads."""
