@@ -190,21 +190,18 @@ class Aggregation:
 
 def pack_tiles(tiles: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
     """A key's tiles as the online store keeps them: one list per column, `tile_start` as epoch
-    microseconds in ascending order, JSON-text partials (last_n, approx_count_distinct) decoded.
+    microseconds in ascending order.
 
     Columns of plain JSON values need no tags in the store and no per-tile objects to decode,
-    and a window is a slice found by binary search.
+    and a window is a slice found by binary search. JSON-text partials (last_n,
+    approx_count_distinct) stay text: reading a record scans them as strings, and only the
+    tiles of a window that is served get decoded (`merge_partials`).
     """
     rows = sorted((t for t in tiles if t.get(TILE_START) is not None), key=lambda t: t[TILE_START])
     columns = sorted({name for row in rows for name in row} - {TILE_START})
     packed: dict[str, list[Any]] = {TILE_START: [_epoch_micros(t[TILE_START]) for t in rows]}
     for name in columns:
-        values = [row.get(name) for row in rows]
-        if json_partial(name):
-            values = [json.loads(v) if isinstance(v, str) else v for v in values]
-        else:
-            values = [_timed(v) for v in values]
-        packed[name] = values
+        packed[name] = [_timed(row.get(name)) for row in rows]
     return packed
 
 
@@ -213,15 +210,11 @@ def _timed(partial: Any) -> Any:
     keeps the stored JSON free of tagged datetimes); other partials unchanged."""
     if isinstance(partial, Mapping) and isinstance(partial.get("ts"), datetime):
         moment = partial["ts"]
-        return {**partial, "ts": _epoch_micros(moment if moment.tzinfo else moment.astimezone(UTC))}
+        return {
+            **partial,
+            "ts": _epoch_micros(moment if moment.tzinfo else moment.replace(tzinfo=UTC)),
+        }
     return partial
-
-
-def json_partial(column: str) -> bool:
-    """Whether a tile column holds JSON text: last_n's and approx_count_distinct's partials
-    (`last{n}__…`, `hll{p}__…`; see `AggregationFunction.partial`)."""
-    prefix = column.split("__", 1)[0]
-    return any(prefix.startswith(p) and prefix[len(p) :].isdigit() for p in ("last", "hll"))
 
 
 def _epoch_micros(moment: datetime) -> int:
@@ -313,8 +306,8 @@ SPLIT = 32
 
 
 def registers(partial: str | Sequence[int] | Mapping[int, int]) -> Mapping[int, int]:
-    """{register index: rank} of a tile's partial: a list of packed registers, as JSON text in
-    tiles or decoded in packed tiles, or already {index: rank}."""
+    """{register index: rank} of a tile's partial: a list of packed registers, as JSON text
+    (as tiles keep it) or decoded, or already {index: rank}."""
     if isinstance(partial, Mapping):
         return partial
     codes = json.loads(partial) if isinstance(partial, str) else partial

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from featureplane.aggregation import TILE_START, TILES, json_partial
+from featureplane.aggregation import TILE_START, TILES
 from featureplane.feature_view import FeatureView
 from featureplane.online_store import OnlineStore
 from featureplane.online_store.columnar import (
@@ -86,7 +86,7 @@ def packed_tiles(tiles: pa.ListArray) -> pa.Array:
     if not np.isin(unsorted, offsets.to_numpy()).all():
         raise ValueError("tiles to push must be sorted by tile_start within each entity")
     columns = {TILE_START: pc.cast(starts, pa.string())}
-    columns |= {name: _partial_texts(name, fields[name]) for name in sorted(fields)}
+    columns |= {name: _partial_texts(fields[name]) for name in sorted(fields)}
     lists = [
         concat("[", pc.binary_join(pa.ListArray.from_arrays(offsets, texts), ","), "]")
         for texts in columns.values()
@@ -94,11 +94,9 @@ def packed_tiles(tiles: pa.ListArray) -> pa.Array:
     return object_texts(list(columns), lists)
 
 
-def _partial_texts(column: str, partials: pa.Array) -> pa.Array:
-    """A tile column's partials as `pack_tiles` keeps them: JSON-text partials as they are,
-    first/last event times (`ts`) as epoch microseconds, the rest as JSON values."""
-    if json_partial(column):
-        return pc.if_else(pc.is_valid(partials), partials, pa.scalar("null"))
+def _partial_texts(partials: pa.Array) -> pa.Array:
+    """A tile column's partials as `pack_tiles` keeps them: first/last event times (`ts`) as
+    epoch microseconds, the rest as JSON values."""
     kind = partials.type
     if not pa.types.is_struct(kind):
         return json_texts(partials)

@@ -30,6 +30,7 @@ result's lists follow `features`, so names are sent once, not once per row):
      "metadata": {"served_at": "...", "feature_versions": {view: version}}}
 
 `online.client.by_feature` turns a response into one mapping per row, keyed by feature.
+Bodies are strict JSON: a NaN or infinite value is sent as null (its status says present).
 
 Status: `missing` when the store has no record (no data for the entity, or an offline-only
 view); `expired` when the view has a ttl and the record is older than it (value null, time
@@ -56,6 +57,8 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
+
+import orjson
 
 from featureplane.aggregation import (
     TILES,
@@ -140,7 +143,16 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serve a {type(value).__name__} value")
 
 
-encode_json = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
+_encode_exact = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
+
+
+def encode_json(payload: Any) -> bytes:
+    """A response body: compact JSON by orjson, NaN and infinities as null (JSON has none);
+    through `json` only when an int is beyond 64 bits, which orjson refuses."""
+    try:
+        return orjson.dumps(payload, default=_json_default)
+    except orjson.JSONEncodeError:
+        return _encode_exact(payload).encode()
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,11 @@ class ViewPlan:
     empty_values: tuple[Any, ...]
     """Values of an entity without a record: empty-window values for aggregates, else nulls."""
     ttl_micros: int | None
+    read_by_on_demand: bool
+    present: tuple[str, ...]
+    missing: tuple[str, ...]
+    expired: tuple[str, ...]
+    """A status per feature, built once."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +184,14 @@ class OnDemandPlan:
     spec: OnDemandSpec
     features: tuple[str, ...]
     outputs: tuple[str, ...]
+
+    @property
+    def present(self) -> tuple[str, ...]:
+        return _statuses("present", len(self.features))
+
+    @property
+    def nulls(self) -> tuple[None, ...]:
+        return (None,) * len(self.features)
 
 
 @dataclass(frozen=True)
@@ -187,8 +212,15 @@ class ServicePlan:
     versions: dict[str, str]
 
 
+def _statuses(state: str, count: int) -> tuple[str, ...]:
+    return (state,) * count
+
+
 def _view_plan(
-    view: ViewSpec, features: Mapping[str, str | None], join_keys: Sequence[str]
+    view: ViewSpec,
+    features: Mapping[str, str | None],
+    join_keys: Sequence[str],
+    read_by_on_demand: bool,
 ) -> ViewPlan:
     by_name = {a.name: a for a in view.aggregations}
     aggregations = tuple(by_name[f] for f in features) if view.aggregations else ()
@@ -202,6 +234,10 @@ def _view_plan(
         aggregations=aggregations,
         empty_values=tuple(empty),
         ttl_micros=None if view.ttl is None else view.ttl // MICROSECOND,
+        read_by_on_demand=read_by_on_demand,
+        present=_statuses("present", len(features)),
+        missing=_statuses("missing", len(features)),
+        expired=_statuses("expired", len(features)),
     )
 
 
@@ -238,7 +274,11 @@ def _service_plan(
                 key_types[key] = dtype
             if key not in join_keys:
                 join_keys.append(key)
-    plans = [_view_plan(registry.views[name], read, join_keys) for name, read in reads.items()]
+    sources = {source for plan in on_demand for source, _ in plan.spec.sources}
+    plans = [
+        _view_plan(registry.views[name], read, join_keys, name in sources)
+        for name, read in reads.items()
+    ]
     request_fields = {f.name: f for plan in on_demand for f in plan.spec.request_fields}
     computed = [name for plan in plans for name in plan.outputs]
     computed += [name for plan in on_demand for name in plan.outputs]
@@ -305,10 +345,10 @@ class FeatureServer:
         except StoreThrottled as error:
             return Response(
                 503,
-                encode_json({"error": f"online store throttled, retry later: {error}"}).encode(),
+                encode_json({"error": f"online store throttled, retry later: {error}"}),
                 (*JSON_HEADERS, ("retry-after", "1")),
             )
-        return Response(200, encode_json(payload).encode())
+        return Response(200, encode_json(payload))
 
     def _route(self, method: str, path: str, body: bytes | str | None) -> dict[str, Any]:
         parts = path.strip("/").split("/")
@@ -336,7 +376,7 @@ class FeatureServer:
                 413, f"body of {len(body)} bytes is over the limit of {self.limits.max_body_bytes}"
             )
         try:
-            request = json.loads(body)
+            request = orjson.loads(body)
         except (ValueError, RecursionError) as error:
             raise RequestError(400, f"body is not valid JSON: {error}") from None
         if type(request) is not dict:
@@ -471,7 +511,7 @@ def _allow(method: str, allowed: str, path: str) -> None:
 
 
 def _error(status: int, message: str) -> Response:
-    return Response(status, encode_json({"error": message}).encode())
+    return Response(status, encode_json({"error": message}))
 
 
 def _entity_key(plan: ServicePlan, row: Any, index: int | None) -> tuple[str | int, ...]:
@@ -506,12 +546,10 @@ class Clock:
             anchor_micros(now, view.view.interval) if view.aggregations else 0
             for view in plan.views
         ]
-        self._stamps: dict[int, str] = {}
+        self.stamps: dict[int, str] = {}
 
     def stamp(self, micros: int) -> str:
-        text = self._stamps.get(micros)
-        if text is None:
-            text = self._stamps[micros] = from_micros(micros).isoformat()
+        text = self.stamps[micros] = from_micros(micros).isoformat()
         return text
 
 
@@ -526,27 +564,28 @@ def _result(
     times: list[str | None] = []
     ages: list[float | None] = []
     read: dict[str, dict[str, Any]] = {}
+    now, stamps = clock.micros, clock.stamps
     for view, end in zip(plan.views, clock.ends, strict=True):
         item = next(items) if view.view.online else None
         if item is None:
-            got, state, stamp, age = view.empty_values, "missing", None, None
+            got, state, stamp, age = view.empty_values, view.missing, None, None
         else:
             micros = item[1]
-            stamp, age = clock.stamp(micros), round((clock.micros - micros) / 1_000_000, 3)
+            stamp = stamps.get(micros) or clock.stamp(micros)
+            age = round((now - micros) / 1_000_000, 3)
             stored = decode_values(item[2])
-            state = "present"
+            state = view.present
             if view.aggregations:
                 got = aggregate_before(view.aggregations, stored.get(TILES) or {}, end)
-            elif view.ttl_micros is not None and clock.micros - micros > view.ttl_micros:
-                got, state = view.empty_values, "expired"
+            elif view.ttl_micros is not None and now - micros > view.ttl_micros:
+                got, state = view.empty_values, view.expired
             else:
                 got = [stored.get(feature) for feature in view.features]
-        count = len(view.features)
         values += got
-        status += [state] * count
-        times += [stamp] * count
-        ages += [age] * count
-        if plan.on_demand:
+        status += state
+        times += [stamp] * len(got)
+        ages += [age] * len(got)
+        if view.read_by_on_demand:
             read[view.view.name] = dict(zip(view.features, got, strict=True))
     for on_demand in plan.on_demand:
         spec = on_demand.spec
@@ -556,10 +595,9 @@ def _result(
         ]
         computed = compute_features(spec.function, spec.name, spec.schema, inputs)
         values += [computed[feature] for feature in on_demand.features]
-        count = len(on_demand.features)
-        status += ["present"] * count
-        times += [None] * count
-        ages += [None] * count
+        status += on_demand.present
+        times += on_demand.nulls
+        ages += on_demand.nulls
     positions = plan.positions
     if positions is not None:
         values, status, times, ages = (

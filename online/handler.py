@@ -69,7 +69,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     try:
         method, path, body = parse_event(event)
     except ValueError as error:
-        response = Response(400, encode_json({"error": str(error)}).encode())
+        response = Response(400, encode_json({"error": str(error)}))
     else:
         response = server().respond(method, path, body)
     return {

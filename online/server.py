@@ -38,7 +38,7 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     limit = feature_server.limits.max_body_bytes
     body = await _read_body(scope, receive, limit)
     if body is None:
-        response = Response(413, encode_json({"error": f"body is over {limit} bytes"}).encode())
+        response = Response(413, encode_json({"error": f"body is over {limit} bytes"}))
     elif feature_server.registry.online_store.get("type", "sqlite") == "sqlite":
         response = feature_server.respond(scope["method"], scope["path"], body)
     else:

@@ -6,7 +6,9 @@ Every backend stores the same item, encoded here once so that the stores agree:
   hence distinct (view, version, entity key) triples never share a key. Keys are ASCII.
 - event time: integer microseconds since the Unix epoch (UTC), compared exactly.
 - values: JSON with tags for what JSON lacks, so ints of any size, floats (with NaN and
-  infinities), datetimes, dates and bytes come back exactly.
+  infinities), datetimes, dates and bytes come back exactly. Ints beyond 64 bits are tagged
+  too, so that untagged text decodes with orjson, which reads them as floats; it is the
+  serving hot path, four times faster than `json` on tiles.
 - expiry: integer epoch seconds, rounded up, which is what DynamoDB TTL reads.
 """
 
@@ -23,6 +25,8 @@ from json.encoder import c_make_encoder, encode_basestring_ascii
 from json.scanner import make_scanner
 from typing import Any
 
+import orjson
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 MAX_KEY_LENGTH = 2048
@@ -31,7 +35,10 @@ MAX_KEY_LENGTH = 2048
 _VERSION = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _VIEW = re.compile(r"[a-z][a-z0-9_]{0,127}")
 
-TIMESTAMP_TAG, DATE_TAG, BYTES_TAG = "$ts", "$date", "$bytes"
+TIMESTAMP_TAG, DATE_TAG, BYTES_TAG, INT_TAG = "$ts", "$date", "$bytes", "$int"
+INT64 = range(-(2**63), 2**63)
+_LONG_NUMBER = re.compile(r"(?<![0-9])[0-9]{19}")
+"""19 digits in a row: maybe an int beyond 64 bits (a float's text never has so many)."""
 
 
 class EntityKeyError(ValueError):
@@ -122,6 +129,8 @@ def _untag(obj: dict[str, Any]) -> Any:
             return date.fromisoformat(value)
         if key == BYTES_TAG:
             return b64decode(value)
+        if key == INT_TAG:
+            return int(value)
     if any(key[:1] == "$" for key in obj):
         return {key[1:] if key[:1] == "$" else key: value for key, value in obj.items()}
     return obj
@@ -138,7 +147,8 @@ def _has_dollar_key(value: Any) -> bool:
 
 
 def _escape(value: Any) -> Any:
-    """Double a leading `$` of mapping keys, so that no user mapping can pass for a tag."""
+    """Double a leading `$` of mapping keys, so that no user mapping can pass for a tag, and
+    tag ints beyond 64 bits."""
     if isinstance(value, Mapping):
         return {
             (f"${key}" if isinstance(key, str) and key[:1] == "$" else key): _escape(item)
@@ -146,6 +156,8 @@ def _escape(value: Any) -> Any:
         }
     if isinstance(value, list | tuple):
         return [_escape(item) for item in value]
+    if type(value) is int and value not in INT64:
+        return {INT_TAG: str(value)}
     return value
 
 
@@ -176,7 +188,6 @@ def _loader(decoder: json.JSONDecoder) -> Callable[[str], Any]:
 
 
 _dumps = _compact_encoder()
-_loads_plain = _loader(json.JSONDecoder())
 _loads_tagged = _loader(json.JSONDecoder(object_hook=_untag))
 
 
@@ -185,14 +196,21 @@ def encode_values(values: Any) -> str:
     strings, tuples come back as lists.
 
     The fast path is one C-encoder call. A mapping key starting with `$` can only appear after
-    `{` or `,` in the text; only then is the value walked, and escaped if such a key exists.
+    `{` or `,` in the text, an int beyond 64 bits only as 19 digits or more; only then is the
+    value walked, and escaped where needed.
     """
     text = _dumps(values)
-    if ('{"$' in text or ',"$' in text) and _has_dollar_key(values):
+    if (('{"$' in text or ',"$' in text) and _has_dollar_key(values)) or _LONG_NUMBER.search(text):
         return _dumps(_escape(values))
     return text
 
 
 def decode_values(text: str) -> dict[str, Any]:
-    """The values `encode_values` encoded; without a `"$` in the text nothing is tagged."""
-    return _loads_tagged(text) if '"$' in text else _loads_plain(text)
+    """The values `encode_values` encoded; without a `"$` in the text nothing is tagged, and
+    orjson reads it, unless it holds NaN or infinities, which only `json` accepts."""
+    if '"$' in text:
+        return _loads_tagged(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
