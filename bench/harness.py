@@ -160,12 +160,15 @@ def machine_info() -> dict:
 
 
 @contextmanager
-def moto_server(timeout: float = 30.0) -> Iterator[str]:
-    """A moto_server process (DynamoDB over real HTTP) on a free 127.0.0.1 port; yields its
-    endpoint URL and always stops it."""
+def moto_server(timeout: float = 30.0, module: str = "moto.server") -> Iterator[str]:
+    """A moto_server process (DynamoDB over real HTTP) on a free 127.0.0.1 port, run by
+    `module` (the benchmark's is `bench.moto_dynamodb_server`); yields its endpoint URL and
+    always stops it."""
     port = free_port()
-    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", module, "-H", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + timeout
         while True:

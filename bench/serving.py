@@ -405,7 +405,7 @@ def store_settings(kind: str, data: Path) -> Iterator[dict[str, Any]]:
     if kind == "sqlite":
         yield {"type": "sqlite", "path": str(data / "online_store.sqlite")}
         return
-    with moto_server() as endpoint:
+    with moto_server(module="bench.moto_dynamodb_server") as endpoint:
         yield {
             "type": "dynamodb",
             "table": MOTO_TABLE,

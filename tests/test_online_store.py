@@ -29,7 +29,7 @@ from featureplane.online_store import (
     expiry,
     open_store,
 )
-from featureplane.online_store.dynamodb import Backoff, DynamoDBOnlineStore
+from featureplane.online_store.dynamodb import Backoff, DynamoDBOnlineStore, ItemTooLarge
 from featureplane.online_store.encoding import decode_values, encode_values, item_key
 from featureplane.online_store.sqlite import SQLiteOnlineStore
 
@@ -287,6 +287,38 @@ def test_dynamodb_items_carry_the_ttl_attribute_and_ttl_is_enabled(dynamodb_stor
     assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "exp")
     billing = store.client.describe_table(TableName=store.table)["Table"]["BillingModeSummary"]
     assert billing["BillingMode"] == "PAY_PER_REQUEST"
+
+
+def dynamodb_item_bytes(item: dict) -> int:
+    """An item's size as DynamoDB documents it: names and values in UTF-8, numbers ≤ 21 bytes."""
+    return sum(
+        len(name.encode()) + (21 if "N" in value else len(value["S"].encode()))
+        for name, value in item.items()
+    )
+
+
+def test_large_items_go_in_transactions_dynamodb_accepts_and_all_land(dynamodb_store):
+    store, sizes = dynamodb_store, []
+
+    def record(params: dict, **_: object) -> None:
+        sizes.append([dynamodb_item_bytes(put["Put"]["Item"]) for put in params["TransactItems"]])
+
+    store.client.meta.events.register("provide-client-params.dynamodb.TransactWriteItems", record)
+    batch = [Record((i,), T0, {"i": i, "pad": "x" * (i % 5 == 0) * 300_000}) for i in range(150)]
+    assert store.write("s", "v1", batch) == WriteResult(written=150, skipped_stale=0)
+    assert sum(map(len, sizes)) == 150 and len(sizes) > 2
+    assert all(len(request) <= 100 and sum(request) <= 4 * 1024 * 1024 for request in sizes)
+    assert [r.values for r in store.read("s", "v1", [(i,) for i in range(150)])] == [
+        r.values for r in batch
+    ]
+
+
+def test_an_item_over_400_kb_raises_before_anything_is_stored(dynamodb_store):
+    small = [Record((i,), T0, {"x": i}) for i in range(150)]
+    huge = Record(("big",), T0, {"x": "a" * 410_000})
+    with pytest.raises(ItemTooLarge, match=r's#v1#\["big"\] is 410,0\d\d bytes'):
+        dynamodb_store.write("s", "v1", [*small, huge])
+    assert dynamodb_store.read("s", "v1", [(i,) for i in range(150)]) == [None] * 150
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path):

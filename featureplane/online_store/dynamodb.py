@@ -6,12 +6,19 @@ so the same code talks to AWS, moto_server or any DynamoDB-compatible service.
 
 Conditional writes. BatchWriteItem cannot carry a condition, and reading timestamps first then
 batch-writing the newer rows races with any concurrent writer (two overlapping partition runs
-would let an older value win, silently). So writes are TransactWriteItems of up to 100 puts,
-each conditioned on `attribute_not_exists(pk) OR ts <= :ts`: atomic per item and race-free,
+would let an older value win, silently). So writes are TransactWriteItems of puts, each
+conditioned on `attribute_not_exists(pk) OR ts <= :ts`: atomic per item and race-free, up to
 100 items per request (BatchWriteItem takes 25), at twice the write units of a plain put. A
 cancelled transaction reports a reason per item: items whose condition failed are stale and
 dropped, the rest are sent again at once, after a backoff when DynamoDB reported throttling or
-a conflict with another transaction. The chunks of a write run concurrently.
+a conflict with another transaction. The transactions of a write run concurrently.
+
+Sizes. DynamoDB refuses an item over 400 KB and a transaction over 4 MB of items, and packed
+tiles of an aggregate view can reach tens of KB, so a write is split by count (100) and by item
+size (names plus values: keys and payloads are ASCII, numbers counted at their 21-byte most).
+A write holding an item over 400 KB raises `ItemTooLarge` before anything is sent, so it stores
+none of its items rather than some. A write that fails later (throttled, refused) may have
+stored some of its items, a transaction all or none; repeating it is safe (conditional puts).
 
 Reads are BatchGetItem in chunks of 100 keys run concurrently; UnprocessedKeys are retried with
 bounded exponential backoff and full jitter. Whole-request throttling is retried by botocore
@@ -38,6 +45,10 @@ from featureplane.online_store.store import StoreThrottled
 KEY, TIMESTAMP, VALUES, EXPIRES = "pk", "ts", "v", "exp"
 CHUNK = 100
 """Items per BatchGetItem and per TransactWriteItems: the most DynamoDB accepts in one."""
+MAX_ITEM_BYTES = 400 * 1024
+MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
+NUMBER_BYTES = 21
+"""The most a DynamoDB number occupies (38 digits); `ts` and `exp` are counted at that."""
 THROTTLING = frozenset(
     {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
 )
@@ -48,6 +59,37 @@ NEWER_OR_ABSENT = f"attribute_not_exists({KEY}) OR #ts <= :ts"
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class ItemTooLarge(ValueError):
+    """A record whose encoded values make a DynamoDB item over 400 KB: it cannot be stored."""
+
+
+def item_bytes(item: StoredItem) -> int:
+    """The item's size as DynamoDB meters it: attribute names plus values, in bytes."""
+    key, _, payload, expires_at = item
+    size = len(KEY) + len(key) + len(TIMESTAMP) + NUMBER_BYTES + len(VALUES) + len(payload)
+    return size if expires_at is None else size + len(EXPIRES) + NUMBER_BYTES
+
+
+def transactions(items: Sequence[StoredItem]) -> list[list[StoredItem]]:
+    """Items in order, in groups DynamoDB accepts as one transaction (≤ 100 items, ≤ 4 MB);
+    all are checked before the caller sends any, so an oversized item stores nothing."""
+    groups: list[list[StoredItem]] = []
+    room = 0
+    for item in items:
+        size = item_bytes(item)
+        if size > MAX_ITEM_BYTES:
+            raise ItemTooLarge(
+                f"record {item[0]} is {size:,} bytes as a DynamoDB item, "
+                f"over the {MAX_ITEM_BYTES:,} DynamoDB accepts"
+            )
+        if not groups or len(groups[-1]) == CHUNK or size > room:
+            groups.append([])
+            room = MAX_TRANSACTION_BYTES
+        groups[-1].append(item)
+        room -= size
+    return groups
 
 
 @dataclass(frozen=True)
@@ -144,19 +186,18 @@ class DynamoDBOnlineStore(ItemStore):
         )
 
     def _put_latest(self, items: Sequence[StoredItem]) -> int:
-        return sum(self._in_chunks(self._put_chunk, items, self.concurrent_writes))
+        return sum(self._each(self._put_chunk, transactions(items), self.concurrent_writes))
 
     def _get(self, keys: Collection[str]) -> Mapping[str, StoredItem]:
+        ordered = list(keys)
+        chunks = [ordered[start : start + CHUNK] for start in range(0, len(ordered), CHUNK)]
         found: dict[str, StoredItem] = {}
-        for chunk in self._in_chunks(self._get_chunk, list(keys), concurrent=True):
+        for chunk in self._each(self._get_chunk, chunks, concurrent=True):
             found.update(chunk)
         return found
 
-    def _in_chunks(
-        self, work: Callable[[Sequence[T]], R], items: Sequence[T], concurrent: bool
-    ) -> list[R]:
-        """`work` on chunks of 100, concurrently if asked and there are several."""
-        chunks = [items[start : start + CHUNK] for start in range(0, len(items), CHUNK)]
+    def _each(self, work: Callable[[T], R], chunks: Sequence[T], concurrent: bool) -> list[R]:
+        """`work` on each chunk, concurrently if asked and there are several."""
         if not concurrent or len(chunks) == 1:
             return [work(chunk) for chunk in chunks]
         return list(self._pool.map(work, chunks))
