@@ -15,7 +15,7 @@ a conflict with another transaction. The transactions of a write run concurrentl
 
 Sizes. DynamoDB refuses an item over 400 KB and a transaction over 4 MB of items, and packed
 tiles of an aggregate view can reach tens of KB, so a write is split by count (100) and by item
-size (names plus values: keys and payloads are ASCII, numbers counted at their 21-byte most).
+size (names plus values in UTF-8 bytes, numbers counted at their 21-byte most).
 A write holding an item over 400 KB raises `ItemTooLarge` before anything is sent, so it stores
 none of its items rather than some. A write that fails later (throttled, refused) may have
 stored some of its items, a transaction all or none; repeating it is safe (conditional puts).
@@ -68,7 +68,8 @@ class ItemTooLarge(ValueError):
 def item_bytes(item: StoredItem) -> int:
     """The item's size as DynamoDB meters it: attribute names plus values, in bytes."""
     key, _, payload, expires_at = item
-    size = len(KEY) + len(key) + len(TIMESTAMP) + NUMBER_BYTES + len(VALUES) + len(payload)
+    payload_bytes = len(payload) if payload.isascii() else len(payload.encode())
+    size = len(KEY) + len(key) + len(TIMESTAMP) + NUMBER_BYTES + len(VALUES) + payload_bytes
     return size if expires_at is None else size + len(EXPIRES) + NUMBER_BYTES
 
 
