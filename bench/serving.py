@@ -14,7 +14,9 @@ holds a pushed SQLite store), so the store holds real pushed records. DynamoDB i
 on 127.0.0.1 filled through the store API with a bounded sample of those records (the records
 of 500 request rows' keys plus up to `--dynamodb-rows` more per view): moto is far slower than
 DynamoDB, so its push figure says little about AWS. Request keys are entity keys sampled from
-the store, 5% of them unknown (served as `missing`).
+the store, 5% of them unknown (served as `missing`). The server serves as of the end of the
+demo's data (`FEATUREPLANE_AS_OF`): values are fresh and aggregate windows full, as on a live
+server, not expired and empty as the demo's past data would be today.
 
 Server: `featureplane serve` (uvicorn) in a subprocess per store and worker count; each client
 is its own process (threads would measure the GIL), holds one kept-alive connection
@@ -109,8 +111,17 @@ def demo_registry(settings: Mapping[str, Any]) -> dict[str, Any]:
     return build_registry(Repository.load("feature_assets"), settings)
 
 
+def demo_end() -> datetime:
+    """The end of the demo's data: the server serves as of it (`FEATUREPLANE_AS_OF`), where
+    every view holds fresh values and full windows, as a live feature server would."""
+    from featureplane.synthetic import SCALES
+
+    scale = SCALES["demo"]
+    return scale.start + timedelta(days=scale.days)
+
+
 def request_data(registry: ServingRegistry) -> dict[str, str]:
-    """The request fields of the service's on-demand views: the time of the run (all are
+    """The request fields of the service's on-demand views: the serving time (all are
     timestamps in the demo), as a request of the served model would carry them."""
     service = registry.services[SERVICE]
     fields = [
@@ -122,7 +133,7 @@ def request_data(registry: ServingRegistry) -> dict[str, str]:
     unsupported = [f.name for f in fields if f.dtype.name != "Timestamp"]
     if unsupported:
         raise ValueError(f"no request values for the non-timestamp fields {unsupported}")
-    now = datetime.now(UTC).isoformat()
+    now = demo_end().isoformat()
     return {field.name: now for field in fields}
 
 
@@ -175,10 +186,8 @@ def push_batches(data: Path) -> dict[str, list[pa.RecordBatch]]:
     from featureplane.offline_store import OfflineStore
     from featureplane.repository import Repository
     from featureplane.spark_session import spark_session
-    from featureplane.synthetic import SCALES
 
-    scale = SCALES["demo"]
-    end = scale.start + timedelta(days=scale.days)
+    end = demo_end()
     offline = OfflineStore(str(data / "offline"))
     batches = {}
     with spark_session() as spark:
@@ -351,7 +360,8 @@ def in_process(
     from featureplane.serving import FeatureServer
 
     store = TimedStore(open_store(registry.online_store))
-    server = FeatureServer(registry, store)
+    as_of = demo_end()
+    server = FeatureServer(registry, store, clock=lambda: as_of)
     route = "get-features" if size == 1 else "get-features-batch"
     path = f"/v1/feature-services/{SERVICE}/{route}"
     bodies = [
@@ -486,7 +496,8 @@ def bench_store(
         }
         result["http"] = {}
         for workers in args.workers:
-            with serving_process(path, workers, FAKE_AWS) as url:
+            env = {**FAKE_AWS, "FEATUREPLANE_AS_OF": demo_end().isoformat()}
+            with serving_process(path, workers, env) as url:
                 cases = {}
                 for size, clients in CASES:
                     figures = load(pool, url, rows, extra, size, clients, limits)

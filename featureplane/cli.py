@@ -76,7 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     results = _materialize(DEFAULT_REPOSITORY, None, end, None, training=True)
     _print_materialized(results, time.perf_counter() - generated)
     latest = _print_training_preview("ctr_training")
-    _print_served_vector("ctr", latest)
+    _print_served_vector("ctr", latest, as_of=end)
     print(f"demo finished in {time.perf_counter() - began:.1f}s")
     print(
         "\nOpen the Dagster UI:  make ui   "
@@ -103,9 +103,10 @@ def _print_training_preview(name: str, rows: int = 3) -> dict:
     return frame.iloc[-1].to_dict()
 
 
-def _print_served_vector(service: str, row: dict, timeout: float = 60.0) -> None:
-    """Write the registry, serve it on a free local port, fetch the service's features for the
-    entity of `row` over HTTP with the Python client and print them; the server always stops."""
+def _print_served_vector(service: str, row: dict, as_of: datetime, timeout: float = 60.0) -> None:
+    """Write the registry, serve it as of `as_of` (the end of the demo's data, which is in the
+    past) on a free local port, fetch the service's features for the entity of `row` over HTTP
+    with the Python client and print them; the server always stops."""
     from featureplane.registry import build_registry, write_registry
     from featureplane.repository import Repository
     from featureplane.settings import online_store_settings, registry_path
@@ -114,13 +115,17 @@ def _print_served_vector(service: str, row: dict, timeout: float = 60.0) -> None
 
     registry = build_registry(Repository.load(DEFAULT_REPOSITORY), online_store_settings())
     path = write_registry(registry, registry_path())
-    with serving_process(path, timeout=timeout) as url, FeatureClient(url, timeout) as client:
+    env = {"FEATUREPLANE_AS_OF": as_of.isoformat()}
+    with (
+        serving_process(path, env=env, timeout=timeout) as url,
+        FeatureClient(url, timeout) as client,
+    ):
         [spec] = [s for s in client.services() if s["name"] == service]
         entities = {key["name"]: int(row[key["name"]]) for key in spec["join_keys"]}
         # the demo's one request field, request_ts, is the time of the impression
         request_data = {field["name"]: row["ts"].isoformat() for field in spec["request_data"]}
         result = client.get_features(service, entities, request_data)
-    print(f"\n{service} served over HTTP at {url} for {entities} (registry {path}):")
+    print(f"\n{service} served over HTTP at {url} as of {as_of} for {entities} (registry {path}):")
     width = max(map(len, result["values"]))
     for feature, value in result["values"].items():
         age = result["age_seconds"][feature]
@@ -328,6 +333,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     from online.server import serve
 
+    if args.as_of:
+        os.environ["FEATUREPLANE_AS_OF"] = args.as_of
     serve(registry, args.host, args.port, args.workers)
     return 0
 
@@ -400,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--registry", help="registry file or store (default: $FEATUREPLANE_REGISTRY)"
     )
     serve.add_argument("--workers", type=int, default=1, help="server processes")
+    serve.add_argument(
+        "--as-of",
+        help="serve as of this fixed ISO 8601 time, e.g. to replay history "
+        "(default: now; sets $FEATUREPLANE_AS_OF)",
+    )
     serve.set_defaults(run=cmd_serve)
     return parser
 

@@ -112,6 +112,18 @@ class Limits:
         )
 
 
+def clock_from_env() -> Callable[[], datetime]:
+    """The serving clock: real time, or the fixed moment `$FEATUREPLANE_AS_OF` (ISO 8601, UTC
+    unless it says otherwise), which replays what was served then and lets demos and
+    benchmarks serve historical data that would be expired or out of every window by now."""
+    text = os.environ.get("FEATUREPLANE_AS_OF")
+    if not text:
+        return lambda: datetime.now(UTC)
+    moment = datetime.fromisoformat(text)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return lambda: moment
+
+
 @dataclass(frozen=True)
 class Response:
     """An HTTP response: status, JSON body bytes and headers."""
@@ -302,7 +314,8 @@ def _service_plan(
 class FeatureServer:
     """Serves a registry's feature services from an online store; see the module docstring.
 
-    `clock` gives the request time (UTC), which decides expiry, ages and aggregation windows.
+    `clock` gives the request time (UTC), which decides expiry, ages and aggregation windows
+    (default: `clock_from_env`).
     """
 
     def __init__(
@@ -310,12 +323,12 @@ class FeatureServer:
         registry: ServingRegistry,
         store: OnlineStore | None = None,
         limits: Limits | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] | None = None,
     ):
         self.registry = registry
         self.store = store if store is not None else _open(registry.online_store)
         self.limits = limits or Limits.from_env()
-        self.clock = clock
+        self.clock = clock or clock_from_env()
         self.plans = {
             name: _service_plan(service, registry) for name, service in registry.services.items()
         }

@@ -11,6 +11,7 @@ processes, each with its own registry and store client, as Lambda instances woul
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import subprocess
@@ -80,6 +81,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
             except Exception as error:  # noqa: BLE001 - reported to uvicorn, which exits
                 await send({"type": "lifespan.startup.failed", "message": str(error)})
                 return
+            gc.freeze()  # a full collection mid-request then skips everything startup made
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             server().close()

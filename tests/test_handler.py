@@ -561,6 +561,26 @@ def test_a_throttled_store_is_503(store_path, monkeypatch):
     assert "unprocessed" in json.loads(response["body"])["error"]
 
 
+def test_the_serving_clock_can_be_fixed_by_the_environment(store_path, monkeypatch):
+    """`$FEATUREPLANE_AS_OF` serves as of a past moment: there the value is fresh, not expired."""
+    as_of = datetime(2024, 3, 10, 12, 0, tzinfo=UTC)
+    write_row(store_path, user_stats, (1,), as_of - HOUR, {"clicks": 7, "country": "FR"})
+    monkeypatch.setenv("FEATUREPLANE_AS_OF", "2024-03-10T12:00:00")
+    server = FeatureServer(load_registry(registry(store_path)))
+    body = server.get_features("users", {"user_id": 1})
+    server.close()
+    assert body["metadata"]["served_at"] == as_of.isoformat()
+    (result,) = by_feature(body)
+    assert result["status"]["user_stats__clicks"] == "present"
+    assert (
+        result["values"]["user_stats__clicks"],
+        result["age_seconds"]["user_stats__clicks"],
+    ) == (
+        7,
+        3600,
+    )
+
+
 def test_the_handler_loads_the_registry_named_by_the_environment(tmp_path, monkeypatch, store_path):
     path = write_registry(registry(store_path), tmp_path / "registry.json")
     recent = datetime.now(UTC) - HOUR  # the handler's own clock: real time

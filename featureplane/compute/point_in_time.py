@@ -217,6 +217,8 @@ def _sort(table: pa.Table, keys: tuple[str, ...], ts: str) -> tuple[np.ndarray, 
     starts = np.zeros(len(order), dtype=bool)
     starts[0] = True
     for key in keys:
+        if pa.types.is_null(table[key].type):  # all null: no two rows share a key
+            return order, np.ones(len(order), dtype=bool)
         column = table[key].take(order)
         changed = pc.fill_null(pc.not_equal(column[1:], column[:-1]), True)
         starts[1:] |= changed.to_numpy(zero_copy_only=False)
