@@ -69,7 +69,7 @@ ctr = FeatureService(
         user_click_sessions,
         ad_daily_performance,
         user_ad_activity,
-        ad_delivery[["impressions_7d", "mean_position_7d"]],
+        ad_delivery,
         ctr_features,
     ],
     description="Features of the click-through-rate model, served per (user, ad) request.",

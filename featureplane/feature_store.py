@@ -273,7 +273,7 @@ class FeatureStore:
             )
         joined = point_in_time_join(spine, timestamp_column, lookups) if lookups else spine
         for aggregate in aggregates:
-            joined = aggregate_join(joined, timestamp_column, aggregate)
+            joined = aggregate_join(joined, timestamp_column, aggregate, anchors_from=spine)
         for selection in on_demand:
             joined = self._apply_on_demand(joined, selection.view, columns)
             reads.append(

@@ -1,7 +1,8 @@
 """Spark sessions for every mode the platform runs in, usable from notebooks, tests and Dagster.
 
 - `local` (default): Sail's Spark Connect server started in this process on 127.0.0.1, port 0.
-  Sail reads and writes Delta natively and starts in well under a second.
+  Sail reads and writes Delta natively and starts in well under a second. Shuffles by key use
+  two partitions per core unless the conf says otherwise (`featureplane.compute.shuffle`).
 - `connect`: any Spark Connect endpoint (`sc://host:port`, Databricks, OSS Spark 4).
 - `classic`: JVM PySpark with the given conf (e.g. `spark.jars.packages` for delta-spark).
 Every session computes in UTC: event times, windows and partitions are all UTC.
@@ -21,6 +22,12 @@ BASE_CONF = {"spark.sql.session.timeZone": "UTC"}
 SESSION_TIMEOUT_SECS = 7 * 24 * 3600
 
 
+def local_shuffle_partitions() -> int:
+    """Partitions of a shuffle on one machine: two per core keep both busy, and few enough that
+    Sail's buffers (inputs x outputs) stay small; Spark's 200 costs gigabytes there."""
+    return 2 * max(os.cpu_count() or 1, 2)
+
+
 def _builder(conf: Mapping[str, str]) -> SparkSession.Builder:
     builder = SparkSession.builder
     for key, value in {**conf, **BASE_CONF}.items():
@@ -35,6 +42,7 @@ def spark_session(
     """Open a Spark session in `mode`, and close it (and any server it started) on exit."""
     conf = dict(conf or {})
     if mode == "local":
+        conf = {"spark.sql.shuffle.partitions": str(local_shuffle_partitions()), **conf}
         os.environ.setdefault("RUST_LOG", "error")  # Sail logs each session and shutdown
         # Sail ends a session idle for a few minutes; this server belongs to one notebook,
         # process or test run, which may idle far longer and still expect its session.

@@ -555,6 +555,25 @@ def test_approx_count_distinct_of_random_tiles_equals_the_python_merge(spark, dr
     assert actual == expected
 
 
+def test_anchors_may_come_from_the_spine_before_earlier_joins(spark):
+    """FeatureStore hands the plain spine to aggregate_join as `anchors_from`, so that the
+    aggregations merged by joins (var, last_n, approx_count_distinct) do not run the earlier
+    joins that made the spine again: the values are those of the spine itself."""
+    functions = ("var", last_n(2), approx_count_distinct(4), "count")
+    case = dataclasses.replace(
+        agg.edge_case(), aggregations=tuple(Aggregation("i", f, agg.DAY) for f in functions)
+    )
+    events, spine = agg.frames(spark, case)
+    tiles = compute_tiles(events, case.join_keys, "ts", case.aggregations, case.interval)
+    joined = spine.withColumn("earlier", F.col("rid") * 2)  # as if joined before
+    result = aggregate_join(joined, "ts", agg.lookup(case, tiles), anchors_from=spine)
+    assert result.columns == [*joined.columns, *(a.name for a in case.aggregations)]
+    expected = by_rid(agg.run_case(spark, case).toArrow().to_pylist())
+    rows = by_rid(result.toArrow().to_pylist())
+    assert [r["earlier"] for r in rows] == [2 * r["rid"] for r in rows]
+    assert [{k: v for k, v in r.items() if k != "earlier"} for r in rows] == expected
+
+
 # ---- classic JVM PySpark against Sail ------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ VIEWS = {
     "user_click_sessions": ("pandas", ["ad_clicks"]),
     "impression_labels": ("pyspark", ["ad_impressions", "ad_clicks"]),
     "user_ad_activity": ("pyspark", ["ad_impressions", "ad_clicks"]),
-    "ad_delivery": ("pyspark", ["ad_impressions"]),
+    "ad_delivery": ("pyspark", ["ad_impressions", "ad_clicks"]),
     "user_recent_categories": ("pyspark", ["page_views"]),
 }
 SERVICES = {
@@ -155,6 +155,8 @@ def test_range_is_one_run_and_one_commit_and_reruns_are_idempotent(repo, tmp_pat
             "tile_start",
             "count__clicked_impression_id",
             "count__impression_id",
+            "max__click_unix_s",
+            "total__position",
         ]
         assert (tiles["tile_start"].dt.minute == 0).all()  # hourly tiles
         for r in results:

@@ -244,10 +244,19 @@ def test_compare_merges_tiles_and_honours_expiry():
     assert report.matched == 0
     assert report.examples[0].entity_key == ("a1",)
     hour = END - timedelta(hours=1)
-    tile = {TILE_START: hour, "count__impression_id": 4, "count__clicked_impression_id": 1}
+    tile = {
+        TILE_START: hour,
+        "count__impression_id": 4,
+        "count__clicked_impression_id": 1,
+        "total__position": {"n": 4, "s": 10},
+        "max__click_unix_s": 1_790_000_000,
+    }
     record = Record((7,), END, {TILES: pack_tiles([tile])})
     served = online_values(tiles_view, record, moment(tiles_view, END))
-    assert served == {
-        a.name: {"impression_id": 4, "clicked_impression_id": 1}[a.column]
-        for a in tiles_view.aggregations
+    value = {
+        "impression_id": 4,
+        "clicked_impression_id": 1,
+        "position": 2.5,
+        "click_unix_s": 1_790_000_000,
     }
+    assert served == {a.name: value[a.column] for a in tiles_view.aggregations}

@@ -728,3 +728,20 @@ def test_retrieval_does_not_depend_on_the_local_time_zone(store):
             os.environ["TZ"] = previous
         time.tzset()
     assert value == 2  # actual: None (the row 2 h before the spine row was filtered out)
+
+
+def test_shuffles_by_key_use_the_sessions_partition_count(spark):
+    """Sail keeps a union's summed input partitions on `repartition(*keys)`, and a shuffle's
+    buffers grow with inputs x outputs: the merges name the count (local mode: 2 per core)."""
+    from featureplane.compute.shuffle import by_keys
+    from featureplane.spark_session import local_shuffle_partitions
+
+    def sizes(batches):
+        yield pa.RecordBatch.from_pydict({"rows": [sum(b.num_rows for b in batches)]})
+
+    many = spark.range(0, 2_000, 1, numPartitions=40).withColumn("key", F.col("id") % 13)
+    shuffled = by_keys(many.unionByName(many), ["key"]).mapInArrow(sizes, "rows bigint")
+    rows = [r.rows for r in shuffled.collect()]
+    assert spark.conf.get("spark.sql.shuffle.partitions") == str(local_shuffle_partitions())
+    assert len(rows) == local_shuffle_partitions()
+    assert sum(rows) == 4_000

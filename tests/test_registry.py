@@ -112,10 +112,10 @@ def test_on_demand_views_ship_their_function(demo):
         (None, s.field_names) if s is view.request_source else (s.view_name, s.features)
         for s in view.sources
     )
-    inputs = [
-        {"request_ts": datetime(2026, 10, 3, 17, 5, tzinfo=UTC)},
-        {"clicks_1d": 3, "impressions_1d": 12},
-    ]
+    counts = {"request_ts": datetime(2026, 10, 3, 17, 5, tzinfo=UTC), "last_click_unix_s_7d": 0}
+    for position, name in enumerate(f for s in view.feature_sources for f in s.features):
+        counts.setdefault(name, 3 * position)
+    inputs = [{f: counts[f] for f in fields} for _, fields in spec.sources]
     assert spec.function(*inputs) == view.function(*inputs)
     assert spec.function is not view.function
 

@@ -6,11 +6,18 @@ project root is on `sys.path` through pytest's `pythonpath = ["."]`).
 
 import importlib
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from featureplane import BatchSource, FeatureViewError, Repository, RepositoryError
+from featureplane import (
+    BatchSource,
+    FeatureViewError,
+    OnDemandFeatureView,
+    Repository,
+    RepositoryError,
+)
 
 REPOS = Path(__file__).parent / "repos"
 
@@ -132,3 +139,28 @@ def test_the_demo_repository_loads_its_views_service_and_dataset(monkeypatch):
     for view in repo.feature_views.values():
         assert all(isinstance(s, BatchSource) and repo.sources[s.name] is s for s in view.sources)
         assert "feature_assets/" in view.location
+
+
+def test_the_ctr_service_has_enough_views_and_features_of_every_kind():
+    """ctr: at least 5 views and 50 features, from row-level, aggregate and on-demand views."""
+    ctr = Repository.load("feature_assets").feature_services["ctr"]
+    features = [(s.view, f) for s in ctr.features for f in s.features]
+    assert len({s.view_name for s in ctr.features}) >= 5
+    assert len(features) >= 50
+    kinds = Counter(
+        "on_demand"
+        if isinstance(view, OnDemandFeatureView)
+        else "aggregate"
+        if view.aggregations
+        else "row"
+        for view, _ in features
+    )
+    assert kinds["aggregate"] >= 20 and kinds["on_demand"] >= 10 and kinds["row"] >= 5
+    functions = {
+        a.fn.name
+        for s in ctr.features
+        if not isinstance(s.view, OnDemandFeatureView)
+        for a in s.view.aggregations
+        if a.name in s.features
+    }
+    assert {"count", "mean", "min", "max", "approx_count_distinct"} <= functions

@@ -45,7 +45,31 @@ def test_every_spine_row_once_with_its_label(store, spark):
     )
     assert joined.where(F.col("clicked") != F.col("label")).count() == 0
     assert "ad_daily_performance__ctr_1d" in dataset.columns
-    assert dataset.columns[-2:] == ["ctr_features__user_ctr_1d", "ctr_features__request_hour"]
+    on_demand = store.repository.on_demand_views["ctr_features"].feature_names
+    assert dataset.columns[-len(on_demand) :] == [f"ctr_features__{f}" for f in on_demand]
+
+
+def test_ctr_features_agree_with_the_counts_they_are_computed_from(store):
+    """The on-demand rates of each training row are the ratios of its joined window counts."""
+    store.build_training_dataset("ctr_training")
+    rows = store.get_training_dataset("ctr_training").toPandas()
+    for entity, view, windows in (
+        ("user", "user_ad_activity", ("1h", "6h", "1d", "3d", "7d")),
+        ("ad", "ad_delivery", ("1d", "3d", "7d")),
+    ):
+        for window in windows:
+            impressions = rows[f"{view}__impressions_{window}"]
+            rate = rows[f"{view}__clicks_{window}"] / impressions.where(impressions > 0)
+            pd.testing.assert_series_equal(
+                rows[f"ctr_features__{entity}_ctr_{window}"], rate, check_names=False
+            )
+    assert rows["user_ad_activity__impressions_1d"].gt(0).mean() > 0.5  # not vacuous
+    since = rows["ctr_features__hours_since_last_click"].dropna()
+    assert len(since) > 1000 and since.between(0, 7 * 24 + 1).all()
+    hours = rows["request_ts"].dt.hour
+    assert (rows["ctr_features__request_hour"] == hours).all()
+    weekend = rows["request_ts"].dt.dayofweek >= 5
+    assert (rows["ctr_features__request_is_weekend"] == weekend).all()
 
 
 def test_manifest_names_every_input_version(store):

@@ -27,6 +27,8 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from featureplane.compute.shuffle import by_keys
+
 KIND = "__fp_kind"  # a feature row's lookup number in its pass; spine rows sort after them (<= t)
 SPINE_ROW = 127
 RANK = "__fp_rank"
@@ -150,7 +152,7 @@ def _as_of_pass(
         ]
     )
     merge = partial(_merge_as_of, keys=keys, ts=ts, spine_columns=spine.columns, slots=slots)
-    return rows.repartition(*keys).mapInArrow(merge, schema)
+    return by_keys(rows, keys).mapInArrow(merge, schema)
 
 
 def _merge_as_of(

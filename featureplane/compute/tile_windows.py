@@ -26,6 +26,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from featureplane.aggregation import TILE_START, Aggregation
+from featureplane.compute.shuffle import by_keys
 
 FUNCTIONS = ("count", "sum", "mean", "min", "max", "first", "last")
 ANCHOR_ROW = 1
@@ -81,7 +82,7 @@ def window_values(
     outputs = tiles.select(*(_output(spec).alias(spec.output) for spec in specs)).dtypes
     schema = ", ".join(f"`{name}` {dtype}" for name, dtype in [*spine.dtypes, *outputs])
     merge = partial(_merge, keys=tuple(keys), spine_columns=spine.columns, step=step, specs=specs)
-    return rows.repartition(*keys).mapInArrow(merge, schema)
+    return by_keys(rows, keys).mapInArrow(merge, schema)
 
 
 def _output(spec: _Spec) -> Column:

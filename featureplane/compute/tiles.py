@@ -205,11 +205,22 @@ class AggregateLookup:
     column_types: Mapping[str, str] = field(default_factory=dict)
 
 
-def aggregate_join(spine: DataFrame, timestamp_column: str, lookup: AggregateLookup) -> DataFrame:
-    """The spine with the lookup's aggregation values at each row's time appended."""
+def aggregate_join(
+    spine: DataFrame,
+    timestamp_column: str,
+    lookup: AggregateLookup,
+    anchors_from: DataFrame | None = None,
+) -> DataFrame:
+    """The spine with the lookup's aggregation values at each row's time appended.
+
+    `anchors_from` holds the same keys and times as `spine` when `spine` is costly to compute
+    again (the output of earlier joins): the aggregations merged by joins read their anchors
+    from it instead of a second run of everything that made `spine`.
+    """
     keys = list(lookup.join_keys)
     types = dict(spine.dtypes)
-    spine = spine.withColumn(ANCHOR, floor_micros(F.col(timestamp_column), lookup.interval))
+    anchor = floor_micros(F.col(timestamp_column), lookup.interval)
+    spine = spine.withColumn(ANCHOR, anchor)
     needed = sorted({a.partial_column for a in lookup.aggregations})
     tiles = lookup.tiles.select(  # keyed like the spine
         *(F.col(key).cast(types[key]).alias(key) for key in keys), TILE_START, *needed
@@ -222,9 +233,13 @@ def aggregate_join(spine: DataFrame, timestamp_column: str, lookup: AggregateLoo
     others = {a: out for a, out in lookup.aggregations.items() if a not in windowed}
     if not others:
         return joined.drop(ANCHOR)
-    # these are merged per distinct anchor and joined back, which reads the spine twice
+    # these are merged per distinct anchor and joined back, which reads the anchors twice
+    source = spine if anchors_from is None else anchors_from.withColumn(ANCHOR, anchor)
     anchors = (
-        spine.select(*keys, ANCHOR).where(F.col(ANCHOR).isNotNull()).dropna(subset=keys).distinct()
+        source.select(*(F.col(key).cast(types[key]).alias(key) for key in keys), ANCHOR)
+        .where(F.col(ANCHOR).isNotNull())
+        .dropna(subset=keys)
+        .distinct()
     )
     sliding = {a: out for a, out in others.items() if a.fn.partial == "moments"}
     if sliding:
