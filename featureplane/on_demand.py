@@ -25,6 +25,7 @@ import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
+from functools import lru_cache
 from types import CodeType
 
 from featureplane._location import function_location
@@ -361,6 +362,25 @@ def _conform(value: object, spark_type: str) -> object:
     return _utc(value)
 
 
+_EXACT = {"double": float, "float": float, "string": str, "boolean": bool}
+"""Spark types whose values of exactly this Python type are stored as they are."""
+
+
+@lru_cache(maxsize=1024)
+def _output_columns(
+    schema: tuple[Field, ...],
+) -> tuple[frozenset[str], tuple[tuple[str, str], ...]]:
+    """The schema's names and (name, Spark type) pairs, worked out once per schema."""
+    return frozenset(f.name for f in schema), tuple((f.name, f.dtype.spark) for f in schema)
+
+
+def _inputs(row: Mapping[str, object]) -> dict[str, object]:
+    """A copy of one source's values for the function, datetimes in UTC."""
+    if any(isinstance(value, datetime) for value in row.values()):
+        return {key: _utc(value) for key, value in row.items()}
+    return dict(row)
+
+
 def compute_features(
     function: Callable,
     view_name: str,
@@ -371,40 +391,46 @@ def compute_features(
 
     Shared by the online handler (with a function rebuilt from its source) and the offline path,
     so both apply the same checks: exactly the schema's names, each value None or of its type.
-    Datetimes are normalised to UTC on the way in and out.
+    Datetimes are normalised to UTC on the way in and out. Runs once per served or trained
+    row, so what depends only on the schema is worked out once.
     """
-    arguments = [{key: _utc(value) for key, value in row.items()} for row in inputs]
     try:
-        output = function(*arguments)
+        output = function(*map(_inputs, inputs))
     except Exception as exc:
         raise OnDemandFeatureViewError(view_name, None, f"the function raised {exc!r}") from exc
     if not isinstance(output, Mapping):
         raise OnDemandFeatureViewError(
             view_name, None, f"the function returned {type(output).__name__}, not a dict"
         )
-    schema = tuple(schema)
-    names = [f.name for f in schema]
-    missing = [name for name in names if name not in output]
-    extra = [key for key in output if key not in names]
-    if missing or extra:
+    names, columns = _output_columns(tuple(schema))
+    if output.keys() != names:
+        missing = [name for name, _ in columns if name not in output]
+        extra = [key for key in output if key not in names]
         wrong = [f"lacks features {missing}"] if missing else []
         wrong += [f"has keys {extra} that are not in the schema"] if extra else []
         raise OnDemandFeatureViewError(
             view_name, None, f"the function's output {' and '.join(wrong)}"
         )
     conformed = {}
-    for column in schema:
-        value = output[column.name]
+    for name, spark_type in columns:
+        value = output[name]
+        if value is None or type(value) is _EXACT.get(spark_type):  # most values: as they are
+            conformed[name] = value
+            continue
         try:
-            conformed[column.name] = _conform(value, column.dtype.spark)
+            conformed[name] = _conform(value, spark_type)
         except TypeError:
             raise OnDemandFeatureViewError(
                 view_name,
                 None,
-                f"feature {column.name!r} is {type(value).__name__} {value!r}, "
-                f"not {column.dtype.name}",
+                f"feature {name!r} is {type(value).__name__} {value!r}, "
+                f"not {_type_name(schema, name)}",
             ) from None
     return conformed
+
+
+def _type_name(schema: Iterable[Field], name: str) -> str:
+    return next(f.dtype.name for f in schema if f.name == name)
 
 
 def stored_views(selections: Iterable[FeatureSelection]) -> tuple[FeatureView, ...]:
