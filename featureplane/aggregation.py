@@ -19,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property, reduce
 from typing import Any
 
+import orjson
+
 from featureplane.types import NUMERIC, Array, DType, Float64, Int64
 
 TILE_START = "tile_start"
@@ -235,7 +237,7 @@ def merge_partials(function: AggregationFunction, partials: Sequence[Any]) -> An
     """Merge tile partials of one function (None partials, i.e. empty tiles, are skipped).
 
     last_n partials are JSON lists of {"ts": epoch microseconds, "v": value}, as tiles store them;
-    approx_count_distinct partials are JSON lists of packed registers (see `registers`), or
+    approx_count_distinct partials are JSON lists of packed registers (index << 6 | rank), or
     already merged {index: rank} registers.
     """
     present = [p for p in partials if p is not None]
@@ -258,11 +260,7 @@ def merge_partials(function: AggregationFunction, partials: Sequence[Any]) -> An
     if name == "last":
         return max(present, key=lambda p: (p["ts"], p["v"]))
     if name == "approx_count_distinct":
-        merged: dict[int, int] = {}
-        for partial in present:
-            for index, rank in registers(partial).items():
-                merged[index] = max(rank, merged.get(index, 0))
-        return merged
+        return _merge_registers(present)
     decoded = (json.loads(p) if isinstance(p, str) else p for p in present)
     items = sorted((i for p in decoded for i in p), key=lambda i: (i["ts"], i["v"]), reverse=True)
     return items[: function.n] or None
@@ -309,12 +307,20 @@ SPLIT = 32
 """Ranks up to SPLIT and above it are summed apart, as exact integers (see `hll_estimate`)."""
 
 
-def registers(partial: str | Sequence[int] | Mapping[int, int]) -> Mapping[int, int]:
-    """{register index: rank} of a tile's partial: a list of packed registers, as JSON text
-    (as tiles keep it) or decoded, or already {index: rank}."""
-    if isinstance(partial, Mapping):
-        return partial
-    codes = json.loads(partial) if isinstance(partial, str) else partial
+_SCALED = [1 << (SPLIT - rank) for rank in range(SPLIT + 1)]
+"""2**-rank scaled by 2**SPLIT, by rank."""
+
+
+def _merge_registers(partials: Iterable[str | Sequence[int] | Mapping[int, int]]) -> dict[int, int]:
+    """The register-wise max of sketches: their packed registers sorted, so that the last code
+    of each index holds its highest rank and a dict built in that order keeps it."""
+    codes: list[int] = []
+    for partial in partials:
+        if isinstance(partial, Mapping):
+            codes += (index << RANK_BITS | rank for index, rank in partial.items())
+        else:
+            codes += orjson.loads(partial) if isinstance(partial, str) else partial
+    codes.sort()
     mask = (1 << RANK_BITS) - 1
     return {code >> RANK_BITS: code & mask for code in codes}
 
@@ -337,8 +343,12 @@ def hll_estimate(ranks: Mapping[int, int], precision: int) -> int:
     """
     m = 1 << precision
     unset = m - len(ranks)
-    high = (unset << SPLIT) + sum(1 << (SPLIT - r) for r in ranks.values() if r <= SPLIT)
-    low = sum(1 << (2 * SPLIT - r) for r in ranks.values() if r > SPLIT)
+    values = ranks.values()
+    if not values or max(values) <= SPLIT:  # nearly always: one table look-up per register
+        high, low = (unset << SPLIT) + sum(map(_SCALED.__getitem__, values)), 0
+    else:
+        high = (unset << SPLIT) + sum(1 << (SPLIT - r) for r in values if r <= SPLIT)
+        low = sum(1 << (2 * SPLIT - r) for r in values if r > SPLIT)
     harmonic = float(high) * 2.0**-SPLIT + float(low) * 2.0 ** (-2 * SPLIT)
     estimate = hll_scale(precision) / harmonic
     if unset and estimate <= 2.5 * m:

@@ -122,8 +122,8 @@ def _print_served_vector(service: str, row: dict, as_of: datetime, timeout: floa
     ):
         [spec] = [s for s in client.services() if s["name"] == service]
         entities = {key["name"]: int(row[key["name"]]) for key in spec["join_keys"]}
-        # the demo's one request field, request_ts, is the time of the impression
-        request_data = {field["name"]: row["ts"].isoformat() for field in spec["request_data"]}
+        # the demo's one request field, request_ts, is the time of the request: the serving time
+        request_data = {field["name"]: as_of.isoformat() for field in spec["request_data"]}
         result = client.get_features(service, entities, request_data)
     print(f"\n{service} served over HTTP at {url} as of {as_of} for {entities} (registry {path}):")
     width = max(map(len, result["values"]))

@@ -25,7 +25,6 @@ import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
-from functools import lru_cache
 from types import CodeType
 
 from featureplane._location import function_location
@@ -366,12 +365,21 @@ _EXACT = {"double": float, "float": float, "string": str, "boolean": bool}
 """Spark types whose values of exactly this Python type are stored as they are."""
 
 
-@lru_cache(maxsize=1024)
-def _output_columns(
-    schema: tuple[Field, ...],
-) -> tuple[frozenset[str], tuple[tuple[str, str], ...]]:
-    """The schema's names and (name, Spark type) pairs, worked out once per schema."""
-    return frozenset(f.name for f in schema), tuple((f.name, f.dtype.spark) for f in schema)
+@dataclass(frozen=True, eq=False)
+class OutputSchema:
+    """An output schema as `compute_features` checks it, worked out once: it runs per row, and
+    hashing or scanning the fields each time would cost as much as the function."""
+
+    fields: tuple[Field, ...]
+    names: frozenset[str]
+    columns: tuple[tuple[str, str], ...]
+    """(name, Spark type) of each field, in order."""
+
+    @classmethod
+    def of(cls, schema: Iterable[Field]) -> OutputSchema:
+        fields = tuple(schema)
+        names = frozenset(f.name for f in fields)
+        return cls(fields, names, tuple((f.name, f.dtype.spark) for f in fields))
 
 
 def _inputs(row: Mapping[str, object]) -> dict[str, object]:
@@ -384,15 +392,15 @@ def _inputs(row: Mapping[str, object]) -> dict[str, object]:
 def compute_features(
     function: Callable,
     view_name: str,
-    schema: Iterable[Field],
+    schema: Iterable[Field] | OutputSchema,
     inputs: Sequence[Mapping[str, object]],
 ) -> dict[str, object]:
-    """Run an on-demand function on one row and check its output against `schema`.
+    """Run an on-demand function on one row and check its output against `schema` (pass an
+    `OutputSchema` when computing many rows).
 
     Shared by the online handler (with a function rebuilt from its source) and the offline path,
     so both apply the same checks: exactly the schema's names, each value None or of its type.
-    Datetimes are normalised to UTC on the way in and out. Runs once per served or trained
-    row, so what depends only on the schema is worked out once.
+    Datetimes are normalised to UTC on the way in and out.
     """
     try:
         output = function(*map(_inputs, inputs))
@@ -402,7 +410,8 @@ def compute_features(
         raise OnDemandFeatureViewError(
             view_name, None, f"the function returned {type(output).__name__}, not a dict"
         )
-    names, columns = _output_columns(tuple(schema))
+    checks = schema if isinstance(schema, OutputSchema) else OutputSchema.of(schema)
+    names, columns = checks.names, checks.columns
     if output.keys() != names:
         missing = [name for name, _ in columns if name not in output]
         extra = [key for key in output if key not in names]
@@ -424,7 +433,7 @@ def compute_features(
                 view_name,
                 None,
                 f"feature {name!r} is {type(value).__name__} {value!r}, "
-                f"not {_type_name(schema, name)}",
+                f"not {_type_name(checks.fields, name)}",
             ) from None
     return conformed
 

@@ -68,7 +68,7 @@ from featureplane.aggregation import (
     finalize,
 )
 from featureplane.errors import OnDemandFeatureViewError
-from featureplane.on_demand import compute_features
+from featureplane.on_demand import OutputSchema, compute_features
 from featureplane.online_store import EntityKeyError, StoreThrottled, open_store
 from featureplane.online_store.encoding import (
     MICROSECOND,
@@ -182,7 +182,6 @@ class ViewPlan:
     empty_values: tuple[Any, ...]
     """Values of an entity without a record: empty-window values for aggregates, else nulls."""
     ttl_micros: int | None
-    read_by_on_demand: bool
     present: tuple[str, ...]
     missing: tuple[str, ...]
     expired: tuple[str, ...]
@@ -191,19 +190,42 @@ class ViewPlan:
 
 @dataclass(frozen=True)
 class OnDemandPlan:
-    """An on-demand view of a service: its spec and the features it serves, named."""
+    """An on-demand view of a service: its spec, the features it serves, named, and where its
+    inputs come from: per source, None for the request or the index of the view plan, with
+    the features' names and positions among that plan's features."""
 
     spec: OnDemandSpec
     features: tuple[str, ...]
     outputs: tuple[str, ...]
+    output: OutputSchema
+    inputs: tuple[tuple[int | None, tuple[str, ...], tuple[int, ...]], ...]
+    present: tuple[str, ...]
+    nulls: tuple[None, ...]
 
-    @property
-    def present(self) -> tuple[str, ...]:
-        return _statuses("present", len(self.features))
 
-    @property
-    def nulls(self) -> tuple[None, ...]:
-        return (None,) * len(self.features)
+def _on_demand_plan(
+    spec: OnDemandSpec, features: Sequence[str], outputs: Sequence[str], views: Sequence[ViewPlan]
+) -> OnDemandPlan:
+    names = [view.view.name for view in views]
+    inputs = tuple(
+        (None, wanted, ())
+        if source is None
+        else (
+            names.index(source),
+            wanted,
+            tuple(views[names.index(source)].features.index(f) for f in wanted),
+        )
+        for source, wanted in spec.sources
+    )
+    return OnDemandPlan(
+        spec=spec,
+        features=tuple(features),
+        outputs=tuple(outputs),
+        output=OutputSchema.of(spec.schema),
+        inputs=inputs,
+        present=_statuses("present", len(features)),
+        nulls=(None,) * len(features),
+    )
 
 
 @dataclass(frozen=True)
@@ -232,7 +254,6 @@ def _view_plan(
     view: ViewSpec,
     features: Mapping[str, str | None],
     join_keys: Sequence[str],
-    read_by_on_demand: bool,
 ) -> ViewPlan:
     by_name = {a.name: a for a in view.aggregations}
     aggregations = tuple(by_name[f] for f in features) if view.aggregations else ()
@@ -246,7 +267,6 @@ def _view_plan(
         aggregations=aggregations,
         empty_values=tuple(empty),
         ttl_micros=None if view.ttl is None else view.ttl // MICROSECOND,
-        read_by_on_demand=read_by_on_demand,
         present=_statuses("present", len(features)),
         missing=_statuses("missing", len(features)),
         expired=_statuses("expired", len(features)),
@@ -259,7 +279,7 @@ def _service_plan(
     """The plan of a service, or of the `wanted` features of it. Views are read once each:
     for their served features and for the inputs of the service's on-demand views."""
     reads: dict[str, dict[str, str | None]] = {}
-    on_demand: list[OnDemandPlan] = []
+    on_demand: list[tuple[OnDemandSpec, list[str], list[str]]] = []
     outputs: list[str] = []
     for view_name, features in service.selections:
         chosen = [f for f in features if wanted is None or f"{view_name}__{f}" in wanted]
@@ -271,7 +291,7 @@ def _service_plan(
                 reads.setdefault(view_name, {}).update(zip(chosen, named, strict=True))
             continue
         if chosen:
-            on_demand.append(OnDemandPlan(spec, tuple(chosen), tuple(named)))
+            on_demand.append((spec, chosen, named))
             for source, inputs in spec.sources:
                 if source is not None:
                     read = reads.setdefault(source, {})
@@ -286,27 +306,24 @@ def _service_plan(
                 key_types[key] = dtype
             if key not in join_keys:
                 join_keys.append(key)
-    sources = {source for plan in on_demand for source, _ in plan.spec.sources}
-    plans = [
-        _view_plan(registry.views[name], read, join_keys, name in sources)
-        for name, read in reads.items()
-    ]
-    request_fields = {f.name: f for plan in on_demand for f in plan.spec.request_fields}
+    plans = [_view_plan(registry.views[name], read, join_keys) for name, read in reads.items()]
+    on_demand_plans = [_on_demand_plan(*args, plans) for args in on_demand]
+    request_fields = {f.name: f for spec, _, _ in on_demand for f in spec.request_fields}
     computed = [name for plan in plans for name in plan.outputs]
-    computed += [name for plan in on_demand for name in plan.outputs]
+    computed += [name for plan in on_demand_plans for name in plan.outputs]
     return ServicePlan(
         name=service.name,
         join_keys=tuple(join_keys),
         key_types=tuple(key_types[key] for key in join_keys),
         key_checks=tuple((key, *KEY_CHECKS[key_types[key]]) for key in join_keys),
         views=tuple(plans),
-        on_demand=tuple(on_demand),
+        on_demand=tuple(on_demand_plans),
         request_fields=request_fields,
         outputs=tuple(outputs),
         positions=None if computed == outputs else tuple(map(computed.index, outputs)),
         versions={
             **{plan.view.name: plan.view.version for plan in plans},
-            **{plan.spec.name: plan.spec.version for plan in on_demand},
+            **{spec.name: spec.version for spec, _, _ in on_demand},
         },
     )
 
@@ -576,7 +593,7 @@ def _result(
     status: list[str] = []
     times: list[str | None] = []
     ages: list[float | None] = []
-    read: dict[str, dict[str, Any]] = {}
+    read: list[Sequence[Any]] = []
     now, stamps = clock.micros, clock.stamps
     for view, end in zip(plan.views, clock.ends, strict=True):
         item = next(items) if view.view.online else None
@@ -598,15 +615,16 @@ def _result(
         status += state
         times += [stamp] * len(got)
         ages += [age] * len(got)
-        if view.read_by_on_demand:
-            read[view.view.name] = dict(zip(view.features, got, strict=True))
+        read.append(got)
     for on_demand in plan.on_demand:
         spec = on_demand.spec
         inputs = [
-            request if view is None else {f: read[view][f] for f in features}
-            for view, features in spec.sources
+            request
+            if view is None
+            else dict(zip(names, map(read[view].__getitem__, at), strict=True))
+            for view, names, at in on_demand.inputs
         ]
-        computed = compute_features(spec.function, spec.name, spec.schema, inputs)
+        computed = compute_features(spec.function, spec.name, on_demand.output, inputs)
         values += [computed[feature] for feature in on_demand.features]
         status += on_demand.present
         times += on_demand.nulls

@@ -11,7 +11,12 @@ from collections.abc import Iterator, Mapping, Sequence
 import pyarrow as pa
 from pyspark.sql import DataFrame
 
-from featureplane.on_demand import OnDemandFeatureView, compute_features, function_from_source
+from featureplane.on_demand import (
+    OnDemandFeatureView,
+    OutputSchema,
+    compute_features,
+    function_from_source,
+)
 
 _ARROW_TYPES = {
     "string": pa.string(),
@@ -42,8 +47,8 @@ def apply_on_demand(
     `inputs` holds, per source of the view in order, the column of each key its dict gets.
     Every other column passes through unchanged.
     """
-    source, name, schema = view.function_source, view.name, view.schema
-    features = [(f.name, outputs[f.name], f.dtype.spark) for f in schema]
+    source, name, schema = view.function_source, view.name, OutputSchema.of(view.schema)
+    features = [(f.name, outputs[f.name], f.dtype.spark) for f in schema.fields]
 
     def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         function = function_from_source(source, name)
