@@ -69,7 +69,7 @@ class FeatureClient:
         features: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """The features of one entity row: values, status, event times and ages by feature."""
-        response = self._features(service, "get-features", dict(entities), request_data, features)
+        response = self.request(service, dict(entities), request_data, features)
         return by_feature(response)[0]
 
     def get_features_batch(
@@ -80,18 +80,20 @@ class FeatureClient:
         features: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         """The features of many entity rows, one result per row in order (see `get_features`)."""
-        rows = [dict(row) for row in entities]
-        response = self._features(service, "get-features-batch", rows, request_data, features)
+        response = self.request(service, [dict(row) for row in entities], request_data, features)
         return by_feature(response)
 
-    def _features(
+    def request(
         self,
         service: str,
-        route: str,
-        entities: Any,
-        request_data: Mapping[str, Any] | None,
-        features: Sequence[str] | None,
+        entities: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        request_data: Mapping[str, Any] | None = None,
+        features: Sequence[str] | None = None,
     ) -> dict[str, Any]:
+        """The server's response as sent (lists in the order of its `features`), for one row
+        (a mapping) or a batch (a list): what a caller that indexes features by position
+        wants, without building a mapping per row."""
+        route = "get-features" if isinstance(entities, Mapping) else "get-features-batch"
         body: dict[str, Any] = {"entities": entities}
         if request_data is not None:
             body["request_data"] = dict(request_data)

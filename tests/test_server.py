@@ -52,6 +52,13 @@ def test_batch_and_subset(server):
     ]
 
 
+def test_the_raw_response_lists_values_by_position(server):
+    response = server.request("users", [{"user_id": 2}, {"user_id": 1}])
+    position = response["features"].index("user_stats__clicks")
+    assert [r["values"][position] for r in response["results"]] == [20, 10]
+    assert response["results"][0]["status"][position] == "present"
+
+
 def test_errors_carry_the_servers_message(server):
     with pytest.raises(FeatureServerError, match="join key 'user_id' must be an integer") as error:
         server.get_features("users", {"user_id": "1"})
