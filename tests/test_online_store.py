@@ -21,6 +21,7 @@ from moto import mock_aws
 from bench.harness import moto_server
 from featureplane.online_store import (
     EntityKeyError,
+    ItemTooLarge,
     OnlineStore,
     Record,
     RecordKey,
@@ -29,8 +30,9 @@ from featureplane.online_store import (
     expiry,
     open_store,
 )
-from featureplane.online_store.dynamodb import Backoff, DynamoDBOnlineStore, ItemTooLarge
+from featureplane.online_store.dynamodb import Backoff, DynamoDBOnlineStore
 from featureplane.online_store.encoding import decode_values, encode_values, item_key
+from featureplane.online_store.item_store import item_bytes
 from featureplane.online_store.sqlite import SQLiteOnlineStore
 
 REGION = "us-east-1"
@@ -297,6 +299,16 @@ def dynamodb_item_bytes(item: dict) -> int:
     )
 
 
+@pytest.mark.parametrize("payload", ['{"a":1}', '{"a":"é€😀"}', "x" * 1000])
+@pytest.mark.parametrize("expires", [None, 1_900_000_000])
+def test_item_sizes_are_dynamodbs_for_any_text(payload, expires):
+    item = ("view#v1#[1]", 1_700_000_000_000_000, payload, expires)
+    dynamo = {"pk": {"S": item[0]}, "ts": {"N": str(item[1])}, "v": {"S": payload}}
+    if expires is not None:
+        dynamo["exp"] = {"N": str(expires)}
+    assert item_bytes(item) == dynamodb_item_bytes(dynamo)
+
+
 def test_large_items_go_in_transactions_dynamodb_accepts_and_all_land(dynamodb_store):
     store, sizes = dynamodb_store, []
 
@@ -313,12 +325,14 @@ def test_large_items_go_in_transactions_dynamodb_accepts_and_all_land(dynamodb_s
     ]
 
 
-def test_an_item_over_400_kb_raises_before_anything_is_stored(dynamodb_store):
+def test_an_item_over_400_kb_raises_before_anything_is_stored(store):
+    """Every store refuses what DynamoDB would, so that a record SQLite accepts in development
+    is one DynamoDB accepts in production."""
     small = [Record((i,), T0, {"x": i}) for i in range(150)]
     huge = Record(("big",), T0, {"x": "a" * 410_000})
     with pytest.raises(ItemTooLarge, match=r's#v1#\["big"\] is 410,0\d\d bytes'):
-        dynamodb_store.write("s", "v1", [*small, huge])
-    assert dynamodb_store.read("s", "v1", [(i,) for i in range(150)]) == [None] * 150
+        store.write("s", "v1", [*small, huge])
+    assert store.read("s", "v1", [(i,) for i in range(150)]) == [None] * 150
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path):

@@ -6,6 +6,7 @@ only by `featureplane.online_store.dynamodb`, when a DynamoDB store is opened.
 
 from featureplane.online_store.encoding import EntityKeyError
 from featureplane.online_store.store import (
+    ItemTooLarge,
     OnlineStore,
     Record,
     RecordKey,
@@ -17,6 +18,7 @@ from featureplane.online_store.store import (
 
 __all__ = [
     "EntityKeyError",
+    "ItemTooLarge",
     "OnlineStore",
     "Record",
     "RecordKey",

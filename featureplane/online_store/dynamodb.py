@@ -15,8 +15,8 @@ a conflict with another transaction. The transactions of a write run concurrentl
 
 Sizes. DynamoDB refuses an item over 400 KB and a transaction over 4 MB of items, and packed
 tiles of an aggregate view can reach tens of KB, so a write is split by count (100) and by item
-size (names plus values in UTF-8 bytes, numbers counted at their 21-byte most).
-A write holding an item over 400 KB raises `ItemTooLarge` before anything is sent, so it stores
+size (names plus values in UTF-8 bytes, numbers counted at their 21-byte most). An item over
+400 KB is refused by every store (`ItemTooLarge`, before anything is sent), so a write stores
 none of its items rather than some. A write that fails later (throttled, refused) may have
 stored some of its items, a transaction all or none; repeating it is safe (conditional puts).
 
@@ -39,16 +39,20 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from featureplane.online_store.item_store import ItemStore, StoredItem
+from featureplane.online_store.item_store import (
+    EXPIRES,
+    KEY,
+    TIMESTAMP,
+    VALUES,
+    ItemStore,
+    StoredItem,
+    item_bytes,
+)
 from featureplane.online_store.store import StoreThrottled
 
-KEY, TIMESTAMP, VALUES, EXPIRES = "pk", "ts", "v", "exp"
 CHUNK = 100
 """Items per BatchGetItem and per TransactWriteItems: the most DynamoDB accepts in one."""
-MAX_ITEM_BYTES = 400 * 1024
 MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
-NUMBER_BYTES = 21
-"""The most a DynamoDB number occupies (38 digits); `ts` and `exp` are counted at that."""
 THROTTLING = frozenset(
     {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
 )
@@ -61,30 +65,13 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class ItemTooLarge(ValueError):
-    """A record whose encoded values make a DynamoDB item over 400 KB: it cannot be stored."""
-
-
-def item_bytes(item: StoredItem) -> int:
-    """The item's size as DynamoDB meters it: attribute names plus values, in bytes."""
-    key, _, payload, expires_at = item
-    payload_bytes = len(payload) if payload.isascii() else len(payload.encode())
-    size = len(KEY) + len(key) + len(TIMESTAMP) + NUMBER_BYTES + len(VALUES) + payload_bytes
-    return size if expires_at is None else size + len(EXPIRES) + NUMBER_BYTES
-
-
 def transactions(items: Sequence[StoredItem]) -> list[list[StoredItem]]:
     """Items in order, in groups DynamoDB accepts as one transaction (≤ 100 items, ≤ 4 MB);
-    all are checked before the caller sends any, so an oversized item stores nothing."""
+    each item is at most 400 KB (`ItemStore.write_items` refuses larger ones)."""
     groups: list[list[StoredItem]] = []
     room = 0
     for item in items:
         size = item_bytes(item)
-        if size > MAX_ITEM_BYTES:
-            raise ItemTooLarge(
-                f"record {item[0]} is {size:,} bytes as a DynamoDB item, "
-                f"over the {MAX_ITEM_BYTES:,} DynamoDB accepts"
-            )
         if not groups or len(groups[-1]) == CHUNK or size > room:
             groups.append([])
             room = MAX_TRANSACTION_BYTES

@@ -22,7 +22,28 @@ from featureplane.online_store.encoding import (
     to_epoch_seconds,
     to_micros,
 )
-from featureplane.online_store.store import Record, RecordKey, StoredItem, WriteResult
+from featureplane.online_store.store import (
+    ItemTooLarge,
+    Record,
+    RecordKey,
+    StoredItem,
+    WriteResult,
+)
+
+KEY, TIMESTAMP, VALUES, EXPIRES = "pk", "ts", "v", "exp"
+"""DynamoDB's attribute names of an item (`featureplane.online_store.dynamodb`)."""
+MAX_ITEM_BYTES = 400 * 1024
+"""DynamoDB's limit on an item, applied to every backend so that they agree (as the key's)."""
+NUMBER_BYTES = 21
+"""The most a DynamoDB number occupies (38 digits); `ts` and `exp` are counted at that."""
+
+
+def item_bytes(item: StoredItem) -> int:
+    """The item's size as DynamoDB meters it: attribute names plus values, in UTF-8 bytes."""
+    key, _, payload, expires_at = item
+    payload_bytes = len(payload) if payload.isascii() else len(payload.encode())
+    size = len(KEY) + len(key) + len(TIMESTAMP) + NUMBER_BYTES + len(VALUES) + payload_bytes
+    return size if expires_at is None else size + len(EXPIRES) + NUMBER_BYTES
 
 
 class ItemStore(ABC):
@@ -63,6 +84,13 @@ class ItemStore(ABC):
             current = latest.get(item[0])
             if current is None or item[1] >= current[1]:
                 latest[item[0]] = item
+        for item in latest.values():
+            size = item_bytes(item)
+            if size > MAX_ITEM_BYTES:
+                raise ItemTooLarge(
+                    f"record {item[0]} is {size:,} bytes stored, over the {MAX_ITEM_BYTES:,} "
+                    "of a DynamoDB item; nothing of this write was stored"
+                )
         written = len(latest) - (self._put_latest(list(latest.values())) if latest else 0)
         return WriteResult(written=written, skipped_stale=rows - written)
 

@@ -60,6 +60,10 @@ class WriteResult:
     skipped_stale: int
 
 
+class ItemTooLarge(ValueError):
+    """A record too large for DynamoDB (400 KB), refused by every store so that they agree."""
+
+
 class StoreThrottled(RuntimeError):
     """The backend kept refusing work after bounded retries; try again later (HTTP 503)."""
 
@@ -76,7 +80,8 @@ class OnlineStore(Protocol):
 
     def write_items(self, items: Iterable[StoredItem]) -> WriteResult:
         """Store records already encoded (by `encoding`, or by `columnar` for whole batches)
-        as `write` does: per key the latest item, each unless a newer one is stored."""
+        as `write` does: per key the latest item, each unless a newer one is stored; an item
+        over 400 KB raises `ItemTooLarge` before any is stored."""
 
     def read(
         self, view: str, version: str, entity_keys: Sequence[Sequence[str | int]]
