@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -113,20 +114,33 @@ def _partial_texts(partials: pa.Array) -> pa.Array:
 
 
 def push(store: OnlineStore, view: FeatureView, batches: Iterable[pa.RecordBatch]) -> PushStats:
-    """Write the batches' records to the store, one conditional write per batch."""
+    """Write the batches' records to the store, one conditional write per batch.
+
+    The next batch is encoded in a thread while the store writes the current one: Arrow
+    compute and SQLite release the GIL, so on two cores the encoding mostly hides behind the
+    write (a third of the time of a row-level push).
+    """
     rows = written = skipped = 0
     fetch = write = 0.0
     batches = iter(batches)
-    while True:
-        began = time.perf_counter()
-        batch = next(batches, None)
-        fetched = time.perf_counter()
-        fetch += fetched - began
-        if batch is None:
-            break
-        result = store.write_items(stored_items(view, batch))
-        write += time.perf_counter() - fetched
-        rows += batch.num_rows
-        written += result.written
-        skipped += result.skipped_stale
-    return PushStats(rows, written, skipped, fetch, write)
+    with ThreadPoolExecutor(1) as encoder:
+        pending: Future[list[StoredItem]] | None = None
+        while True:
+            began = time.perf_counter()
+            batch = next(batches, None)
+            fetched = time.perf_counter()
+            fetch += fetched - began
+            encoding = None if batch is None else encoder.submit(_items, view, batch)
+            if pending is not None:
+                result = store.write_items(pending.result())
+                written += result.written
+                skipped += result.skipped_stale
+            write += time.perf_counter() - fetched
+            if batch is None:
+                return PushStats(rows, written, skipped, fetch, write)
+            rows += batch.num_rows
+            pending = encoding
+
+
+def _items(view: FeatureView, batch: pa.RecordBatch) -> list[StoredItem]:
+    return list(stored_items(view, batch))

@@ -17,7 +17,7 @@ from test_online_store import identical
 
 from featureplane import Repository
 from featureplane.aggregation import TILE_START, pack_tiles
-from featureplane.online_push import EVENT_TIME, packed_tiles, stored_items
+from featureplane.online_push import EVENT_TIME, packed_tiles, push, stored_items
 from featureplane.online_store.columnar import epoch_seconds_up, item_keys, json_texts
 from featureplane.online_store.encoding import (
     EntityKeyError,
@@ -28,6 +28,7 @@ from featureplane.online_store.encoding import (
     to_epoch_seconds,
     to_micros,
 )
+from featureplane.online_store.sqlite import SQLiteOnlineStore
 
 PREFIX = key_prefix("view", "v1")
 moments = st.datetimes(
@@ -178,3 +179,34 @@ def test_stored_items_are_the_records_of_the_batch_in_key_order_with_their_expir
         assert micros == to_micros(when)
         assert expires == to_epoch_seconds(when + view.ttl)
         assert identical(decode_values(payload), values)
+
+
+def ad_batch(ads: list, when: datetime, impressions: int) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict(
+        {
+            "ad_id": pa.array(ads, pa.int64()),
+            EVENT_TIME: pa.array([when] * len(ads), pa.timestamp("us", "UTC")),
+            "impressions_1d": [impressions] * len(ads),
+            "clicks_1d": [0] * len(ads),
+            "ctr_1d": [0.0] * len(ads),
+        }
+    )
+
+
+def test_push_writes_batch_after_batch_and_counts_what_the_store_did(tmp_path):
+    """Batches are encoded ahead of the write in a thread; the result is as if one by one:
+    the older rows of a later batch are skipped, and an error stops at its batch."""
+    view = Repository.load("feature_assets").feature_view("ad_daily_performance")
+    early, late = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)
+    with SQLiteOnlineStore(tmp_path / "online.sqlite") as store:
+        store.ensure_table()
+        batches = [ad_batch([1, 2, 3], late, 5), ad_batch([2, 3, 4], early, 9)]
+        stats = push(store, view, batches)
+        assert (stats.rows, stats.written, stats.skipped_stale) == (6, 4, 2)
+        records = store.read(view.name, view.version, [(1,), (2,), (3,), (4,)])
+        assert [r.values["impressions_1d"] for r in records] == [5, 5, 5, 9]
+        broken = ad_batch([None], late, 1)
+        with pytest.raises(EntityKeyError):
+            push(store, view, [ad_batch([7], late, 1), broken, ad_batch([8], late, 1)])
+        seven, eight = store.read(view.name, view.version, [(7,), (8,)])
+        assert seven is not None and eight is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Self
 
 from featureplane.online_store.encoding import (
@@ -46,6 +47,23 @@ def item_bytes(item: StoredItem) -> int:
     return size if expires_at is None else size + len(EXPIRES) + NUMBER_BYTES
 
 
+def _check_sizes(items: Collection[StoredItem]) -> None:
+    """Raise `ItemTooLarge` for an item over the limit. A text takes at most 4 UTF-8 bytes a
+    character, so items are only sized one by one when the longest texts could exceed it."""
+    if not items:
+        return
+    longest = max(map(len, map(itemgetter(0), items))) + max(map(len, map(itemgetter(2), items)))
+    if 4 * longest + 4 * NUMBER_BYTES <= MAX_ITEM_BYTES:
+        return
+    for item in items:
+        size = item_bytes(item)
+        if size > MAX_ITEM_BYTES:
+            raise ItemTooLarge(
+                f"record {item[0]} is {size:,} bytes stored, over the {MAX_ITEM_BYTES:,} "
+                "of a DynamoDB item; nothing of this write was stored"
+            )
+
+
 class ItemStore(ABC):
     """An `OnlineStore` over a backend of `StoredItem`s."""
 
@@ -77,21 +95,17 @@ class ItemStore(ABC):
         )
 
     def write_items(self, items: Iterable[StoredItem]) -> WriteResult:
-        latest: dict[str, StoredItem] = {}
-        rows = 0
-        for item in items:
-            rows += 1
-            current = latest.get(item[0])
-            if current is None or item[1] >= current[1]:
-                latest[item[0]] = item
-        for item in latest.values():
-            size = item_bytes(item)
-            if size > MAX_ITEM_BYTES:
-                raise ItemTooLarge(
-                    f"record {item[0]} is {size:,} bytes stored, over the {MAX_ITEM_BYTES:,} "
-                    "of a DynamoDB item; nothing of this write was stored"
-                )
-        written = len(latest) - (self._put_latest(list(latest.values())) if latest else 0)
+        items = list(items)
+        rows = len(items)
+        if len(set(map(itemgetter(0), items))) < rows:  # several of a key: the latest wins
+            latest: dict[str, StoredItem] = {}
+            for item in items:
+                current = latest.get(item[0])
+                if current is None or item[1] >= current[1]:
+                    latest[item[0]] = item
+            items = list(latest.values())
+        _check_sizes(items)
+        written = len(items) - (self._put_latest(items) if items else 0)
         return WriteResult(written=written, skipped_stale=rows - written)
 
     def read(
