@@ -35,6 +35,7 @@ from featureplane.online_store.columnar import (
     json_texts,
     micros,
     object_texts,
+    with_nulls,
 )
 from featureplane.online_store.encoding import key_prefix
 from featureplane.online_store.store import StoredItem
@@ -109,8 +110,7 @@ def _partial_texts(partials: pa.Array) -> pa.Array:
             texts.append(pc.fill_null(pc.cast(micros(values), pa.string()), "null"))
         else:
             texts.append(json_texts(values))
-    objects = object_texts(names, texts)
-    return pc.if_else(pc.is_valid(partials), objects, pa.scalar("null"))
+    return with_nulls(partials, object_texts(names, texts))
 
 
 def push(store: OnlineStore, view: FeatureView, batches: Iterable[pa.RecordBatch]) -> PushStats:

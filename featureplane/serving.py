@@ -223,7 +223,7 @@ def _on_demand_plan(
         outputs=tuple(outputs),
         output=OutputSchema.of(spec.schema),
         inputs=inputs,
-        present=_statuses("present", len(features)),
+        present=("present",) * len(features),
         nulls=(None,) * len(features),
     )
 
@@ -246,14 +246,8 @@ class ServicePlan:
     versions: dict[str, str]
 
 
-def _statuses(state: str, count: int) -> tuple[str, ...]:
-    return (state,) * count
-
-
 def _view_plan(
-    view: ViewSpec,
-    features: Mapping[str, str | None],
-    join_keys: Sequence[str],
+    view: ViewSpec, features: Mapping[str, str | None], join_keys: Sequence[str]
 ) -> ViewPlan:
     by_name = {a.name: a for a in view.aggregations}
     aggregations = tuple(by_name[f] for f in features) if view.aggregations else ()
@@ -267,9 +261,9 @@ def _view_plan(
         aggregations=aggregations,
         empty_values=tuple(empty),
         ttl_micros=None if view.ttl is None else view.ttl // MICROSECOND,
-        present=_statuses("present", len(features)),
-        missing=_statuses("missing", len(features)),
-        expired=_statuses("expired", len(features)),
+        present=("present",) * len(features),
+        missing=("missing",) * len(features),
+        expired=("expired",) * len(features),
     )
 
 

@@ -37,7 +37,7 @@ def concat(*parts: pa.Array | str) -> pa.Array:
     return pc.binary_join_element_wise(*parts, "")
 
 
-def _text(values: pa.Array, texts: pa.Array) -> pa.Array:
+def with_nulls(values: pa.Array, texts: pa.Array) -> pa.Array:
     """`texts`, with JSON null where `values` is null."""
     if not values.null_count:
         return texts
@@ -113,7 +113,7 @@ def json_texts(values: pa.Array) -> pa.Array:
         texts = object_texts(names, [json_texts(values.field(i)) for i in range(kind.num_fields)])
     else:
         return _per_value(values)
-    return _text(values, texts)
+    return with_nulls(values, texts)
 
 
 def item_keys(prefix: str, columns: Sequence[pa.Array]) -> pa.Array:
