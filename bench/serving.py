@@ -245,24 +245,17 @@ def push_at_scale(
 ) -> dict[str, dict[str, Any]]:
     """Rows/s of `SCALED_PUSH` rows per view pushed into a fresh SQLite file: the rate a
     backfill of many entities sees, which a demo push of a few thousand rows cannot show."""
-    from featureplane.online_push import push
     from featureplane.repository import Repository
 
     repository = Repository.load("feature_assets")
     figures = {}
     for name, rows in SCALED_PUSH.items():
         view = repository.feature_views[name]
-        scaled = scaled_batches(view, batches[name], rows)
         store = open_store({"type": "sqlite", "path": str(path / f"{name}.sqlite")})
-        store.ensure_table()
-        stats = push(store, view, scaled)
+        pushed = push_rate(store, {name: scaled_batches(view, batches[name], rows)})
         store.close()
         kind = "aggregate" if view.aggregations else "row-level"
-        figures[name] = {
-            "kind": kind,
-            "rows": stats.rows,
-            "rows_per_s": round(stats.rows_per_second),
-        }
+        figures[name] = {"kind": kind, "rows": pushed["rows"], "rows_per_s": pushed["rows_per_s"]}
     return figures
 
 
