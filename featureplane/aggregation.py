@@ -29,6 +29,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 TILES = "tiles"
 """The online record value of an aggregate view: its packed tiles (see `pack_tiles`)."""
+SUFFIX = "suffix:"
+"""Prefix of the packed columns that hold suffix merges (`suffix_columns`)."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,11 @@ class Aggregation:
         """The tile column holding this aggregation's partials (shared across windows)."""
         return f"{self.fn.partial}__{self.column}"
 
+    @cached_property
+    def suffix_column(self) -> str:
+        """The packed column of its suffix merges, where the online store keeps them."""
+        return SUFFIX + self.partial_column
+
     def problem(self, dtype: DType | None, interval: timedelta) -> str | None:
         """Why this aggregation cannot apply to a column of `dtype` with tiles of `interval`."""
         if self.time_window % interval != timedelta(0):
@@ -194,9 +201,9 @@ class Aggregation:
 # ---- the online side: merge the partials of the tiles in a window, then finalize ------------
 
 
-def pack_tiles(tiles: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
+def pack_tiles(tiles: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """A key's tiles as the online store keeps them: one list per column, `tile_start` as epoch
-    microseconds in ascending order.
+    microseconds in ascending order, and the suffix merges of `suffix_columns`.
 
     Columns of plain JSON values need no tags in the store and no per-tile objects to decode,
     and a window is a slice found by binary search. JSON-text partials (last_n,
@@ -205,10 +212,58 @@ def pack_tiles(tiles: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
     """
     rows = sorted((t for t in tiles if t.get(TILE_START) is not None), key=lambda t: t[TILE_START])
     columns = sorted({name for row in rows for name in row} - {TILE_START})
-    packed: dict[str, list[Any]] = {TILE_START: [_epoch_micros(t[TILE_START]) for t in rows]}
+    packed: dict[str, Any] = {TILE_START: [_epoch_micros(t[TILE_START]) for t in rows]}
     for name in columns:
-        packed[name] = [_timed(row.get(name)) for row in rows]
+        partials = [_timed(row.get(name)) for row in rows]
+        packed |= suffix_columns(name, partials)
     return packed
+
+
+def suffix_columns(name: str, partials: Sequence[Any]) -> dict[str, Any]:
+    """How the online store keeps a tile column: its partials, or the merges of its partials
+    from each tile to the last (the suffix merges, one more entry for the empty suffix), under
+    `SUFFIX` + name.
+
+    - count, and sum/mean totals of integers: the suffix totals alone; a window [lo, hi) is
+      the difference of two entries, exactly, whatever the anchor;
+    - approx_count_distinct: the partials and the estimate of each suffix merge, the value
+      of a window whenever it ends after the last tile, as it does when serving now;
+    - others, and totals of an entity with a float sum (whose differences would round
+      otherwise than a merge): the partials.
+    A request then finalizes a window without merging its tiles (`aggregate_before`).
+    """
+    kind = name.split("__", 1)[0]
+    if kind == "count":
+        return {SUFFIX + name: _suffix_sums([p or 0 for p in partials])}
+    if kind == "total" and not any(p and type(p["s"]) is float for p in partials):
+        counts = _suffix_sums([p["n"] if p else 0 for p in partials])
+        sums = _suffix_sums([(p["s"] or 0) if p else 0 for p in partials])
+        return {SUFFIX + name: {"n": counts, "s": sums}}
+    if kind.startswith("hll"):
+        return {name: list(partials), SUFFIX + name: suffix_estimates(partials, int(kind[3:]))}
+    return {name: list(partials)}
+
+
+def _suffix_sums(values: Sequence[int]) -> list[int]:
+    sums = [0]
+    for value in reversed(values):
+        sums.append(sums[-1] + value)
+    return sums[::-1]
+
+
+def suffix_estimates(sketches: Sequence[str | Sequence[int] | None], precision: int) -> list[int]:
+    """The HyperLogLog estimate of the merge of `sketches[i:]` for each i, and 0 for none."""
+    ranks: dict[int, int] = {}
+    mask = (1 << RANK_BITS) - 1
+    estimates = [0]
+    for sketch in reversed(sketches):
+        codes = orjson.loads(sketch) if isinstance(sketch, str) else sketch or ()
+        for code in codes:
+            index, rank = code >> RANK_BITS, code & mask
+            if rank > ranks.get(index, 0):
+                ranks[index] = rank
+        estimates.append(hll_estimate(ranks, precision))
+    return estimates[::-1]
 
 
 def _timed(partial: Any) -> Any:
@@ -373,23 +428,53 @@ def anchor_micros(at: datetime, interval: timedelta) -> int:
 
 
 def aggregate_before(
-    aggregations: Sequence[Aggregation], packed: Mapping[str, Sequence[Any]], end: int
+    aggregations: Sequence[Aggregation], packed: Mapping[str, Any], end: int
 ) -> list[Any]:
-    """The aggregations' values over the packed tiles with tile_start in [end - window, end):
-    one binary search for `end`, one per distinct window, then a merge of each slice."""
-    starts = packed.get(TILE_START) or ()
-    hi = bisect_left(starts, end)
-    los: dict[int, int] = {}
-    values = []
-    for aggregation in aggregations:
-        window = aggregation.window_micros
-        lo = los.get(window)
-        if lo is None:
-            lo = los[window] = bisect_left(starts, end - window, 0, hi)
-        partials = (packed.get(aggregation.partial_column) or ())[lo:hi]
-        function = aggregation.fn
-        if function.name == "count":  # the most common: one C-level sum, no partial list
-            values.append(sum(filter(None, partials)))
-        else:
-            values.append(finalize(function, merge_partials(function, partials)))
-    return values
+    """The aggregations' values over the packed tiles with tile_start in [end - window, end)."""
+    return WindowReader(aggregations).values(packed, end)
+
+
+class WindowReader:
+    """Aggregations as a request reads them from packed tiles, worked out once per view (a
+    request reads them for every row): their distinct windows and, per aggregation, its
+    window's position, function and packed columns."""
+
+    def __init__(self, aggregations: Sequence[Aggregation]):
+        windows = list(dict.fromkeys(a.window_micros for a in aggregations))
+        self.windows = tuple(windows)
+        self.steps = tuple(
+            (
+                windows.index(a.window_micros),
+                a.fn,
+                a.fn.name,
+                a.suffix_column,
+                a.partial_column,
+            )
+            for a in aggregations
+        )
+
+    def values(self, packed: Mapping[str, Any], end: int) -> list[Any]:
+        """The values at `end`: one binary search for it and one per distinct window, then
+        each window's value from the suffix merges where the record has them
+        (`suffix_columns`), else a merge of its slice of partials."""
+        starts = packed.get(TILE_START) or ()
+        hi = bisect_left(starts, end)
+        last = hi == len(starts)
+        los = [bisect_left(starts, end - window, 0, hi) for window in self.windows]
+        get = packed.get
+        values = []
+        for at, function, name, suffix_column, partial_column in self.steps:
+            lo = los[at]
+            suffix = get(suffix_column)
+            if suffix is None or (name == "approx_count_distinct" and not last):
+                partials = (get(partial_column) or ())[lo:hi]
+                values.append(finalize(function, merge_partials(function, partials)))
+            elif name == "count":
+                values.append(suffix[lo] - suffix[hi])
+            elif name == "approx_count_distinct":
+                values.append(suffix[lo])
+            else:
+                n = suffix["n"][lo] - suffix["n"][hi]
+                total = suffix["s"][lo] - suffix["s"][hi]
+                values.append(None if not n else total if name == "sum" else total / n)
+        return values

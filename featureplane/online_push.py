@@ -20,12 +20,14 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from json.encoder import encode_basestring_ascii
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from featureplane.aggregation import TILE_START, TILES
+from featureplane.aggregation import SUFFIX, TILE_START, TILES, suffix_estimates
 from featureplane.feature_view import FeatureView
 from featureplane.online_store import OnlineStore
 from featureplane.online_store.columnar import (
@@ -81,19 +83,69 @@ def stored_items(view: FeatureView, batch: pa.RecordBatch) -> Iterator[StoredIte
 def packed_tiles(tiles: pa.ListArray) -> pa.Array:
     """The JSON of `featureplane.aggregation.pack_tiles` for each list of tiles, built column by
     column; the tiles must be sorted by tile_start, as `push_frame` sorts them."""
-    rows, offsets = tiles.flatten(), pc.subtract(tiles.offsets, tiles.offsets[0])
+    rows, offsets = tiles.flatten(), pc.subtract(tiles.offsets, tiles.offsets[0]).to_numpy()
     fields = {rows.type.field(i).name: rows.field(i) for i in range(rows.type.num_fields)}
     starts = micros(fields.pop(TILE_START))
     unsorted = np.flatnonzero(np.diff(starts.to_numpy()) < 0) + 1
-    if not np.isin(unsorted, offsets.to_numpy()).all():
+    if not np.isin(unsorted, offsets).all():
         raise ValueError("tiles to push must be sorted by tile_start within each entity")
-    columns = {TILE_START: pc.cast(starts, pa.string())}
-    columns |= {name: _partial_texts(fields[name]) for name in sorted(fields)}
-    lists = [
-        concat("[", pc.binary_join(pa.ListArray.from_arrays(offsets, texts), ","), "]")
-        for texts in columns.values()
+    members = [_member(TILE_START, _lists(offsets, pc.cast(starts, pa.string())))]
+    for name in sorted(fields):
+        members += _suffix_members(name, fields[name], offsets)
+    return concat("{", pc.binary_join_element_wise(*members, ","), "}")
+
+
+def _member(name: str, texts: pa.Array) -> pa.Array:
+    return concat(encode_basestring_ascii(name) + ":", texts)
+
+
+def _lists(offsets: np.ndarray, texts: pa.Array, tail: str = "") -> pa.Array:
+    """A JSON list per entity of the texts of its tiles, and `tail` (",0") after them."""
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), texts), ",")
+    if not tail:
+        return concat("[", joined, "]")
+    whole = concat("[", joined, tail, "]")
+    return pc.if_else(pc.equal(joined, ""), pa.scalar(f"[{tail[1:]}]"), whole)
+
+
+def _suffix_members(name: str, partials: pa.Array, offsets: np.ndarray) -> list[pa.Array]:
+    """`featureplane.aggregation.suffix_columns` of a tile column as JSON object members, for
+    every entity at once: suffix totals by a cumulative sum, estimates entity by entity."""
+    kind = name.split("__", 1)[0]
+    if kind == "count":
+        return [_member(SUFFIX + name, _suffix_sums(partials, offsets))]
+    raw = _member(name, _lists(offsets, _partial_texts(partials)))
+    if kind == "total":
+        sums = pc.struct_field(partials, "s")
+        integral = pa.types.is_integer(sums.type)
+        counts = _suffix_sums(pc.struct_field(partials, "n"), offsets)
+        exact = sums if integral else pa.nulls(len(sums), pa.int64())  # used where all null
+        totals = object_texts(["n", "s"], [counts, _suffix_sums(exact, offsets)])
+        suffixes = _member(SUFFIX + name, totals)
+        if integral or sums.null_count == len(sums):
+            return [suffixes]
+        valid = np.concatenate([[0], np.cumsum(pc.is_valid(sums).to_numpy(zero_copy_only=False))])
+        no_floats = pa.array(valid[offsets[1:]] == valid[offsets[:-1]])
+        return [pc.if_else(no_floats, suffixes, raw)]  # floats: sums by difference would round
+    if not kind.startswith("hll"):
+        return [raw]
+    sketches, precision = partials.to_pylist(), int(kind[3:])
+    estimates = [
+        orjson.dumps(suffix_estimates(sketches[start:stop], precision)).decode()
+        for start, stop in zip(offsets[:-1], offsets[1:], strict=True)
     ]
-    return object_texts(list(columns), lists)
+    return [raw, _member(SUFFIX + name, pa.array(estimates, pa.string()))]
+
+
+def _suffix_sums(values: pa.Array, offsets: np.ndarray) -> pa.Array:
+    """Per entity, the JSON list of the sums of its tiles' values from each tile to the last
+    (nulls count 0), and 0. A cumulative sum over the whole batch that wraps around still
+    gives every suffix exactly, because wrapping is arithmetic modulo 2**64."""
+    values = pc.fill_null(values, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    running = np.cumsum(values)
+    last = np.repeat(offsets[1:] - 1, np.diff(offsets))
+    suffixes = running[last] - running + values
+    return _lists(offsets, pc.cast(pa.array(suffixes), pa.string()), ",0")
 
 
 def _partial_texts(partials: pa.Array) -> pa.Array:

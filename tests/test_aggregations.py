@@ -55,11 +55,15 @@ from featureplane import (
 )
 from featureplane.aggregation import (
     RANK_BITS,
+    TILE_START,
     AggregationFunction,
     aggregate,
+    aggregate_before,
+    anchor_micros,
     floor_time,
     hll_estimate,
     merge_partials,
+    pack_tiles,
 )
 from featureplane.compute.tiles import AggregateLookup, aggregate_join, compute_tiles
 from featureplane.compute.transform import run_transformation
@@ -435,6 +439,51 @@ def test_online_window_selection_and_floor():
     assert aggregate(count, tiles, T0 + 3 * H, H) == 10**0 + 10**1 + 10**2
     assert aggregate(count, [], T0, H) == 0
     assert aggregate(Aggregation("x", "sum", H), [], T0, H) is None
+
+
+SUFFIXED = [
+    Aggregation("x", "count", 2 * H),
+    Aggregation("i", "sum", 3 * H),
+    Aggregation("i", "mean", H),
+    Aggregation("f", "sum", 2 * H),
+    Aggregation("f", "mean", 4 * H),
+    Aggregation("u", approx_count_distinct(4), 3 * H),
+    Aggregation("u", approx_count_distinct(4), 6 * H),
+]
+suffixed_tiles = st.lists(
+    st.fixed_dictionaries(
+        {
+            "hour": st.integers(0, 8),
+            "count__x": st.integers(0, 50),
+            "total__i": st.none()
+            | st.integers(1, 4).flatmap(
+                lambda n: st.fixed_dictionaries({"n": st.just(n), "s": st.integers(-99, 99)})
+            ),
+            "total__f": st.none()
+            | st.fixed_dictionaries({"n": st.just(1), "s": st.floats(-1e6, 1e6)}),
+            "hll4__u": st.none()
+            | st.lists(st.integers(0, 200), max_size=6).map(lambda v: sketch(v, 4)),
+        }
+    ),
+    max_size=8,
+    unique_by=lambda tile: tile["hour"],
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(suffixed_tiles, st.integers(-2, 12))
+def test_windows_from_suffix_merges_equal_merges_of_their_tiles(drawn, anchor_hour):
+    """What a record keeps as suffix merges gives every window the value of merging the
+    window's tiles, for anchors before, among and after the tiles."""
+    tiles = [{TILE_START: T0 + t.pop("hour") * H, **t} for t in drawn]
+    tiles.sort(key=lambda tile: tile[TILE_START])
+    packed = pack_tiles(tiles)
+    raw = {TILE_START: packed[TILE_START]}
+    raw |= {name: [t.get(name) for t in tiles] for name in ("count__x", "total__i", "total__f")}
+    raw["hll4__u"] = [t.get("hll4__u") for t in tiles]
+    end = anchor_micros(T0 + anchor_hour * H, H)
+    assert aggregate_before(SUFFIXED, packed, end) == aggregate_before(SUFFIXED, raw, end)
+    assert not {"count__x", "total__i"} & packed.keys()  # kept as suffix totals alone
 
 
 # ---- approx_count_distinct: the sketch, its merge and its hop hierarchy -----------------------

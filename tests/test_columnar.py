@@ -7,6 +7,7 @@ must decode to identical values (types, float bits and signs, NaN, tags), whatev
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
@@ -119,7 +120,12 @@ TILE = pa.struct(
         ("first__y", pa.struct([("ts", pa.timestamp("us", "UTC")), ("v", pa.string())])),
         ("max__z", pa.timestamp("us", "UTC")),
         ("last3__y", pa.string()),
+        ("total__i", pa.struct([("n", pa.int64()), ("s", pa.int64())])),
+        ("hll4__u", pa.string()),
     ]
+)
+sketches = st.lists(
+    st.integers(0, 15).flatmap(lambda i: st.integers(1, 61).map(lambda r: i << 6 | r))
 )
 tiles = st.fixed_dictionaries(
     {
@@ -129,6 +135,9 @@ tiles = st.fixed_dictionaries(
         "first__y": st.none() | st.fixed_dictionaries({"ts": moments, "v": texts}),
         "max__z": st.none() | moments,
         "last3__y": st.none() | st.sampled_from(['[{"ts":1,"v":"a"}]', "[]", '[{"ts":2,"v":3}]']),
+        "total__i": st.none()
+        | st.fixed_dictionaries({"n": st.integers(0, 9), "s": st.integers(-(2**58), 2**58)}),
+        "hll4__u": st.none() | sketches.map(json.dumps),
     }
 )
 entities = st.lists(
