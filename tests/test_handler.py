@@ -177,18 +177,22 @@ def test_values_statuses_times_and_ages_through_each_event_kind(serve, store_pat
     assert body["metadata"]["served_at"] == NOW.isoformat()
 
 
-def test_results_are_lists_that_follow_the_features(serve, store_path):
+def test_results_are_columns_over_the_rows_that_follow_the_features(serve, store_path):
     write_row(store_path, ad_stats, ("a1",), NOW - 2 * HOUR, {"ctr": 0.25, "title": "Shoes"})
-    body = json.dumps({"entities": {"user_id": 1, "ad_id": "a1"}})
-    response = handler(v2_event("POST", ROUTE.format("checkout"), body), None)
+    rows = [{"user_id": 1, "ad_id": "a1"}, {"user_id": 2, "ad_id": "a2"}]
+    response = handler(
+        v2_event("POST", BATCH.format("checkout"), json.dumps({"entities": rows})), None
+    )
     answer = json.loads(response["body"])
-    names, (result,) = answer["features"], answer["results"]
-    assert set(result) == {"values", "status", "event_timestamps", "age_seconds"}
-    assert all(len(items) == len(names) for items in result.values())
-    ctr, clicks = names.index("ad_stats__ctr"), names.index("user_stats__clicks")
-    assert (result["values"][ctr], result["status"][ctr]) == (0.25, "present")
-    assert result["age_seconds"][ctr] == 7200
-    assert (result["values"][clicks], result["status"][clicks]) == (None, "missing")
+    names, results = answer["features"], answer["results"]
+    assert len(results) == len(names)
+    for result in results:
+        assert set(result) == {"values", "status", "event_timestamps", "age_seconds"}
+        assert all(len(column) == len(rows) for column in result.values())
+    ctr, clicks = results[names.index("ad_stats__ctr")], results[names.index("user_stats__clicks")]
+    assert (ctr["values"], ctr["status"]) == ([0.25, None], ["present", "missing"])
+    assert ctr["age_seconds"] == [7200, None]
+    assert (clicks["values"], clicks["status"]) == ([None, None], ["missing", "missing"])
 
 
 def test_on_demand_features_are_computed_from_the_request_and_read_features(serve, store_path):

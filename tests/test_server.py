@@ -52,11 +52,11 @@ def test_batch_and_subset(server):
     ]
 
 
-def test_the_raw_response_lists_values_by_position(server):
+def test_the_raw_response_holds_a_column_per_feature(server):
     response = server.request("users", [{"user_id": 2}, {"user_id": 1}])
-    position = response["features"].index("user_stats__clicks")
-    assert [r["values"][position] for r in response["results"]] == [20, 10]
-    assert response["results"][0]["status"][position] == "present"
+    clicks = response["results"][response["features"].index("user_stats__clicks")]
+    assert clicks["values"] == [20, 10]
+    assert clicks["status"] == ["present", "present"]
 
 
 def test_errors_carry_the_servers_message(server):

@@ -55,7 +55,10 @@ def key_prefix(view: str, version: str) -> str:
     return f"{view}#{version}#"
 
 
-def _key_part(part: object) -> str:
+def key_part(part: object) -> str:
+    """The text of one join key value in a stored key: a string as JSON, an int in digits."""
+    if type(part) is str:
+        return encode_basestring_ascii(part)
     if type(part) is int:
         return str(part)
     if isinstance(part, bool) or not hasattr(part, "__index__"):
@@ -65,17 +68,21 @@ def _key_part(part: object) -> str:
     return str(operator.index(part))
 
 
+def joined_key(prefix: str, parts: Sequence[str]) -> str:
+    """The stored key of the `key_part`s of an entity under a `key_prefix`."""
+    key = f"{prefix}[{','.join(parts)}]"
+    if len(key) > MAX_KEY_LENGTH:
+        raise EntityKeyError(f"entity key is {len(key)} bytes encoded, over {MAX_KEY_LENGTH}")
+    return key
+
+
 def prefixed_key(prefix: str, entity_key: Sequence[str | int]) -> str:
     """The stored key of an entity under a `key_prefix`: injective, ASCII, at most 2048 bytes."""
     if isinstance(entity_key, str | bytes) or not entity_key:
         raise EntityKeyError(
             f"entity key {entity_key!r} must be a non-empty tuple of join key values"
         )
-    parts = [encode_basestring_ascii(p) if type(p) is str else _key_part(p) for p in entity_key]
-    key = f"{prefix}[{','.join(parts)}]"
-    if len(key) > MAX_KEY_LENGTH:
-        raise EntityKeyError(f"entity key is {len(key)} bytes encoded, over {MAX_KEY_LENGTH}")
-    return key
+    return joined_key(prefix, [key_part(p) for p in entity_key])
 
 
 def item_key(view: str, version: str, entity_key: Sequence[str | int]) -> str:
