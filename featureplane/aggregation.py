@@ -454,27 +454,61 @@ class WindowReader:
         )
 
     def values(self, packed: Mapping[str, Any], end: int) -> list[Any]:
-        """The values at `end`: one binary search for it and one per distinct window, then
-        each window's value from the suffix merges where the record has them
-        (`suffix_columns`), else a merge of its slice of partials."""
-        starts = packed.get(TILE_START) or ()
-        hi = bisect_left(starts, end)
-        last = hi == len(starts)
-        los = [bisect_left(starts, end - window, 0, hi) for window in self.windows]
-        get = packed.get
-        values = []
+        """The values at `end` over one record's packed tiles."""
+        return [column[0] for column in self.columns([packed], end)]
+
+    def columns(self, records: Sequence[Mapping[str, Any]], end: int) -> list[list[Any]]:
+        """The values at `end` over many records' packed tiles ({} for an entity without a
+        record, which gets the values of empty windows), one column per aggregation: one
+        binary search for `end` and one per distinct window in each record, then each
+        window's value from the suffix merges where the record has them (`suffix_columns`),
+        else a merge of its slice of partials. Computed an aggregation at a time over all
+        records, which keeps the per-record work to a comprehension's step."""
+        starts = [record.get(TILE_START) or () for record in records]
+        his = [bisect_left(tiles, end) for tiles in starts]
+        los = [
+            [bisect_left(tiles, end - window, 0, hi) for tiles, hi in zip(starts, his, strict=True)]
+            for window in self.windows
+        ]
+        done = [hi == len(tiles) for tiles, hi in zip(starts, his, strict=True)]
+        columns = []
         for at, function, name, suffix_column, partial_column in self.steps:
-            lo = los[at]
-            suffix = get(suffix_column)
-            if suffix is None or (name == "approx_count_distinct" and not last):
-                partials = (get(partial_column) or ())[lo:hi]
-                values.append(finalize(function, merge_partials(function, partials)))
-            elif name == "count":
-                values.append(suffix[lo] - suffix[hi])
+            suffixes = [record.get(suffix_column) for record in records]
+            rows = zip(records, suffixes, los[at], his, strict=True)
+            merge = (function, partial_column)
+            if name == "count":
+                column = [
+                    _merged(merge, record, lo, hi) if s is None else s[lo] - s[hi]
+                    for record, s, lo, hi in rows
+                ]
+            elif name in ("sum", "mean"):
+                column = [
+                    _merged(merge, record, lo, hi) if s is None else _total(name, s, lo, hi)
+                    for record, s, lo, hi in rows
+                ]
             elif name == "approx_count_distinct":
-                values.append(suffix[lo])
+                column = [
+                    s[lo] if s is not None and last else _merged(merge, record, lo, hi)
+                    for (record, s, lo, hi), last in zip(rows, done, strict=True)
+                ]
             else:
-                n = suffix["n"][lo] - suffix["n"][hi]
-                total = suffix["s"][lo] - suffix["s"][hi]
-                values.append(None if not n else total if name == "sum" else total / n)
-        return values
+                column = [_merged(merge, record, lo, hi) for record, _, lo, hi in rows]
+            columns.append(column)
+        return columns
+
+
+def _merged(
+    merge: tuple[AggregationFunction, str], record: Mapping[str, Any], lo: int, hi: int
+) -> Any:
+    """The value of a window [lo, hi) by merging the partials of its tiles."""
+    function, column = merge
+    return finalize(function, merge_partials(function, (record.get(column) or ())[lo:hi]))
+
+
+def _total(name: str, suffix: Mapping[str, Sequence[int]], lo: int, hi: int) -> int | float | None:
+    """A sum or mean over [lo, hi) from suffix totals."""
+    n = suffix["n"][lo] - suffix["n"][hi]
+    if not n:
+        return None
+    total = suffix["s"][lo] - suffix["s"][hi]
+    return total if name == "sum" else total / n

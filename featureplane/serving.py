@@ -61,7 +61,7 @@ from typing import Any
 
 import orjson
 
-from featureplane.aggregation import TILES, WindowReader, anchor_micros, finalize
+from featureplane.aggregation import TILES, WindowReader, anchor_micros
 from featureplane.errors import OnDemandFeatureViewError
 from featureplane.on_demand import OutputSchema, compute_owned
 from featureplane.online_store import EntityKeyError, StoreThrottled, open_store
@@ -69,7 +69,7 @@ from featureplane.online_store.encoding import (
     MICROSECOND,
     decode_values,
     from_micros,
-    joined_key,
+    joined_keys,
     key_part,
     key_prefix,
     to_micros,
@@ -176,8 +176,6 @@ class ViewPlan:
     outputs: tuple[str | None, ...]
     windows: WindowReader | None
     """The aggregations of the features, for an aggregate view."""
-    empty_values: tuple[Any, ...]
-    """Values of an entity without a record: empty-window values for aggregates, else nulls."""
     ttl_micros: int | None
 
 
@@ -223,6 +221,7 @@ class ServicePlan:
 
     name: str
     join_keys: tuple[str, ...]
+    key_set: frozenset[str]
     key_types: tuple[str | None, ...]
     key_checks: tuple[tuple[str, Callable[[Any], bool], str], ...]
     views: tuple[ViewPlan, ...]
@@ -240,7 +239,6 @@ def _view_plan(
 ) -> ViewPlan:
     by_name = {a.name: a for a in view.aggregations}
     aggregations = [by_name[f] for f in features] if view.aggregations else []
-    empty = [finalize(a.fn, None) for a in aggregations] or [None] * len(features)
     return ViewPlan(
         view=view,
         prefix=key_prefix(view.name, view.version),
@@ -248,7 +246,6 @@ def _view_plan(
         features=tuple(features),
         outputs=tuple(features.values()),
         windows=WindowReader(aggregations) if aggregations else None,
-        empty_values=tuple(empty),
         ttl_micros=None if view.ttl is None else view.ttl // MICROSECOND,
     )
 
@@ -294,6 +291,7 @@ def _service_plan(
     return ServicePlan(
         name=service.name,
         join_keys=tuple(join_keys),
+        key_set=frozenset(join_keys),
         key_types=tuple(key_types[key] for key in join_keys),
         key_checks=tuple((key, *KEY_CHECKS[key_types[key]]) for key in join_keys),
         views=tuple(plans),
@@ -434,10 +432,10 @@ class FeatureServer:
         inputs = _request_rows(plan, request.get("request_data"), len(rows), batch)
         now = self.clock()
         item_keys = [
-            joined_key(view.prefix, [key[i] for i in view.key_positions])
+            key
             for view in plan.views
             if view.view.online
-            for key in keys
+            for key in joined_keys(view.prefix, [[k[i] for i in view.key_positions] for k in keys])
         ]
         items = self.store.read_items(item_keys) if item_keys else []
         return {
@@ -528,7 +526,7 @@ def _key_parts(plan: ServicePlan, row: Any, index: int | None) -> list[str]:
     where = "entities" if index is None else f"entities[{index}]"
     if type(row) is not dict:
         raise RequestError(400, f"{where} must be a JSON object of join key values")
-    if len(row) != len(plan.join_keys) or not all(key in row for key in plan.join_keys):
+    if row.keys() != plan.key_set:
         problems = _mismatch(plan.join_keys, row, "join keys")
         raise RequestError(
             400,
@@ -603,6 +601,10 @@ def _columns(
     return results if positions is None else [results[i] for i in positions]
 
 
+NO_RECORD: Mapping[str, Any] = {}
+"""What an entity without a record reads: null values, and for aggregates empty windows."""
+
+
 def _view_columns(
     view: ViewPlan, items: Sequence[StoredItem | None], now: datetime, micros: int
 ) -> tuple[list[Column], State]:
@@ -630,15 +632,11 @@ def _view_columns(
     if windows is None:
         records = [NO_RECORD if text is None else decode_values(text) for text in payloads]
         return [[record.get(f) for record in records] for f in view.features], state
-    end, empty = anchor_micros(now, view.view.interval), view.empty_values
-    rows = [
-        empty if text is None else windows.values(decode_values(text).get(TILES) or {}, end)
+    records = [
+        NO_RECORD if text is None else decode_values(text).get(TILES) or NO_RECORD
         for text in payloads
     ]
-    return [list(column) for column in zip(*rows, strict=True)], state
-
-
-NO_RECORD: Mapping[str, Any] = {}
+    return windows.columns(records, anchor_micros(now, view.view.interval)), state
 
 
 def _on_demand_rows(

@@ -1,5 +1,7 @@
 """Shared fixtures: one Sail Spark session and one small demo data set per test session, and
-the `featureplane` command line run in-process on small repositories."""
+the `featureplane` command line run in-process on small repositories. Hypothesis neither times
+examples nor their generation: the machines are shared and stall, and speed is the
+benchmarks' business."""
 
 import textwrap
 from collections.abc import Iterator
@@ -9,11 +11,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
+from hypothesis import HealthCheck, settings
 from pyspark.sql import SparkSession
 
 from featureplane.cli import main
 from featureplane.spark_session import spark_session
 from featureplane.synthetic import DemoScale, generate
+
+settings.register_profile("shared", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shared")
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import json
 import operator
 import re
 from base64 import b64decode, b64encode
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from json.encoder import c_make_encoder, encode_basestring_ascii
@@ -68,12 +68,13 @@ def key_part(part: object) -> str:
     return str(operator.index(part))
 
 
-def joined_key(prefix: str, parts: Sequence[str]) -> str:
-    """The stored key of the `key_part`s of an entity under a `key_prefix`."""
-    key = f"{prefix}[{','.join(parts)}]"
-    if len(key) > MAX_KEY_LENGTH:
-        raise EntityKeyError(f"entity key is {len(key)} bytes encoded, over {MAX_KEY_LENGTH}")
-    return key
+def joined_keys(prefix: str, parts: Iterable[Sequence[str]]) -> list[str]:
+    """The stored keys of entities under a `key_prefix`, from their `key_part` texts."""
+    keys = [f"{prefix}[{','.join(entity)}]" for entity in parts]
+    longest = max(map(len, keys), default=0)
+    if longest > MAX_KEY_LENGTH:
+        raise EntityKeyError(f"entity key is {longest} bytes encoded, over {MAX_KEY_LENGTH}")
+    return keys
 
 
 def prefixed_key(prefix: str, entity_key: Sequence[str | int]) -> str:
@@ -82,7 +83,7 @@ def prefixed_key(prefix: str, entity_key: Sequence[str | int]) -> str:
         raise EntityKeyError(
             f"entity key {entity_key!r} must be a non-empty tuple of join key values"
         )
-    return joined_key(prefix, [key_part(p) for p in entity_key])
+    return joined_keys(prefix, [[key_part(p) for p in entity_key]])[0]
 
 
 def item_key(view: str, version: str, entity_key: Sequence[str | int]) -> str:
