@@ -470,29 +470,35 @@ class WindowReader:
             [bisect_left(tiles, end - window, 0, hi) for tiles, hi in zip(starts, his, strict=True)]
             for window in self.windows
         ]
-        done = [hi == len(tiles) for tiles, hi in zip(starts, his, strict=True)]
         columns = []
         for at, function, name, suffix_column, partial_column in self.steps:
-            suffixes = [record.get(suffix_column) for record in records]
-            rows = zip(records, suffixes, los[at], his, strict=True)
+            rows = zip(records, los[at], his, strict=True)
             merge = (function, partial_column)
             if name == "count":
                 column = [
-                    _merged(merge, record, lo, hi) if s is None else s[lo] - s[hi]
-                    for record, s, lo, hi in rows
+                    _merged(merge, record, lo, hi)
+                    if (s := record.get(suffix_column)) is None
+                    else s[lo] - s[hi]
+                    for record, lo, hi in rows
                 ]
             elif name in ("sum", "mean"):
                 column = [
-                    _merged(merge, record, lo, hi) if s is None else _total(name, s, lo, hi)
-                    for record, s, lo, hi in rows
+                    _merged(merge, record, lo, hi)
+                    if (s := record.get(suffix_column)) is None
+                    else _total(name, s, lo, hi)
+                    for record, lo, hi in rows
                 ]
-            elif name == "approx_count_distinct":
+            elif (
+                name == "approx_count_distinct"
+            ):  # estimates of suffixes: windows past the last tile
                 column = [
-                    s[lo] if s is not None and last else _merged(merge, record, lo, hi)
-                    for (record, s, lo, hi), last in zip(rows, done, strict=True)
+                    s[lo]
+                    if hi == len(tiles) and (s := record.get(suffix_column)) is not None
+                    else _merged(merge, record, lo, hi)
+                    for (record, lo, hi), tiles in zip(rows, starts, strict=True)
                 ]
             else:
-                column = [_merged(merge, record, lo, hi) for record, _, lo, hi in rows]
+                column = [_merged(merge, record, lo, hi) for record, lo, hi in rows]
             columns.append(column)
         return columns
 
