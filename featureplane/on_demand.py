@@ -25,7 +25,7 @@ import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
-from types import CodeType
+from types import CodeType, NoneType
 
 from featureplane._location import function_location
 from featureplane.errors import OnDemandFeatureViewError
@@ -363,12 +363,14 @@ def _conform(value: object, spark_type: str) -> object:
 
 _EXACT = {"double": float, "float": float, "string": str, "boolean": bool}
 """Spark types whose values of exactly this Python type are stored as they are."""
+_BOUNDS = {"int": (-(2**31), 2**31), "bigint": (-(2**63), 2**63)}
+"""Spark integer types, whose ints within these bounds are stored as they are."""
 
 
 @dataclass(frozen=True, eq=False)
 class OutputSchema:
-    """An output schema as `compute_features` checks it, worked out once: it runs per row, and
-    hashing or scanning the fields each time would cost as much as the function."""
+    """An output schema as `compute_columns` checks it, worked out once: hashing or scanning
+    the fields for every call would cost as much as the function."""
 
     fields: tuple[Field, ...]
     names: frozenset[str]
@@ -382,7 +384,7 @@ class OutputSchema:
         return cls(fields, names, tuple((f.name, f.dtype.spark) for f in fields))
 
 
-def _inputs(row: Mapping[str, object]) -> dict[str, object]:
+def function_inputs(row: Mapping[str, object]) -> dict[str, object]:
     """A copy of one source's values for the function, datetimes in UTC."""
     if any(isinstance(value, datetime) for value in row.values()):
         return {key: _utc(value) for key, value in row.items()}
@@ -395,47 +397,72 @@ def compute_features(
     schema: Iterable[Field] | OutputSchema,
     inputs: Sequence[Mapping[str, object]],
 ) -> dict[str, object]:
-    """Run an on-demand function on one row and check its output against `schema` (pass an
-    `OutputSchema` when computing many rows).
+    """Run an on-demand function on one row (one dict per source) and check its output against
+    `schema`: `compute_columns` of that row, whose inputs are copied, datetimes in UTC."""
+    checks = schema if isinstance(schema, OutputSchema) else OutputSchema.of(schema)
+    columns = compute_columns(
+        function, view_name, checks, [[function_inputs(row) for row in inputs]]
+    )
+    return {name: column[0] for (name, _), column in zip(checks.columns, columns, strict=True)}
+
+
+def compute_columns(
+    function: Callable,
+    view_name: str,
+    checks: OutputSchema,
+    rows: Iterable[Sequence[dict[str, object]]],
+) -> list[list[object]]:
+    """Run an on-demand function on each row's inputs and check its outputs: one column per
+    field of the schema, in order.
 
     Shared by the online handler (with a function rebuilt from its source) and the offline path,
-    so both apply the same checks: exactly the schema's names, each value None or of its type.
-    Datetimes are normalised to UTC on the way in and out.
+    so both apply the same checks: exactly the schema's names, each value None or of its type
+    (ints widen to floats; datetimes come out in UTC). The inputs are the function's to keep:
+    fresh dicts whose datetimes are in UTC. A column is checked at once, by the set of its
+    value types, and only one that holds other types is conformed value by value.
     """
-    checks = schema if isinstance(schema, OutputSchema) else OutputSchema.of(schema)
-    return compute_owned(function, view_name, checks, [_inputs(row) for row in inputs])
-
-
-def compute_owned(
-    function: Callable, view_name: str, checks: OutputSchema, inputs: Sequence[dict[str, object]]
-) -> dict[str, object]:
-    """`compute_features` of inputs the function may own: fresh dicts whose datetimes are
-    already in UTC, as the handler builds them, which saves copying them once more per row."""
-    try:
-        output = function(*inputs)
-    except Exception as exc:
-        raise OnDemandFeatureViewError(view_name, None, f"the function raised {exc!r}") from exc
-    if not isinstance(output, Mapping):
-        raise OnDemandFeatureViewError(
-            view_name, None, f"the function returned {type(output).__name__}, not a dict"
-        )
-    names, columns = checks.names, checks.columns
-    if output.keys() != names:
-        missing = [name for name, _ in columns if name not in output]
-        extra = [key for key in output if key not in names]
-        wrong = [f"lacks features {missing}"] if missing else []
-        wrong += [f"has keys {extra} that are not in the schema"] if extra else []
-        raise OnDemandFeatureViewError(
-            view_name, None, f"the function's output {' and '.join(wrong)}"
-        )
-    conformed = {}
-    for name, spark_type in columns:
-        value = output[name]
-        if value is None or type(value) is _EXACT.get(spark_type):  # most values: as they are
-            conformed[name] = value
-            continue
+    outputs = []
+    names = checks.names
+    for inputs in rows:
         try:
-            conformed[name] = _conform(value, spark_type)
+            output = function(*inputs)
+        except Exception as exc:
+            raise OnDemandFeatureViewError(view_name, None, f"the function raised {exc!r}") from exc
+        if not isinstance(output, Mapping):
+            raise OnDemandFeatureViewError(
+                view_name, None, f"the function returned {type(output).__name__}, not a dict"
+            )
+        if output.keys() != names:
+            missing = [name for name, _ in checks.columns if name not in output]
+            extra = [key for key in output if key not in names]
+            wrong = [f"lacks features {missing}"] if missing else []
+            wrong += [f"has keys {extra} that are not in the schema"] if extra else []
+            raise OnDemandFeatureViewError(
+                view_name, None, f"the function's output {' and '.join(wrong)}"
+            )
+        outputs.append(output)
+    return [
+        _conform_column(view_name, checks, name, spark_type, [output[name] for output in outputs])
+        for name, spark_type in checks.columns
+    ]
+
+
+def _conform_column(
+    view_name: str, checks: OutputSchema, name: str, spark_type: str, column: list[object]
+) -> list[object]:
+    types = set(map(type, column))
+    exact = _EXACT.get(spark_type)
+    if exact is not None and types <= {exact, NoneType}:  # most columns: as they are
+        return column
+    bounds = _BOUNDS.get(spark_type)
+    if bounds is not None and types <= {int, NoneType}:
+        present = [value for value in column if value is not None]
+        if not present or (bounds[0] <= min(present) and max(present) < bounds[1]):
+            return column
+    conformed = []
+    for value in column:
+        try:
+            conformed.append(_conform(value, spark_type))
         except TypeError:
             raise OnDemandFeatureViewError(
                 view_name,

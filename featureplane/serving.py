@@ -63,7 +63,7 @@ import orjson
 
 from featureplane.aggregation import TILES, WindowReader, anchor_micros
 from featureplane.errors import OnDemandFeatureViewError
-from featureplane.on_demand import OutputSchema, compute_owned
+from featureplane.on_demand import OutputSchema, compute_columns
 from featureplane.online_store import EntityKeyError, StoreThrottled, open_store
 from featureplane.online_store.encoding import (
     MICROSECOND,
@@ -189,6 +189,8 @@ class OnDemandPlan:
     features: tuple[str, ...]
     outputs: tuple[str, ...]
     output: OutputSchema
+    positions: tuple[int, ...]
+    """Where each of `features` sits among the function's outputs."""
     inputs: tuple[tuple[int | None, tuple[str, ...], tuple[int, ...]], ...]
 
 
@@ -206,11 +208,14 @@ def _on_demand_plan(
         )
         for source, wanted in spec.sources
     )
+    output = OutputSchema.of(spec.schema)
+    names = [name for name, _ in output.columns]
     return OnDemandPlan(
         spec=spec,
         features=tuple(features),
         outputs=tuple(outputs),
-        output=OutputSchema.of(spec.schema),
+        output=output,
+        positions=tuple(names.index(feature) for feature in features),
         inputs=inputs,
     )
 
@@ -592,11 +597,8 @@ def _columns(
             "age_seconds": [None] * count,
         }
         for on_demand in plan.on_demand:
-            computed = _on_demand_rows(on_demand, read, requests)
-            results += [
-                {"values": [row[feature] for row in computed], **state}
-                for feature in on_demand.features
-            ]
+            columns = _on_demand_columns(on_demand, read, requests)
+            results += [{"values": column, **state} for column in columns]
     positions = plan.positions
     return results if positions is None else [results[i] for i in positions]
 
@@ -639,11 +641,11 @@ def _view_columns(
     return windows.columns(records, anchor_micros(now, view.view.interval)), state
 
 
-def _on_demand_rows(
+def _on_demand_columns(
     on_demand: OnDemandPlan, read: Sequence[Sequence[Column]], requests: Sequence[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """The on-demand view's outputs, row by row, from fresh dicts of its sources' values (the
-    function may keep or change them; datetimes are in UTC, as decoded and as typed)."""
+) -> list[Column]:
+    """The on-demand view's feature columns, computed row by row from fresh dicts of its
+    sources' values (datetimes in UTC, as decoded and as typed)."""
     sources: list[Iterable[dict[str, Any]]] = []
     for view, names, at in on_demand.inputs:
         if view is None:
@@ -653,10 +655,10 @@ def _on_demand_rows(
             rows = zip(*columns, strict=True) if columns else [()] * len(requests)
             sources.append([dict(zip(names, row, strict=True)) for row in rows])
     spec = on_demand.spec
-    return [
-        compute_owned(spec.function, spec.name, on_demand.output, inputs)
-        for inputs in zip(*sources, strict=True)
-    ]
+    computed = compute_columns(
+        spec.function, spec.name, on_demand.output, zip(*sources, strict=True)
+    )
+    return [computed[i] for i in on_demand.positions]
 
 
 def _mismatch(expected: Collection[str], given: Mapping[str, Any], what: str) -> str:

@@ -33,7 +33,7 @@ from featureplane.online_store import (
 from featureplane.online_store.dynamodb import Backoff, DynamoDBOnlineStore
 from featureplane.online_store.encoding import decode_values, encode_values, item_key
 from featureplane.online_store.item_store import item_bytes
-from featureplane.online_store.sqlite import SQLiteOnlineStore
+from featureplane.online_store.sqlite import PAGE_BYTES, SQLiteOnlineStore
 
 REGION = "us-east-1"
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -335,11 +335,12 @@ def test_an_item_over_400_kb_raises_before_anything_is_stored(store):
     assert store.read("s", "v1", [(i,) for i in range(150)]) == [None] * 150
 
 
-def test_sqlite_runs_in_wal_mode(tmp_path):
+def test_sqlite_runs_in_wal_mode_on_large_pages(tmp_path):
     with SQLiteOnlineStore(tmp_path / "online.sqlite") as store:
         store.ensure_table()
     with sqlite3.connect(tmp_path / "online.sqlite") as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert connection.execute("PRAGMA page_size").fetchone() == (PAGE_BYTES,)
 
 
 @pytest.fixture

