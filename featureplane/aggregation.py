@@ -6,6 +6,10 @@ tiles only, which is exactly what the online store can serve at t. Each function
 contract, as in Chronon: a partial per tile, `merge` of partials, `finalize` to the value. Spark
 implements the same contract over tiles offline (`featureplane.compute.tiles`); this module is
 the pure-Python side, which the online handler runs on the same tiles. Spark-free on purpose.
+
+Online records also keep suffix merges (the merge from each tile to the last, `suffix_columns`),
+made once at push time, so that a request finalizes each window from one or two entries instead
+of merging its tiles (Chronon likewise uploads pre-aggregated windows for serving).
 """
 
 from __future__ import annotations
@@ -230,7 +234,8 @@ def suffix_columns(name: str, partials: Sequence[Any]) -> dict[str, Any]:
       of a window whenever it ends after the last tile, as it does when serving now;
     - others, and totals of an entity with a float sum (whose differences would round
       otherwise than a merge): the partials.
-    A request then finalizes a window without merging its tiles (`aggregate_before`).
+    A request then finalizes a window without merging its tiles (`WindowReader`). The
+    merges are those of `merge_partials`, done once at push time, so the values are the same.
     """
     kind = name.split("__", 1)[0]
     if kind == "count":
@@ -431,7 +436,7 @@ def aggregate_before(
     aggregations: Sequence[Aggregation], packed: Mapping[str, Any], end: int
 ) -> list[Any]:
     """The aggregations' values over the packed tiles with tile_start in [end - window, end)."""
-    return WindowReader(aggregations).values(packed, end)
+    return [column[0] for column in WindowReader(aggregations).columns([packed], end)]
 
 
 class WindowReader:
@@ -452,10 +457,6 @@ class WindowReader:
             )
             for a in aggregations
         )
-
-    def values(self, packed: Mapping[str, Any], end: int) -> list[Any]:
-        """The values at `end` over one record's packed tiles."""
-        return [column[0] for column in self.columns([packed], end)]
 
     def columns(self, records: Sequence[Mapping[str, Any]], end: int) -> list[list[Any]]:
         """The values at `end` over many records' packed tiles ({} for an entity without a
