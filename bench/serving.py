@@ -1,6 +1,6 @@
 """Online serving of the demo service `ctr` over HTTP, from SQLite and from DynamoDB (moto_server).
 
-    python -m bench.serving [--quick] [--data-dir DIR] [--stores sqlite dynamodb] [--workers 1 2]
+    python -m bench.serving [--quick] [--data-dir DIR] [--engines sqlite dynamodb] [--workers 1 2]
 
 One run reports, per store and server worker count: p50/p95/p99 latency and requests/s of 1-row
 and 100-row requests from 1 and 8 clients; the raw store read (`read_items`) of the same keys and
@@ -22,7 +22,7 @@ Server: `featureplane serve` (uvicorn) in a subprocess per store and worker coun
 is its own process (threads would measure the GIL), holds one kept-alive connection
 (`online.client.FeatureClient`), and sends requests for a bounded time and count after a
 warm-up; all clients start together. Latency is per request at the client, up to its JSON
-parse of the response (`FeatureClient.request`: lists by position, no mapping per row).
+parse of the response (`FeatureClient.request`: a column per feature, no mapping per row).
 
 Reference: the issue's figures of a popular Python feature server measured on this machine on
 SQLite (quoted, not rerun: it is not installed here).
