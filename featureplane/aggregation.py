@@ -35,6 +35,9 @@ TILES = "tiles"
 """The online record value of an aggregate view: its packed tiles (see `pack_tiles`)."""
 SUFFIX = "suffix:"
 """Prefix of the packed columns that hold suffix merges (`suffix_columns`)."""
+PAST_THE_LAST_TILE = frozenset({"approx_count_distinct", "min", "max"})
+"""Functions whose suffix merges cannot be differenced: they give the value of a window only
+when it ends after the record's last tile (as when serving now); otherwise its tiles merge."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,7 @@ def suffix_columns(name: str, partials: Sequence[Any]) -> dict[str, Any]:
       the difference of two entries, exactly, whatever the anchor;
     - approx_count_distinct: the partials and the estimate of each suffix merge, the value
       of a window whenever it ends after the last tile, as it does when serving now;
+    - min and max of integers: the partials and each suffix's extreme, likewise;
     - others, and totals of an entity with a float sum (whose differences would round
       otherwise than a merge): the partials.
     A request then finalizes a window without merging its tiles (`WindowReader`). The
@@ -246,7 +250,21 @@ def suffix_columns(name: str, partials: Sequence[Any]) -> dict[str, Any]:
         return {SUFFIX + name: {"n": counts, "s": sums}}
     if kind.startswith("hll"):
         return {name: list(partials), SUFFIX + name: suffix_estimates(partials, int(kind[3:]))}
+    if kind in ("min", "max") and all(p is None or type(p) is int for p in partials):
+        return {name: list(partials), SUFFIX + name: _suffix_extremes(kind, partials)}
     return {name: list(partials)}
+
+
+def _suffix_extremes(kind: str, partials: Sequence[int | None]) -> list[int | None]:
+    best: int | None = None
+    extremes = [best]
+    for partial in reversed(partials):
+        if partial is not None and (
+            best is None or (partial > best if kind == "max" else partial < best)
+        ):
+            best = partial
+        extremes.append(best)
+    return extremes[::-1]
 
 
 def _suffix_sums(values: Sequence[int]) -> list[int]:
@@ -489,9 +507,7 @@ class WindowReader:
                     else _total(name, s, lo, hi)
                     for record, lo, hi in rows
                 ]
-            elif (
-                name == "approx_count_distinct"
-            ):  # estimates of suffixes: windows past the last tile
+            elif name in PAST_THE_LAST_TILE:
                 column = [
                     s[lo]
                     if hi == len(tiles) and (s := record.get(suffix_column)) is not None

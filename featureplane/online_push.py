@@ -124,9 +124,14 @@ def _suffix_members(name: str, partials: pa.Array, offsets: np.ndarray) -> list[
         suffixes = _member(SUFFIX + name, totals)
         if integral or sums.null_count == len(sums):
             return [suffixes]
-        valid = np.concatenate([[0], np.cumsum(pc.is_valid(sums).to_numpy(zero_copy_only=False))])
-        no_floats = pa.array(valid[offsets[1:]] == valid[offsets[:-1]])
+        no_floats = _without_values(sums, offsets)
         return [pc.if_else(no_floats, suffixes, raw)]  # floats: sums by difference would round
+    if kind in ("min", "max"):
+        if pa.types.is_integer(partials.type):
+            return [raw, _member(SUFFIX + name, _suffix_extremes(kind, partials, offsets))]
+        nulls = _lists(offsets, pa.array(["null"] * len(partials), pa.string()), ",null")
+        suffixes = concat(raw, ",", _member(SUFFIX + name, nulls))
+        return [pc.if_else(_without_values(partials, offsets), suffixes, raw)]
     if not kind.startswith("hll"):
         return [raw]
     sketches, precision = partials.to_pylist(), int(kind[3:])
@@ -135,6 +140,33 @@ def _suffix_members(name: str, partials: pa.Array, offsets: np.ndarray) -> list[
         for start, stop in zip(offsets[:-1], offsets[1:], strict=True)
     ]
     return [raw, _member(SUFFIX + name, pa.array(estimates, pa.string()))]
+
+
+def _without_values(values: pa.Array, offsets: np.ndarray) -> pa.Array:
+    """Per entity, whether all its tiles' values are null: `suffix_columns` judges a column
+    by the types of the values it holds, which an entity without any leaves open."""
+    valid = np.concatenate([[0], np.cumsum(pc.is_valid(values).to_numpy(zero_copy_only=False))])
+    return pa.array(valid[offsets[1:]] == valid[offsets[:-1]])
+
+
+def _suffix_extremes(kind: str, values: pa.Array, offsets: np.ndarray) -> pa.Array:
+    """Per entity, the JSON list of the min or max of its tiles' integers from each tile to
+    the last (null while there is none), and null. Values are ranked, entity by entity the
+    ranks are lifted above every later entity's, and one running maximum over the reversed
+    batch then never carries a rank across entities."""
+    valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
+    numbers = pc.fill_null(values, 0).to_numpy(zero_copy_only=False)
+    distinct, ranks = np.unique(numbers[valid], return_inverse=True)
+    rank = np.zeros(len(numbers), np.int64)
+    rank[valid] = ranks + 1 if kind == "max" else len(distinct) - ranks
+    entities = len(offsets) - 1
+    base = (entities - 1 - np.repeat(np.arange(entities), np.diff(offsets))) * (len(distinct) + 1)
+    best = np.maximum.accumulate((base + rank)[::-1])[::-1] - base
+    found = best > 0
+    extremes = np.zeros(len(numbers), numbers.dtype)
+    extremes[found] = distinct[best[found] - 1 if kind == "max" else len(distinct) - best[found]]
+    texts = json_texts(pa.array(extremes, values.type, mask=~found))
+    return _lists(offsets, texts, ",null")
 
 
 def _suffix_sums(values: pa.Array, offsets: np.ndarray) -> pa.Array:

@@ -449,6 +449,9 @@ SUFFIXED = [
     Aggregation("f", "mean", 4 * H),
     Aggregation("u", approx_count_distinct(4), 3 * H),
     Aggregation("u", approx_count_distinct(4), 6 * H),
+    Aggregation("m", "min", 3 * H),
+    Aggregation("m", "max", 2 * H),
+    Aggregation("g", "max", 3 * H),
 ]
 suffixed_tiles = st.lists(
     st.fixed_dictionaries(
@@ -463,6 +466,9 @@ suffixed_tiles = st.lists(
             | st.fixed_dictionaries({"n": st.just(1), "s": st.floats(-1e6, 1e6)}),
             "hll4__u": st.none()
             | st.lists(st.integers(0, 200), max_size=6).map(lambda v: sketch(v, 4)),
+            "min__m": st.none() | st.integers(-5, 5),
+            "max__m": st.none() | st.integers(-5, 5),
+            "max__g": st.none() | st.floats(-9, 9),
         }
     ),
     max_size=8,
@@ -480,7 +486,9 @@ def test_windows_from_suffix_merges_equal_merges_of_their_tiles(drawn, anchor_ho
     packed = pack_tiles(tiles)
     raw = {TILE_START: packed[TILE_START]}
     raw |= {name: [t.get(name) for t in tiles] for name in ("count__x", "total__i", "total__f")}
-    raw["hll4__u"] = [t.get("hll4__u") for t in tiles]
+    raw |= {
+        name: [t.get(name) for t in tiles] for name in ("hll4__u", "min__m", "max__m", "max__g")
+    }
     end = anchor_micros(T0 + anchor_hour * H, H)
     assert aggregate_before(SUFFIXED, packed, end) == aggregate_before(SUFFIXED, raw, end)
     assert not {"count__x", "total__i"} & packed.keys()  # kept as suffix totals alone

@@ -122,6 +122,9 @@ TILE = pa.struct(
         ("last3__y", pa.string()),
         ("total__i", pa.struct([("n", pa.int64()), ("s", pa.int64())])),
         ("hll4__u", pa.string()),
+        ("min__k", pa.int64()),
+        ("max__k", pa.int32()),
+        ("max__g", pa.float64()),
     ]
 )
 sketches = st.lists(
@@ -138,6 +141,9 @@ tiles = st.fixed_dictionaries(
         "total__i": st.none()
         | st.fixed_dictionaries({"n": st.integers(0, 9), "s": st.integers(-(2**58), 2**58)}),
         "hll4__u": st.none() | sketches.map(json.dumps),
+        "min__k": st.none() | st.integers(-(2**63), 2**63 - 1),
+        "max__k": st.none() | st.integers(-3, 3),
+        "max__g": st.none() | st.floats(allow_nan=False),
     }
 )
 entities = st.lists(
