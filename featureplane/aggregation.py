@@ -275,17 +275,25 @@ def _suffix_sums(values: Sequence[int]) -> list[int]:
 
 
 def suffix_estimates(sketches: Sequence[str | Sequence[int] | None], precision: int) -> list[int]:
-    """The HyperLogLog estimate of the merge of `sketches[i:]` for each i, and 0 for none."""
+    """The HyperLogLog estimate of the merge of `sketches[i:]` for each i, and 0 for none: the
+    sum of `hll_estimate` kept up to date register by register as each sketch merges in, so
+    the cost is that of the codes, not of a full estimate per sketch."""
     ranks: dict[int, int] = {}
     mask = (1 << RANK_BITS) - 1
+    high, low, unset = (1 << precision) << SPLIT, 0, 1 << precision
     estimates = [0]
     for sketch in reversed(sketches):
         codes = orjson.loads(sketch) if isinstance(sketch, str) else sketch or ()
         for code in codes:
             index, rank = code >> RANK_BITS, code & mask
-            if rank > ranks.get(index, 0):
+            old = ranks.get(index, 0)
+            if rank > old:
                 ranks[index] = rank
-        estimates.append(hll_estimate(ranks, precision))
+                unset -= not old
+                (old_high, old_low), (new_high, new_low) = _term(old), _term(rank)
+                high += new_high - old_high
+                low += new_low - old_low
+        estimates.append(_estimate(high, low, unset, precision))
     return estimates[::-1]
 
 
@@ -419,14 +427,23 @@ def hll_estimate(ranks: Mapping[int, int], precision: int) -> int:
     by 2**(2 * SPLIT)) and one rounding to a double, so Spark computes the same bits whatever
     order it sums in (`featureplane.compute.tiles` mirrors this).
     """
-    m = 1 << precision
-    unset = m - len(ranks)
+    unset = (1 << precision) - len(ranks)
     values = ranks.values()
     if not values or max(values) <= SPLIT:  # nearly always: one table look-up per register
         high, low = (unset << SPLIT) + sum(map(_SCALED.__getitem__, values)), 0
     else:
         high = (unset << SPLIT) + sum(1 << (SPLIT - r) for r in values if r <= SPLIT)
         low = sum(1 << (2 * SPLIT - r) for r in values if r > SPLIT)
+    return _estimate(high, low, unset, precision)
+
+
+def _term(rank: int) -> tuple[int, int]:
+    """A register's share of the sum of `hll_estimate`, (high, low); rank 0 is an unset one."""
+    return (1 << (SPLIT - rank), 0) if rank <= SPLIT else (0, 1 << (2 * SPLIT - rank))
+
+
+def _estimate(high: int, low: int, unset: int, precision: int) -> int:
+    m = 1 << precision
     harmonic = float(high) * 2.0**-SPLIT + float(low) * 2.0 ** (-2 * SPLIT)
     estimate = hll_scale(precision) / harmonic
     if unset and estimate <= 2.5 * m:

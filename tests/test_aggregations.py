@@ -60,10 +60,12 @@ from featureplane.aggregation import (
     aggregate,
     aggregate_before,
     anchor_micros,
+    finalize,
     floor_time,
     hll_estimate,
     merge_partials,
     pack_tiles,
+    suffix_estimates,
 )
 from featureplane.compute.tiles import AggregateLookup, aggregate_join, compute_tiles
 from featureplane.compute.transform import run_transformation
@@ -538,6 +540,25 @@ def test_sketches_merge_like_the_sketch_of_the_union(parts, precision):
         merge_partials(function, [merge_partials(function, partials[:1]), *partials[1:]]) == whole
     )
     assert hll_estimate(whole, precision) == merged_estimate(partials, precision)
+
+
+def sketch_lists(precision: int):
+    code = st.tuples(st.integers(0, 2**precision - 1), st.integers(1, 65 - precision))
+    sketch_codes = st.lists(code.map(lambda c: c[0] << RANK_BITS | c[1]), max_size=30)
+    return st.lists(st.none() | sketch_codes.map(json.dumps), max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([4, 6, 12]).flatmap(lambda p: st.tuples(st.just(p), sketch_lists(p))))
+def test_suffix_estimates_are_the_estimates_of_suffix_merges(drawn):
+    """Kept up to date register by register, ranks above SPLIT included, they equal a full
+    estimate of each suffix's merge."""
+    precision, sketches = drawn
+    function = approx_count_distinct(precision)
+    expected = [
+        finalize(function, merge_partials(function, sketches[i:])) for i in range(len(sketches) + 1)
+    ]
+    assert suffix_estimates(sketches, precision) == expected
 
 
 def test_linear_counting_rounds_alike_on_every_engine():
