@@ -93,8 +93,7 @@ class SQLiteOnlineStore(ItemStore):
             for start in range(0, len(keys), KEYS_PER_SELECT):
                 chunk = keys[start : start + KEYS_PER_SELECT]
                 query = f"{SELECT}({','.join('?' * len(chunk))})"
-                for row in connection.execute(query, chunk):
-                    found[row[0]] = row
+                found |= {row[0]: row for row in connection.execute(query, chunk)}
         return found
 
     def close(self) -> None:
