@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import chain
 from json.encoder import encode_basestring_ascii
 
 import numpy as np
@@ -27,7 +28,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from featureplane.aggregation import SUFFIX, TILE_START, TILES, suffix_estimates
+from featureplane.aggregation import RANK_BITS, SPLIT, SUFFIX, TILE_START, TILES, hll_scale
 from featureplane.feature_view import FeatureView
 from featureplane.online_store import OnlineStore
 from featureplane.online_store.columnar import (
@@ -134,12 +135,54 @@ def _suffix_members(name: str, partials: pa.Array, offsets: np.ndarray) -> list[
         return [pc.if_else(_without_values(partials, offsets), suffixes, raw)]
     if not kind.startswith("hll"):
         return [raw]
-    sketches, precision = partials.to_pylist(), int(kind[3:])
-    estimates = [
-        orjson.dumps(suffix_estimates(sketches[start:stop], precision)).decode()
-        for start, stop in zip(offsets[:-1], offsets[1:], strict=True)
-    ]
-    return [raw, _member(SUFFIX + name, pa.array(estimates, pa.string()))]
+    estimates = _suffix_estimates(partials, offsets, int(kind[3:]))
+    return [raw, _member(SUFFIX + name, estimates)]
+
+
+def _suffix_estimates(sketches: pa.Array, offsets: np.ndarray, precision: int) -> pa.Array:
+    """Per entity, the JSON list of `featureplane.aggregation.suffix_estimates`, for every entity
+    at once: the codes of all sketches sorted by (entity, register, tile from the last, rank),
+    a running maximum per register gives each code's gain in the estimate's two integer sums,
+    and suffix sums of the gains over each entity's tiles give every suffix's sums."""
+    parsed = [orjson.loads(s) if isinstance(s, str) else s or () for s in sketches.to_pylist()]
+    counts = np.fromiter(map(len, parsed), np.int64, len(parsed))
+    codes = np.fromiter(chain.from_iterable(parsed), np.int64, int(counts.sum()))
+    tile = np.repeat(np.arange(len(parsed)), counts)
+    entity = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))[tile]
+    index, rank = codes >> RANK_BITS, codes & ((1 << RANK_BITS) - 1)
+    order = np.lexsort((rank, -tile, index, entity))
+    tile, index, rank, entity = tile[order], index[order], rank[order], entity[order]
+    first = np.r_[True, (entity[1:] != entity[:-1]) | (index[1:] != index[:-1])]
+    lift = (np.cumsum(first) - 1) * (1 << RANK_BITS)  # ranks < 2**RANK_BITS stay in their group
+    best = np.maximum.accumulate(lift + rank) - lift
+    before = np.r_[0, best[:-1]]
+    before[first] = 0
+    gained = rank > before
+    tile, rank, before = tile[gained], rank[gained], before[gained]
+    sums = []
+    for gain in (_high(rank) - _high(before), _low(rank) - _low(before), before == 0):
+        per_tile = np.zeros(len(parsed), np.int64)
+        np.add.at(per_tile, tile, gain.astype(np.int64))
+        sums.append(_suffix_totals(per_tile, offsets))
+    m = 1 << precision
+    high, low, unset = (m << SPLIT) + sums[0], sums[1], m - sums[2]
+    harmonic = high.astype(np.float64) * 2.0**-SPLIT + low.astype(np.float64) * 2.0 ** (-2 * SPLIT)
+    estimate = hll_scale(precision) / harmonic
+    linear = (unset > 0) & (estimate <= 2.5 * m)
+    estimate[linear] = m * np.log(m / unset[linear])
+    rounded = np.floor(estimate + 0.5).astype(np.int64)
+    return _lists(offsets, pc.cast(pa.array(rounded), pa.string()), ",0")
+
+
+def _high(rank: np.ndarray) -> np.ndarray:
+    """A register's share of `hll_estimate`'s sum of ranks up to SPLIT (0: unset), as
+    `featureplane.aggregation._term` has it."""
+    return np.where(rank <= SPLIT, np.left_shift(1, np.maximum(SPLIT - rank, 0)), 0)
+
+
+def _low(rank: np.ndarray) -> np.ndarray:
+    """A register's share of the sum of ranks above SPLIT."""
+    return np.where(rank > SPLIT, np.left_shift(1, np.maximum(2 * SPLIT - rank, 0)), 0)
 
 
 def _without_values(values: pa.Array, offsets: np.ndarray) -> pa.Array:
@@ -174,10 +217,13 @@ def _suffix_sums(values: pa.Array, offsets: np.ndarray) -> pa.Array:
     (nulls count 0), and 0. A cumulative sum over the whole batch that wraps around still
     gives every suffix exactly, because wrapping is arithmetic modulo 2**64."""
     values = pc.fill_null(values, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return _lists(offsets, pc.cast(pa.array(_suffix_totals(values, offsets)), pa.string()), ",0")
+
+
+def _suffix_totals(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Each value plus the later values of its entity."""
     running = np.cumsum(values)
-    last = np.repeat(offsets[1:] - 1, np.diff(offsets))
-    suffixes = running[last] - running + values
-    return _lists(offsets, pc.cast(pa.array(suffixes), pa.string()), ",0")
+    return running[np.repeat(offsets[1:] - 1, np.diff(offsets))] - running + values
 
 
 def _partial_texts(partials: pa.Array) -> pa.Array:
