@@ -111,7 +111,8 @@ def _lists(offsets: np.ndarray, texts: pa.Array, tail: str = "") -> pa.Array:
 
 def _suffix_members(name: str, partials: pa.Array, offsets: np.ndarray) -> list[pa.Array]:
     """`featureplane.aggregation.suffix_columns` of a tile column as JSON object members, for
-    every entity at once: suffix totals by a cumulative sum, estimates entity by entity."""
+    every entity of the batch at once: totals by cumulative sums, extremes and estimates by
+    running maxima over sorted values."""
     kind = name.split("__", 1)[0]
     if kind == "count":
         return [_member(SUFFIX + name, _suffix_sums(partials, offsets))]
