@@ -34,18 +34,16 @@ def _error_message(text: bytes) -> str:
         return text.decode(errors="replace")
 
 
-FIELDS = ("values", "status", "event_timestamps", "age_seconds")
-
-
 def by_feature(response: Mapping[str, Any]) -> list[dict[str, dict[str, Any]]]:
     """A features response as one result per entity row whose values, statuses, event times
     and ages are mappings keyed by feature name (on the wire, one column per feature)."""
     names, results = response["features"], response["results"]
+    fields = results[0].keys() if results else ()
     rows = len(results[0]["values"]) if results else 0
     return [
         {
             field: {name: result[field][row] for name, result in zip(names, results, strict=True)}
-            for field in FIELDS
+            for field in fields
         }
         for row in range(rows)
     ]
