@@ -65,39 +65,45 @@ def ctr_features(request: dict, user: dict, ad: dict) -> dict:
     """Rates are None without impressions; smoothing adds 3.5 clicks in 100 impressions."""
     prior_ctr, prior_impressions = 0.035, 100
 
-    def rate(counts: dict, window: str) -> float | None:
-        impressions = counts[f"impressions_{window}"]
-        return (counts[f"clicks_{window}"] or 0) / impressions if impressions else None
+    def rate(clicks, impressions):
+        return (clicks or 0) / impressions if impressions else None
 
-    def smoothed(counts: dict) -> float:
-        clicks = (counts["clicks_7d"] or 0) + prior_ctr * prior_impressions
-        return clicks / ((counts["impressions_7d"] or 0) + prior_impressions)
+    def smoothed(clicks, impressions):
+        clicks = (clicks or 0) + prior_ctr * prior_impressions
+        return clicks / ((impressions or 0) + prior_impressions)
 
-    def trend(counts: dict, kind: str) -> float | None:
-        weekly = counts[f"{kind}_7d"]
-        return (counts[f"{kind}_1d"] or 0) * 7 / weekly if weekly else None
+    def trend(last_day, week):
+        return (last_day or 0) * 7 / week if week else None
 
-    features = {f"user_ctr_{w}": rate(user, w) for w in ("1h", "6h", "1d", "3d", "7d")}
-    features.update({f"ad_ctr_{w}": rate(ad, w) for w in ("1d", "3d", "7d")})
-    user_smoothed, ad_smoothed = smoothed(user), smoothed(ad)
-    requested_at = request["request_ts"]
-    last_click = user["last_click_unix_s_7d"]
-    since = None
-    if requested_at is not None and last_click is not None:
-        since = (requested_at.timestamp() - last_click) / 3600
+    user_impressions_1d, user_impressions_7d = user["impressions_1d"], user["impressions_7d"]
+    ad_impressions_1d, ad_impressions_7d = ad["impressions_1d"], ad["impressions_7d"]
+    user_smoothed = smoothed(user["clicks_7d"], user_impressions_7d)
+    ad_smoothed = smoothed(ad["clicks_7d"], ad_impressions_7d)
+    requested_at, last_click = request["request_ts"], user["last_click_unix_s_7d"]
     day = requested_at.weekday() if requested_at is not None else None
     return {
-        **features,
+        "user_ctr_1h": rate(user["clicks_1h"], user["impressions_1h"]),
+        "user_ctr_6h": rate(user["clicks_6h"], user["impressions_6h"]),
+        "user_ctr_1d": rate(user["clicks_1d"], user_impressions_1d),
+        "user_ctr_3d": rate(user["clicks_3d"], user["impressions_3d"]),
+        "user_ctr_7d": rate(user["clicks_7d"], user_impressions_7d),
+        "ad_ctr_1d": rate(ad["clicks_1d"], ad_impressions_1d),
+        "ad_ctr_3d": rate(ad["clicks_3d"], ad["impressions_3d"]),
+        "ad_ctr_7d": rate(ad["clicks_7d"], ad_impressions_7d),
         "user_ctr_7d_smoothed": user_smoothed,
         "ad_ctr_7d_smoothed": ad_smoothed,
         "expected_ctr_7d": min(user_smoothed * ad_smoothed / prior_ctr, 1.0),
-        "user_impressions_1d_vs_7d": trend(user, "impressions"),
-        "user_clicks_1d_vs_7d": trend(user, "clicks"),
-        "ad_impressions_1d_vs_7d": trend(ad, "impressions"),
+        "user_impressions_1d_vs_7d": trend(user_impressions_1d, user_impressions_7d),
+        "user_clicks_1d_vs_7d": trend(user["clicks_1d"], user["clicks_7d"]),
+        "ad_impressions_1d_vs_7d": trend(ad_impressions_1d, ad_impressions_7d),
         "ad_impressions_per_user_7d": (
-            ad["impressions_7d"] / ad["distinct_users_7d"] if ad["distinct_users_7d"] else None
+            ad_impressions_7d / ad["distinct_users_7d"] if ad["distinct_users_7d"] else None
         ),
-        "hours_since_last_click": since,
+        "hours_since_last_click": (
+            (requested_at.timestamp() - last_click) / 3600
+            if requested_at is not None and last_click is not None
+            else None
+        ),
         "request_hour": requested_at.hour if requested_at is not None else None,
         "request_day_of_week": day,
         "request_is_weekend": day >= 5 if day is not None else None,

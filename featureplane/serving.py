@@ -68,10 +68,11 @@ from featureplane.online_store import EntityKeyError, StoreThrottled, open_store
 from featureplane.online_store.encoding import (
     MICROSECOND,
     decode_values,
+    entity_texts,
     from_micros,
-    joined_keys,
     key_part,
     key_prefix,
+    prefixed_keys,
     to_micros,
 )
 from featureplane.online_store.store import OnlineStore, StoredItem
@@ -436,12 +437,14 @@ class FeatureServer:
         keys = [_key_parts(plan, row, index if batch else None) for index, row in enumerate(rows)]
         inputs = _request_rows(plan, request.get("request_data"), len(rows), batch)
         now = self.clock()
-        item_keys = [
-            key
-            for view in plan.views
-            if view.view.online
-            for key in joined_keys(view.prefix, [[k[i] for i in view.key_positions] for k in keys])
-        ]
+        texts: dict[tuple[int, ...], list[str]] = {}  # per join keys, shared by their views
+        item_keys: list[str] = []
+        for view in plan.views:
+            if view.view.online:
+                at = view.key_positions
+                if at not in texts:
+                    texts[at] = entity_texts([[k[i] for i in at] for k in keys])
+                item_keys += prefixed_keys(view.prefix, texts[at])
         items = self.store.read_items(item_keys) if item_keys else []
         return {
             "service": plan.name,

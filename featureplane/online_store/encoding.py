@@ -68,13 +68,18 @@ def key_part(part: object) -> str:
     return str(operator.index(part))
 
 
-def joined_keys(prefix: str, parts: Iterable[Sequence[str]]) -> list[str]:
-    """The stored keys of entities under a `key_prefix`, from their `key_part` texts."""
-    keys = [f"{prefix}[{','.join(entity)}]" for entity in parts]
-    longest = max(map(len, keys), default=0)
+def entity_texts(parts: Iterable[Sequence[str]]) -> list[str]:
+    """The entity parts of stored keys (`[...]`, after a `key_prefix`), from the entities'
+    `key_part` texts: made once for all views keyed by the same join keys."""
+    return [f"[{','.join(entity)}]" for entity in parts]
+
+
+def prefixed_keys(prefix: str, texts: Sequence[str]) -> list[str]:
+    """The stored keys of entities under a `key_prefix`, from their `entity_texts`."""
+    longest = len(prefix) + max(map(len, texts), default=0)
     if longest > MAX_KEY_LENGTH:
         raise EntityKeyError(f"entity key is {longest} bytes encoded, over {MAX_KEY_LENGTH}")
-    return keys
+    return [prefix + text for text in texts]
 
 
 def prefixed_key(prefix: str, entity_key: Sequence[str | int]) -> str:
@@ -83,7 +88,7 @@ def prefixed_key(prefix: str, entity_key: Sequence[str | int]) -> str:
         raise EntityKeyError(
             f"entity key {entity_key!r} must be a non-empty tuple of join key values"
         )
-    return joined_keys(prefix, [[key_part(p) for p in entity_key]])[0]
+    return prefixed_keys(prefix, entity_texts([[key_part(p) for p in entity_key]]))[0]
 
 
 def item_key(view: str, version: str, entity_key: Sequence[str | int]) -> str:
