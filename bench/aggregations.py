@@ -2,9 +2,9 @@
 
 Run from the project folder:
 
-    /tmp/venvtry/bin/python -m bench.aggregations            # full: 1M and 10M events, 3 repeats
-    /tmp/venvtry/bin/python -m bench.aggregations --quick    # smoke size, about a minute
-    /tmp/venvtry/bin/python -m bench.aggregations --events 10_000_000 --repeats 5 \
+    .venv/bin/python -m bench.aggregations            # full: 1M and 10M events, 3 repeats
+    .venv/bin/python -m bench.aggregations --quick    # smoke size, about a minute
+    .venv/bin/python -m bench.aggregations --events 10_000_000 --repeats 5 \
         --out bench/results/aggregations_10m.json --data-dir /tmp/fp-agg-data --keep
 
 Options: `--events N [N ...]` cases to run (default 1M and 10M events), `--spine-rows` (default

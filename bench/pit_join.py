@@ -2,9 +2,9 @@
 
 Run from the project folder:
 
-    /tmp/venvtry/bin/python -m bench.pit_join            # full: 1M and 10M spine rows, 3 repeats
-    /tmp/venvtry/bin/python -m bench.pit_join --quick    # smoke size, seconds
-    /tmp/venvtry/bin/python -m bench.pit_join --spine-rows 1_000_000 --repeats 5 \
+    .venv/bin/python -m bench.pit_join            # full: 1M and 10M spine rows, 3 repeats
+    .venv/bin/python -m bench.pit_join --quick    # smoke size, seconds
+    .venv/bin/python -m bench.pit_join --spine-rows 1_000_000 --repeats 5 \
         --out bench/results/pit_join_1m.json --data-dir /tmp/fp-pit-data --keep
 
 Options: `--spine-rows N [N ...]` cases to run (default 1M and 10M), `--repeats` timed runs per

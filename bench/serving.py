@@ -22,7 +22,10 @@ Server: `featureplane serve` (uvicorn) in a subprocess per store and worker coun
 is its own process (threads would measure the GIL), holds one kept-alive connection
 (`online.client.FeatureClient`), and sends requests for a bounded time and count after a
 warm-up; all clients start together. Latency is per request at the client, up to its JSON
-parse of the response (`FeatureClient.request`: a column per feature, no mapping per row).
+parse of the response (`FeatureClient.request`: a column per feature, no mapping per row). The
+load cases run in `--repeats` rounds (3), one case after the other in each round, and each
+figure is the median over the rounds: this machine has slow phases of seconds, in which
+everything takes up to 1.8 times as long, and rounds spread a case over more of them.
 
 Reference: the issue's figures of a popular Python feature server measured on this machine on
 SQLite (quoted, not rerun: it is not installed here).
@@ -489,13 +492,29 @@ def bench_store(
         for workers in args.workers:
             env = {**FAKE_AWS, "FEATUREPLANE_AS_OF": demo_end().isoformat()}
             with serving_process(path, workers, env) as url:
-                cases = {}
-                for size, clients in CASES:
-                    figures = load(pool, url, rows, extra, size, clients, limits)
-                    cases[f"{size}x{clients}"] = figures
-                    print(f"  {kind} workers={workers} {size}-row x{clients}: {figures}")
-                result["http"][str(workers)] = cases
+                rounds: dict[str, list[dict[str, Any]]] = {f"{s}x{c}": [] for s, c in CASES}
+                for round_ in range(limits["repeats"]):
+                    for size, clients in CASES:
+                        figures = load(pool, url, rows, extra, size, clients, limits)
+                        rounds[f"{size}x{clients}"].append(figures)
+                        print(
+                            f"  {kind} workers={workers} round {round_ + 1} {size}-row "
+                            f"x{clients}: {figures}"
+                        )
+                result["http"][str(workers)] = {
+                    case: medians(runs) for case, runs in rounds.items()
+                }
     return result
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A load case's figures over its rounds: the median of each, and every round's."""
+    figures = ("p50", "p95", "p99", "requests_per_s")
+    return {
+        **{name: statistics.median(run[name] for run in runs) for name in figures},
+        "requests": sum(run["requests"] for run in runs),
+        "rounds": runs,
+    }
 
 
 # ---- report -------------------------------------------------------------------------------------
@@ -509,11 +528,12 @@ def print_tables(report: dict[str, Any]) -> None:
         for workers, cases in result["http"].items():
             print(
                 f"\n{result['store']}, service {SERVICE} ({result['views']} views, "
-                f"{result['features']} features), {workers} server worker(s)"
+                f"{result['features']} features), {workers} server worker(s); "
+                f"medians of {report['method']['repeats']} rounds"
             )
             print(
                 f"{'request':<16} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'req/s':>8} "
-                f"{'goal p99':>8} {'ref p99':>7} {'ref/ours':>8}  verdict"
+                f"{'goal p99':>8} {'ref p99':>7} {'ref/ours':>8}  verdict  p99 of each round"
             )
             for size, clients in CASES:
                 f = cases[f"{size}x{clients}"]
@@ -525,7 +545,8 @@ def print_tables(report: dict[str, Any]) -> None:
                     f"{f['p50']:>7.2f} {f['p95']:>7.2f} {f['p99']:>7.2f} "
                     f"{f['requests_per_s']:>8,.0f} "
                     f"{'' if goal is None else f'<= {goal:g}':>8} "
-                    f"{ref if ref and kind == 'sqlite' else '':>7} {ratio:>8}  {verdict}"
+                    f"{ref if ref and kind == 'sqlite' else '':>7} {ratio:>8}  {verdict:<7}  "
+                    + " ".join(f"{run['p99']:.2f}" for run in f["rounds"])
                 )
         for size, figures in result["in_process"].items():
             overhead = figures["overhead_p50_ms"]
@@ -568,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     limits = {
         "keys": 2_000 if quick else 20_000,
         "seconds": args.seconds or (1.0 if quick else 5.0),
+        "repeats": args.repeats or (1 if quick else 3),
         "max_requests": 300 if quick else 50_000,
         "start_delay": 1.0 if quick else 2.0,
         "in_process": 300 if quick else 5_000,

@@ -63,6 +63,8 @@ def test_errors_carry_the_servers_message(server):
     with pytest.raises(FeatureServerError, match="join key 'user_id' must be an integer") as error:
         server.get_features("users", {"user_id": "1"})
     assert error.value.status == 400
+    with pytest.raises(FeatureServerError, match=r"must be an integer \(64-bit\)"):
+        server.get_features("users", {"user_id": 2**71})  # sent, although orjson refuses it
     with pytest.raises(FeatureServerError, match="no feature service 'nope'"):
         server.get_features("nope", {"user_id": 1})
     with pytest.raises(FeatureServerError, match="too many rows: 51, the limit is 50"):
