@@ -406,7 +406,8 @@ class FeatureServer:
         request_data: Mapping[str, Any] | None = None,
         features: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """The response for one entity row (a mapping) or a batch (a list of mappings)."""
+        """The response for one entity row (a mapping) or a batch (a list of mappings), whose
+        lists are the caller's to change (a response to encode shares them within a view)."""
         batch = not isinstance(entities, Mapping)
         request: dict[str, Any] = {
             "entities": [dict(row) for row in entities] if batch else dict(entities)
@@ -415,7 +416,12 @@ class FeatureServer:
             request["request_data"] = dict(request_data)
         if features is not None:
             request["features"] = list(features)
-        return self._serve(service, request, batch)
+        response = self._serve(service, request, batch)
+        response["results"] = [
+            {field: list(column) for field, column in result.items()}
+            for result in response["results"]
+        ]
+        return response
 
     # ---- serving --------------------------------------------------------------------------------
 

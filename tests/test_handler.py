@@ -666,5 +666,11 @@ def test_feature_store_serves_in_process(tmp_path, monkeypatch, store_path):
         assert by_feature(one)[0]["values"]["ad_stats__ctr"] == 0.5
         many = store.get_online_features("users", [{"user_id": 1}, {"user_id": 2}])
         assert [r["status"]["user_stats__clicks"] for r in by_feature(many)] == ["missing"] * 2
+        clicks, country = (
+            many["results"][many["features"].index(f"user_stats__{name}")]
+            for name in ("clicks", "country")
+        )
+        clicks["status"][0] = "changed by the caller"
+        assert country["status"] == ["missing"] * 2  # features of a view share no lists
         with pytest.raises(ValueError, match="missing join keys"):
             store.get_online_features("checkout", {"user_id": 1})
