@@ -25,9 +25,10 @@ from featureplane.errors import (
 )
 from featureplane.feature_service import FeatureSelection, FeatureService
 from featureplane.feature_view import FeatureView
-from featureplane.on_demand import OnDemandFeatureView, RequestSource
+from featureplane.on_demand import OnDemandFeatureView, RequestSource, stored_views
 from featureplane.source import BatchSource
 from featureplane.training_dataset import TrainingDataset
+from featureplane.types import DType
 
 DEFINITION_TYPES = (
     Entity,
@@ -173,7 +174,39 @@ def _resolve_service(
 ) -> FeatureService:
     """The service with each selection pointing at the repository's (resolved) view."""
     selections = tuple(_resolve_selection(s, views, service) for s in service.features)
+    problem = _typing_problem(selections)
+    if problem:
+        raise FeatureServiceError(service.name, service.location, problem)
     return replace(service, features=selections)
+
+
+def _typing_problem(selections: tuple[FeatureSelection, ...]) -> str | None:
+    """A join key or request field that two views of a service type differently: a request
+    to the service carries one value for it, checked against one type."""
+    keys = [
+        (key, dtype, view.name)
+        for view in stored_views(selections)
+        for key, dtype in view.join_key_types.items()
+        if dtype is not None
+    ]
+    fields = [
+        (field.name, field.dtype, selection.view_name)
+        for selection in selections
+        if isinstance(selection.view, OnDemandFeatureView)
+        for source in selection.view.sources
+        if isinstance(source, RequestSource)
+        for field in source.schema
+    ]
+    for what, typed in (("join key", keys), ("request field", fields)):
+        first: dict[str, tuple[DType, str]] = {}
+        for name, dtype, view in typed:
+            dtype_before, view_before = first.setdefault(name, (dtype, view))
+            if dtype_before != dtype:
+                return (
+                    f"{what} {name!r} is {dtype_before.name} in {view_before!r} but "
+                    f"{dtype.name} in {view!r}: a request carries one value for it"
+                )
+    return None
 
 
 def _resolve_dataset(

@@ -12,15 +12,18 @@ Routes (`FeatureServer.respond(method, path, body)`):
 
 `entities` must hold exactly the service's join keys, of their declared types (an Int64 key
 takes a JSON integer, not `"12"` nor `true`); `features` optionally picks a subset of the
-service's features; `request_data` holds exactly the request fields of the service's on-demand
-views (timestamps and dates as ISO 8601 text): one object, or in a batch one for every row or
-a list of one per row. On-demand features are computed from it and the features they read,
-by the function the registry ships; they are `present`, with no event time or age. A function
+service's features, served in its order, with the same join keys and request data as the whole
+service; `request_data` holds exactly the request fields of the service's on-demand views
+(timestamps and dates as ISO 8601 text), and may be left out when the features asked for need
+none: one object, or in a batch one for every row or a list of one per row. On-demand features
+are computed from the fields of the view's own request source and the features it reads, by
+the function the registry ships; they are `present`, with no event time or age. A function
 that fails on the request's values gives 422.
 
 Features are named `<view>__<feature>`, as in training data, so a name is unique across the
-views of a service. Response (both routes; one result per feature, in the order of `features`,
-each a column over the entity rows in request order, as Feast's feature server answers):
+views of a service. Response (both routes; one result per feature, in the order of the
+response's `features` (the service's, or the request's subset), each a column over the entity
+rows in request order, as Feast's feature server answers):
 
     {"service": "ctr", "features": ["ad_delivery__impressions_7d", ...],
      "results": [{"values": [12, 0, ...],
@@ -182,16 +185,15 @@ class ViewPlan:
 
 @dataclass(frozen=True)
 class OnDemandPlan:
-    """An on-demand view of a service: its spec, the features it serves, named, and where its
-    inputs come from: per source, None for the request or the index of the view plan, with
-    the features' names and positions among that plan's features."""
+    """An on-demand view of a service: its spec, the names of the features it serves, and where
+    its inputs come from: per source, None for the request (with its fields' names) or the
+    index of the view plan, with the features' names and positions among that plan's features."""
 
     spec: OnDemandSpec
-    features: tuple[str, ...]
     outputs: tuple[str, ...]
     output: OutputSchema
     positions: tuple[int, ...]
-    """Where each of `features` sits among the function's outputs."""
+    """Where each served feature sits among the function's outputs."""
     inputs: tuple[tuple[int | None, tuple[str, ...], tuple[int, ...]], ...]
 
 
@@ -213,7 +215,6 @@ def _on_demand_plan(
     names = [name for name, _ in output.columns]
     return OnDemandPlan(
         spec=spec,
-        features=tuple(features),
         outputs=tuple(outputs),
         output=output,
         positions=tuple(names.index(feature) for feature in features),
@@ -233,6 +234,9 @@ class ServicePlan:
     views: tuple[ViewPlan, ...]
     on_demand: tuple[OnDemandPlan, ...]
     request_fields: dict[str, Field]
+    """The request fields of the whole service's on-demand views: what `request_data` holds."""
+    request_needed: bool
+    """Whether the on-demand views served need request data (a subset may need none)."""
     outputs: tuple[str, ...]
     positions: tuple[int, ...] | None
     """Where each output sits among the features as computed (every view's, then every
@@ -256,11 +260,17 @@ def _view_plan(
     )
 
 
-def _service_plan(
-    service: ServiceSpec, registry: ServingRegistry, wanted: frozenset[str] | None = None
-) -> ServicePlan:
-    """The plan of a service, or of the `wanted` features of it. Views are read once each:
-    for their served features and for the inputs of the service's on-demand views."""
+Selected = tuple[
+    dict[str, dict[str, str | None]], list[tuple[OnDemandSpec, list[str], list[str]]], list[str]
+]
+
+
+def _selected(
+    service: ServiceSpec, registry: ServingRegistry, wanted: Collection[str] | None
+) -> Selected:
+    """The features of a service (or the `wanted` ones) to read per view, named as served or
+    None when read only as an on-demand input; the on-demand views with their features; and
+    the served names in the service's order."""
     reads: dict[str, dict[str, str | None]] = {}
     on_demand: list[tuple[OnDemandSpec, list[str], list[str]]] = []
     outputs: list[str] = []
@@ -280,9 +290,23 @@ def _service_plan(
                     read = reads.setdefault(source, {})
                     for feature in inputs:
                         read.setdefault(feature, None)
+    return reads, on_demand, outputs
+
+
+def _service_plan(
+    service: ServiceSpec, registry: ServingRegistry, wanted: Sequence[str] | None = None
+) -> ServicePlan:
+    """The plan of a service, or of the `wanted` features of it, served in that order. Views
+    are read once each: for their served features and for the inputs of the on-demand views.
+    A subset takes the same join keys and request fields as the whole service, so that a
+    client keeps one request shape whatever features it picks."""
+    everything = _selected(service, registry, None)
+    reads, on_demand, outputs = (
+        everything if wanted is None else _selected(service, registry, set(wanted))
+    )
     join_keys: list[str] = []
     key_types: dict[str, str | None] = {}
-    for view_name in reads:
+    for view_name in everything[0]:
         view = registry.views[view_name]
         for key, dtype in zip(view.join_keys, view.join_key_types, strict=True):
             if key not in key_types or key_types[key] is None:
@@ -291,9 +315,9 @@ def _service_plan(
                 join_keys.append(key)
     plans = [_view_plan(registry.views[name], read, join_keys) for name, read in reads.items()]
     on_demand_plans = [_on_demand_plan(*args, plans) for args in on_demand]
-    request_fields = {f.name: f for spec, _, _ in on_demand for f in spec.request_fields}
     computed = [name for plan in plans for name in plan.outputs]
     computed += [name for plan in on_demand_plans for name in plan.outputs]
+    outputs = outputs if wanted is None else list(wanted)
     return ServicePlan(
         name=service.name,
         join_keys=tuple(join_keys),
@@ -302,7 +326,8 @@ def _service_plan(
         key_checks=tuple((key, *KEY_CHECKS[key_types[key]]) for key in join_keys),
         views=tuple(plans),
         on_demand=tuple(on_demand_plans),
-        request_fields=request_fields,
+        request_fields={f.name: f for spec, _, _ in everything[1] for f in spec.request_fields},
+        request_needed=any(spec.request_fields for spec, _, _ in on_demand),
         outputs=tuple(outputs),
         positions=None if computed == outputs else tuple(map(computed.index, outputs)),
         versions={
@@ -492,7 +517,7 @@ class FeatureServer:
         if len(set(wanted)) != len(wanted):
             raise RequestError(400, "'features' names a feature twice")
         service = self.registry.services[plan.name]
-        subset = _service_plan(service, self.registry, frozenset(wanted))
+        subset = _service_plan(service, self.registry, wanted)
         if len(self._subsets) < SUBSET_CACHE:
             self._subsets[(plan.name, wanted)] = subset
         return subset
@@ -654,14 +679,14 @@ def _on_demand_columns(
     on_demand: OnDemandPlan, read: Sequence[Sequence[Column]], requests: Sequence[dict[str, Any]]
 ) -> list[Column]:
     """The on-demand view's feature columns, computed row by row from fresh dicts of its
-    sources' values (datetimes in UTC, as decoded and as typed)."""
+    sources' values (its own request fields; datetimes in UTC, as decoded and as typed)."""
     sources: list[Iterable[dict[str, Any]]] = []
     for view, names, at in on_demand.inputs:
         if view is None:
-            sources.append(map(dict, requests))
+            sources.append([{name: row[name] for name in names} for row in requests])
         else:
             columns = [read[view][i] for i in at]
-            rows = zip(*columns, strict=True) if columns else [()] * len(requests)
+            rows = zip(*columns, strict=True)
             sources.append([dict(zip(names, row, strict=True)) for row in rows])
     spec = on_demand.spec
     computed = compute_columns(
@@ -693,6 +718,8 @@ def _request_rows(plan: ServicePlan, data: Any, rows: int, batch: bool) -> list[
             raise RequestError(400, f"service {plan.name!r} takes no 'request_data'")
         return [{}] * rows
     if data is None:
+        if not plan.request_needed:
+            return [{}] * rows
         raise RequestError(
             400,
             f"service {plan.name!r} needs 'request_data' with fields {list(plan.request_fields)}",

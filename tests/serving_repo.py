@@ -110,6 +110,15 @@ def purchase_context(request, user, purchases):
     }
 
 
+@on_demand_feature_view(
+    sources=[RequestSource([Field("channel", String)], name="channel"), user_stats[["clicks"]]],
+    schema=[Field("fields_seen", String)],
+)
+def channel_context(request, user):
+    """Which request fields the function is given: its own source's only."""
+    return {"fields_seen": ",".join(sorted(request))}
+
+
 checkout = FeatureService("checkout", features=[user_stats, ad_stats[["ctr"]], user_ad_purchases])
 users = FeatureService("users", features=[user_stats], description="Per user.", owner="team:x")
 context = FeatureService("context", features=[ad_stats[["ctr"]], purchase_context])

@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import online.handler
+from featureplane import FeatureService, Repository
 from featureplane.aggregation import aggregate, floor_time
 from featureplane.online_store import StoreThrottled
-from featureplane.registry import load_registry, write_registry
+from featureplane.registry import build_registry, load_registry, write_registry
 from featureplane.serving import FeatureServer
 from online.client import by_feature
 from online.handler import handler
@@ -24,6 +25,7 @@ from tests.serving_repo import (
     NOW,
     Clock,
     ad_stats,
+    channel_context,
     feature_server,
     purchase_context,
     registry,
@@ -355,6 +357,40 @@ def test_a_feature_subset_is_served_alone(serve, store_path):
             "user_ad_purchases__purchases_1d": 0,
         }
         assert list(body["metadata"]["feature_versions"]) == ["ad_stats", "user_ad_purchases"]
+
+
+def test_a_subset_keeps_the_services_request_shape_and_answers_in_its_order(serve, store_path):
+    """Join keys and request data stay the whole service's whatever features are picked, and
+    the results follow the request's list."""
+    write_row(store_path, ad_stats, ("a1",), NOW - HOUR, {"ctr": 0.5, "title": "Shoes"})
+    wanted = ["user_ad_purchases__purchases_1d", "ad_stats__ctr"]  # not the service's order
+    request = {"entities": {"user_id": 1, "ad_id": "a1"}, "features": wanted}
+    status, body = serve("POST", ROUTE.format("checkout"), request)
+    assert (status, body["features"]) == (200, wanted)
+    assert body["results"][0]["values"] == {wanted[0]: 0, wanted[1]: 0.5}
+    request = {"entities": {"ad_id": "a1", "user_id": 1}, "features": ["ad_stats__ctr"]}
+    status, body = serve("POST", ROUTE.format("context"), request)  # no request data needed
+    assert (status, body["results"][0]["values"]) == (200, {"ad_stats__ctr": 0.5})
+    data = {"amount": 3.0, "requested_at": "2026-03-10T12:00:00Z"}
+    status, body = serve("POST", ROUTE.format("context"), {**request, "request_data": data})
+    assert (status, body["results"][0]["values"]) == (200, {"ad_stats__ctr": 0.5})
+    status, body = serve(
+        "POST", ROUTE.format("context"), {**request, "request_data": {**data, "amount": "3"}}
+    )
+    assert status == 400 and "'amount' must be Float64" in body["error"]
+    status, body = serve("POST", ROUTE.format("checkout"), {**request, "entities": {"ad_id": "a1"}})
+    assert status == 400 and "missing join keys ['user_id']" in body["error"]
+
+
+def test_each_on_demand_view_is_given_its_own_request_fields(store_path, clock):
+    service = FeatureService("both", features=[purchase_context, channel_context])
+    settings = {"type": "sqlite", "path": str(store_path)}
+    built = build_registry(Repository.from_objects([service]), settings)
+    server = FeatureServer(load_registry(built), clock=clock)
+    data = {"amount": 2.0, "requested_at": None, "channel": "web"}
+    (row,) = by_feature(server.get_features("both", {"user_id": 1, "ad_id": "a1"}, data))
+    server.close()
+    assert row["values"]["channel_context__fields_seen"] == "channel"
 
 
 def test_health_and_the_list_of_services(serve):

@@ -164,3 +164,53 @@ def test_the_ctr_service_has_enough_views_and_features_of_every_kind():
         if a.name in s.features
     }
     assert {"count", "mean", "min", "max", "approx_count_distinct"} <= functions
+
+
+def test_a_service_cannot_type_a_join_key_or_a_request_field_two_ways():
+    from featureplane import (
+        Entity,
+        FeatureService,
+        Field,
+        Float64,
+        Int64,
+        RequestSource,
+        String,
+        batch_feature_view,
+        on_demand_feature_view,
+    )
+    from featureplane.errors import FeatureServiceError
+    from tests.serving_repo import START, events, purchase_context, user_stats
+
+    by_name = Entity("user_by_name", join_keys=["user_id"], join_key_types={"user_id": String})
+
+    @batch_feature_view(
+        sources=[events],
+        entities=[by_name],
+        schema=[Field("score", Float64)],
+        timestamp_field="ts",
+        feature_start_time=START,
+    )
+    def user_scores(events):
+        return events
+
+    mixed = FeatureService("mixed", features=[user_stats, user_scores])
+    with pytest.raises(
+        FeatureServiceError, match="join key 'user_id' is Int64 in 'user_stats' but"
+    ):
+        Repository.from_objects([mixed])
+
+    @on_demand_feature_view(
+        sources=[RequestSource([Field("amount", Int64)], name="order"), user_stats[["clicks"]]],
+        schema=[Field("doubled", Int64)],
+    )
+    def doubled(request, user):
+        return {"doubled": None if request["amount"] is None else 2 * request["amount"]}
+
+    orders = FeatureService("orders", features=[purchase_context, doubled])
+    with pytest.raises(FeatureServiceError) as raised:
+        Repository.from_objects([orders])
+    assert raised.value.name == "orders"
+    assert raised.value.problem.startswith(
+        "request field 'amount' is Float64 in 'purchase_context' but Int64 in 'doubled'"
+    )
+    Repository.from_objects([FeatureService("apart", features=[purchase_context]), doubled])
