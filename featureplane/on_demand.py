@@ -358,7 +358,10 @@ def _conform(value: object, spark_type: str) -> object:
         raise TypeError
     if spark_type in ("float", "double"):
         return float(value)
-    return _utc(value)
+    try:
+        return _utc(value)
+    except OverflowError:  # a moment that is outside the years 1-9999 in UTC
+        raise TypeError from None
 
 
 _EXACT = {"double": float, "float": float, "string": str, "boolean": bool}

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -155,7 +156,20 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serve a {type(value).__name__} value")
 
 
-_encode_exact = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
+_encode_exact = json.JSONEncoder(
+    separators=(",", ":"), allow_nan=False, default=_json_default
+).encode
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN and infinities as None in its dicts and lists, as orjson writes them."""
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if type(value) is dict:
+        return {key: _finite(item) for key, item in value.items()}
+    if type(value) in (list, tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def encode_json(payload: Any) -> bytes:
@@ -164,7 +178,7 @@ def encode_json(payload: Any) -> bytes:
     try:
         return orjson.dumps(payload, default=_json_default)
     except orjson.JSONEncodeError:
-        return _encode_exact(payload).encode()
+        return _encode_exact(_finite(payload)).encode()
 
 
 @dataclass(frozen=True)
@@ -744,7 +758,7 @@ def _request_row(plan: ServicePlan, data: Any, where: str) -> dict[str, Any]:
     for name, field in fields.items():
         try:
             typed[name] = _typed(data[name], field.dtype)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # overflow: a moment before year 1 in UTC
             raise RequestError(
                 400, f"{where}: field {name!r} must be {field.dtype.name}, got {_shown(data[name])}"
             ) from None
@@ -753,7 +767,8 @@ def _request_row(plan: ServicePlan, data: Any, where: str) -> dict[str, Any]:
 
 def _typed(value: Any, dtype: DType) -> Any:
     """A decoded JSON value as a value of `dtype` (timestamps and dates from ISO 8601 text;
-    timestamps in UTC, and one without an offset is UTC), or TypeError/ValueError."""
+    timestamps in UTC, and one without an offset is UTC), or TypeError/ValueError (or
+    OverflowError for a moment outside the years 1-9999 in UTC)."""
     if value is None:
         return None
     name = dtype.name

@@ -15,7 +15,7 @@ from featureplane import FeatureService, Repository
 from featureplane.aggregation import aggregate, floor_time
 from featureplane.online_store import StoreThrottled
 from featureplane.registry import build_registry, load_registry, write_registry
-from featureplane.serving import FeatureServer
+from featureplane.serving import FeatureServer, encode_json
 from online.client import by_feature
 from online.handler import handler
 from tests import serving_repo
@@ -255,6 +255,7 @@ def test_on_demand_request_data_per_row_in_a_batch(serve, store_path):
         ({"amount": True, "requested_at": None}, 400, "field 'amount' must be Float64"),
         ({"amount": 1.0, "requested_at": "yesterday"}, 400, "'requested_at' must be Timestamp"),
         ({"amount": 1.0, "requested_at": 1700000000}, 400, "'requested_at' must be Timestamp"),
+        ({"amount": 1.0, "requested_at": "0001-01-01T00:00:00+01:00"}, 400, "must be Timestamp"),
         ([{"amount": 1.0, "requested_at": None}], 400, "must be a JSON object"),
         ({"amount": -1.0, "requested_at": None}, 422, "purchase_context"),
     ],
@@ -391,6 +392,14 @@ def test_each_on_demand_view_is_given_its_own_request_fields(store_path, clock):
     (row,) = by_feature(server.get_features("both", {"user_id": 1, "ad_id": "a1"}, data))
     server.close()
     assert row["values"]["channel_context__fields_seen"] == "channel"
+
+
+def test_a_body_with_an_int_beyond_64_bits_is_still_strict_json():
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    body = encode_json({"a": [float("nan"), 2**70, (float("-inf"), 1.5)], "b": float("inf")})
+    assert json.loads(body, parse_constant=refuse) == {"a": [None, 2**70, [None, 1.5]], "b": None}
 
 
 def test_health_and_the_list_of_services(serve):

@@ -2,7 +2,7 @@
 and offline application equal to calling the function on the point-in-time joined rows."""
 
 import math
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -223,6 +223,9 @@ def test_compute_widens_ints_to_float_and_normalises_datetimes_to_utc():
         compute_features(output(f=None, t=None, a=["x"]), "v", schema, [{}])
     with pytest.raises(OnDemandFeatureViewError, match="not Date"):
         compute_features(output(d=naive), "v", [Field("d", Date)], [{}])
+    before_year_1 = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))  # in UTC
+    with pytest.raises(OnDemandFeatureViewError, match="'t' is datetime .*, not Timestamp"):
+        compute_features(output(t=before_year_1), "v", [Field("t", Timestamp)], [{}])
 
 
 def test_compute_names_the_view_when_the_function_fails_or_inputs_do_not_match():
