@@ -38,6 +38,8 @@ SUFFIX = "suffix:"
 PAST_THE_LAST_TILE = frozenset({"approx_count_distinct", "min", "max"})
 """Functions whose suffix merges cannot be differenced: they give the value of a window only
 when it ends after the record's last tile (as when serving now); otherwise its tiles merge."""
+INT64_HALF = 1 << 63
+"""Half the int64 range: integer sums are taken modulo twice this into [-it, it)."""
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,7 @@ def suffix_columns(name: str, partials: Sequence[Any]) -> dict[str, Any]:
     `SUFFIX` + name.
 
     - count, and sum/mean totals of integers: the suffix totals alone; a window [lo, hi) is
-      the difference of two entries, exactly, whatever the anchor;
+      the difference of two entries (modulo 2**64 for sums), exactly, whatever the anchor;
     - approx_count_distinct: the partials and the estimate of each suffix merge, the value
       of a window whenever it ends after the last tile, as it does when serving now;
     - min and max of integers: the partials and each suffix's extreme, likewise;
@@ -546,9 +548,13 @@ def _merged(
 
 
 def _total(name: str, suffix: Mapping[str, Sequence[int]], lo: int, hi: int) -> int | float | None:
-    """A sum or mean over [lo, hi) from suffix totals."""
+    """A sum or mean over [lo, hi) from suffix totals, whose sum is taken modulo 2**64 into
+    the int64 range: pushed suffixes are int64 sums that may wrap, and so differ from the
+    exact ones by multiples of 2**64 (a window beyond the int64 range wraps, as int64 sums do)."""
     n = suffix["n"][lo] - suffix["n"][hi]
     if not n:
         return None
     total = suffix["s"][lo] - suffix["s"][hi]
+    if not -INT64_HALF <= total < INT64_HALF:
+        total = (total + INT64_HALF) % (2 * INT64_HALF) - INT64_HALF
     return total if name == "sum" else total / n

@@ -215,8 +215,9 @@ def _suffix_extremes(kind: str, values: pa.Array, offsets: np.ndarray) -> pa.Arr
 
 def _suffix_sums(values: pa.Array, offsets: np.ndarray) -> pa.Array:
     """Per entity, the JSON list of the sums of its tiles' values from each tile to the last
-    (nulls count 0), and 0. A cumulative sum over the whole batch that wraps around still
-    gives every suffix exactly, because wrapping is arithmetic modulo 2**64."""
+    (nulls count 0), and 0. A cumulative sum over the whole batch may wrap around: every
+    suffix is then right modulo 2**64, and so is every window, which the reader brings back
+    into the int64 range (`aggregation._total`)."""
     values = pc.fill_null(values, 0).to_numpy(zero_copy_only=False).astype(np.int64)
     return _lists(offsets, pc.cast(pa.array(_suffix_totals(values, offsets)), pa.string()), ",0")
 

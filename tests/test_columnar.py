@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from test_online_store import identical
 
 from featureplane import Repository
-from featureplane.aggregation import TILE_START, pack_tiles
+from featureplane.aggregation import TILE_START, Aggregation, aggregate_before, pack_tiles
 from featureplane.online_push import EVENT_TIME, packed_tiles, push, stored_items
 from featureplane.online_store.columnar import epoch_seconds_up, item_keys, json_texts
 from featureplane.online_store.encoding import (
@@ -187,6 +187,34 @@ def test_suffix_estimates_of_a_batch_equal_those_of_each_entity(drawn):
     column = pa.array(entities, pa.list_(kind))
     for tiles, text in zip(entities, packed_tiles(column).to_pylist(), strict=True):
         assert decode_values(text) == decode_values(encode_values(pack_tiles(tiles)))
+
+
+INT64 = st.integers(-(2**63), 2**63 - 1)
+
+
+@settings(max_examples=100)
+@given(st.lists(st.lists(INT64, min_size=1, max_size=5), min_size=1, max_size=4))
+@example([[2**62, 2**62, 2**62]])
+def test_integer_sums_of_any_window_are_int64_sums_whichever_way_tiles_are_packed(sums):
+    """The push's suffix totals wrap modulo 2**64 across the batch; a window still reads the
+    int64 sum of its tiles (wrapped as int64 sums are), as from `pack_tiles`'s exact ones."""
+    start, hour = datetime(2024, 1, 1, tzinfo=UTC), timedelta(hours=1)
+    total = TILE.field("total__i").type
+    kind = pa.struct([(TILE_START, pa.timestamp("us", "UTC")), ("total__i", total)])
+    entities = [
+        [{TILE_START: start + k * hour, "total__i": {"n": 1, "s": s}} for k, s in enumerate(e)]
+        for e in sums
+    ]
+    pushed = packed_tiles(pa.array(entities, pa.list_(kind))).to_pylist()
+    for values, tiles, text in zip(sums, entities, pushed, strict=True):
+        for packed in (decode_values(text), decode_values(encode_values(pack_tiles(tiles)))):
+            for end in range(len(values) + 1):
+                for hours in range(1, len(values) + 1):
+                    window = Aggregation("i", "sum", hours * hour)
+                    got = aggregate_before([window], packed, to_micros(start + end * hour))
+                    covered = values[max(0, end - hours) : end]
+                    exact = (sum(covered) + 2**63) % 2**64 - 2**63 if covered else None
+                    assert got == [exact]
 
 
 def test_tiles_out_of_order_are_refused():
