@@ -7,7 +7,8 @@ loaded on the first invocation and kept, so warm invocations reuse both. `$FEATU
 (default `<data dir>/registry.json`) names either a registry file, loaded once, or a registry
 store (a directory or `s3://` URI, `featureplane.registry_store`) whose latest applied version is
 served: the handler looks for a newer version at most every
-`$FEATUREPLANE_REGISTRY_REFRESH_SECONDS` (60), so warm instances pick up an apply.
+`$FEATUREPLANE_REGISTRY_REFRESH_SECONDS` (60), so warm instances pick up an apply. A look that
+fails (the store unreachable for a moment) is logged and the version at hand served meanwhile.
 
 Cold import cost matters here: this module imports only the Spark-, Dagster- and pandas-free
 serving core, and the store backend on first use.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import time
 from typing import Any
 
@@ -25,6 +27,7 @@ from featureplane.registry_store import RegistryStore, is_store_location
 from featureplane.serving import FeatureServer, Response, encode_json
 from featureplane.settings import registry_location, registry_refresh_seconds
 
+logger = logging.getLogger(__name__)
 _server: FeatureServer | None = None
 _store: RegistryStore | None = None
 """Set when `$FEATUREPLANE_REGISTRY` names a registry store: the server follows its versions."""
@@ -42,10 +45,17 @@ def server() -> FeatureServer:
             _server = FeatureServer(load_registry(location))
             return _server
         _store = RegistryStore(location)
-    if _store is not None and (
-        _server is None or time.monotonic() - _checked_at >= registry_refresh_seconds()
-    ):
+    if _store is None:
+        return _server  # type: ignore[return-value]
+    if _server is None:
         _follow(_store)
+    elif time.monotonic() - _checked_at >= registry_refresh_seconds():
+        try:
+            _follow(_store)
+        except Exception:  # noqa: BLE001 - requests the version at hand answers must not fail
+            logger.exception(
+                "registry refresh from %s failed; serving version %s", _store.location, _version
+            )
     return _server  # type: ignore[return-value]
 
 

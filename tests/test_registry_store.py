@@ -137,6 +137,18 @@ def test_the_handler_serves_the_latest_applied_registry(applied_store, tmp_path)
     online.handler.server().close()
 
 
+def test_a_failed_refresh_keeps_serving_the_version_at_hand(applied_store, monkeypatch, caplog):
+    assert health()["feature_services"] == 3
+
+    def unreachable():
+        raise OSError("registry store unreachable")
+
+    monkeypatch.setattr(online.handler._store, "versions", unreachable)
+    assert health()["feature_services"] == 3
+    assert "registry refresh from" in caplog.text and "unreachable" in caplog.text
+    online.handler.server().close()
+
+
 def test_the_handler_refuses_an_empty_registry_store(tmp_path, monkeypatch):
     (tmp_path / "registry").mkdir()
     monkeypatch.setenv("FEATUREPLANE_REGISTRY", str(tmp_path / "registry"))
