@@ -89,11 +89,12 @@ class FeatureStore:
         self,
         service: str,
         entities: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-        request_data: Mapping[str, Any] | None = None,
+        request_data: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         features: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Online features of one entity row (a mapping) or many (a list), as the handler
-        serves them (see `featureplane.serving`), from the online store of the settings."""
+        serves them (see `featureplane.serving`), from the online store of the settings;
+        `request_data` is one mapping for every row or, for many, a list of one per row."""
         if self._online is None:
             registry = load_registry(build_registry(self.repository, online_store_settings()))
             self._online = FeatureServer(registry)

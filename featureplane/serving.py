@@ -442,17 +442,22 @@ class FeatureServer:
         self,
         service: str,
         entities: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-        request_data: Mapping[str, Any] | None = None,
+        request_data: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         features: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """The response for one entity row (a mapping) or a batch (a list of mappings), whose
-        lists are the caller's to change (a response to encode shares them within a view)."""
+        lists are the caller's to change (a response to encode shares them within a view).
+        `request_data`: one mapping for every row, or in a batch a list of one per row."""
         batch = not isinstance(entities, Mapping)
         request: dict[str, Any] = {
             "entities": [dict(row) for row in entities] if batch else dict(entities)
         }
         if request_data is not None:
-            request["request_data"] = dict(request_data)
+            request["request_data"] = (
+                dict(request_data)
+                if isinstance(request_data, Mapping)
+                else [dict(row) for row in request_data]
+            )
         if features is not None:
             request["features"] = list(features)
         response = self._serve(service, request, batch)

@@ -93,10 +93,11 @@ class FeatureClient:
         self,
         service: str,
         entities: Sequence[Mapping[str, Any]],
-        request_data: Mapping[str, Any] | None = None,
+        request_data: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         features: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """The features of many entity rows, one result per row in order (see `get_features`)."""
+        """The features of many entity rows, one result per row in order (see `get_features`);
+        `request_data` is one mapping for every row, or a list of one per row."""
         response = self.request(service, [dict(row) for row in entities], request_data, features)
         return by_feature(response)
 
@@ -104,7 +105,7 @@ class FeatureClient:
         self,
         service: str,
         entities: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-        request_data: Mapping[str, Any] | None = None,
+        request_data: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         features: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """The server's response as sent (one column over the rows per feature, in the order
@@ -113,7 +114,11 @@ class FeatureClient:
         route = "get-features" if isinstance(entities, Mapping) else "get-features-batch"
         body: dict[str, Any] = {"entities": entities}
         if request_data is not None:
-            body["request_data"] = dict(request_data)
+            body["request_data"] = (
+                dict(request_data)
+                if isinstance(request_data, Mapping)
+                else [dict(row) for row in request_data]
+            )
         if features is not None:
             body["features"] = list(features)
         return self._request(

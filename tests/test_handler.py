@@ -2,6 +2,7 @@
 
 import base64
 import json
+import math
 import random
 import statistics
 from datetime import UTC, datetime, timedelta
@@ -715,6 +716,12 @@ def test_feature_store_serves_in_process(tmp_path, monkeypatch, store_path):
             many["results"][many["features"].index(f"user_stats__{name}")]
             for name in ("clicks", "country")
         )
+        data = [{"amount": 1.0, "requested_at": None}, {"amount": 2.0, "requested_at": None}]
+        pair = [{"user_id": 1, "ad_id": "a1"}, {"user_id": 2, "ad_id": "a1"}]
+        computed = store.get_online_features(
+            "context", pair, data, ["purchase_context__log_amount"]
+        )
+        assert computed["results"][0]["values"] == [0.0, math.log(2.0)]
         clicks["status"][0] = "changed by the caller"
         assert country["status"] == ["missing"] * 2  # features of a view share no lists
         with pytest.raises(ValueError, match="missing join keys"):

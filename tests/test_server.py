@@ -1,5 +1,6 @@
 """`featureplane serve` in a subprocess, called end to end through `online.client`."""
 
+import math
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -50,6 +51,17 @@ def test_batch_and_subset(server):
         {"user_stats__clicks": None},
         {"user_stats__clicks": 20},
     ]
+
+
+def test_request_data_for_every_row_or_one_per_row(server):
+    rows = [{"user_id": 1, "ad_id": "a1"}, {"user_id": 2, "ad_id": "a1"}]
+    one = {"amount": math.e, "requested_at": None}
+    results = server.get_features_batch("context", rows, request_data=one)
+    assert [r["values"]["purchase_context__log_amount"] for r in results] == [1.0, 1.0]
+    per_row = [one, {"amount": 1.0, "requested_at": "2026-03-10T09:00:00Z"}]
+    results = server.get_features_batch("context", rows, request_data=per_row)
+    assert [r["values"]["purchase_context__log_amount"] for r in results] == [1.0, 0.0]
+    assert results[1]["values"]["purchase_context__clicks_at_hour"] == "20@9"
 
 
 def test_the_raw_response_holds_a_column_per_feature(server):
