@@ -343,6 +343,17 @@ def test_sqlite_runs_in_wal_mode_on_large_pages(tmp_path):
         assert connection.execute("PRAGMA page_size").fetchone() == (PAGE_BYTES,)
 
 
+def test_a_sqlite_store_closed_during_a_read_serves_the_next_ones(tmp_path):
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    store.ensure_table()
+    store.write("v", "1", rows(("k", T0, {"x": 1})))
+    with store._connection():  # a read in flight on another thread
+        store.close()
+    for _ in range(2):
+        assert store.read("v", "1", [("k",)])[0].values == {"x": 1}
+    store.close()
+
+
 @pytest.fixture
 def stubbed(aws_credentials) -> Iterator[tuple[DynamoDBOnlineStore, Stubber]]:
     """A DynamoDB store whose client answers from a script, to provoke partial results."""

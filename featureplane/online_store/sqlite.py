@@ -64,7 +64,8 @@ class SQLiteOnlineStore(ItemStore):
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        """A connection no other thread uses meanwhile (list pop and append are atomic)."""
+        """A connection no other thread uses meanwhile (list pop and append are atomic); one
+        that `close` closed while in use is not pooled again."""
         try:
             connection = self._idle.pop()
         except IndexError:
@@ -72,7 +73,8 @@ class SQLiteOnlineStore(ItemStore):
         try:
             yield connection
         finally:
-            self._idle.append(connection)
+            if connection in self._opened:
+                self._idle.append(connection)
 
     def ensure_table(self) -> None:
         with self._connection() as connection:
@@ -81,8 +83,8 @@ class SQLiteOnlineStore(ItemStore):
     def _put_latest(self, items: Sequence[StoredItem]) -> int:
         with self._connection() as connection:
             before = connection.total_changes
-            connection.execute("BEGIN IMMEDIATE")
-            with connection:
+            with connection:  # commits, or rolls back on any error, BEGIN's included
+                connection.execute("BEGIN IMMEDIATE")
                 connection.executemany(UPSERT, items)
             return len(items) - (connection.total_changes - before)
 
