@@ -32,7 +32,7 @@ from featureplane.errors import OnDemandFeatureViewError
 from featureplane.feature_service import FeatureSelection, select_features
 from featureplane.feature_view import FeatureView, _transformation_source, arity_problem
 from featureplane.naming import name_problem, owner_problem
-from featureplane.types import DType, Field
+from featureplane.types import DType, Field, float32
 
 FUNCTION_GLOBALS: dict[str, object] = {
     "math": math,
@@ -356,15 +356,17 @@ def _conform(value: object, spark_type: str) -> object:
         return [_conform(element, spark_type[len("array<") : -1]) for element in value]
     if not _ACCEPTS[spark_type](value):
         raise TypeError
-    if spark_type in ("float", "double"):
+    if spark_type == "double":
         return float(value)
+    if spark_type == "float":  # rounded online as the offline float32 column rounds it
+        return float32(value)
     try:
         return _utc(value)
     except OverflowError:  # a moment that is outside the years 1-9999 in UTC
         raise TypeError from None
 
 
-_EXACT = {"double": float, "float": float, "string": str, "boolean": bool}
+_EXACT = {"double": float, "string": str, "boolean": bool}
 """Spark types whose values of exactly this Python type are stored as they are."""
 _BOUNDS = {"int": (-(2**31), 2**31), "bigint": (-(2**63), 2**63)}
 """Spark integer types, whose ints within these bounds are stored as they are."""

@@ -81,7 +81,7 @@ from featureplane.online_store.encoding import (
 )
 from featureplane.online_store.store import OnlineStore, StoredItem
 from featureplane.registry import OnDemandSpec, ServiceSpec, ServingRegistry, ViewSpec
-from featureplane.types import DType, Field, dtype_named
+from featureplane.types import DType, Field, dtype_named, float32
 
 JSON_HEADERS = (("content-type", "application/json"),)
 SUBSET_CACHE = 256
@@ -789,7 +789,7 @@ def _typed(value: Any, dtype: DType) -> Any:
     if name in ("Float32", "Float64"):
         if type(value) not in (int, float):
             raise TypeError(value)
-        return float(value)
+        return float32(value) if name == "Float32" else float(value)  # as the offline column
     if name == "Timestamp":
         moment = datetime.fromisoformat(value)
         return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -6,6 +6,7 @@ side, which must not import Spark) can speak about types without importing pyspa
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 
@@ -55,3 +56,12 @@ class Field:
     name: str
     dtype: DType
     description: str = ""
+
+
+_FLOAT32 = struct.Struct("f")
+
+
+def float32(value: float) -> float:
+    """`value` rounded to the nearest float32, as a Float32 column holds it and gives it back
+    (0.1 becomes 0.10000000149011612; beyond the float32 range, an infinity)."""
+    return _FLOAT32.unpack(_FLOAT32.pack(value))[0]

@@ -7,16 +7,17 @@ import random
 import statistics
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import online.handler
-from featureplane import FeatureService, Repository
+from featureplane import Array, FeatureService, Float32, Repository
 from featureplane.aggregation import aggregate, floor_time
 from featureplane.online_store import StoreThrottled
 from featureplane.registry import build_registry, load_registry, write_registry
-from featureplane.serving import FeatureServer, encode_json
+from featureplane.serving import FeatureServer, _typed, encode_json
 from online.client import by_feature
 from online.handler import handler
 from tests import serving_repo
@@ -393,6 +394,15 @@ def test_each_on_demand_view_is_given_its_own_request_fields(store_path, clock):
     (row,) = by_feature(server.get_features("both", {"user_id": 1, "ad_id": "a1"}, data))
     server.close()
     assert row["values"]["channel_context__fields_seen"] == "channel"
+
+
+def test_float32_request_values_are_rounded_as_the_offline_column_rounds_them():
+    """Offline a Float32 request field is a float32 spine column: the function sees 0.1 as
+    0.10000000149011612, so it must online too (numpy is the oracle)."""
+    assert _typed(0.1, Float32) == float(np.float32(0.1)) != 0.1
+    assert _typed(7, Float32) == 7.0
+    assert _typed([0.1, None], Array(Float32)) == [float(np.float32(0.1)), None]
+    assert _typed(1e39, Float32) == math.inf
 
 
 def test_a_body_with_an_int_beyond_64_bits_is_still_strict_json():

@@ -5,6 +5,7 @@ import math
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given
@@ -20,6 +21,7 @@ from featureplane import (
     FeatureService,
     FeatureViewError,
     Field,
+    Float32,
     Float64,
     Int32,
     Int64,
@@ -223,6 +225,10 @@ def test_compute_widens_ints_to_float_and_normalises_datetimes_to_utc():
         compute_features(output(f=None, t=None, a=["x"]), "v", schema, [{}])
     with pytest.raises(OnDemandFeatureViewError, match="not Date"):
         compute_features(output(d=naive), "v", [Field("d", Date)], [{}])
+    singles = [Field("g", Float32), Field("h", Float32)]
+    rounded = compute_features(output(g=0.1, h=3), "v", singles, [{}])
+    assert rounded == {"g": float(np.float32(0.1)), "h": 3.0}
+    assert compute_features(output(g=-1e39), "v", singles[:1], [{}]) == {"g": -math.inf}
     before_year_1 = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))  # in UTC
     with pytest.raises(OnDemandFeatureViewError, match="'t' is datetime .*, not Timestamp"):
         compute_features(output(t=before_year_1), "v", [Field("t", Timestamp)], [{}])
