@@ -11,14 +11,15 @@ Routes (`FeatureServer.respond(method, path, body)`):
   (one object per row, at most `Limits.max_batch_rows`).
 
 `entities` must hold exactly the service's join keys, of their declared types (an Int64 key
-takes a JSON integer, not `"12"` nor `true`); `features` optionally picks a subset of the
-service's features, served in its order, with the same join keys and request data as the whole
-service; `request_data` holds exactly the request fields of the service's on-demand views
+takes a JSON integer, not `"12"` nor `true`; bodies are parsed with 64-bit integers, and a
+larger one reads as a float, which no integer key accepts); `features` optionally picks a subset
+of the service's features, served in its order, with the same join keys and request data as the
+whole service; `request_data` holds exactly the request fields of the service's on-demand views
 (timestamps and dates as ISO 8601 text), and may be left out when the features asked for need
 none: one object, or in a batch one for every row or a list of one per row. On-demand features
-are computed from the fields of the view's own request source and the features it reads, by
-the function the registry ships; they are `present`, with no event time or age. A function
-that fails on the request's values gives 422.
+are computed from the fields of the view's own request source and the features it reads, by the
+function the registry ships; they are `present`, with no event time or age. A function that
+fails on the request's values gives 422.
 
 Features are named `<view>__<feature>`, as in training data, so a name is unique across the
 views of a service. Response (both routes; one result per feature, in the order of the
@@ -36,11 +37,11 @@ rows in request order, as Feast's feature server answers):
 Bodies are strict JSON: a NaN or infinite value is sent as null (its status says present).
 
 Status: `missing` when the store has no record (no data for the entity, or an offline-only
-view); `expired` when the view has a ttl and the record is older than it (value null, time
-and age still reported); `present` otherwise. Aggregations are finalized from the record's
+view); `expired` when a row-level view has a ttl and the record is older than it (value null,
+time and age still reported); `present` otherwise. Aggregations are finalized from the record's
 tiles at request time for the current time; an entity without a record is `missing` with the
-value of an empty window (counts 0, others null), which is what training data holds for it.
-The event time of aggregates is the end of their latest tile.
+value of an empty window (counts 0, others null), which is what training data holds for it. The
+event time of aggregates is the end of their latest tile.
 
 Errors are `{"error": message}`: 400 for malformed JSON, missing, extra or mistyped join keys,
 unknown features or too many rows; 404 for an unknown route or service; 405 for a wrong
@@ -115,8 +116,9 @@ class Limits:
 
 def clock_from_env() -> Callable[[], datetime]:
     """The serving clock: real time, or the fixed moment `$FEATUREPLANE_AS_OF` (ISO 8601, UTC
-    unless it says otherwise), which replays what was served then and lets demos and
-    benchmarks serve historical data that would be expired or out of every window by now."""
+    unless it says otherwise), which lets demos and benchmarks serve historical data that would
+    be expired or out of every window by now. It sets the request time only: the store's
+    records are the latest, so a row written after that moment is served, with a negative age."""
     text = os.environ.get("FEATUREPLANE_AS_OF")
     if not text:
         return lambda: datetime.now(UTC)
@@ -664,7 +666,8 @@ def _view_columns(
     view: ViewPlan, items: Sequence[StoredItem | None], now: datetime, micros: int
 ) -> tuple[list[Column], State]:
     """A view's feature columns over the rows, and the rows' state: `missing` without a
-    record, `expired` past the view's ttl (value null, time and age reported), else `present`."""
+    record, `expired` past a row-level view's ttl (value null, time and age reported; the tiles
+    of an aggregate view leave its windows instead), else `present`."""
     status, stamps, ages, payloads = [], [], [], []
     windows, ttl = view.windows, view.ttl_micros
     for item in items:
