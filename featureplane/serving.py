@@ -60,6 +60,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -203,30 +204,34 @@ class ViewPlan:
 class OnDemandPlan:
     """An on-demand view of a service: its spec, the names of the features it serves, and where
     its inputs come from: per source, None for the request (with its fields' names) or the
-    index of the view plan, with the features' names and positions among that plan's features."""
+    index of the view plan, with the features' names and positions among that plan's features,
+    and the names of the inputs that are arrays (copied for each call: the function may change
+    them, and they are also served or shared by the request's rows)."""
 
     spec: OnDemandSpec
     outputs: tuple[str, ...]
     output: OutputSchema
     positions: tuple[int, ...]
     """Where each served feature sits among the function's outputs."""
-    inputs: tuple[tuple[int | None, tuple[str, ...], tuple[int, ...]], ...]
+    inputs: tuple[tuple[int | None, tuple[str, ...], tuple[int, ...], tuple[str, ...]], ...]
 
 
 def _on_demand_plan(
     spec: OnDemandSpec, features: Sequence[str], outputs: Sequence[str], views: Sequence[ViewPlan]
 ) -> OnDemandPlan:
     names = [view.view.name for view in views]
-    inputs = tuple(
-        (None, wanted, ())
-        if source is None
-        else (
-            names.index(source),
-            wanted,
-            tuple(views[names.index(source)].features.index(f) for f in wanted),
-        )
-        for source, wanted in spec.sources
-    )
+    request_types = {field.name: field.dtype.name for field in spec.request_fields}
+    inputs = []
+    for source, wanted in spec.sources:
+        if source is None:
+            index, at, types = None, (), request_types
+        else:
+            index = names.index(source)
+            plan = views[index]
+            at = tuple(plan.features.index(f) for f in wanted)
+            types = dict(zip(plan.view.features, plan.view.feature_types, strict=True))
+        arrays = tuple(f for f in wanted if types[f].startswith("Array("))
+        inputs.append((index, wanted, at, arrays))
     output = OutputSchema.of(spec.schema)
     names = [name for name, _ in output.columns]
     return OnDemandPlan(
@@ -234,7 +239,7 @@ def _on_demand_plan(
         outputs=tuple(outputs),
         output=output,
         positions=tuple(names.index(feature) for feature in features),
-        inputs=inputs,
+        inputs=tuple(inputs),
     )
 
 
@@ -703,13 +708,15 @@ def _on_demand_columns(
     """The on-demand view's feature columns, computed row by row from fresh dicts of its
     sources' values (its own request fields; datetimes in UTC, as decoded and as typed)."""
     sources: list[Iterable[dict[str, Any]]] = []
-    for view, names, at in on_demand.inputs:
+    for view, names, at, arrays in on_demand.inputs:
         if view is None:
-            sources.append([{name: row[name] for name in names} for row in requests])
+            rows = [{name: row[name] for name in names} for row in requests]
         else:
-            columns = [read[view][i] for i in at]
-            rows = zip(*columns, strict=True)
-            sources.append([dict(zip(names, row, strict=True)) for row in rows])
+            columns = zip(*[read[view][i] for i in at], strict=True)
+            rows = [dict(zip(names, row, strict=True)) for row in columns]
+        for row in rows if arrays else ():
+            row.update((name, deepcopy(row[name])) for name in arrays)
+        sources.append(rows)
     spec = on_demand.spec
     computed = compute_columns(
         spec.function, spec.name, on_demand.output, zip(*sources, strict=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from featureplane import (
     Aggregation,
+    Array,
     BatchSource,
     Entity,
     FeatureService,
@@ -117,6 +118,21 @@ def purchase_context(request, user, purchases):
 def channel_context(request, user):
     """Which request fields the function is given: its own source's only."""
     return {"fields_seen": ",".join(sorted(request))}
+
+
+@on_demand_feature_view(
+    sources=[
+        RequestSource([Field("tags", Array(String))], name="tagged"),
+        user_ad_purchases[["last_3_categories_7d"]],
+    ],
+    schema=[Field("tags_seen", Int64), Field("categories_seen", Int64)],
+)
+def appending(request, purchases):
+    """Appends to its array inputs, which must change neither the response nor other rows."""
+    tags, categories = request["tags"], purchases["last_3_categories_7d"] or []
+    tags.append("seen")
+    categories.append("seen")
+    return {"tags_seen": len(tags), "categories_seen": len(categories)}
 
 
 checkout = FeatureService("checkout", features=[user_stats, ad_stats[["ctr"]], user_ad_purchases])

@@ -27,11 +27,13 @@ from tests.serving_repo import (
     NOW,
     Clock,
     ad_stats,
+    appending,
     channel_context,
     feature_server,
     purchase_context,
     registry,
     tiles,
+    user_ad_purchases,
     user_stats,
     write_row,
     write_tiles,
@@ -411,6 +413,24 @@ def test_a_body_with_an_int_beyond_64_bits_is_still_strict_json():
 
     body = encode_json({"a": [float("nan"), 2**70, (float("-inf"), 1.5)], "b": float("inf")})
     assert json.loads(body, parse_constant=refuse) == {"a": [None, 2**70, [None, 1.5]], "b": None}
+
+
+def test_a_function_changing_its_array_inputs_changes_nothing_else(store_path, clock):
+    """Offline every row's inputs are new objects; online they are copied to be so too."""
+    write_tiles(store_path, (1, "a1"), purchases(1))
+    service = FeatureService(
+        "appends", features=[user_ad_purchases[["last_3_categories_7d"]], appending]
+    )
+    settings = {"type": "sqlite", "path": str(store_path)}
+    built = build_registry(Repository.from_objects([service]), settings)
+    server = FeatureServer(load_registry(built), clock=clock)
+    rows = [{"user_id": 1, "ad_id": "a1"}] * 2
+    body = server.get_features("appends", rows, {"tags": ["x"]})
+    server.close()
+    categories, tags_seen, categories_seen = (r["values"] for r in body["results"])
+    assert tags_seen == [2, 2]
+    assert categories_seen == [len(categories[0]) + 1] * 2
+    assert "seen" not in categories[0] and categories[0] == categories[1]
 
 
 def test_health_and_the_list_of_services(serve):
