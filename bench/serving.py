@@ -485,7 +485,9 @@ def bench_store(
             f"{result['push']['rows_per_s']:,} rows/s"
         )
         result["in_process"] = {
-            str(size): in_process(registry, rows, extra, size, limits["in_process"] // size or 20)
+            str(size): in_process(
+                registry, rows, extra, size, max(limits["in_process"] // size, 20)
+            )
             for size in (1, 100)
         }
         result["http"] = {}
