@@ -773,7 +773,7 @@ def _request_row(plan: ServicePlan, data: Any, where: str) -> dict[str, Any]:
     for name, field in fields.items():
         try:
             typed[name] = _typed(data[name], field.dtype)
-        except (TypeError, ValueError, OverflowError):  # overflow: a moment before year 1 in UTC
+        except (TypeError, ValueError, OverflowError):  # overflow: beyond the years 1-9999 in UTC
             raise RequestError(
                 400, f"{where}: field {name!r} must be {field.dtype.name}, got {_shown(data[name])}"
             ) from None
