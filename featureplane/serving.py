@@ -321,13 +321,14 @@ def _service_plan(
     are read once each: for their served features and for the inputs of the on-demand views.
     A subset takes the same join keys and request fields as the whole service, so that a
     client keeps one request shape whatever features it picks."""
-    everything = _selected(service, registry, None)
-    reads, on_demand, outputs = (
-        everything if wanted is None else _selected(service, registry, set(wanted))
-    )
+    service_reads, service_on_demand, outputs = _selected(service, registry, None)
+    reads, on_demand = service_reads, service_on_demand
+    if wanted is not None:
+        reads, on_demand, _ = _selected(service, registry, set(wanted))
+        outputs = list(wanted)
     join_keys: list[str] = []
     key_types: dict[str, str | None] = {}
-    for view_name in everything[0]:
+    for view_name in service_reads:
         view = registry.views[view_name]
         for key, dtype in zip(view.join_keys, view.join_key_types, strict=True):
             if key not in key_types or key_types[key] is None:
@@ -338,7 +339,6 @@ def _service_plan(
     on_demand_plans = [_on_demand_plan(*args, plans) for args in on_demand]
     computed = [name for plan in plans for name in plan.outputs]
     computed += [name for plan in on_demand_plans for name in plan.outputs]
-    outputs = outputs if wanted is None else list(wanted)
     return ServicePlan(
         name=service.name,
         join_keys=tuple(join_keys),
@@ -347,7 +347,7 @@ def _service_plan(
         key_checks=tuple((key, *KEY_CHECKS[key_types[key]]) for key in join_keys),
         views=tuple(plans),
         on_demand=tuple(on_demand_plans),
-        request_fields={f.name: f for spec, _, _ in everything[1] for f in spec.request_fields},
+        request_fields={f.name: f for spec, _, _ in service_on_demand for f in spec.request_fields},
         request_needed=any(spec.request_fields for spec, _, _ in on_demand),
         outputs=tuple(outputs),
         positions=None if computed == outputs else tuple(map(computed.index, outputs)),
