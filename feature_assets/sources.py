@@ -40,4 +40,5 @@ users = BatchSource(
     timestamp_field="updated_at",
     description="User profile changes (sign-up and later edits): country, age.",
     owner="team:data-platform",
+    quiet_period=None,  # profiles change rarely: the latest change says nothing of completeness
 )

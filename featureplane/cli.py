@@ -42,10 +42,13 @@ def _materialize(
     end: datetime,
     views: list[str] | None,
     training: bool = False,
+    allow_volume_drop: bool = False,
 ):
     from featureplane.dagster.materialize import materialize_repository
+    from featureplane.quality.volume import FORCE_TAG
 
-    return materialize_repository(repository, start, end, views, training)
+    tags = {FORCE_TAG: "true"} if allow_volume_drop else None
+    return materialize_repository(repository, start, end, views, training, tags)
 
 
 def _print_materialized(results, elapsed: float) -> None:
@@ -136,7 +139,13 @@ def _print_served_vector(service: str, row: dict, as_of: datetime, timeout: floa
 
 def cmd_materialize(args: argparse.Namespace) -> int:
     began = time.perf_counter()
-    results = _materialize(args.repository, _day(args.start), _day(args.end), args.views or None)
+    results = _materialize(
+        args.repository,
+        _day(args.start),
+        _day(args.end),
+        args.views or None,
+        allow_volume_drop=args.allow_volume_drop,
+    )
     _print_materialized(results, time.perf_counter() - began)
     return 0
 
@@ -355,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     materialize.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
     materialize.add_argument("--end", required=True, help="day after the last, YYYY-MM-DD")
     materialize.add_argument("--repository", default=DEFAULT_REPOSITORY)
+    materialize.add_argument(
+        "--allow-volume-drop",
+        action="store_true",
+        help="replace windows even with far fewer rows than they hold (the volume guard)",
+    )
     materialize.set_defaults(run=cmd_materialize)
 
     validate = commands.add_parser("validate", help="load the repository and check outputs")
@@ -419,12 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.path.insert(0, os.getcwd())
-    from featureplane.errors import DefinitionError
+    from featureplane.errors import DefinitionError, MaterializationFailed
     from featureplane.registry_store import RegistryConflict
 
     try:
         return args.run(args)
-    except (DefinitionError, RegistryConflict) as exc:
+    except (DefinitionError, RegistryConflict, MaterializationFailed) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 

@@ -46,3 +46,8 @@ class RepositoryError(DefinitionError):
 
 class RetrievalError(ValueError):
     """A request for feature data cannot be served as asked (spine, references, names)."""
+
+
+class MaterializationFailed(RuntimeError):
+    """A run failed; the message has one line per failed step: the asset and what stopped it
+    (the volume guard, a source not landed, a blocked quality check, a damaged table)."""

@@ -16,7 +16,7 @@ import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from featureplane._location import function_location
 from featureplane.aggregation import TILE_START, Aggregation
@@ -24,6 +24,7 @@ from featureplane.entity import Entity
 from featureplane.errors import FeatureViewError
 from featureplane.feature_service import FeatureSelection, select_features
 from featureplane.naming import name_problem, owner_problem
+from featureplane.quality.volume import DEFAULT_VOLUME_GUARD, VolumeGuard
 from featureplane.source import BatchSource
 from featureplane.types import DType, Field
 
@@ -107,6 +108,9 @@ class FeatureView:
     description: str = ""
     aggregations: tuple[Aggregation, ...] = ()
     aggregation_interval: timedelta | None = None
+    expectations: Any = field(default=None, compare=False, repr=False)
+    volume_guard: VolumeGuard | None = DEFAULT_VOLUME_GUARD
+    max_invalid_share: float = 0.01
     location: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +128,7 @@ class FeatureView:
             self._schema_problem,
             self._timing_problem,
             self._aggregation_problem,
+            self._quality_problem,
         )
         for check in checks:
             problem = check()
@@ -226,6 +231,27 @@ class FeatureView:
             names.add(aggregation.name)
         return None
 
+    def _quality_problem(self) -> str | None:
+        guard = self.volume_guard
+        if guard is not None and not isinstance(guard, VolumeGuard):
+            return f"volume_guard must be a VolumeGuard or None, got {guard!r}"
+        if guard is not None and guard.problem():
+            return guard.problem()
+        share = self.max_invalid_share
+        if not (isinstance(share, int | float) and 0 <= share <= 1):
+            return f"max_invalid_share must be a share between 0 and 1, got {share!r}"
+        if self.expectations is None:
+            return None
+        from featureplane.quality.expectations import schema_problem
+
+        key_types = {k: t.spark if t else None for k, t in self.join_key_types.items()}
+        columns = {
+            **key_types,
+            self.timestamp_field: "timestamp",
+            **{column.name: column.dtype.spark for column in self.schema},
+        }
+        return schema_problem(self.expectations, columns)
+
     @property
     def interval(self) -> timedelta:
         """The tile size of aggregations: `aggregation_interval`, by default the schedule."""
@@ -324,6 +350,9 @@ def batch_feature_view(
     name: str | None = None,
     aggregations: Sequence[Aggregation] = (),
     aggregation_interval: timedelta | None = None,
+    expectations: Any = None,
+    volume_guard: VolumeGuard | None = DEFAULT_VOLUME_GUARD,
+    max_invalid_share: float = 0.01,
 ) -> Callable[[Callable], FeatureView]:
     """Declare a batch feature view computed by the decorated function.
 
@@ -339,6 +368,11 @@ def batch_feature_view(
     `ttl` bounds how old a row-level value may be when read; `freshness` is how late data may
     be before the asset is flagged (default twice the schedule); `feature_start_time` is the
     first partition.
+    Quality (`featureplane.quality`): `expectations` is a pandera PySpark schema checked on the
+    output of every window, whose errors block the window's online push; rows with a null join
+    key or event time, or an event time outside the window, are dropped before the write and
+    fail the check above `max_invalid_share` of the rows; `volume_guard` keeps a window whose
+    new rows are far fewer than the stored ones from replacing them (None turns it off).
     """
 
     def decorate(fn: Callable) -> FeatureView:
@@ -361,6 +395,9 @@ def batch_feature_view(
             description=description if description is not None else inspect.getdoc(fn) or "",
             aggregations=tuple(aggregations),
             aggregation_interval=aggregation_interval,
+            expectations=expectations,
+            volume_guard=volume_guard,
+            max_invalid_share=max_invalid_share,
             location=function_location(fn),
         )
 

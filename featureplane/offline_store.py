@@ -4,6 +4,12 @@ Writes replace exactly one time window (`replaceWhere` on the event time), so re
 partition or a range never duplicates or loses rows, and a failed write commits nothing: the
 previous version of the table stays as it was. Sail ignores dynamic partition overwrite, which is
 why windows are replaced by predicate and never by partition.
+
+A table is created by its own commit (an empty table with the rows' schema) and only where its
+location holds nothing: a location with data files but no readable Delta log (a deleted or
+damaged `_delta_log`) is refused, never taken for a new table, since overwriting it would orphan
+every stored window. Two writers racing for the same commit: the loser writes again once (its
+window replacement is idempotent), then gives up with `ConcurrentWriteError`.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import pyarrow.fs as pafs
 from deltalake import DeltaTable
+from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -24,6 +32,40 @@ ORDERABLE = ("string", "int", "bigint", "float", "double", "boolean", "timestamp
 
 class SchemaChangedError(RuntimeError):
     """A write would change an existing table's columns; rebuild the table deliberately instead."""
+
+
+class TableLogMissing(RuntimeError):
+    """Data files stand where a table's Delta log should be: writing would orphan them."""
+
+    def __init__(self, uri: str, files: int):
+        self.uri, self.files = uri, files
+        super().__init__(
+            f"{uri} holds {files} files but no readable Delta log (_delta_log is missing or "
+            "damaged); featureplane will not overwrite them: restore the _delta_log, or move "
+            "the directory aside to rebuild the table with a backfill"
+        )
+
+
+class ConcurrentWriteError(RuntimeError):
+    """Another writer committed to the table at the same time, twice in a row: rerun the run."""
+
+
+COMMIT_RACE_MARKERS = ("Failed to commit transaction", "Concurrent", "ProtocolChanged")
+"""How a lost Delta commit race reads: Sail's "Failed to commit transaction: N", delta-spark's
+ConcurrentAppendException and its siblings."""
+
+
+def lost_commit_race(error: Exception) -> bool:
+    return isinstance(error, PySparkException) and any(
+        marker in str(error) for marker in COMMIT_RACE_MARKERS
+    )
+
+
+def files_at(uri: str) -> int:
+    """How many files a location holds (local or object store); 0 where it does not exist."""
+    filesystem, path = pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{uri}")
+    selector = pafs.FileSelector(path, allow_not_found=True, recursive=True)
+    return sum(info.type == pafs.FileType.File for info in filesystem.get_file_info(selector))
 
 
 @dataclass(frozen=True)
@@ -51,24 +93,55 @@ class OfflineStore:
         return "/".join([self.root.rstrip("/"), *path])
 
     def exists(self, uri: str) -> bool:
-        return DeltaTable.is_deltatable(uri)
+        """Whether a Delta table is at `uri`; TableLogMissing where files stand without one."""
+        if DeltaTable.is_deltatable(uri):
+            return True
+        files = files_at(uri)
+        if files:
+            raise TableLogMissing(uri, files)
+        return False
+
+    def create_table(self, df: DataFrame, uri: str) -> None:
+        """Create an empty table with the columns of `df` at an empty location: its own commit,
+        so that no write ever creates a table by accident over data it cannot see."""
+        empty = df.limit(0)  # the rows' own plan: its schema to the field metadata
+        empty.write.format("delta").mode("error").partitionBy(PARTITION_COLUMN).save(uri)
 
     def write_window(
         self, df: DataFrame, uri: str, window: TimeWindow, timestamp_field: str
     ) -> None:
-        """Replace the rows of `window` in the table at `uri` with `df` (creating the table)."""
+        """Replace the rows of `window` in the table at `uri` with `df`, creating the table
+        where nothing is stored yet."""
         spark = df.sparkSession
-        writer = df.write.format("delta").mode("overwrite").partitionBy(PARTITION_COLUMN)
-        if self.exists(uri):
-            current = _columns(spark.read.format("delta").load(uri))
-            if current != _columns(df):
-                raise SchemaChangedError(
-                    f"{uri} has columns {current} but the new rows have {_columns(df)}; "
-                    "the definition changed: rebuild the table (delete it, then backfill)"
-                )
-            predicate = window.sql(timestamp_field, PARTITION_COLUMN)
-            writer = writer.option("replaceWhere", predicate)
-        writer.save(uri)
+        if not self.exists(uri):
+            self.create_table(df, uri)
+        current = _columns(spark.read.format("delta").load(uri))
+        if current != _columns(df):
+            raise SchemaChangedError(
+                f"{uri} has columns {current} but the new rows have {_columns(df)}; "
+                "the definition changed: rebuild the table (delete it, then backfill)"
+            )
+        writer = (
+            df.write.format("delta")
+            .mode("overwrite")
+            .partitionBy(PARTITION_COLUMN)
+            .option("replaceWhere", window.sql(timestamp_field, PARTITION_COLUMN))
+        )
+        try:
+            writer.save(uri)
+        except PySparkException as error:
+            if not lost_commit_race(error):
+                raise
+            try:
+                writer.save(uri)
+            except PySparkException as again:
+                if not lost_commit_race(again):
+                    raise
+                raise ConcurrentWriteError(
+                    f"{uri}: another writer committed at the same time, twice; nothing of this "
+                    f"write to {window.start:%Y-%m-%d %H:%M}..{window.end:%Y-%m-%d %H:%M} was "
+                    "committed: rerun it"
+                ) from again
         written = _columns(spark.read.format("delta").load(uri))
         if written != _columns(df):
             raise SchemaChangedError(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 from featureplane._location import caller_location
 from featureplane.errors import SourceError
@@ -16,6 +18,12 @@ class BatchSource:
 
     A relative `path` is read under the data directory (`FEATUREPLANE_DATA_DIR`), so the same
     repository runs on a laptop and, with absolute URIs, on a cluster.
+
+    `quiet_period` is the longest the source goes without events while complete: a window is
+    written once the source holds an event within it of the window's end (None for sources
+    whose rows come rarely, such as profile updates: they never hold a window back; see
+    `featureplane.quality.completeness`). `expectations` (a pandera PySpark schema) are checked
+    on the source's rows of every window a feature view reads.
     """
 
     name: str
@@ -24,6 +32,8 @@ class BatchSource:
     table: str | None = None
     description: str = ""
     owner: str | None = None
+    quiet_period: timedelta | None = timedelta(hours=1)
+    expectations: Any = field(default=None, compare=False, repr=False)
     location: str = field(default_factory=caller_location, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -32,6 +42,20 @@ class BatchSource:
             problem = "give exactly one of path= (a Delta table) or table= (a Spark table)"
         if not problem and not (isinstance(self.timestamp_field, str) and self.timestamp_field):
             problem = "timestamp_field must name the event-time column"
+        quiet = self.quiet_period
+        if (
+            not problem
+            and quiet is not None
+            and not (isinstance(quiet, timedelta) and quiet >= timedelta(0))
+        ):
+            problem = f"quiet_period must be a timedelta >= 0 or None, got {quiet!r}"
+        if not problem and self.expectations is not None:
+            from featureplane.quality.expectations import as_schema
+
+            try:
+                as_schema(self.expectations)
+            except TypeError as error:
+                problem = str(error)
         if problem:
             raise SourceError(str(self.name), self.location, problem)
 

@@ -101,6 +101,8 @@ def test_asset_graph_matches_the_repository(repo, tmp_path):
         assert spec.metadata["feature_services"] == (", ".join(serving) or "none")
         assets_def = defs.resolve_assets_def(spec.key)
         assert assets_def.backfill_policy == BackfillPolicy.single_run()
+        [quality] = assets_def.check_specs
+        assert (quality.name, quality.blocking) == ("quality", True)
 
 
 def test_the_catalog_types_every_column_and_shows_services_in_the_lineage(repo, tmp_path):
@@ -146,8 +148,8 @@ def test_range_is_one_run_and_one_commit_and_reruns_are_idempotent(repo, tmp_pat
             **dict.fromkeys(VIEWS, 3),
             "user_profile": weeks,
         }
-        for name in VIEWS:
-            assert DeltaTable(str(root / "features" / name)).version() == 0
+        for name in VIEWS:  # the table's creation, then the range's one commit
+            assert DeltaTable(str(root / "features" / name)).version() == 1
         first = {name: table(root, name) for name in VIEWS}
         tiles = first["user_ad_activity"]
         assert list(tiles.columns) == [
@@ -165,7 +167,7 @@ def test_range_is_one_run_and_one_commit_and_reruns_are_idempotent(repo, tmp_pat
         materialize_range(defs, instance, TINY.start + timedelta(days=1), END - timedelta(days=1))
         materialize_range(defs, instance, TINY.start, END)
         for name in VIEWS:
-            assert DeltaTable(str(root / "features" / name)).version() == 2
+            assert DeltaTable(str(root / "features" / name)).version() == 3
             pd.testing.assert_frame_equal(table(root, name), first[name])
 
 

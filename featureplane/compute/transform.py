@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from featureplane.compute.point_in_time import latest_per_time
@@ -53,12 +53,16 @@ def source_inputs(
 def run_transformation(
     spark: SparkSession, view: FeatureView, window: TimeWindow, read: Callable = read_source
 ) -> DataFrame:
-    """The view's rows for `window`: join keys, event time, features, and the event date.
+    """The view's rows for `window` as the offline store keeps them: `stored_rows` of the valid
+    rows of the transformation's output."""
+    output = transform(spark, view, source_inputs(spark, view, window, read))
+    return stored_rows(view, output.where(valid_rows(view, window)))
 
-    Rows outside the window are dropped so that a run never writes into a neighbour's window,
-    and rows sharing keys and event time are resolved to one (see `latest_per_time`).
-    """
-    inputs = source_inputs(spark, view, window, read)
+
+def transform(spark: SparkSession, view: FeatureView, inputs: list[DataFrame]) -> DataFrame:
+    """The transformation's output over the sources' windowed `inputs`, checked against the
+    schema: join keys, event time and the schema's columns, every row as the function made it
+    (the quality rules count what is wrong with them before any is dropped)."""
     if view.mode == "pyspark":
         output = view.function(*inputs)
     elif view.mode == "spark_sql":
@@ -73,8 +77,22 @@ def run_transformation(
             view.name, view.location, f"returned a {kind}, not a Spark DataFrame"
         )
     check_output(view, output)
+    return output.select(*view.join_keys, view.timestamp_field, *view.schema_names)
+
+
+def valid_rows(view: FeatureView, window: TimeWindow) -> Column:
+    """The output rows the offline store takes: every join key and the event time set, and the
+    event time inside the window, so that a run never writes into a neighbour's window."""
+    condition = window.contains(view.timestamp_field)
+    for key in view.join_keys:
+        condition = condition & F.col(key).isNotNull()
+    return condition
+
+
+def stored_rows(view: FeatureView, rows: DataFrame) -> DataFrame:
+    """Valid output rows as the view's table holds them, with the event date: tiles for an
+    aggregate view; else one row per (keys, event time), see `latest_per_time`."""
     ts = view.timestamp_field
-    rows = output.select(*view.join_keys, ts, *view.schema_names).where(window.contains(ts))
     if view.aggregations:
         rows = compute_tiles(rows, view.join_keys, ts, view.aggregations, view.interval)
     else:

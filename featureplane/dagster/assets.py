@@ -12,10 +12,11 @@ its spine and of the views its service reads.
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from dagster import (
+    AssetCheckResult,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
@@ -25,6 +26,7 @@ from dagster import (
     BetaWarning,
     MaterializeResult,
     MetadataValue,
+    Output,
     TableColumn,
     TableSchema,
     TimeWindowPartitionMapping,
@@ -32,15 +34,17 @@ from dagster import (
 )
 from pyspark.sql import DataFrame
 
+from featureplane.compute.materialization import prepared_window
 from featureplane.compute.push import arrow_batches, longest_window, push_frame
-from featureplane.compute.transform import run_transformation
 from featureplane.compute.window import TimeWindow
 from featureplane.dagster.partitions import partitions_for
 from featureplane.dagster.policies import freshness_policy
+from featureplane.dagster.quality import quality_check_spec, quality_result
 from featureplane.feature_service import FeatureService
 from featureplane.feature_store import FeatureStore
 from featureplane.feature_view import FeatureView
 from featureplane.on_demand import OnDemandFeatureView, stored_views
+from featureplane.quality.volume import FORCE_TAG
 from featureplane.repository import Repository
 from featureplane.source import BatchSource
 from featureplane.training_dataset import TrainingDataset
@@ -177,8 +181,9 @@ def _view_asset_args(view: FeatureView) -> dict[str, Any]:
 
 
 def feature_view_asset(view: FeatureView, services: Sequence[str] = ()) -> AssetsDefinition:
-    """The asset `features/<name>` that computes the view's windows into the offline store;
-    `services` are the feature services that serve it, shown in its metadata."""
+    """The asset `features/<name>` that computes the view's windows into the offline store,
+    with its blocking `quality` check; `services` are the feature services that serve it,
+    shown in its metadata."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BetaWarning)  # single-run backfills are what we rely on
         return asset(
@@ -191,13 +196,27 @@ def feature_view_asset(view: FeatureView, services: Sequence[str] = ()) -> Asset
             metadata=_metadata(view, services),
             group_name="features",
             io_manager_key="offline_io_manager",
+            check_specs=[quality_check_spec(feature_key(view))],
         )(_compute(view))
 
 
 def _compute(view: FeatureView):
-    def compute(context: AssetExecutionContext, spark: SparkResource) -> DataFrame:
-        window = context.partition_time_window
-        return run_transformation(spark.session, view, TimeWindow(window.start, window.end))
+    def compute(
+        context: AssetExecutionContext, spark: SparkResource, offline_store: OfflineStoreResource
+    ) -> Iterator[Output | AssetCheckResult]:
+        span = context.partition_time_window
+        window = TimeWindow(span.start, span.end)
+        force = context.run.tags.get(FORCE_TAG, "").lower() == "true"
+        store = offline_store.store()
+        with prepared_window(spark.session, view, window, store, force) as prepared:
+            yield Output(
+                prepared.rows,
+                metadata={
+                    "rows_dropped": prepared.dropped,
+                    "rows_dropped_by_rule": MetadataValue.json(prepared.report.dropped),
+                },
+            )
+            yield quality_result(view.name, window, prepared)
 
     return compute
 

@@ -9,10 +9,17 @@ checks included).
 from dataclasses import dataclass
 from datetime import datetime
 
-from dagster import AssetKey, DagsterInstance, Definitions, TimeWindowPartitionsDefinition
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    DagsterInstance,
+    Definitions,
+    TimeWindowPartitionsDefinition,
+)
 
 from featureplane.dagster.definitions import build_definitions
 from featureplane.dagster.lifecycle import project_instance
+from featureplane.errors import MaterializationFailed
 from featureplane.repository import Repository
 
 FEATURES = "features"
@@ -41,9 +48,11 @@ def materialize_range(
     views: list[str] | None = None,
     log_level: str = "WARNING",
     online: bool = False,
+    tags: dict[str, str] | None = None,
 ) -> list[Materialized]:
     """Materialize the partitions overlapping [start, end) of the given (default: all) views,
-    and with `online` push them to the online store."""
+    and with `online` push them to the online store; `tags` go on every run (e.g. the volume
+    guard's `featureplane/allow_volume_drop`)."""
     kinds = (FEATURES, ONLINE) if online else (FEATURES,)
     groups: dict[TimeWindowPartitionsDefinition, list[AssetKey]] = {}
     for spec in defs.resolve_all_asset_specs():
@@ -62,8 +71,8 @@ def materialize_range(
         }
         partition_keys = [k for k, w in windows.items() if w.start < end and w.end > start]
         if partition_keys:
-            tags = {RANGE_START_TAG: partition_keys[0], RANGE_END_TAG: partition_keys[-1]}
-            results += _run(defs, instance, keys, tags, log_level)
+            span = {RANGE_START_TAG: partition_keys[0], RANGE_END_TAG: partition_keys[-1]}
+            results += _run(defs, instance, keys, {**(tags or {}), **span}, log_level)
     return results
 
 
@@ -87,7 +96,10 @@ def _run(
         instance=instance,
         asset_selection=keys,
         tags=tags,
+        raise_on_error=False,
     )
+    if not result.success:
+        raise MaterializationFailed(_failures(result))
     events = [e.materialization for e in result.get_asset_materialization_events()]
     materialized = []
     for key in keys:
@@ -99,12 +111,38 @@ def _run(
     return materialized
 
 
+def _failures(result) -> str:
+    """What stopped each failed step: the innermost error's message, and for a blocked quality
+    check the lines of the rules that failed."""
+    checks = [
+        e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+    ]
+    lines = []
+    for event in result.all_events:
+        if event.event_type != DagsterEventType.STEP_FAILURE:
+            continue
+        error = event.step_failure_data.error
+        while error.cause is not None:
+            error = error.cause
+        lines.append(f"{event.step_key}: {error.message.strip()}")
+    lines += [
+        line
+        for check in checks
+        if not check.passed and check.severity.value == "ERROR" and check.description
+        for line in check.description.splitlines()
+    ]
+    return f"run {result.run_id} failed:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def materialize_repository(
     package: str,
     start: datetime | None,
     end: datetime,
     views: list[str] | None = None,
     training: bool = False,
+    tags: dict[str, str] | None = None,
 ) -> list[Materialized]:
     """Materialize a repository's feature views and push its online ones (then, optionally,
     build its training datasets) on the Dagster instance of $DAGSTER_HOME, from `start`
@@ -117,7 +155,7 @@ def materialize_repository(
         start = min(view.feature_start_time for view in repository.feature_views.values())
     defs = build_definitions(repository)
     with project_instance() as instance:
-        results = materialize_range(defs, instance, start, end, views, online=True)
+        results = materialize_range(defs, instance, start, end, views, online=True, tags=tags)
         if training:
             results += materialize_training(defs, instance)
         return results

@@ -1,0 +1,167 @@
+"""Prepare one window's write: checked sources, a staged output, quality counts, the guards.
+
+The transformation runs once: its output is staged as Parquet under the offline root (where
+every Spark executor can reach it) and everything else reads the staged rows: the quality
+rules' counts, the volume guard's per-partition counts, and the rows the offline store writes.
+In order, before anything is written:
+1. the table's location is sound (`OfflineStore.exists` refuses data files without a log);
+2. every source has landed the window (`quality.completeness`), else `SourceNotReady`;
+3. the sources' expectations, then the view's rules are counted (`quality.evaluation`);
+4. the volume guard compares each partition's valid rows with what it holds, else
+   `VolumeDropError`.
+The caller writes `rows` (valid rows only: null keys and event times outside the window never
+reach a table) and reports `report` as the view's quality check.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import pyarrow.fs as pafs
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from featureplane.compute.transform import source_inputs, stored_rows, transform, valid_rows
+from featureplane.compute.window import TimeWindow
+from featureplane.errors import SourceError
+from featureplane.feature_view import FeatureView
+from featureplane.offline_store import OfflineStore
+from featureplane.quality.completeness import SourceNotReady, not_landed
+from featureplane.quality.evaluation import QualityReport, evaluate
+from featureplane.quality.expectations import compile_rules, schema_problem
+from featureplane.quality.rules import default_rules
+from featureplane.quality.volume import VolumeDropError, drop_message, drops
+
+STAGING = "_staging"
+BUCKET = "__fp_partition"
+
+
+@dataclass(frozen=True)
+class PreparedWindow:
+    """A window ready to write: its stored rows (read from the staged output), the quality
+    report of the view's and its sources' rules, and how many output rows were dropped."""
+
+    rows: DataFrame
+    report: QualityReport
+    sources: dict[str, QualityReport]
+    valid: int
+
+    @property
+    def dropped(self) -> int:
+        return self.report.rows - self.valid
+
+
+@contextmanager
+def prepared_window(
+    spark: SparkSession,
+    view: FeatureView,
+    window: TimeWindow,
+    offline: OfflineStore,
+    allow_volume_drop: bool = False,
+) -> Iterator[PreparedWindow]:
+    """The window prepared as the module docstring says; the staged files are removed after."""
+    uri = offline.table_uri("features", view.name)
+    stored = offline.exists(uri)
+    problem = not_landed(spark, view.name, list(view.sources), window)
+    if problem:
+        raise SourceNotReady(problem)
+    inputs = source_inputs(spark, view, window)
+    sources = {
+        source.name: _source_report(source, frame)
+        for source, frame in zip(view.sources, inputs, strict=True)
+        if source.expectations is not None
+    }
+    output = transform(spark, view, inputs)
+    with staged(output, f"{offline.table_uri(STAGING, view.name)}/{uuid.uuid4().hex}") as rows:
+        report = evaluate(rows, [*default_rules(view, window), *_view_rules(view)])
+        valid = rows.where(valid_rows(view, window))
+        new, total = _new_counts(view, window, valid)
+        guard = view.volume_guard
+        if guard is not None and stored and not allow_volume_drop:
+            starts = _starts(view, window)
+            reach = TimeWindow(window.start - guard.trailing * view.batch_schedule, window.end)
+            before = _stored_counts(offline.read(spark, uri), view, window, reach)
+            found = drops(guard, starts, before, new)
+            if found:
+                raise VolumeDropError(drop_message(view.name, found[0], guard, len(found) - 1))
+        yield PreparedWindow(stored_rows(view, valid), report, sources, total)
+
+
+def _view_rules(view: FeatureView):
+    return compile_rules(view.expectations) if view.expectations is not None else []
+
+
+def _source_report(source, frame: DataFrame) -> QualityReport:
+    columns = {f.name: f.dataType.simpleString() for f in frame.schema.fields}
+    problem = schema_problem(source.expectations, columns)
+    if problem:
+        raise SourceError(source.name, source.location, problem)
+    return evaluate(frame, compile_rules(source.expectations, source.name))
+
+
+@contextmanager
+def staged(df: DataFrame, location: str) -> Iterator[DataFrame]:
+    """`df` computed once into Parquet files at `location` and read from them; the files are
+    removed on exit, whatever happened."""
+    try:
+        df.write.mode("error").parquet(location)
+        yield df.sparkSession.read.schema(df.schema).parquet(location)
+    finally:
+        filesystem, path = pafs.FileSystem.from_uri(
+            location if "://" in location else f"file://{location}"
+        )
+        if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+            filesystem.delete_dir(path)
+
+
+def _bucket(column: str, window: TimeWindow, schedule: timedelta):
+    """The partition (by index from the window's start) of each row's time."""
+    start = int(window.start.timestamp() * 1_000_000)
+    size = schedule // timedelta(microseconds=1)
+    return F.floor((F.unix_micros(F.col(column)) - F.lit(start)) / F.lit(size)).cast("bigint")
+
+
+def _starts(view: FeatureView, window: TimeWindow) -> list[datetime]:
+    count = (window.end - window.start) // view.batch_schedule
+    return [window.start + i * view.batch_schedule for i in range(count)]
+
+
+def _new_counts(
+    view: FeatureView, window: TimeWindow, valid: DataFrame
+) -> tuple[dict[datetime, int], int]:
+    """Per partition start, the rows its table window will hold (distinct keys and event time,
+    or tile); and the number of valid output rows."""
+    ts = view.timestamp_field
+    stored_time = F.col(ts)
+    if view.aggregations:
+        interval = view.interval // timedelta(microseconds=1)
+        stored_time = F.floor(F.unix_micros(ts) / F.lit(interval))
+    counts = (
+        valid.groupBy(_bucket(ts, window, view.batch_schedule).alias(BUCKET))
+        .agg(
+            F.count_distinct(F.struct(*view.join_keys, stored_time)).alias("rows"),
+            F.count(F.lit(1)).alias("valid"),
+        )
+        .collect()
+    )
+    new = {window.start + row[BUCKET] * view.batch_schedule: row["rows"] for row in counts}
+    return new, sum(row["valid"] for row in counts)
+
+
+def _stored_counts(
+    table: DataFrame, view: FeatureView, window: TimeWindow, reach: TimeWindow
+) -> dict[datetime, int]:
+    """Per partition start, the rows the table holds in `reach` (the window and the trailing
+    partitions before it)."""
+    ts = view.table_timestamp_field
+    counts = (
+        table.where(reach.contains(ts))
+        .groupBy(_bucket(ts, window, view.batch_schedule).alias(BUCKET))
+        .count()
+        .collect()
+    )
+    return {window.start + row[BUCKET] * view.batch_schedule: row["count"] for row in counts}
