@@ -34,8 +34,9 @@ are null.
 Engines, each case in a fresh subprocess per engine (so memory peaks are separable):
 - tiles: the materialization, paid once per 60 days of events, not per training set: the view's
   user path, `run_transformation` (read the events, `compute_tiles`) over the whole 60-day window
-  in one job plus `OfflineStore.write_window` into `<tiles>/offline/features/user_value_aggs`,
-  a fresh Delta table per run. Timed like the others; the last run's table is what `ours` reads.
+  in one job plus `OfflineStore.write_window` into
+  `<tiles>/offline/features/user_value_aggs/<version>`, a fresh Delta table per run. Timed like
+  the others; the last run's table is what `ours` reads.
 - ours: `FeatureStore(Repository.from_objects([view]), spark, root).get_historical_features(
   <spine Delta path>, view, full_feature_names=False)` on Sail in-process (`spark_session()`),
   written whole to a new Delta table. This is `aggregate_join` over the tiles (restricted by
@@ -221,7 +222,7 @@ def spine_uri(data: Path, rows: int) -> str:
 
 
 def tiles_root(data: Path, events: int) -> str:
-    """The offline store root whose `features/user_value_aggs` holds the case's tiles."""
+    """The offline store root whose `features/user_value_aggs/<version>` holds the tiles."""
     return str(data / "tiles" / str(events) / "offline")
 
 
@@ -292,7 +293,7 @@ def run_tiles(job: dict) -> dict:
     data = Path(job["data"])
     view = feature_view(events_uri(data, job["events"]))
     offline = OfflineStore(tiles_root(data, job["events"]))
-    uri = offline.table_uri("features", VIEW)
+    uri = offline.view_table_uri(VIEW, view.version)
     window = TimeWindow(START, START + timedelta(days=job["params"]["days"]))
     timings = []
     with spark_session() as spark:
@@ -333,10 +334,10 @@ def run_ours(job: dict) -> dict:
 
     data, out = Path(job["data"]), Path(job["out"])
     root = tiles_root(data, job["events"])
-    if not Path(root, "features", VIEW).exists():
-        raise SystemExit(f"no tiles in {root}: run the tiles engine first")
     repository = Repository.from_objects([feature_view(events_uri(data, job["events"]))])
     view = repository.feature_views[VIEW]
+    if not Path(root, "features", VIEW, view.version).exists():
+        raise SystemExit(f"no tiles in {root}: run the tiles engine first")
     spine = spine_uri(data, job["spine_rows"])
     extra = {}
     with spark_session() as spark:

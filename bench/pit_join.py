@@ -23,9 +23,10 @@ Data (numpy, seeded, identical on every run): 3 feature views with `--feature-ro
     ad_stats          ad_id    2 days  ctr_1d double (2% null), impressions_1d bigint, bid float
 
 Entities are uniform (no skew). Each view is written with `deltalake.write_deltalake` (no Spark)
-to `<data>/offline/features/<view>` partitioned by `event_date`, with the offline store's columns
-(join keys, ts, features, event_date). The spine (row_id, user_id, ad_id, ts, label; ts uniform
-over the same 30 days, rows in time order like an impression log) is a Delta table too.
+to `<data>/offline/features/<view>/<version>` partitioned by `event_date`, with the offline
+store's columns (join keys, ts, features, event_date). The spine (row_id, user_id, ad_id, ts,
+label; ts uniform over the same 30 days, rows in time order like an impression log) is a Delta
+table too.
 
 Engines, each case in a fresh subprocess per engine (so memory peaks are separable):
 - ours: `FeatureStore(repository, spark, root).get_historical_features(<spine Delta path>, views)`
@@ -223,7 +224,9 @@ def _spine_table(params: DataParams, rows: int) -> pa.Table:
 
 
 def feature_uri(data: Path, view: str) -> str:
-    return str(data / "offline" / "features" / view)
+    """The view's table where the offline store keeps it: `features/<name>/<version>`."""
+    [version] = [v.version for v in feature_views(DataParams()) if v.name == view]
+    return str(data / "offline" / "features" / view / version)
 
 
 def spine_uri(data: Path, rows: int) -> str:

@@ -197,7 +197,7 @@ def push_batches(data: Path) -> dict[str, list[pa.RecordBatch]]:
     with spark_session() as spark:
         for view in Repository.load("feature_assets").feature_views.values():
             if view.online:
-                table = offline.read(spark, offline.table_uri("features", view.name))
+                table = offline.read(spark, offline.view_table_uri(view.name, view.version))
                 window = TimeWindow(view.feature_start_time, end)
                 batches[view.name] = list(arrow_batches(push_frame(table, view, window)))
     return batches

@@ -2,9 +2,12 @@
 
 from datetime import timedelta
 
+from pandera.pyspark import Check, Column, DataFrameSchema
+
 from feature_assets.entities import ad
 from feature_assets.sources import FIRST_DAY, ad_clicks, ad_impressions
 from featureplane import Field, Float64, Int64, batch_feature_view
+from featureplane.quality import row_check, row_count
 
 
 @batch_feature_view(
@@ -21,6 +24,17 @@ from featureplane import Field, Float64, Int64, batch_feature_view
     ttl=timedelta(days=3),
     owner="team:ads-ml",
     tags={"domain": "ads"},
+    expectations=DataFrameSchema(
+        {
+            "impressions_1d": Column(checks=Check.ge(0)),
+            "clicks_1d": Column(checks=Check.ge(0)),
+            "ctr_1d": Column(nullable=True, checks=Check.in_range(0, 1)),
+        },
+        checks=[
+            row_check("clicks_1d <= impressions_1d", name="clicks at most impressions"),
+            row_count(min=1, warn=True),  # a day without any ad delivered is worth a look
+        ],
+    ),
 )
 def ad_daily_performance(ad_impressions: str, ad_clicks: str) -> str:
     """Impressions, clicks and CTR per ad and day, deduplicated by impression id."""

@@ -2,12 +2,14 @@
 
 from datetime import timedelta
 
+from pandera.pyspark import Check, Column, DataFrameSchema
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from feature_assets.entities import user
-from feature_assets.sources import FIRST_DAY, page_views
+from feature_assets.sources import FIRST_DAY, PAGE_CATEGORIES, page_views
 from featureplane import Field, Int64, String, batch_feature_view
+from featureplane.quality import row_check
 
 
 @batch_feature_view(
@@ -24,6 +26,15 @@ from featureplane import Field, Int64, String, batch_feature_view
     ttl=timedelta(days=2),
     owner="team:growth-ml",
     tags={"domain": "recommendations"},
+    expectations=DataFrameSchema(
+        {
+            "page_views_1d": Column(checks=Check.in_range(1, 100_000)),
+            "distinct_categories_1d": Column(checks=Check.in_range(0, len(PAGE_CATEGORIES))),
+            # a user whose pages were all uncategorised has none: worth a look, not a block
+            "last_category": Column(nullable=True, checks=Check.isin(PAGE_CATEGORIES)),
+        },
+        checks=[row_check("distinct_categories_1d <= page_views_1d")],
+    ),
 )
 def user_daily_page_views(page_views: DataFrame) -> DataFrame:
     """How much and how broadly each user browsed per day, stamped at their last view of the day."""

@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import pandas as pd
+from pandera.pyspark import Check, Column, DataFrameSchema
 
 from feature_assets.entities import user
 from feature_assets.sources import FIRST_SIGNUP, users
@@ -26,6 +27,13 @@ AGE_LABELS = ["<18", "18-24", "25-34", "35-49", "50-64", "65+"]
     batch_schedule=timedelta(days=7),
     owner="team:growth-ml",
     tags={"domain": "profile"},
+    expectations=DataFrameSchema(
+        {
+            "country": Column(checks=Check.str_matches(r"[A-Z]{2}$|unknown$")),
+            "age_bucket": Column(checks=Check.isin([*AGE_LABELS, "unknown"])),
+            "account_age_days": Column(checks=Check.in_range(0, 3650, raise_warning=True)),
+        }
+    ),
 )
 def user_profile(users: pd.DataFrame) -> pd.DataFrame:
     """One row per profile version, valid from its update time."""

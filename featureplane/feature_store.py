@@ -28,6 +28,7 @@ from featureplane.compute.window import utc_from_micros
 from featureplane.errors import RetrievalError
 from featureplane.feature_service import FeatureSelection, FeatureService
 from featureplane.feature_view import FeatureView
+from featureplane.manifest import recorded_view, retrieval_definition
 from featureplane.offline_store import OfflineStore
 from featureplane.on_demand import OnDemandFeatureView, stored_views
 from featureplane.registry import build_registry, load_registry
@@ -197,11 +198,13 @@ class FeatureStore:
         selections: list[FeatureSelection],
         timestamp_column: str,
         full_feature_names: bool,
-        versions: dict[str, int] | None = None,
+        pins: Mapping[str, tuple[str, int]] | None = None,
     ) -> tuple[DataFrame, list[dict[str, Any]]]:
         """The joined DataFrame and, per view, what was read or computed (for manifests).
 
-        Reads of stored views name their Delta version; those of on-demand views say so.
+        Reads of stored views name their table, Delta version and retrieval definition
+        (`featureplane.manifest`); those of on-demand views say so. `pins` reads views from
+        the given (table, Delta version) instead of their version's latest.
         """
         if timestamp_column not in spine.columns:
             raise RetrievalError(
@@ -236,8 +239,9 @@ class FeatureStore:
                 raise RetrievalError(
                     f"spine lacks join key {missing[0]!r} needed by feature view {view.name!r}"
                 )
-            uri = self.offline.table_uri("features", view.name)
-            version = (versions or {}).get(view.name)
+            uri, version = (pins or {}).get(
+                view.name, (self.offline.view_table_uri(view.name, view.version), None)
+            )
             table, version = self._pinned_table(view, uri, version)
             reads.append(
                 {
@@ -246,6 +250,7 @@ class FeatureStore:
                     "uri": uri,
                     "delta_version": version,
                     "features": list(requested.get(view.name, ())),
+                    "definition": retrieval_definition(view),
                 }
             )
             outputs = {f: column for (v, f), column in columns.items() if v == view.name}
@@ -375,24 +380,42 @@ class FeatureStore:
         if spine["kind"] == "feature_view":
             spine_df = spine_df.drop(PARTITION_COLUMN)
         selections = [
-            FeatureSelection(self._view(read["view"]), tuple(read["features"]))
+            FeatureSelection(self._recorded(name, version, read), tuple(read["features"]))
             for read in [*manifest["features"], *manifest.get("on_demand_features", [])]
             if read["features"]
         ]
-        versions = {read["view"]: read["delta_version"] for read in manifest["features"]}
+        pins = {read["view"]: (read["uri"], read["delta_version"]) for read in manifest["features"]}
         joined, _ = self._historical(
             spine_df,
             selections,
             spine["timestamp_column"],
             manifest["full_feature_names"],
-            versions,
+            pins,
         )
         return joined
+
+    def _recorded(
+        self, name: str, version: int, read: Mapping[str, Any]
+    ) -> FeatureView | OnDemandFeatureView:
+        """The view a manifest read: the repository's while its version is the recorded one,
+        else the recorded definition (an on-demand view must still be at its version: its
+        function is the repository's)."""
+        views = {**self.repository.feature_views, **self.repository.on_demand_views}
+        view = views.get(read["view"])
+        if view is not None and view.version == read["view_version"]:
+            return view
+        if "definition" in read:
+            return recorded_view(read["view"], read["definition"])
+        raise RetrievalError(
+            f"{name} v{version}: {read['view']} was at version {read['view_version']} when the "
+            f"dataset was built and is at {view.version if view else 'none'} now; rebuild it "
+            "with the repository of that version"
+        )
 
     def _dataset_spine(self, spine: BatchSource | FeatureView) -> tuple[DataFrame, dict[str, Any]]:
         """The spine, pinned to its current Delta version, and how to find it again."""
         if isinstance(spine, FeatureView):
-            uri = self.offline.table_uri("features", spine.name)
+            uri = self.offline.view_table_uri(spine.name, spine.version)
             table, version = self._pinned_table(spine, uri, None)
             read = {
                 "kind": "feature_view",

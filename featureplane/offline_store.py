@@ -78,7 +78,7 @@ class WindowStats:
     features: dict[str, dict[str, Any]]
 
 
-def _columns(df: DataFrame) -> list[tuple[str, str]]:
+def columns_of(df: DataFrame) -> list[tuple[str, str]]:
     return [(f.name, f.dataType.simpleString()) for f in df.schema.fields]
 
 
@@ -89,8 +89,15 @@ class OfflineStore:
     root: str
 
     def table_uri(self, *path: str) -> str:
-        """Location of the table at an asset-key-like path, e.g. ("features", "user_stats")."""
+        """Location of the table at an asset-key-like path, e.g. ("training", "ctr")."""
         return "/".join([self.root.rstrip("/"), *path])
+
+    def view_table_uri(self, name: str, version: str) -> str:
+        """The table of one version of a feature view, `features/<name>/<version>`: a new
+        version (a definition change, columns included) gets a new table, while the old one
+        stays for the training datasets that recorded it and for serving until the new one
+        is pushed."""
+        return self.table_uri("features", name, version)
 
     def exists(self, uri: str) -> bool:
         """Whether a Delta table is at `uri`; TableLogMissing where files stand without one."""
@@ -115,11 +122,11 @@ class OfflineStore:
         spark = df.sparkSession
         if not self.exists(uri):
             self.create_table(df, uri)
-        current = _columns(spark.read.format("delta").load(uri))
-        if current != _columns(df):
+        current = columns_of(spark.read.format("delta").load(uri))
+        if current != columns_of(df):
             raise SchemaChangedError(
-                f"{uri} has columns {current} but the new rows have {_columns(df)}; "
-                "the definition changed: rebuild the table (delete it, then backfill)"
+                f"{uri} has columns {current} but the new rows have {columns_of(df)}; "
+                "a source or the engine changed the rows' columns under the same version"
             )
         writer = (
             df.write.format("delta")
@@ -142,10 +149,10 @@ class OfflineStore:
                     f"write to {window.start:%Y-%m-%d %H:%M}..{window.end:%Y-%m-%d %H:%M} was "
                     "committed: rerun it"
                 ) from again
-        written = _columns(spark.read.format("delta").load(uri))
-        if written != _columns(df):
+        written = columns_of(spark.read.format("delta").load(uri))
+        if written != columns_of(df):
             raise SchemaChangedError(
-                f"{uri} was written with columns {written}, not {_columns(df)}"
+                f"{uri} was written with columns {written}, not {columns_of(df)}"
             )
 
     def read(self, spark: SparkSession, uri: str) -> DataFrame:
@@ -161,7 +168,7 @@ class OfflineStore:
     ) -> WindowStats:
         """Statistics of the stored rows in `window`, in one Spark aggregation."""
         df = self.read(spark, uri).where(window.contains(timestamp_field))
-        types = dict(_columns(df))
+        types = dict(columns_of(df))
         micros = F.unix_micros(F.col(timestamp_field))
         aggregates = [
             F.count(F.lit(1)).alias("rows"),

@@ -25,6 +25,7 @@ from resources.spark import SparkResource
 
 TIMESTAMP_FIELD = "featureplane/timestamp_field"
 JOIN_KEYS = "featureplane/join_keys"
+VERSION = "version"
 STATS_SCHEMA = TableSchema(
     columns=[
         TableColumn("feature", "string"),
@@ -62,16 +63,22 @@ def _stats_metadata(stats: WindowStats) -> dict[str, object]:
     return metadata
 
 
+def table_uri(store, key_path: list[str], metadata: dict) -> str:
+    """A feature view's asset `features/<name>` lives in the table of its version."""
+    return store.view_table_uri(key_path[-1], _plain(metadata, VERSION))
+
+
 class DeltaOfflineIOManager(ConfigurableIOManager):
-    """Stores each asset as the Delta table `<root>/<asset key path>`, one time window per run."""
+    """Stores each feature view version as the Delta table `<root>/features/<name>/<version>`,
+    one time window per run."""
 
     offline_store: ResourceDependency[OfflineStoreResource]
     spark: ResourceDependency[SparkResource]
 
     def handle_output(self, context: OutputContext, obj: DataFrame) -> None:
         store = self.offline_store.store()
-        uri = store.table_uri(*context.asset_key.path)
         metadata = context.definition_metadata
+        uri = table_uri(store, context.asset_key.path, metadata)
         timestamp_field = _plain(metadata, TIMESTAMP_FIELD)
         reserved = {*_plain(metadata, JOIN_KEYS).split(","), timestamp_field, PARTITION_COLUMN}
         span = context.asset_partitions_time_window
@@ -89,9 +96,10 @@ class DeltaOfflineIOManager(ConfigurableIOManager):
 
     def load_input(self, context: InputContext) -> DataFrame:
         store = self.offline_store.store()
-        df = store.read(self.spark.session, store.table_uri(*context.asset_key.path))
+        metadata = context.upstream_output.definition_metadata
+        df = store.read(self.spark.session, table_uri(store, context.asset_key.path, metadata))
         if not context.has_asset_partitions:
             return df
-        timestamp_field = _plain(context.upstream_output.definition_metadata, TIMESTAMP_FIELD)
+        timestamp_field = _plain(metadata, TIMESTAMP_FIELD)
         span = context.asset_partitions_time_window
         return df.where(TimeWindow(span.start, span.end).contains(timestamp_field))

@@ -103,6 +103,14 @@ def demo_data(tmp_path_factory) -> Iterator[Path]:
         yield root
 
 
+def view_table(root: Path | str, name: str) -> Path:
+    """Where the offline store under `root` keeps the current version of a demo view's table."""
+    from featureplane import Repository
+
+    view = Repository.load("feature_assets").feature_view(name)
+    return Path(root) / "features" / name / view.version
+
+
 def read_delta(path: Path | str) -> pd.DataFrame:
     """A Delta table's current rows as pandas, from its data files (no Spark, no partitions).
 

@@ -987,7 +987,7 @@ def demo_store(spark, demo_data, tmp_path_factory):
     for name in ("user_ad_activity", "ad_delivery"):
         view = repository.feature_view(name)
         tiles = run_transformation(spark, view, window)
-        uri = offline_store.table_uri("features", name)
+        uri = offline_store.view_table_uri(name, view.version)
         offline_store.write_window(tiles, uri, window, view.table_timestamp_field)
     return FeatureStore(repository, spark, offline_root_uri=root)
 

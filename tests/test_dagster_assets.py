@@ -17,7 +17,7 @@ from dagster import (
 )
 from deltalake import DeltaTable
 
-from conftest import TINY, read_delta
+from conftest import TINY, read_delta, view_table
 from featureplane import Repository
 from featureplane.dagster import build_definitions
 from featureplane.dagster.definitions import resources_for
@@ -64,7 +64,7 @@ def definitions(repo: Repository, root) -> Definitions:
 
 
 def table(root, name: str) -> pd.DataFrame:
-    df = read_delta(root / "features" / name).drop(columns=["event_date"], errors="ignore")
+    df = read_delta(view_table(root, name)).drop(columns=["event_date"], errors="ignore")
     nested = [
         c for c in df.columns if df[c].map(lambda v: isinstance(v, dict | list | np.ndarray)).any()
     ]
@@ -149,7 +149,7 @@ def test_range_is_one_run_and_one_commit_and_reruns_are_idempotent(repo, tmp_pat
             "user_profile": weeks,
         }
         for name in VIEWS:  # the table's creation, then the range's one commit
-            assert DeltaTable(str(root / "features" / name)).version() == 1
+            assert DeltaTable(str(view_table(root, name))).version() == 1
         first = {name: table(root, name) for name in VIEWS}
         tiles = first["user_ad_activity"]
         assert list(tiles.columns) == [
@@ -167,7 +167,7 @@ def test_range_is_one_run_and_one_commit_and_reruns_are_idempotent(repo, tmp_pat
         materialize_range(defs, instance, TINY.start + timedelta(days=1), END - timedelta(days=1))
         materialize_range(defs, instance, TINY.start, END)
         for name in VIEWS:
-            assert DeltaTable(str(root / "features" / name)).version() == 3
+            assert DeltaTable(str(view_table(root, name))).version() == 3
             pd.testing.assert_frame_equal(table(root, name), first[name])
 
 
@@ -234,7 +234,7 @@ def test_dagster_cli_materializes_a_partition_and_a_range(
         records = instance.fetch_materializations(key, limit=10).records
         assert len(records) == partitions
         assert len({r.run_id for r in records}) == 1
-    stored = read_delta(tmp_path / "offline" / "features" / "user_daily_page_views")
+    stored = read_delta(view_table(tmp_path / "offline", "user_daily_page_views"))
     assert stored["ts"].dt.date.nunique() == partitions
 
 

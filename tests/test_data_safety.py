@@ -17,7 +17,7 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
 from deltalake import DeltaTable, write_deltalake
 
-from conftest import TINY, read_delta
+from conftest import TINY, read_delta, view_table
 from featureplane import Repository
 from featureplane.compute.transform import run_transformation
 from featureplane.compute.window import TimeWindow
@@ -58,7 +58,7 @@ def world(tmp_path, monkeypatch):
 
 def snapshot(repo, root: Path, online: OnlineStoreResource, name: str):
     """A view's table (version and rows) and what the online store serves of its entities."""
-    uri = root / "features" / name
+    uri = view_table(root, name)
     view = repo.feature_view(name)
     rows = read_delta(uri).drop(columns="event_date")
     rows = rows.sort_values(list(rows.columns[:2])).reset_index(drop=True)
@@ -118,7 +118,7 @@ def test_a_window_the_sources_have_not_landed_is_not_written(world):
 def test_a_table_without_its_delta_log_is_never_overwritten(world):
     _, root, _, _, run = world
     run(TINY.start, END, [PAGE_VIEWS])
-    table = root / "features" / PAGE_VIEWS
+    table = view_table(root, PAGE_VIEWS)
     shutil.rmtree(table / "_delta_log")
     files = sorted(p.relative_to(table) for p in table.rglob("*") if p.is_file())
     with pytest.raises(MaterializationFailed) as failed:
@@ -164,7 +164,7 @@ def test_null_join_keys_never_reach_a_table_and_block_the_push_above_the_share(w
         "ts not null": 0,
         "ts inside the window": 0,
     }
-    assert read_delta(root / "features" / ACTIVITY)["user_id"].notna().all()
+    assert read_delta(view_table(root, ACTIVITY))["user_id"].notna().all()
     assert snapshot(repo, root, online, ACTIVITY)[1].equals(before[1])  # the same tiles
 
     many = append_impressions_without_user(root, impressions // 50, batch=2)  # about 2%: above 1%
@@ -181,7 +181,7 @@ def test_null_join_keys_never_reach_a_table_and_block_the_push_above_the_share(w
     assert "1 blocking asset check failed with ERROR severity" in str(failed.value)
     after = snapshot(repo, root, online, ACTIVITY)
     assert after[2] == before[2]  # the online store kept its values: the push did not run
-    assert read_delta(root / "features" / ACTIVITY)["user_id"].notna().all()
+    assert read_delta(view_table(root, ACTIVITY))["user_id"].notna().all()
     check_key = AssetCheckKey(AssetKey(["features", ACTIVITY]), "quality")
     [record] = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [check_key]
@@ -224,3 +224,31 @@ def test_two_writers_of_one_window_leave_one_write(spark, world, tmp_path):
     stored = read_delta(uri).sort_values(["user_id", "ts"]).reset_index(drop=True)
     assert stored.equals(expected)
     assert DeltaTable(uri).version() >= 1 + 6 - len(errors)
+
+
+def test_a_source_column_that_changes_type_is_the_source_s_change(world):
+    repo, root, online, _, run = world
+    run(TINY.start, END, [PAGE_VIEWS])
+    before = snapshot(repo, root, online, PAGE_VIEWS)
+    path = source_table(root, "page_views")
+    events = read_delta(path)
+    events["user_id"] = events["user_id"].astype(str)  # a logger that began to send strings
+    events["event_date"] = events["ts"].dt.date
+    write_deltalake(
+        path,
+        pa.Table.from_pandas(events, preserve_index=False),
+        mode="overwrite",
+        schema_mode="overwrite",
+        partition_by=["event_date"],
+    )
+    with pytest.raises(MaterializationFailed) as failed:
+        run(TINY.start, TINY.start + DAY, [PAGE_VIEWS])
+    view = repo.feature_view(PAGE_VIEWS)
+    assert (
+        f"SourceError: page_views ({repo.sources['page_views'].location}): column 'user_id' is "
+        f"now string, but {PAGE_VIEWS} version {view.version} stored it as bigint "
+        f"({view_table(root, PAGE_VIEWS)}): the source changed, not the definition; restore the "
+        "column's type upstream, or cast it in the view (a new version, with a table of its own)"
+    ) in str(failed.value)
+    after = snapshot(repo, root, online, PAGE_VIEWS)
+    assert after[0] == before[0] and after[1].equals(before[1])

@@ -301,7 +301,7 @@ def store(spark, tmp_path_factory) -> FeatureStore:
     offline = OfflineStore(root)
     ddl = "user_id bigint, ts timestamp, clicks bigint, impressions bigint, country string"
     table = spark.createDataFrame(STATS_ROWS, schema=ddl)
-    uri = offline.table_uri("features", user_stats.name)
+    uri = offline.view_table_uri(user_stats.name, user_stats.version)
     table = table.withColumn("event_date", F.to_date("ts"))
     offline.write_window(table, uri, TimeWindow(D0 - DAY, D0 + DAY), "ts")
     repository = Repository.from_objects([SERVICE])

@@ -75,7 +75,7 @@ def rows(path: Path) -> list[dict]:
 
 def expected_records(root: Path, view: FeatureView, end: datetime) -> dict[tuple, Record]:
     """What a push of everything before `end` must leave online, from the stored table."""
-    table = rows(root / "features" / view.name)
+    table = rows(root / "features" / view.name / view.version)
     records: dict[tuple, Record] = {}
     if not view.aggregations:
         ts = view.timestamp_field

@@ -570,7 +570,7 @@ def store(spark, tmp_path_factory) -> FeatureStore:
         df = spark.createDataFrame(table.pandas(), schema=table.ddl)
         df = latest_per_time(df, [key], ts, list(features))  # as materialization stores rows
         df = df.withColumn("event_date", F.to_date(ts))
-        uri = offline.table_uri("features", feature_view.name)
+        uri = offline.view_table_uri(feature_view.name, feature_view.version)
         offline.write_window(df, uri, everything, ts)
     repository = Repository.from_objects(
         [USER, AD, CLICKS, USER_STATS, AD_STATS, NEVER, TIED, SERVICE]

@@ -29,7 +29,7 @@ from featureplane.compute.transform import source_inputs, stored_rows, transform
 from featureplane.compute.window import TimeWindow
 from featureplane.errors import SourceError
 from featureplane.feature_view import FeatureView
-from featureplane.offline_store import OfflineStore
+from featureplane.offline_store import OfflineStore, SchemaChangedError, columns_of
 from featureplane.quality.completeness import SourceNotReady, not_landed
 from featureplane.quality.evaluation import QualityReport, evaluate
 from featureplane.quality.expectations import compile_rules, schema_problem
@@ -64,7 +64,7 @@ def prepared_window(
     allow_volume_drop: bool = False,
 ) -> Iterator[PreparedWindow]:
     """The window prepared as the module docstring says; the staged files are removed after."""
-    uri = offline.table_uri("features", view.name)
+    uri = offline.view_table_uri(view.name, view.version)
     stored = offline.exists(uri)
     problem = not_landed(spark, view.name, list(view.sources), window)
     if problem:
@@ -76,6 +76,8 @@ def prepared_window(
         if source.expectations is not None
     }
     output = transform(spark, view, inputs)
+    if stored:
+        _check_columns(view, uri, offline.read(spark, uri), output, inputs)
     with staged(output, f"{offline.table_uri(STAGING, view.name)}/{uuid.uuid4().hex}") as rows:
         report = evaluate(rows, [*default_rules(view, window), *_view_rules(view)])
         valid = rows.where(valid_rows(view, window))
@@ -89,6 +91,35 @@ def prepared_window(
             if found:
                 raise VolumeDropError(drop_message(view.name, found[0], guard, len(found) - 1))
         yield PreparedWindow(stored_rows(view, valid), report, sources, total)
+
+
+def _check_columns(
+    view: FeatureView, uri: str, table: DataFrame, output: DataFrame, inputs: list[DataFrame]
+) -> None:
+    """Raise before any work when the rows would not fit the version's table. The version
+    hashes the definition, so at one version a change of columns comes from a source: a
+    column that changed type in a source is reported as that source's change."""
+    stored = columns_of(table)
+    new = columns_of(stored_rows(view, output))
+    if new == stored:
+        return
+    before = dict(stored)
+    changed = {name: kind for name, kind in new if before.get(name) != kind}
+    for source, frame in zip(view.sources, inputs, strict=True):
+        for name, kind in columns_of(frame):
+            if changed.get(name) == kind and name in before:
+                raise SourceError(
+                    source.name,
+                    source.location,
+                    f"column {name!r} is now {kind}, but {view.name} version {view.version} "
+                    f"stored it as {before[name]} ({uri}): the source changed, not the "
+                    "definition; restore the column's type upstream, or cast it in the view "
+                    "(a new version, with a table of its own)",
+                )
+    raise SchemaChangedError(
+        f"{uri} has columns {stored} but the new rows of {view.name} version {view.version} "
+        f"have {new}"
+    )
 
 
 def _view_rules(view: FeatureView):

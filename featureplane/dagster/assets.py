@@ -48,7 +48,7 @@ from featureplane.quality.volume import FORCE_TAG
 from featureplane.repository import Repository
 from featureplane.source import BatchSource
 from featureplane.training_dataset import TrainingDataset
-from resources.offline_io_manager import JOIN_KEYS, TIMESTAMP_FIELD
+from resources.offline_io_manager import JOIN_KEYS, TIMESTAMP_FIELD, VERSION
 from resources.offline_store import OfflineStoreResource
 from resources.online_io_manager import OnlineRows
 from resources.spark import SparkResource
@@ -158,7 +158,7 @@ def _metadata(view: FeatureView, services: Sequence[str]) -> dict[str, object]:
             f"{entity.name} ({', '.join(entity.join_keys)})" for entity in view.entities
         ),
         "feature_services": ", ".join(services) or "none",
-        "version": view.version,
+        VERSION: view.version,
         "mode": view.mode,
         "ttl": str(view.ttl) if view.ttl else "none",
         "batch_schedule": str(view.batch_schedule),

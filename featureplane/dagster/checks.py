@@ -55,7 +55,7 @@ def consistency_check(view: FeatureView, repository: Repository) -> AssetChecksD
         at = moment(view, window.end)
         features = FeatureStore(repository, spark.session, offline_store.root)
         table = features.offline.read(
-            spark.session, features.offline.table_uri("features", view.name)
+            spark.session, features.offline.view_table_uri(view.name, view.version)
         )
         keys = list(view.join_keys)
         sample = (
