@@ -81,7 +81,7 @@ def test_an_empty_source_day_replaces_nothing(world):
     with pytest.raises(MaterializationFailed) as failed:
         run(TINY.start + DAY, TINY.start + 2 * DAY, [PAGE_VIEWS])
     assert (
-        f"features__{PAGE_VIEWS}: featureplane.quality.volume.VolumeDropError: {PAGE_VIEWS}: "
+        f"features__{PAGE_VIEWS}: VolumeDropError: {PAGE_VIEWS}: "
         f"partition 2026-10-02 00:00 would hold 0 rows against {stored:,} stored rows, below the "
         "volume guard (50%): nothing written. If the drop is real, rerun with the run tag "
         "featureplane/allow_volume_drop=true (featureplane materialize --allow-volume-drop)"
@@ -178,7 +178,7 @@ def test_null_join_keys_never_reach_a_table_and_block_the_push_above_the_share(w
     )
     total = int(line.group(1).replace(",", ""))
     assert line.group(2) == f"{100 * nulls / total:.2f}" and nulls / total > 0.01
-    assert "1 blocking asset check failed with ERROR severity" in str(failed.value)
+    assert f"features/{ACTIVITY}: blocking quality check failed:\n" in str(failed.value)
     after = snapshot(repo, root, online, ACTIVITY)
     assert after[2] == before[2]  # the online store kept its values: the push did not run
     assert read_delta(view_table(root, ACTIVITY))["user_id"].notna().all()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from dagster import (
+    AssetCheckSeverity,
     AssetKey,
     DagsterEventType,
     DagsterInstance,
@@ -91,6 +92,7 @@ def _run(
     tags: dict[str, str],
     log_level: str,
 ) -> list[Materialized]:
+    """One run of the assets; a failed run raises `MaterializationFailed` saying why."""
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         instance=instance,
@@ -112,13 +114,15 @@ def _run(
 
 
 def _failures(result) -> str:
-    """What stopped each failed step: the innermost error's message, and for a blocked quality
-    check the lines of the rules that failed."""
-    checks = [
-        e.asset_check_evaluation_data
+    """One line per failed step: the innermost error (its class and message), or for a step
+    stopped by its blocking quality check, the rules that failed, one line each."""
+    failed_checks = {
+        e.asset_check_evaluation_data.asset_key: e.asset_check_evaluation_data
         for e in result.all_events
         if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
-    ]
+        and not e.asset_check_evaluation_data.passed
+        and e.asset_check_evaluation_data.severity == AssetCheckSeverity.ERROR
+    }
     lines = []
     for event in result.all_events:
         if event.event_type != DagsterEventType.STEP_FAILURE:
@@ -126,13 +130,15 @@ def _failures(result) -> str:
         error = event.step_failure_data.error
         while error.cause is not None:
             error = error.cause
-        lines.append(f"{event.step_key}: {error.message.strip()}")
-    lines += [
-        line
-        for check in checks
-        if not check.passed and check.severity.value == "ERROR" and check.description
-        for line in check.description.splitlines()
-    ]
+        if error.cls_name == "DagsterAssetCheckFailedError":
+            for key, check in failed_checks.items():
+                lines.append(f"{key.to_user_string()}: blocking quality check failed:")
+                lines += [f"  {line}" for line in (check.description or "").splitlines()]
+            continue
+        module, found, message = error.message.strip().partition(f"{error.cls_name}: ")
+        if not found or " " in module:  # the message is not `package.module.Class: text`
+            message = error.message.strip()
+        lines.append(f"{event.step_key}: {error.cls_name}: {message}")
     return f"run {result.run_id} failed:\n" + "\n".join(f"  {line}" for line in lines)
 
 
@@ -148,14 +154,17 @@ def materialize_repository(
     build its training datasets) on the Dagster instance of $DAGSTER_HOME, from `start`
     (default: the earliest feature start).
 
-    The instance is `project_instance()`: $DAGSTER_HOME, by default the project folder.
+    The instance is `project_instance()`: $DAGSTER_HOME, by default the project folder. Runs
+    log only critical events to the console: a failed run raises `MaterializationFailed`
+    with what stopped it (the full event log is the instance's, in the UI).
     """
     repository = Repository.load(package)
     if start is None:
         start = min(view.feature_start_time for view in repository.feature_views.values())
     defs = build_definitions(repository)
     with project_instance() as instance:
-        results = materialize_range(defs, instance, start, end, views, online=True, tags=tags)
+        quiet = "CRITICAL"
+        results = materialize_range(defs, instance, start, end, views, quiet, True, tags)
         if training:
-            results += materialize_training(defs, instance)
+            results += materialize_training(defs, instance, quiet)
         return results

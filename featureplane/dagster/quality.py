@@ -76,7 +76,7 @@ def quality_result(view: str, window: TimeWindow, prepared: PreparedWindow) -> A
     lines = [r.line(subject) for r in (*errors, *warnings)]
     return AssetCheckResult(
         passed=not errors and not warnings,
-        severity=AssetCheckSeverity.ERROR if errors else AssetCheckSeverity.WARN,
+        severity=AssetCheckSeverity.WARN if warnings and not errors else AssetCheckSeverity.ERROR,
         description="\n".join(lines) or f"{subject}: all {len(results)} rules passed",
         metadata={
             "rules": MetadataValue.table(records, schema=RULES_SCHEMA),
