@@ -46,3 +46,13 @@ class RepositoryError(DefinitionError):
 
 class RetrievalError(ValueError):
     """A request for feature data cannot be served as asked (spine, references, names)."""
+
+
+class RegistryCorrupt(ValueError):
+    """A registry file (serving registry or applied version) that is not a readable registry:
+    truncated, not JSON, of another format, or missing or mistyping a part. Names the file,
+    the part and, where the reader knows one, how to repair it."""
+
+    def __init__(self, path: str, problem: str, remedy: str | None = None):
+        self.path, self.problem, self.remedy = path, problem, remedy
+        super().__init__(f"{path}: {problem}" + (f"; {remedy}" if remedy else ""))
