@@ -309,10 +309,13 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    """The versions, oldest first; a corrupt one is a line in place and its one-line error
+    at the end (exit 1), so the readable history is still shown."""
     from featureplane.catalog import history
 
-    applied, store = _applied()
-    if applied is None:
+    store = _store()
+    if not store.versions():
+        print("error: nothing applied yet; run `featureplane apply` first", file=sys.stderr)
         return 1
     entries = history(store, args.name)
     if not entries:
@@ -320,7 +323,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 1
     for entry in entries:
         print("\n".join(entry.lines()))
-    return 0
+    unreadable = [entry.corrupt for entry in entries if entry.corrupt]
+    for corrupt in unreadable:
+        print(f"error: {type(corrupt).__name__}: {corrupt}", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -419,12 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.path.insert(0, os.getcwd())
-    from featureplane.errors import DefinitionError
+    from featureplane.errors import DefinitionError, RegistryCorrupt
     from featureplane.registry_store import RegistryConflict
 
     try:
         return args.run(args)
-    except (DefinitionError, RegistryConflict) as exc:
+    except (DefinitionError, RegistryConflict, RegistryCorrupt) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 

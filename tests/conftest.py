@@ -51,11 +51,21 @@ user = Entity("user", join_keys=["user_id"])
 @batch_feature_view(sources=[events], entities=[user], schema={schema}, timestamp_field="ts",
                     feature_start_time=datetime(2026, 1, 1, tzinfo=UTC))
 def user_stats(events):
-    return events
+    return {output}
 
 
 checkout = FeatureService("checkout", features=[user_stats])
 """
+
+
+def write_repository(package: Path, **parts: str) -> Path:
+    """A package whose `__init__.py` is REPOSITORY with `parts` ({schema}, {output}) filled."""
+    package.mkdir()
+    source = textwrap.dedent(REPOSITORY)
+    for part, text in parts.items():
+        source = source.replace(f"{{{part}}}", text)
+    (package / "__init__.py").write_text(source)
+    return package
 
 
 @pytest.fixture
@@ -69,10 +79,7 @@ def cli(data_dir, monkeypatch, capsys):
         "broken": '[Field("user_id", Int64)]',
     }
     for name, schema in schemas.items():
-        package = data_dir / f"plan_repo_{name}"
-        package.mkdir()
-        source = textwrap.dedent(REPOSITORY).replace("{schema}", schema)
-        (package / "__init__.py").write_text(source)
+        write_repository(data_dir / f"plan_repo_{name}", schema=schema, output="events")
     monkeypatch.syspath_prepend(str(data_dir))
     for name in ("FEATUREPLANE_REGISTRY", "FEATUREPLANE_ONLINE_STORE"):
         monkeypatch.delenv(name, raising=False)

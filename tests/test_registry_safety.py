@@ -1,19 +1,24 @@
-"""Registries that fail safe: a truncated, garbled, empty or foreign registry file is refused
-with one line naming the file and the part that is wrong, and whatever the format check passes
-every reader can index into."""
+"""Registries that fail safe. A truncated, garbled, empty or foreign registry file, a serving
+registry or an applied version, is refused with one line naming the file and the part that is
+wrong, and whatever the format check passes every reader can index into. Plan and apply refuse
+to build on a corrupt latest version, say how to repair it and write nothing; a version set
+aside retires its number; history lists a corrupt version in place."""
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import write_repository
 from featureplane.catalog import edges, list_lines
 from featureplane.errors import RegistryCorrupt
 from featureplane.plan import diff
 from featureplane.registry import build_registry, load_registry, registry_text, write_registry
+from featureplane.registry_store import RegistryConflict, RegistryStore
 from featureplane.serving import FeatureServer
 from tests import serving_repo
 
@@ -41,6 +46,14 @@ def corrupted(kind: str, text: str) -> tuple[bytes, str]:
     return registry_text(document).encode(), problem
 
 
+def repair(version: int) -> str:
+    return (
+        f"it is registry version {version}, the latest: restore it from a backup, or set it "
+        f"aside as v{version:06d}.json.corrupt (the next apply then writes version "
+        f"{version + 1}), then plan again"
+    )
+
+
 def spoil(path: Path, kind: str) -> str:
     """Corrupt the file at `path` in place; the problem its RegistryCorrupt names."""
     data, problem = corrupted(kind, path.read_text())
@@ -58,6 +71,21 @@ def test_a_corrupt_serving_registry_names_the_file_and_the_problem(tmp_path, kin
     with pytest.raises(RegistryCorrupt) as raised:
         load_registry(path)
     assert str(raised.value) == f"{path}: {problem}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_corrupt_applied_version_names_its_file_and_the_latest_says_how_to_repair(tmp_path, kind):
+    store = RegistryStore(str(tmp_path))
+    store.apply(FULL, None, [], applied_by="ana")
+    store.apply(FULL, 1, [], applied_by="bo")
+    problem = spoil(tmp_path / "v000002.json", kind)
+    with pytest.raises(RegistryCorrupt) as raised:
+        store.get(2)
+    assert str(raised.value) == f"{tmp_path / 'v000002.json'}: {problem}"
+    with pytest.raises(RegistryCorrupt) as raised:
+        store.latest()
+    assert str(raised.value) == f"{tmp_path / 'v000002.json'}: {problem}; {repair(2)}"
+    assert store.get(1).meta["applied_by"] == "ana", "the other versions still read"
 
 
 def view(document: dict, name: str = "user_stats") -> dict:
@@ -138,6 +166,64 @@ def test_json_that_is_not_a_registry_names_the_missing_or_invalid_part(spoil_doc
     assert str(raised.value) == f"registry.json: {problem}"
 
 
+@pytest.mark.parametrize(
+    ("spoil_meta", "problem"),
+    [
+        (lambda d: d.pop("meta"), "missing 'meta': a registry, but not an applied version"),
+        (lambda d: d["meta"].update(version=7), "meta.version is 7, but the file is version 1"),
+        (
+            lambda d: d["meta"].update(changes="all"),
+            'meta.changes: expected a list, got a string "all"',
+        ),
+    ],
+)
+def test_an_applied_version_is_checked_against_its_meta(tmp_path, spoil_meta, problem):
+    store = RegistryStore(str(tmp_path))
+    store.apply(FULL, None, [])
+    document = json.loads((tmp_path / "v000001.json").read_text())
+    spoil_meta(document)
+    (tmp_path / "v000001.json").write_text(registry_text(document))
+    with pytest.raises(RegistryCorrupt) as raised:
+        store.get(1)
+    assert str(raised.value) == f"{tmp_path / 'v000001.json'}: {problem}"
+
+
+@pytest.fixture(scope="module")
+def applied_file(tmp_path_factory) -> tuple[RegistryStore, Path, bytes]:
+    """A store of one applied version: the store, its file and the file's bytes."""
+    root = tmp_path_factory.mktemp("registry")
+    store = RegistryStore(str(root))
+    store.apply(FULL, None, [])
+    return store, root / "v000001.json", (root / "v000001.json").read_bytes()
+
+
+@given(data=st.data())
+def test_every_truncation_of_a_version_is_registry_corrupt(applied_file, data):
+    store, path, whole = applied_file
+    cut = data.draw(st.integers(0, len(whole.rstrip()) - 1), label="cut")
+    path.write_bytes(whole[:cut])
+    try:
+        with pytest.raises(RegistryCorrupt) as raised:
+            store.get(1)
+        assert str(raised.value).startswith(f"{path}: ")
+    finally:
+        path.write_bytes(whole)
+
+
+@given(data=st.data())
+def test_any_byte_changed_is_served_or_registry_corrupt(applied_file, data):
+    store, path, whole = applied_file
+    at = data.draw(st.integers(0, len(whole) - 1), label="at")
+    byte = data.draw(st.integers(0, 255), label="byte")
+    path.write_bytes(whole[:at] + bytes([byte]) + whole[at + 1 :])
+    try:
+        load_registry(store.get(1).registry, str(path))
+    except RegistryCorrupt:
+        pass
+    finally:
+        path.write_bytes(whole)
+
+
 def paths(value, prefix=()) -> list[tuple]:
     """Every place in a JSON document: the keys and indices leading to it."""
     if isinstance(value, dict):
@@ -178,3 +264,94 @@ def test_any_part_deleted_or_replaced_serves_plans_or_is_registry_corrupt(place,
     diff(FULL, document, 1)
     edges(document)
     list_lines(document)
+
+
+# ---- applied versions: numbers and set-aside versions ----------------------------------
+
+
+def test_a_version_set_aside_retires_its_number(tmp_path):
+    store = RegistryStore(str(tmp_path))
+    store.apply(FULL, None, [])
+    store.apply(FULL, 1, [])
+    spoil(tmp_path / "v000002.json", "truncated")
+    (tmp_path / "v000002.json").rename(tmp_path / "v000002.json.corrupt")
+    assert store.versions() == [1] and store.latest().version == 1
+    assert store.apply(FULL, 1, []).version == 3
+    with pytest.raises(RegistryConflict, match="registry version 3 was applied concurrently"):
+        store.apply(FULL, 1, [])
+    assert store.versions() == [1, 3]
+
+
+# ---- the command line -------------------------------------------------------------------
+
+
+DEVICE = 'events.withColumn("device", events["country"])'
+"""A third version's output: one more feature."""
+
+
+def registry_dir(data_dir: Path) -> Path:
+    return data_dir / "offline" / "registry"
+
+
+def snapshot(data_dir: Path) -> dict[str, bytes]:
+    """The applied versions and the serving registry, byte for byte."""
+    files = {
+        name: (registry_dir(data_dir) / name).read_bytes()
+        for name in os.listdir(registry_dir(data_dir))
+    }
+    return {**files, "registry.json": (data_dir / "registry.json").read_bytes()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_plan_and_apply_refuse_a_corrupt_latest_version_and_change_nothing(cli, data_dir, kind):
+    assert cli("apply", "--repository", "plan_repo_v1", "--yes", "--no-backfill")[0] == 0
+    path = registry_dir(data_dir) / "v000001.json"
+    problem = spoil(path, kind)
+    before = snapshot(data_dir)
+    line = f"error: RegistryCorrupt: {path}: {problem}; {repair(1)}\n"
+    assert cli("plan", "--repository", "plan_repo_v2", "--detailed-exitcode") == (1, "", line)
+    assert cli("apply", "--repository", "plan_repo_v2", "--yes", "--allow-breaking") == (
+        1,
+        "",
+        line,
+    )
+    assert cli("list") == (1, "", line)
+    assert snapshot(data_dir) == before, "a refused apply writes nothing"
+
+
+def test_a_version_set_aside_is_planned_past_and_its_number_never_reused(cli, data_dir):
+    for package in ("plan_repo_v1", "plan_repo_v2"):
+        cli("apply", "--repository", package, "--yes", "--allow-breaking", "--no-backfill")
+    path = registry_dir(data_dir) / "v000002.json"
+    spoil(path, "garbage")
+    path.rename(path.with_name("v000002.json.corrupt"))
+    code, out, _ = cli("plan", "--repository", "plan_repo_v2", "--detailed-exitcode")
+    assert (code, out.splitlines()[0]) == (
+        2,
+        "Changes to the registry (applied registry version 1):",
+    )
+    code, out, _ = cli(
+        "apply", "--repository", "plan_repo_v2", "--yes", "--allow-breaking", "--no-backfill"
+    )
+    assert code == 0 and "Applied registry version 3 to" in out
+    assert RegistryStore(str(registry_dir(data_dir))).versions() == [1, 3]
+
+
+def test_history_lists_a_corrupt_version_in_place_and_exits_1_naming_it(cli, data_dir):
+    schema = '[Field("clicks", Int64), Field("country", String), Field("device", String)]'
+    write_repository(data_dir / "plan_repo_v3", schema=schema, output=DEVICE)
+    for package in ("plan_repo_v1", "plan_repo_v2", "plan_repo_v3"):
+        cli("apply", "--repository", package, "--yes", "--allow-breaking", "--no-backfill")
+    path = registry_dir(data_dir) / "v000002.json"
+    problem = spoil(path, "empty object")
+    line = f"error: RegistryCorrupt: {path}: {problem}\n"
+
+    code, out, err = cli("history")
+    assert (code, err) == (1, line)
+    heads = [row.split("  ")[0] for row in out.splitlines() if not row.startswith("  ")]
+    assert heads == ["version 1", "version 2", "version 3"]
+    assert f"version 2  unreadable: {path}" in out.splitlines()
+
+    code, out, err = cli("history", "user_stats")
+    assert (code, err) == (1, line)
+    assert "  (compared with version 1, the last readable one)" in out.splitlines()
