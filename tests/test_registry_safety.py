@@ -1,8 +1,9 @@
 """Registries that fail safe. A truncated, garbled, empty or foreign registry file, a serving
 registry or an applied version, is refused with one line naming the file and the part that is
-wrong, and whatever the format check passes every reader can index into. Plan and apply refuse
-to build on a corrupt latest version, say how to repair it and write nothing; a version set
-aside retires its number; history lists a corrupt version in place."""
+wrong. Plan and apply refuse to build on a corrupt latest version, say how to repair it and
+write nothing; a version set aside retires its number; history lists a corrupt version in
+place. A server following a registry store serves the newest readable version and logs what it
+skipped; a server given one corrupt file fails at start with that one line."""
 
 import copy
 import json
@@ -13,13 +14,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import online.handler
 from conftest import write_repository
+from featureplane import Repository
 from featureplane.catalog import edges, list_lines
 from featureplane.errors import RegistryCorrupt
 from featureplane.plan import diff
 from featureplane.registry import build_registry, load_registry, registry_text, write_registry
 from featureplane.registry_store import RegistryConflict, RegistryStore
 from featureplane.serving import FeatureServer
+from online.handler import handler
 from tests import serving_repo
 
 STORE = {"type": "sqlite", "path": "/tmp/online.sqlite"}
@@ -355,3 +359,75 @@ def test_history_lists_a_corrupt_version_in_place_and_exits_1_naming_it(cli, dat
     code, out, err = cli("history", "user_stats")
     assert (code, err) == (1, line)
     assert "  (compared with version 1, the last readable one)" in out.splitlines()
+
+
+# ---- serving ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_handler(tmp_path, monkeypatch):
+    """The handler as a new process has it, following `$FEATUREPLANE_REGISTRY` (set here, so
+    that what `serve` sets is undone) and refreshing on every request."""
+    monkeypatch.setenv("FEATUREPLANE_REGISTRY", str(tmp_path / "registry.json"))
+    monkeypatch.setenv("FEATUREPLANE_REGISTRY_REFRESH_SECONDS", "0")
+    for name in ("_server", "_store", "_version"):
+        monkeypatch.setattr(online.handler, name, None)
+    monkeypatch.setattr(online.handler, "_skipped", {})
+
+
+def health() -> dict:
+    event = {"requestContext": {"http": {"method": "GET", "path": "/health"}}, "rawPath": "/health"}
+    return json.loads(handler(event)["body"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_cold_start_serves_the_newest_readable_version_and_logs_what_it_skipped(
+    fresh_handler, tmp_path, monkeypatch, caplog, kind
+):
+    monkeypatch.setenv("FEATUREPLANE_REGISTRY", str(tmp_path / "registry"))
+    store = RegistryStore(str(tmp_path / "registry"))
+    served = {**STORE, "path": str(tmp_path / "online.sqlite")}
+    store.apply(build_registry(serving_repo.repository(), served), None, [])
+    narrower = build_registry(Repository.from_objects([serving_repo.users]), served)
+    store.apply(narrower, 1, [])
+    problem = spoil(tmp_path / "registry" / "v000002.json", kind)
+
+    assert health()["feature_services"] == 3, "version 1's three services"
+    skipped = f"skipped registry version 2: {tmp_path / 'registry' / 'v000002.json'}: {problem}"
+    assert [r.getMessage() for r in caplog.records] == [
+        skipped,
+        "serving registry version 1, the newest readable one",
+    ]
+    assert health()["feature_services"] == 3
+    assert [r.getMessage() for r in caplog.records].count(skipped) == 1, "logged once"
+
+    store.apply(narrower, 2, [])
+    assert health()["feature_services"] == 1, "a readable newer version is picked up"
+    online.handler.server().close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_serve_fails_at_start_with_one_line_for_a_corrupt_registry_file(
+    cli, data_dir, fresh_handler, kind
+):
+    path = write_registry(FULL, data_dir / "served.json")
+    problem = spoil(path, kind)
+    assert cli("serve", "--registry", str(path)) == (
+        1,
+        "",
+        f"error: RegistryCorrupt: {path}: {problem}\n",
+    )
+
+
+def test_serve_fails_at_start_when_no_version_of_the_store_is_readable(
+    cli, data_dir, fresh_handler
+):
+    cli("apply", "--repository", "plan_repo_v1", "--yes", "--no-backfill")
+    path = registry_dir(data_dir) / "v000001.json"
+    problem = spoil(path, "truncated")
+    code, out, err = cli("serve", "--registry", str(registry_dir(data_dir)))
+    assert (code, out) == (1, "")
+    assert err.splitlines()[-1] == (
+        f"error: RegistryCorrupt: {registry_dir(data_dir)}: no readable registry version; "
+        f"the newest, {path}: {problem}"
+    )
