@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import replace
@@ -349,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     from featureplane.plan import KINDS
 
     parser = argparse.ArgumentParser(prog="featureplane", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--verbose", action="store_true", help="print an error's traceback, not only its line"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="generate demo data and materialize all features")
@@ -431,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except (DefinitionError, RegistryConflict, RegistryCorrupt) as exc:
+        if args.verbose:
+            traceback.print_exception(exc, file=sys.stderr)
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 

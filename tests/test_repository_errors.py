@@ -1,0 +1,125 @@
+"""Repository mistakes as one actionable line: a module that fails to import names its file and
+line, with the traceback only under `--verbose`."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import featureplane
+
+IMPORTS = """\
+from datetime import UTC, datetime, timedelta
+from featureplane import (Aggregation, BatchSource, Entity, FeatureService, Field, Int64,
+                          RequestSource, String, batch_feature_view, on_demand_feature_view)
+"""
+SHARED = """\
+events = BatchSource("events", path="raw/events", timestamp_field="ts")
+user = Entity("user", join_keys=["user_id"])
+START = datetime(2026, 1, 1, tzinfo=UTC)
+"""
+
+
+def package(root: Path, name: str, **modules: str) -> Path:
+    """A repository package `name` under `root` whose `__init__` defines the `events` source,
+    the `user` entity and START, which each module (`__init__` included) uses."""
+    folder = root / name
+    folder.mkdir()
+    for module, text in {"__init__": "", **modules}.items():
+        shared = SHARED if module == "__init__" else "from . import START, events, user\n"
+        (folder / f"{module}.py").write_text(IMPORTS + shared + textwrap.dedent(text))
+    return folder
+
+
+def line_of(path: Path, marker: str) -> int:
+    """The 1-based line of `path` holding `marker`."""
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if marker in line)
+
+
+@pytest.fixture
+def project(cli, data_dir, monkeypatch) -> Path:
+    """The data directory as the project folder commands run from: errors name paths relative
+    to it, as they do from a checkout of the feature repository."""
+    monkeypatch.chdir(data_dir)
+    return data_dir
+
+
+def error_of(cli, *args: str) -> str:
+    """What a command that fails writes to stderr; it exits 1 and writes nothing else."""
+    code, out, err = cli(*args)
+    assert (code, out) == (1, ""), (code, out, err)
+    return err
+
+
+VIEW = """
+@batch_feature_view(sources=[events], entities=[user], schema=[Field("clicks", Int64)],
+                    timestamp_field="ts", feature_start_time=START)
+def user_clicks(events):
+    return events.select("user_id", "ts", "clicks")
+"""
+
+
+# ---- modules that fail to import --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("plan",), ("apply", "--yes"), ("validate",), ("registry",)],
+    ids=lambda c: c[0],
+)
+def test_a_name_error_is_one_line_with_file_and_line(cli, project, command):
+    name = f"repo_typo_{command[0]}"
+    folder = package(project, name, user=VIEW + 'typo = Fielde("x", Int64)\n')
+    line = line_of(folder / "user.py", "Fielde")
+    assert error_of(cli, *command, "--repository", name) == (
+        f"error: RepositoryError: {name}/user.py:{line}: NameError: name 'Fielde' is not defined\n"
+    )
+    assert not (project / "offline" / "registry").exists(), "nothing applied"
+
+
+def test_the_traceback_is_printed_only_with_verbose(cli, project):
+    folder = package(project, "repo_verbose", user=VIEW + 'typo = Fielde("x", Int64)\n')
+    line = line_of(folder / "user.py", "Fielde")
+    err = error_of(cli, "--verbose", "plan", "--repository", "repo_verbose")
+    assert err.startswith("Traceback (most recent call last):")
+    assert f'repo_verbose/user.py", line {line}, in <module>' in err
+    assert err.splitlines()[-1] == (
+        f"error: RepositoryError: repo_verbose/user.py:{line}: NameError: "
+        "name 'Fielde' is not defined"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "marker", "problem"),
+    [
+        ("unclosed", "total = (1 +\n", "total", "SyntaxError: '(' was never closed"),
+        ("syntax", "def broken(:\n    pass\n", "def broken", "SyntaxError: invalid syntax"),
+        ("indent", "flat = 1\n  deeper = 2\n", "deeper", "IndentationError: unexpected indent"),
+        (
+            "import_name",
+            "from featureplane import Fieldz\n",
+            "Fieldz",
+            "ImportError: cannot import name 'Fieldz' from 'featureplane' "
+            f"({featureplane.__file__})",
+        ),
+        (
+            "no_module",
+            "import no_such_module\n",
+            "no_such",
+            "ModuleNotFoundError: No module named 'no_such_module'",
+        ),
+        ("runtime", "ratio = 1 / 0\n", "ratio", "ZeroDivisionError: division by zero"),
+    ],
+)
+def test_any_import_failure_of_a_module_is_one_line(cli, project, name, text, marker, problem):
+    folder = package(project, f"repo_{name}", stats=text)
+    line = line_of(folder / "stats.py", marker)
+    assert error_of(cli, "plan", "--repository", f"repo_{name}") == (
+        f"error: RepositoryError: repo_{name}/stats.py:{line}: {problem}\n"
+    )
+
+
+def test_an_unknown_repository_package_is_one_line(cli):
+    assert error_of(cli, "plan", "--repository", "no_such_repository") == (
+        "error: RepositoryError: ModuleNotFoundError: No module named 'no_such_repository'\n"
+    )
