@@ -158,9 +158,13 @@ def _aggregation(spec: Mapping[str, Any]) -> Aggregation:
     function = last_n(n) if name == "last_n" else name
     if name == "approx_count_distinct":
         function = approx_count_distinct(n)
-    return Aggregation(
+    aggregation = Aggregation(
         spec["column"], function, _duration(spec["time_window_seconds"]), spec["name"]
     )
+    problem = aggregation.definition_problem()
+    if problem:
+        raise ValueError(problem)
+    return aggregation
 
 
 def _key_types_json(key_types: Mapping[str, DType | None]) -> list[dict[str, str | None]]:

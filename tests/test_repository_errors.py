@@ -1,5 +1,6 @@
 """Repository mistakes as one actionable line: a module that fails to import names its file and
-line, with the traceback only under `--verbose`."""
+line (the traceback only under `--verbose`); an unknown aggregation function is the view's
+error."""
 
 import textwrap
 from pathlib import Path
@@ -122,4 +123,27 @@ def test_any_import_failure_of_a_module_is_one_line(cli, project, name, text, ma
 def test_an_unknown_repository_package_is_one_line(cli):
     assert error_of(cli, "plan", "--repository", "no_such_repository") == (
         "error: RepositoryError: ModuleNotFoundError: No module named 'no_such_repository'\n"
+    )
+
+
+# ---- definitions whose mistake is found before they exist -------------------------------
+
+
+def test_an_unknown_aggregation_function_is_the_views_error(cli, project):
+    folder = package(
+        project,
+        "repo_cnt",
+        clicks="""
+        @batch_feature_view(sources=[events], entities=[user], schema=[Field("clicks", Int64)],
+                            timestamp_field="ts", feature_start_time=START,
+                            aggregations=[Aggregation("clicks", "cnt", timedelta(days=1))])
+        def user_clicks(events):
+            return events.select("user_id", "ts", "clicks")
+        """,
+    )
+    line = line_of(folder / "clicks.py", "@batch_feature_view")
+    assert error_of(cli, "plan", "--repository", "repo_cnt") == (
+        f"error: FeatureViewError: user_clicks (repo_cnt/clicks.py:{line}): aggregation "
+        "'clicks_cnt_1d': function 'cnt' is not one of count, sum, mean, min, max, stddev, var, "
+        "first, last, approx_count_distinct, last_n(n), approx_count_distinct(precision)\n"
     )
