@@ -1,6 +1,6 @@
 """Repository mistakes as one actionable line: a module that fails to import names its file and
 line (the traceback only under `--verbose`); an unknown aggregation function is the view's
-error."""
+error; a bad selection is the error of the service or on-demand view holding it."""
 
 import textwrap
 from pathlib import Path
@@ -146,4 +146,39 @@ def test_an_unknown_aggregation_function_is_the_views_error(cli, project):
         f"error: FeatureViewError: user_clicks (repo_cnt/clicks.py:{line}): aggregation "
         "'clicks_cnt_1d': function 'cnt' is not one of count, sum, mean, min, max, stddev, var, "
         "first, last, approx_count_distinct, last_n(n), approx_count_distinct(precision)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "service"),
+    [
+        ("one_line", 'checkout = FeatureService("checkout", features=[user_clicks[["no_such"]]])'),
+        (  # the selection on another line than the service
+            "lines",
+            'checkout = FeatureService(\n    "checkout",\n'
+            '    features=[user_clicks["no_such"]],\n)',
+        ),
+    ],
+)
+def test_a_bad_selection_names_the_services_file_and_line(cli, project, name, service):
+    views = "from .views import user_clicks\n"
+    folder = package(project, f"repo_{name}", views=VIEW, services=views + service + "\n")
+    line = line_of(folder / "services.py", "checkout = ")
+    assert error_of(cli, "plan", "--repository", f"repo_{name}") == (
+        f"error: FeatureServiceError: checkout (repo_{name}/services.py:{line}): selects "
+        "['no_such'] of 'user_clicks', which has the features clicks\n"
+    )
+
+
+def test_a_bad_selection_of_an_on_demand_view_is_its_error(cli, project):
+    doubled = """
+    @on_demand_feature_view(sources=[user_clicks[["clics"]]], schema=[Field("n", Int64)])
+    def doubled(clicks):
+        return {"n": 2 * clicks["clicks"]}
+    """
+    folder = package(project, "repo_odfv", __init__=VIEW + textwrap.dedent(doubled))
+    line = line_of(folder / "__init__.py", "@on_demand_feature_view")
+    assert error_of(cli, "plan", "--repository", "repo_odfv") == (
+        f"error: OnDemandFeatureViewError: doubled (repo_odfv/__init__.py:{line}): selects "
+        "['clics'] of 'user_clicks', which has the features clicks\n"
     )
