@@ -4,9 +4,11 @@
   through Dagster and push the online views, print a summary, then serve the registry over HTTP
   and print one feature vector of the `ctr` service.
 - `featureplane materialize`: compute feature views for a date range through Dagster.
-- `featureplane validate`: load the repository and check every view's output schema on Spark.
+- `featureplane validate`: load the repository and check every view's output on Spark (pandas
+  functions run on a sample of rows).
 - `featureplane registry`: write the serving registry of the repository (what `serve` reads).
-- `featureplane plan`: what applying the repository would change in the applied registry.
+- `featureplane plan`: what applying the repository would change in the applied registry, once
+  every view's output checks out as in `validate` (`--no-validate` skips that).
 - `featureplane apply`: write the repository as the next applied registry version, provision
   the online store and backfill the feature views whose version changed.
 - `featureplane list|describe|history`: the applied registry as a catalog.
@@ -28,6 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from featureplane.feature_view import FeatureView
     from featureplane.repository import Repository
 
 DEFAULT_REPOSITORY = "feature_assets"
@@ -142,18 +145,21 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from featureplane.compute.transform import run_transformation
-    from featureplane.compute.window import TimeWindow
-    from featureplane.repository import Repository
+def _validated(repository: Repository) -> list[tuple[FeatureView, str]]:
+    """(view, what was run beyond the schema check) for every feature view, once each output
+    checks out on Spark; the first that does not raises its one-line error
+    (`featureplane.compute.validation`)."""
+    from featureplane.compute.validation import validate_view
     from featureplane.spark_session import spark_session
 
-    repository = Repository.load(args.repository)
     with spark_session() as spark:
-        for view in repository.feature_views.values():
-            start = view.feature_start_time
-            run_transformation(spark, view, TimeWindow(start, start + view.batch_schedule))
-            print(f"ok  {view.name:<32} {view.mode:<10} version {view.version}")
+        return [(view, validate_view(spark, view)) for view in repository.feature_views.values()]
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    for view, ran in _validated(_load(args.repository)):
+        note = f"  ({ran})" if ran else ""
+        print(f"ok  {view.name:<32} {view.mode:<10} version {view.version}{note}")
     return 0
 
 
@@ -197,8 +203,18 @@ def _load(package: str) -> Repository:
     return Repository.load(package)
 
 
+def _checked_plan(args: argparse.Namespace):
+    """(repository, plan, desired registry, store) of the `--repository`; a view whose output
+    fails validation on Spark raises its one-line error first, unless --no-validate."""
+    repository = _load(args.repository)
+    planned = _plan(repository)
+    if not args.no_validate:
+        _validated(repository)
+    return repository, *planned
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    plan, _, _ = _plan(_load(args.repository))
+    _, plan, _, _ = _checked_plan(args)
     print(json.dumps(plan.as_json(), indent=2) + "\n" if args.json else plan.text(), end="")
     return 2 if args.detailed_exitcode and not plan.empty else 0
 
@@ -229,8 +245,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from featureplane.registry_store import is_store_location
     from featureplane.settings import registry_location
 
-    repository = _load(args.repository)
-    plan, desired, store = _plan(repository)
+    repository, plan, desired, store = _checked_plan(args)
     print(plan.text())
     if plan.empty:
         return 0
@@ -384,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 without changes, 2 with changes, 1 on error",
     )
+    plan.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="do not check the views' outputs on Spark (which reads the sources' schemas)",
+    )
     plan.set_defaults(run=cmd_plan)
 
     apply = commands.add_parser("apply", help="write the next applied registry version")
@@ -394,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     apply.add_argument(
         "--no-backfill", action="store_true", help="do not recompute changed feature views"
+    )
+    apply.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="do not check the views' outputs on Spark (which reads the sources' schemas)",
     )
     apply.set_defaults(run=cmd_apply)
 

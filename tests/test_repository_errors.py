@@ -1,6 +1,8 @@
 """Repository mistakes as one actionable line: a module that fails to import names its file and
 line (the traceback only under `--verbose`); an unknown aggregation function is the view's
-error; a bad selection is the error of the service or on-demand view holding it."""
+error; a bad selection is the error of the service or on-demand view holding it; plan and apply
+check every view's output on Spark before anything is written, and `validate` runs pandas
+functions on a sample of their source."""
 
 import textwrap
 from pathlib import Path
@@ -8,6 +10,9 @@ from pathlib import Path
 import pytest
 
 import featureplane
+from featureplane import Repository
+from featureplane.compute.validation import validate_view
+from featureplane.registry_store import RegistryStore
 
 IMPORTS = """\
 from datetime import UTC, datetime, timedelta
@@ -182,3 +187,121 @@ def test_a_bad_selection_of_an_on_demand_view_is_its_error(cli, project):
         f"error: OnDemandFeatureViewError: doubled (repo_odfv/__init__.py:{line}): selects "
         "['clics'] of 'user_clicks', which has the features clicks\n"
     )
+
+
+# ---- plan and apply validate outputs on Spark -------------------------------------------
+
+
+def versions(data_dir: Path) -> list[int]:
+    return RegistryStore(str(data_dir / "offline" / "registry")).versions()
+
+
+def test_plan_and_apply_refuse_an_output_of_the_wrong_type(cli, project):
+    view = VIEW.replace('Field("clicks", Int64)', 'Field("clicks", String)')
+    folder = package(project, "repo_type", __init__=view)
+    line = line_of(folder / "__init__.py", "@batch_feature_view")
+    error = (
+        f"error: FeatureViewError: user_clicks (repo_type/__init__.py:{line}): feature 'clicks' "
+        "is bigint, but the schema says String (string); cast it in the transformation\n"
+    )
+    assert error_of(cli, "plan", "--repository", "repo_type", "--detailed-exitcode") == error
+    assert error_of(cli, "apply", "--repository", "repo_type", "--yes") == error
+    assert versions(project) == [], "a refused apply writes no version"
+    code, out, _ = cli("plan", "--repository", "repo_type", "--no-validate", "--detailed-exitcode")
+    assert code == 2 and out.startswith("Changes to the registry (nothing applied yet):")
+
+
+def test_plan_output_is_unchanged_by_validation(cli):
+    validated = cli("plan", "--repository", "plan_repo_v1")
+    assert validated == cli("plan", "--repository", "plan_repo_v1", "--no-validate")
+    assert validated[0] == 0 and validated[2] == ""
+
+
+def test_plan_refuses_a_transformation_spark_cannot_resolve(cli, project):
+    view = VIEW.replace('"clicks")', 'events["clickz"].alias("clicks"))')
+    folder = package(project, "repo_column", __init__=view)
+    line = line_of(folder / "__init__.py", "@batch_feature_view")
+    err = error_of(cli, "plan", "--repository", "repo_column")
+    prefix = (
+        f"error: FeatureViewError: user_clicks (repo_column/__init__.py:{line}): the "
+        "transformation raised AnalysisException: "
+    )
+    assert err.startswith(prefix) and "clickz" in err and err.count("\n") == 1, err
+
+
+def test_plan_refuses_a_source_it_cannot_read(cli, project):
+    missing = 'missing = BatchSource("missing", path="raw/missing", timestamp_field="ts")\n'
+    view = VIEW.replace("sources=[events]", "sources=[missing]")
+    folder = package(project, "repo_source", __init__=missing + view)
+    line = line_of(folder / "__init__.py", "missing = BatchSource")
+    err = error_of(cli, "plan", "--repository", "repo_source")
+    prefix = (
+        f"error: SourceError: missing (repo_source/__init__.py:{line}): cannot read "
+        f"{project / 'raw' / 'missing'}: "
+    )
+    assert err.startswith(prefix) and err.count("\n") == 1, err
+
+
+# ---- validate runs pandas functions -----------------------------------------------------
+
+
+def pandas_view(body: str) -> str:
+    return f"""
+@batch_feature_view(sources=[events], entities=[user], schema=[Field("clicks", Int64)],
+                    mode="pandas", timestamp_field="ts", feature_start_time=START)
+def user_pandas(events):
+    {body}
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "problem"),
+    [
+        ("int", "return len(events)", "returned int, not a DataFrame"),
+        (
+            "column",
+            'return events[["user_id", "ts"]]',
+            "output is missing schema features ['clicks']",
+        ),
+        (
+            "float",
+            'return events[["user_id", "ts", "clicks"]].astype({"clicks": "float64"})',
+            "feature 'clicks' is float64, but the schema says Int64; cast it in the transformation",
+        ),
+        (
+            "raises",
+            'return events.assign(clicks=events["clickz"])',
+            "the transformation raised KeyError: 'clickz' at {path}:{line} on 1 row of user_id=1",
+        ),
+    ],
+)
+def test_validate_runs_pandas_functions_on_a_sample_of_the_first_window(
+    cli, project, name, body, problem
+):
+    folder = package(project, f"repo_pandas_{name}", __init__=pandas_view(body))
+    path = f"repo_pandas_{name}/__init__.py"
+    problem = problem.format(path=path, line=line_of(folder / "__init__.py", "return "))
+    line = line_of(folder / "__init__.py", "@batch_feature_view")
+    error = f"error: FeatureViewError: user_pandas ({path}:{line}): {problem}\n"
+    assert error_of(cli, "validate", "--repository", f"repo_pandas_{name}") == error
+    assert error_of(cli, "plan", "--repository", f"repo_pandas_{name}") == error
+
+
+def test_validate_says_what_it_ran_a_pandas_function_on(cli, project):
+    body = 'return events[["user_id", "ts", "clicks"]]'
+    package(project, "repo_pandas_ok", __init__=pandas_view(body))
+    code, out, err = cli("validate", "--repository", "repo_pandas_ok")
+    assert (code, err) == (0, "")
+    [line] = out.splitlines()
+    assert line.startswith("ok  user_pandas ")
+    assert line.endswith("  (pandas function run on 1 row of user_id=1)")
+
+
+def test_every_demo_view_validates_and_its_pandas_functions_run(spark, demo_data):
+    repository = Repository.load("feature_assets")
+    ran = {name: validate_view(spark, view) for name, view in repository.feature_views.items()}
+    pandas = {name for name, view in repository.feature_views.items() if view.mode == "pandas"}
+    assert pandas == {"user_profile", "user_click_sessions"}
+    for name in pandas:
+        assert ran[name].startswith("pandas function run on "), ran[name]
+    assert {ran[name] for name in ran.keys() - pandas} == {""}
