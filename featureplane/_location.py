@@ -7,7 +7,8 @@ import sys
 from collections.abc import Callable
 
 
-def _relative(path: str) -> str:
+def relative_path(path: str) -> str:
+    """`path` relative to the working directory when it lies below it, else as given."""
     try:
         rel = os.path.relpath(path)
     except ValueError:
@@ -22,10 +23,10 @@ def caller_location(depth: int = 2) -> str:
         frame = frame.f_back
     if frame is None:
         return "<unknown>"
-    return f"{_relative(frame.f_code.co_filename)}:{frame.f_lineno}"
+    return f"{relative_path(frame.f_code.co_filename)}:{frame.f_lineno}"
 
 
 def function_location(fn: Callable) -> str:
     """`file:line` of a function's definition."""
     code = fn.__code__
-    return f"{_relative(code.co_filename)}:{code.co_firstlineno}"
+    return f"{relative_path(code.co_filename)}:{code.co_firstlineno}"

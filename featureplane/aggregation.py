@@ -79,6 +79,9 @@ FUNCTIONS = (
     "last",
     "approx_count_distinct",
 )
+KNOWN_FUNCTIONS = frozenset({*FUNCTIONS, "last_n"})
+"""Every function name an AggregationFunction may carry (last_n and its count are made by
+`last_n`)."""
 NUMERIC_ONLY = frozenset({"sum", "mean", "stddev", "var"})
 PRECISIONS = range(4, 17)
 """HyperLogLog precisions p (2**p registers): from 16 registers to 64 Ki of them."""
@@ -124,7 +127,11 @@ def _window_label(window: timedelta) -> str:
 
 @dataclass(frozen=True)
 class Aggregation:
-    """`Aggregation("clicks", "count", timedelta(days=7))`: a feature named `clicks_count_7d`."""
+    """`Aggregation("clicks", "count", timedelta(days=7))`: a feature named `clicks_count_7d`.
+
+    Its arguments are checked by the feature view that uses it (`definition_problem`,
+    `problem`), so a mistake is reported with that view's name, file and line.
+    """
 
     column: str
     function: str | AggregationFunction
@@ -133,22 +140,34 @@ class Aggregation:
 
     def __post_init__(self) -> None:
         function = self.function
-        if isinstance(function, str):
-            if function not in FUNCTIONS:
-                raise ValueError(
-                    f"aggregation function {function!r} is not one of "
-                    f"{', '.join(FUNCTIONS)}, last_n(n), approx_count_distinct(precision)"
-                )
-            if function == "approx_count_distinct":
-                function = approx_count_distinct()
-            else:
-                function = AggregationFunction(function)
+        if function == "approx_count_distinct":
+            function = approx_count_distinct()
+        elif isinstance(function, str):
+            function = AggregationFunction(function)
         object.__setattr__(self, "function", function)
-        if not isinstance(self.time_window, timedelta) or self.time_window <= timedelta(0):
-            raise ValueError(f"time_window must be a positive timedelta, got {self.time_window!r}")
         if self.name is None:
-            label = f"{self.column}_{function}_{_window_label(self.time_window)}"
+            label = f"{self.column}_{function}"
+            if self._window_problem() is None:
+                label += f"_{_window_label(self.time_window)}"
             object.__setattr__(self, "name", label)
+
+    def _window_problem(self) -> str | None:
+        if isinstance(self.time_window, timedelta) and self.time_window > timedelta(0):
+            return None
+        return f"time_window must be a positive timedelta, got {self.time_window!r}"
+
+    def definition_problem(self) -> str | None:
+        """Why this is no aggregation whatever the column: an unknown function, or a window
+        that is not a positive timedelta."""
+        function = self.function
+        if not (isinstance(function, AggregationFunction) and function.name in KNOWN_FUNCTIONS):
+            shown = getattr(function, "name", function)
+            return (
+                f"aggregation {self.name!r}: function {shown!r} is not one of "
+                f"{', '.join(FUNCTIONS)}, last_n(n), approx_count_distinct(precision)"
+            )
+        problem = self._window_problem()
+        return f"aggregation {self.name!r}: {problem}" if problem else None
 
     @property
     def fn(self) -> AggregationFunction:
@@ -170,6 +189,9 @@ class Aggregation:
 
     def problem(self, dtype: DType | None, interval: timedelta) -> str | None:
         """Why this aggregation cannot apply to a column of `dtype` with tiles of `interval`."""
+        problem = self.definition_problem()
+        if problem:
+            return problem
         if self.time_window % interval != timedelta(0):
             return (
                 f"aggregation {self.name!r}: time_window {self.time_window} is not a multiple "

@@ -10,9 +10,10 @@ Names are unique across kinds (the repository refuses a reused name), so `descri
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from featureplane.errors import RegistryCorrupt
 from featureplane.plan import KINDS, diff
 from featureplane.registry_store import RegistryStore
 
@@ -155,12 +156,17 @@ def describe_lines(
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    """One applied version (that changed `name`, when asked about one) and what it changed."""
+    """One applied version (that changed `name`, when asked about one) and what it changed,
+    or one that cannot be read (`corrupt`: what it changed is unknown)."""
 
-    meta: Mapping[str, Any]
-    changes: tuple[str, ...]
+    version: int
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    changes: tuple[str, ...] = ()
+    corrupt: RegistryCorrupt | None = None
 
     def lines(self) -> list[str]:
+        if self.corrupt is not None:
+            return [f"version {self.version}  unreadable: {self.corrupt.path}"]
         meta = self.meta
         head = f"version {meta['version']}  {meta['applied_at']}  by {meta['applied_by']}"
         return [head, *(f"  {change}" for change in self.changes)]
@@ -168,11 +174,16 @@ class HistoryEntry:
 
 def history(store: RegistryStore, name: str | None = None) -> list[HistoryEntry]:
     """Every applied version, oldest first, or those that changed `name`, with the plan lines
-    of the change (its details when asked about one object)."""
+    of the change (its details when asked about one object). Unreadable versions are always
+    listed; a version after one is compared with the last readable version before it."""
     entries = []
     parent = None
     for version in store.versions():
-        applied = store.get(version)
+        try:
+            applied = store.get(version)
+        except RegistryCorrupt as corrupt:
+            entries.append(HistoryEntry(version, corrupt=corrupt))
+            continue
         if name is None:
             changes = tuple(applied.meta["changes"])
         else:
@@ -180,7 +191,10 @@ def history(store: RegistryStore, name: str | None = None) -> list[HistoryEntry]
             changes = tuple(
                 line for change in plan.changes if change.name == name for line in change.lines()
             )
+            if changes and parent and parent.version != applied.meta["parent"]:
+                note = f"(compared with version {parent.version}, the last readable one)"
+                changes = (note, *changes)
         if changes:
-            entries.append(HistoryEntry(applied.meta, changes))
+            entries.append(HistoryEntry(version, applied.meta, changes))
         parent = applied
     return entries

@@ -4,9 +4,11 @@
   through Dagster and push the online views, print a summary, then serve the registry over HTTP
   and print one feature vector of the `ctr` service.
 - `featureplane materialize`: compute feature views for a date range through Dagster.
-- `featureplane validate`: load the repository and check every view's output schema on Spark.
+- `featureplane validate`: load the repository and check every view's output on Spark (pandas
+  functions run on a sample of rows).
 - `featureplane registry`: write the serving registry of the repository (what `serve` reads).
-- `featureplane plan`: what applying the repository would change in the applied registry.
+- `featureplane plan`: what applying the repository would change in the applied registry, once
+  every view's output checks out as in `validate` (`--no-validate` skips that).
 - `featureplane apply`: write the repository as the next applied registry version, provision
   the online store and backfill the feature views whose version changed.
 - `featureplane list|describe|history`: the applied registry as a catalog.
@@ -20,6 +22,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import replace
@@ -27,6 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from featureplane.feature_view import FeatureView
     from featureplane.repository import Repository
 
 DEFAULT_REPOSITORY = "feature_assets"
@@ -150,18 +154,21 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from featureplane.compute.transform import run_transformation
-    from featureplane.compute.window import TimeWindow
-    from featureplane.repository import Repository
+def _validated(repository: Repository) -> list[tuple[FeatureView, str]]:
+    """(view, what was run beyond the schema check) for every feature view, once each output
+    checks out on Spark; the first that does not raises its one-line error
+    (`featureplane.compute.validation`)."""
+    from featureplane.compute.validation import validate_view
     from featureplane.spark_session import spark_session
 
-    repository = Repository.load(args.repository)
     with spark_session() as spark:
-        for view in repository.feature_views.values():
-            start = view.feature_start_time
-            run_transformation(spark, view, TimeWindow(start, start + view.batch_schedule))
-            print(f"ok  {view.name:<32} {view.mode:<10} version {view.version}")
+        return [(view, validate_view(spark, view)) for view in repository.feature_views.values()]
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    for view, ran in _validated(_load(args.repository)):
+        note = f"  ({ran})" if ran else ""
+        print(f"ok  {view.name:<32} {view.mode:<10} version {view.version}{note}")
     return 0
 
 
@@ -205,8 +212,18 @@ def _load(package: str) -> Repository:
     return Repository.load(package)
 
 
+def _checked_plan(args: argparse.Namespace):
+    """(repository, plan, desired registry, store) of the `--repository`; a view whose output
+    fails validation on Spark raises its one-line error first, unless --no-validate."""
+    repository = _load(args.repository)
+    planned = _plan(repository)
+    if not args.no_validate:
+        _validated(repository)
+    return repository, *planned
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    plan, _, _ = _plan(_load(args.repository))
+    _, plan, _, _ = _checked_plan(args)
     print(json.dumps(plan.as_json(), indent=2) + "\n" if args.json else plan.text(), end="")
     return 2 if args.detailed_exitcode and not plan.empty else 0
 
@@ -237,8 +254,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from featureplane.registry_store import is_store_location
     from featureplane.settings import registry_location
 
-    repository = _load(args.repository)
-    plan, desired, store = _plan(repository)
+    repository, plan, desired, store = _checked_plan(args)
     print(plan.text())
     if plan.empty:
         return 0
@@ -318,10 +334,13 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    """The versions, oldest first; a corrupt one is a line in place and its one-line error
+    at the end (exit 1), so the readable history is still shown."""
     from featureplane.catalog import history
 
-    applied, store = _applied()
-    if applied is None:
+    store = _store()
+    if not store.versions():
+        print("error: nothing applied yet; run `featureplane apply` first", file=sys.stderr)
         return 1
     entries = history(store, args.name)
     if not entries:
@@ -329,7 +348,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 1
     for entry in entries:
         print("\n".join(entry.lines()))
-    return 0
+    unreadable = [entry.corrupt for entry in entries if entry.corrupt]
+    for corrupt in unreadable:
+        print(f"error: {type(corrupt).__name__}: {corrupt}", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -352,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     from featureplane.plan import KINDS
 
     parser = argparse.ArgumentParser(prog="featureplane", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--verbose", action="store_true", help="print an error's traceback, not only its line"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="generate demo data and materialize all features")
@@ -388,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 without changes, 2 with changes, 1 on error",
     )
+    plan.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="do not check the views' outputs on Spark (which reads the sources' schemas)",
+    )
     plan.set_defaults(run=cmd_plan)
 
     apply = commands.add_parser("apply", help="write the next applied registry version")
@@ -398,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     apply.add_argument(
         "--no-backfill", action="store_true", help="do not recompute changed feature views"
+    )
+    apply.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="do not check the views' outputs on Spark (which reads the sources' schemas)",
     )
     apply.set_defaults(run=cmd_apply)
 
@@ -433,12 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.path.insert(0, os.getcwd())
-    from featureplane.errors import DefinitionError, MaterializationFailed
+    from featureplane.errors import DefinitionError, MaterializationFailed, RegistryCorrupt
     from featureplane.registry_store import RegistryConflict
 
     try:
         return args.run(args)
-    except (DefinitionError, RegistryConflict, MaterializationFailed) as exc:
+    except (DefinitionError, RegistryConflict, RegistryCorrupt, MaterializationFailed) as exc:
+        if args.verbose:
+            traceback.print_exception(exc, file=sys.stderr)
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 

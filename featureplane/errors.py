@@ -1,7 +1,9 @@
 """Errors users can act on: each names the object, where it was defined, and the problem.
 
 Printed by Python as e.g. ``FeatureViewError: user_click_stats (feature_assets/clicks.py:12):
-output is missing join key 'user_id'``.
+output is missing join key 'user_id'``; a module of the repository that fails to import has no
+object to name: ``RepositoryError: feature_assets/user.py:14: NameError: name 'Fielde' is not
+defined``.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 class DefinitionError(ValueError):
     """A definition in the feature repository is invalid."""
 
-    def __init__(self, name: str, location: str | None, problem: str):
+    def __init__(self, name: str | None, location: str | None, problem: str):
         self.name, self.location, self.problem = name, location, problem
+        if name is None:
+            super().__init__(f"{location}: {problem}" if location else problem)
+            return
         where = f" ({location})" if location else ""
         super().__init__(f"{name}{where}: {problem}")
 
@@ -41,7 +46,8 @@ class TrainingDatasetError(DefinitionError):
 
 
 class RepositoryError(DefinitionError):
-    """The feature repository as a whole is inconsistent (duplicate or unknown names)."""
+    """The feature repository as a whole is inconsistent (duplicate or unknown names), or one
+    of its modules fails to import (no name then: the file and line of the failure)."""
 
 
 class RetrievalError(ValueError):
@@ -51,3 +57,13 @@ class RetrievalError(ValueError):
 class MaterializationFailed(RuntimeError):
     """A run failed; the message has one line per failed step: the asset and what stopped it
     (the volume guard, a source not landed, a blocked quality check, a damaged table)."""
+
+
+class RegistryCorrupt(ValueError):
+    """A registry file (serving registry or applied version) that is not a readable registry:
+    truncated, not JSON, of another format, or missing or mistyping a part. Names the file,
+    the part and, where the reader knows one, how to repair it."""
+
+    def __init__(self, path: str, problem: str, remedy: str | None = None):
+        self.path, self.problem, self.remedy = path, problem, remedy
+        super().__init__(f"{path}: {problem}" + (f"; {remedy}" if remedy else ""))

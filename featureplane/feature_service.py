@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from featureplane._location import caller_location
-from featureplane.errors import DefinitionError, FeatureServiceError
+from featureplane.errors import FeatureServiceError
 from featureplane.naming import name_problem, owner_problem
 
 if TYPE_CHECKING:
@@ -19,7 +19,12 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class FeatureSelection:
     """Some (by default all) features of one feature view or on-demand feature view:
-    `view[["clicks_1d", "ctr_1d"]]`."""
+    `view[["clicks_1d", "ctr_1d"]]`.
+
+    Whoever holds a selection checks it (`problem`): a feature service, an on-demand view, a
+    retrieval. So a selection of a feature the view lacks is reported with the definition
+    that wrote it (the service's file and line), not the view's.
+    """
 
     view: FeatureView | OnDemandFeatureView
     features: tuple[str, ...]
@@ -28,23 +33,23 @@ class FeatureSelection:
     def view_name(self) -> str:
         return self.view.name
 
+    def problem(self) -> str | None:
+        """Why the view cannot serve this selection, or None."""
+        names = self.view.feature_names
+        unknown = [name for name in self.features if name not in names]
+        if unknown:
+            return (
+                f"selects {unknown} of {self.view_name!r}, which has the features "
+                f"{', '.join(names)}"
+            )
+        return None if self.features else f"selects no features of {self.view_name!r}"
+
 
 def select_features(
-    view: FeatureView | OnDemandFeatureView,
-    features: Sequence[str] | str,
-    error: type[DefinitionError],
+    view: FeatureView | OnDemandFeatureView, features: Sequence[str] | str
 ) -> FeatureSelection:
-    """`view[features]`, failing with the view's own error type when a feature is unknown."""
-    if isinstance(features, str):
-        features = [features]
-    unknown = [name for name in features if name not in view.feature_names]
-    if unknown or not features:
-        raise error(
-            view.name,
-            view.location,
-            f"has no features {unknown} (features: {', '.join(view.feature_names)})",
-        )
-    return FeatureSelection(view, tuple(features))
+    """`view[features]`: one feature's name, or a list of them."""
+    return FeatureSelection(view, (features,) if isinstance(features, str) else tuple(features))
 
 
 def select(reference: object) -> FeatureSelection:
@@ -80,6 +85,7 @@ class FeatureService:
                 selections.append(select(reference))
             except TypeError as exc:
                 problem = problem or str(exc)
+        problem = problem or next(filter(None, (s.problem() for s in selections)), None)
         if not problem and not selections:
             problem = "needs at least one feature view or selection"
         seen = [s.view_name for s in selections]

@@ -159,7 +159,10 @@ class FeatureStore:
             view = self._view(reference.name)
             return [FeatureSelection(view, view.feature_names)]
         if isinstance(reference, FeatureSelection):
-            return [FeatureSelection(self._view(reference.view_name), reference.features)]
+            selection = FeatureSelection(self._view(reference.view_name), reference.features)
+            if selection.problem():
+                raise RetrievalError(f"the request {selection.problem()}")
+            return [selection]
         if isinstance(reference, str):
             view_name, _, feature = reference.partition(":")
             view = self._view(view_name)

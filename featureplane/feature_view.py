@@ -266,7 +266,7 @@ class FeatureView:
 
     def __getitem__(self, features: Sequence[str]) -> FeatureSelection:
         """A selection of this view's features, e.g. `ad_stats[["ctr_1d"]]`."""
-        return select_features(self, features, FeatureViewError)
+        return select_features(self, features)
 
     @property
     def join_keys(self) -> tuple[str, ...]:

@@ -156,6 +156,8 @@ class OnDemandFeatureView:
                     f"source {source!r} is not a RequestSource, a feature view or a selection "
                     "of one (on-demand views cannot be chained)"
                 )
+            if isinstance(source, FeatureSelection) and source.problem():
+                return source.problem()
         requests = [s for s in self.sources if isinstance(s, RequestSource)]
         if len(requests) > 1:
             return "takes at most one RequestSource: put every request field in it"
@@ -201,7 +203,7 @@ class OnDemandFeatureView:
 
     def __getitem__(self, features: Sequence[str] | str) -> FeatureSelection:
         """A selection of this view's outputs, e.g. `ctr_features[["user_ctr_1d"]]`."""
-        return select_features(self, features, OnDemandFeatureViewError)
+        return select_features(self, features)
 
     @property
     def feature_names(self) -> tuple[str, ...]:

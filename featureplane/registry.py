@@ -9,7 +9,9 @@ neither Spark, pandas nor Dagster.
 The same text is the applied registry (`featureplane.registry_store`, `plan/apply`): a `format`
 version that readers check, every list sorted by name (features keep their definition order,
 which is meaningful), and `write_registry` prints sorted keys with a fixed indent, so the same
-repository always gives the same bytes and a diff of two registries is a plan.
+repository always gives the same bytes and a diff of two registries is a plan. Every reader
+checks a registry against the format first (`featureplane.registry_format`): a corrupt file is
+refused naming the file and the part, never half read.
 
     {"format": 1,
      "online_store": {"type": "sqlite", "path": "..."},
@@ -54,7 +56,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from featureplane.aggregation import Aggregation, approx_count_distinct, last_n
+from featureplane.errors import RegistryCorrupt
 from featureplane.on_demand import function_from_source
+from featureplane.registry_format import FORMAT, parse_registry_json, registry_problem
 from featureplane.types import DType, Field, dtype_named
 
 if TYPE_CHECKING:
@@ -65,9 +69,6 @@ if TYPE_CHECKING:
     from featureplane.repository import Repository
     from featureplane.source import BatchSource
     from featureplane.training_dataset import TrainingDataset
-
-FORMAT = 1
-"""The registry format this code writes and reads; a reader refuses any other."""
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,13 @@ def _aggregation(spec: Mapping[str, Any]) -> Aggregation:
     function = last_n(n) if name == "last_n" else name
     if name == "approx_count_distinct":
         function = approx_count_distinct(n)
-    return Aggregation(
+    aggregation = Aggregation(
         spec["column"], function, _duration(spec["time_window_seconds"]), spec["name"]
     )
+    problem = aggregation.definition_problem()
+    if problem:
+        raise ValueError(problem)
+    return aggregation
 
 
 def _key_types_json(key_types: Mapping[str, DType | None]) -> list[dict[str, str | None]]:
@@ -324,72 +329,78 @@ def _view(spec: Mapping[str, Any]) -> ViewSpec:
     )
 
 
-def _on_demand(spec: Mapping[str, Any], views: Mapping[str, ViewSpec]) -> OnDemandSpec:
+def _on_demand(spec: Mapping[str, Any]) -> OnDemandSpec:
     request = spec["request"]
-    sources = []
-    for source in spec["sources"]:
-        if "request" in source:
-            sources.append((None, tuple(f["name"] for f in request["fields"])))
-            continue
-        _check_selection(f"on-demand view {spec['name']!r}", source, views)
-        sources.append((source["view"], tuple(source["features"])))
+    sources = [
+        (None, tuple(f["name"] for f in request["fields"]))
+        if "request" in source
+        else (source["view"], tuple(source["features"]))
+        for source in spec["sources"]
+    ]
+    try:
+        function = function_from_source(spec["function_source"], spec["name"])
+    except Exception as error:  # noqa: BLE001 - whatever shipped code does, it is not a function
+        raise ValueError(f"function_source: {type(error).__name__}: {error}") from error
     return OnDemandSpec(
         name=spec["name"],
         version=spec["version"],
         schema=_fields(spec["features"]),
         request_fields=_fields(request["fields"]) if request else (),
         sources=tuple(sources),
-        function=function_from_source(spec["function_source"], spec["name"]),
+        function=function,
         description=spec["description"],
         owner=spec["owner"],
         tags=MappingProxyType(dict(spec["tags"])),
     )
 
 
-def _check_selection(
-    what: str, selection: Mapping[str, Any], views: Mapping[str, ViewSpec | OnDemandSpec]
-) -> None:
-    view = views.get(selection["view"])
-    if view is None:
-        raise ValueError(f"registry: {what} selects unknown view {selection['view']!r}")
-    unknown = [name for name in selection["features"] if name not in view.features]
-    if unknown:
-        raise ValueError(
-            f"registry: {what} selects {unknown} of view {view.name!r}, "
-            f"which serves {list(view.features)}"
-        )
-
-
-def _service(spec: Mapping[str, Any], views: Mapping[str, ViewSpec | OnDemandSpec]) -> ServiceSpec:
-    selections = []
-    for selection in spec["features"]:
-        _check_selection(f"service {spec['name']!r}", selection, views)
-        selections.append((selection["view"], tuple(selection["features"])))
+def _service(spec: Mapping[str, Any]) -> ServiceSpec:
     return ServiceSpec(
         name=spec["name"],
-        selections=tuple(selections),
+        selections=tuple((s["view"], tuple(s["features"])) for s in spec["features"]),
         description=spec["description"],
         owner=spec["owner"],
         tags=MappingProxyType(dict(spec["tags"])),
     )
 
 
-def load_registry(source: str | Path | Mapping[str, Any]) -> ServingRegistry:
-    """A registry from its file or its dict; a registry of another format is refused."""
-    registry = source if isinstance(source, Mapping) else json.loads(Path(source).read_text())
-    if registry.get("format") != FORMAT:
-        raise ValueError(
-            f"registry format {registry.get('format')!r} is not supported (this build reads "
-            f"{FORMAT}); rebuild it with `featureplane registry`"
-        )
-    views = {spec["name"]: _view(spec) for spec in registry["feature_views"]}
-    on_demand = {spec["name"]: _on_demand(spec, views) for spec in registry["on_demand_views"]}
-    selectable = {**views, **on_demand}
-    services = {spec["name"]: _service(spec, selectable) for spec in registry["feature_services"]}
+def _specs(
+    registry: Mapping[str, Any],
+    section: str,
+    build: Callable[[Mapping[str, Any]], Any],
+    origin: str,
+) -> dict[str, Any]:
+    """The section's specs by name; a value no spec can be built of names its object."""
+    specs = {}
+    for spec in registry[section]:
+        try:
+            specs[spec["name"]] = build(spec)
+        except ValueError as error:
+            raise RegistryCorrupt(origin, f"{section}[{spec['name']}]: {error}") from error
+    return specs
+
+
+def load_registry(
+    source: str | Path | Mapping[str, Any], origin: str | None = None
+) -> ServingRegistry:
+    """A registry from its file or its dict (read from `origin`, which errors name).
+
+    Anything that is not a registry of this format — truncated, not JSON, another format, a
+    part missing, mistyped or naming what is not there — raises RegistryCorrupt naming the
+    file and the part, checked before any spec is built (`featureplane.registry_format`).
+    """
+    if isinstance(source, Mapping):
+        registry, origin = source, origin or "<registry>"
+    else:
+        origin = origin or str(source)
+        registry = parse_registry_json(Path(source).read_bytes(), origin)
+    problem = registry_problem(registry)
+    if problem:
+        raise RegistryCorrupt(origin, problem)
     return ServingRegistry(
         format=FORMAT,
         online_store=MappingProxyType(dict(registry["online_store"])),
-        views=MappingProxyType(views),
-        services=MappingProxyType(services),
-        on_demand=MappingProxyType(on_demand),
+        views=MappingProxyType(_specs(registry, "feature_views", _view, origin)),
+        services=MappingProxyType(_specs(registry, "feature_services", _service, origin)),
+        on_demand=MappingProxyType(_specs(registry, "on_demand_views", _on_demand, origin)),
     )

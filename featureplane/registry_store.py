@@ -9,13 +9,18 @@ of two applies racing for the same version exactly one wins and the other gets
 Nothing is ever overwritten, so the files are the history, and the latest version is the
 highest number listed (no pointer file that could disagree with them).
 
+Every read is checked (`featureplane.registry_format`, and the `meta` block against its file):
+a corrupt version raises RegistryCorrupt naming its file. A corrupt latest version stops plan
+and apply until it is restored from a backup or set aside: renamed with a suffix after `.json`
+(`v000042.json.corrupt`), which retires its number, so the next apply writes 43, not a second
+42 that servers which loaded the first 42 would take for the one they hold.
+
 Spark-, Dagster- and boto3-free at import: the Lambda handler reads it; S3 loads boto3 lazily.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import re
 import uuid
@@ -26,9 +31,25 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from featureplane.errors import RegistryCorrupt
 from featureplane.registry import registry_text
+from featureplane.registry_format import (
+    INTEGER,
+    parse_registry_json,
+    registry_problem,
+    shape_problem,
+)
 
 VERSION_FILE = re.compile(r"v(\d{6})\.json")
+SET_ASIDE_FILE = re.compile(r"v(\d{6})\.json\..+")
+"""A version moved out of the way (`v000042.json.corrupt`): no longer read, its number retired."""
+META = {
+    "version": INTEGER,
+    "parent": (INTEGER, None),
+    "applied_at": str,
+    "applied_by": str,
+    "changes": [str],
+}
 
 
 class RegistryConflict(RuntimeError):
@@ -57,6 +78,10 @@ class _Files(Protocol):
 
     def names(self) -> list[str]: ...
 
+    def where(self, name: str) -> str:
+        """The file's path or URI, as messages name it."""
+        ...
+
     def read(self, name: str) -> bytes: ...
 
     def create(self, name: str, data: bytes) -> bool:
@@ -70,6 +95,9 @@ class _LocalFiles:
 
     def names(self) -> list[str]:
         return os.listdir(self.root) if self.root.is_dir() else []
+
+    def where(self, name: str) -> str:
+        return str(self.root / name)
 
     def read(self, name: str) -> bytes:
         return (self.root / name).read_bytes()
@@ -102,6 +130,9 @@ class _S3Files:
         return [
             item["Key"][len(self.prefix) :] for page in pages for item in page.get("Contents", [])
         ]
+
+    def where(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{name}"
 
     def read(self, name: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"].read()
@@ -150,18 +181,36 @@ class RegistryStore:
 
     def versions(self) -> list[int]:
         """Every applied version number, ascending."""
-        found = (VERSION_FILE.fullmatch(name) for name in self._files.names())
+        return self._numbers(VERSION_FILE)
+
+    def _numbers(self, pattern: re.Pattern[str]) -> list[int]:
+        found = (pattern.fullmatch(name) for name in self._files.names())
         return sorted(int(match.group(1)) for match in found if match)
 
+    def path(self, version: int) -> str:
+        """Where version `version` is kept (a path or an s3:// URI)."""
+        return self._files.where(_file_name(version))
+
     def get(self, version: int) -> AppliedRegistry:
-        document = json.loads(self._files.read(f"v{version:06d}.json"))
+        """One version; RegistryCorrupt naming its file if it is not a readable version."""
+        path = self.path(version)
+        document = parse_registry_json(self._files.read(_file_name(version)), path)
+        problem = _version_problem(document, version)
+        if problem:
+            raise RegistryCorrupt(path, problem)
         meta = document.pop("meta")
         return AppliedRegistry(version, document, meta)
 
     def latest(self) -> AppliedRegistry | None:
-        """The highest applied version, or None before the first apply."""
+        """The highest applied version, or None before the first apply; RegistryCorrupt, with
+        the repair, when it is corrupt (nothing may be planned against a guess)."""
         versions = self.versions()
-        return self.get(versions[-1]) if versions else None
+        if not versions:
+            return None
+        try:
+            return self.get(versions[-1])
+        except RegistryCorrupt as corrupt:
+            raise RegistryCorrupt(corrupt.path, corrupt.problem, _repair(versions[-1])) from None
 
     def history(self) -> list[dict[str, Any]]:
         """The `meta` block of every version, oldest first: who applied what, and when."""
@@ -174,12 +223,16 @@ class RegistryStore:
         changes: Sequence[str],
         applied_by: str | None = None,
     ) -> AppliedRegistry:
-        """Write `registry` as the version after `parent` (the version it was planned against).
+        """Write `registry` as the version after `parent` (the version it was planned against),
+        past any number retired by a version set aside.
 
         Raises RegistryConflict if that version exists: another apply won the race, or this
         plan was made against a version that is no longer the latest.
         """
         version = (parent or 0) + 1
+        retired = set(self._numbers(SET_ASIDE_FILE))
+        while version in retired:
+            version += 1
         meta = {
             "version": version,
             "parent": parent,
@@ -188,7 +241,7 @@ class RegistryStore:
             "changes": list(changes),
         }
         document = {**registry, "meta": meta}
-        if not self._files.create(f"v{version:06d}.json", registry_text(document).encode()):
+        if not self._files.create(_file_name(version), registry_text(document).encode()):
             raise RegistryConflict(version, self._meta_if_readable(version))
         return AppliedRegistry(version, dict(registry), meta)
 
@@ -198,3 +251,30 @@ class RegistryStore:
             return self.get(version).meta
         except Exception:  # noqa: BLE001 - only used to word the conflict error
             return None
+
+
+def _file_name(version: int) -> str:
+    return f"v{version:06d}.json"
+
+
+def _version_problem(document: Any, version: int) -> str | None:
+    """What makes `document` not applied version `version`: not a registry, or its `meta`."""
+    problem = registry_problem(document)
+    if problem:
+        return problem
+    if "meta" not in document:
+        return "missing 'meta': a registry, but not an applied version"
+    problem = shape_problem(document["meta"], META, "meta")
+    if problem:
+        return problem
+    if document["meta"]["version"] != version:
+        return f"meta.version is {document['meta']['version']}, but the file is version {version}"
+    return None
+
+
+def _repair(version: int) -> str:
+    return (
+        f"it is registry version {version}, the latest: restore it from a backup, or set it "
+        f"aside as {_file_name(version)}.corrupt (the next apply then writes version "
+        f"{version + 1}), then plan again"
+    )

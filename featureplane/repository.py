@@ -10,13 +10,18 @@ and every name a definition refers to defined. References are then resolved, so 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import pkgutil
-from collections.abc import Mapping
+import traceback
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from types import ModuleType
 
+from featureplane._location import relative_path
 from featureplane.entity import Entity
 from featureplane.errors import (
+    DefinitionError,
     FeatureServiceError,
     FeatureViewError,
     OnDemandFeatureViewError,
@@ -107,12 +112,17 @@ class Repository:
 
     @classmethod
     def load(cls, package: str | ModuleType = "feature_assets") -> Repository:
-        """Import every module of `package` and collect its definitions."""
-        root = importlib.import_module(package) if isinstance(package, str) else package
+        """Import every module of `package` and collect its definitions.
+
+        A module that fails to import (a SyntaxError, NameError, ImportError, any exception
+        but a definition's own error) raises RepositoryError with the file and line in the
+        repository where it failed; the original exception is its cause.
+        """
+        root = _imported(package, None) if isinstance(package, str) else package
         modules = [root]
         for info in pkgutil.walk_packages(root.__path__, prefix=f"{root.__name__}."):
             if info.name.rsplit(".", 1)[-1] not in SKIPPED_MODULES:
-                modules.append(importlib.import_module(info.name))
+                modules.append(_imported(info.name, root.__path__))
         return cls.from_objects([obj for module in modules for obj in vars(module).values()])
 
     def feature_view(self, name: str) -> FeatureView:
@@ -121,6 +131,49 @@ class Repository:
         except KeyError:
             known = _known(self.feature_views)
             raise KeyError(f"no feature view named {name!r} (known: {known})") from None
+
+
+def _imported(name: str, folders: Iterable[str] | None) -> ModuleType:
+    """The module `name`, or RepositoryError naming the line in `folders` (the repository's;
+    None for the package itself, found then) where importing it failed."""
+    try:
+        return importlib.import_module(name)
+    except DefinitionError:
+        raise
+    except Exception as error:
+        where = _failed_at(error, _package_folders(name) if folders is None else folders)
+        raise RepositoryError(None, where, _one_line(error)) from error
+
+
+def _package_folders(name: str) -> list[str]:
+    """The folders of the package `name`, when Python can find it."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)
+    return [os.path.dirname(spec.origin)] if spec.origin else []
+
+
+def _failed_at(error: Exception, folders: Iterable[str]) -> str | None:
+    """`file:line` of a SyntaxError, else of the innermost frame inside `folders`."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f"{relative_path(error.filename)}:{error.lineno}"
+    roots = [os.path.join(os.path.abspath(folder), "") for folder in folders]
+    inside = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if any(os.path.abspath(frame.filename).startswith(root) for root in roots)
+    ]
+    return f"{relative_path(inside[-1].filename)}:{inside[-1].lineno}" if inside else None
+
+
+def _one_line(error: Exception) -> str:
+    message = error.msg if isinstance(error, SyntaxError) else str(error)
+    return f"{type(error).__name__}: {' '.join(message.split())}"
 
 
 def _resolve_view(view: FeatureView, sources: dict[str, BatchSource]) -> FeatureView:

@@ -9,6 +9,10 @@ store (a directory or `s3://` URI, `featureplane.registry_store`) whose latest a
 served: the handler looks for a newer version at most every
 `$FEATUREPLANE_REGISTRY_REFRESH_SECONDS` (60), so warm instances pick up an apply. A look that
 fails (the store unreachable for a moment) is logged and the version at hand served meanwhile.
+A version that is corrupt (`RegistryCorrupt`) is skipped, its file and problem logged once, and
+the newest readable version served: a bad file never takes a fleet down, cold or warm. A
+registry file given alone has nothing to fall back to: a corrupt one fails the first request
+(and `featureplane serve` at start) with its one-line RegistryCorrupt.
 
 Cold import cost matters here: this module imports only the Spark-, Dagster- and pandas-free
 serving core, and the store backend on first use.
@@ -22,6 +26,7 @@ import logging
 import time
 from typing import Any
 
+from featureplane.errors import RegistryCorrupt
 from featureplane.registry import load_registry
 from featureplane.registry_store import RegistryStore, is_store_location
 from featureplane.serving import FeatureServer, Response, encode_json
@@ -33,6 +38,8 @@ _store: RegistryStore | None = None
 """Set when `$FEATUREPLANE_REGISTRY` names a registry store: the server follows its versions."""
 _version: int | None = None
 _checked_at = 0.0
+_skipped: dict[int, str] = {}
+"""Corrupt versions of the store already logged, with their problem: each is logged once."""
 
 
 def server() -> FeatureServer:
@@ -60,18 +67,38 @@ def server() -> FeatureServer:
 
 
 def _follow(store: RegistryStore) -> None:
-    """Serve the store's latest version; the online store client is kept while its settings are."""
+    """Serve the store's newest readable version; the online store client is kept while its
+    settings are. Corrupt versions newer than it are skipped and logged."""
     global _server, _version, _checked_at
     _checked_at = time.monotonic()
     versions = store.versions()
     if not versions:
         raise RuntimeError(f"no registry applied at {store.location}: run `featureplane apply`")
-    if versions[-1] == _version:
+    newest: RegistryCorrupt | None = None
+    for version in reversed(versions):
+        if version == _version:
+            return
+        try:
+            registry = load_registry(store.get(version).registry, store.path(version))
+        except RegistryCorrupt as corrupt:
+            newest = newest or corrupt
+            _skip(version, corrupt)
+            continue
+        same_store = _server is not None and _server.registry.online_store == registry.online_store
+        _server = FeatureServer(registry, store=_server.store if same_store else None)
+        _version = version
+        if version != versions[-1]:
+            logger.warning("serving registry version %s, the newest readable one", version)
         return
-    registry = load_registry(store.get(versions[-1]).registry)
-    same_store = _server is not None and _server.registry.online_store == registry.online_store
-    _server = FeatureServer(registry, store=_server.store if same_store else None)
-    _version = versions[-1]
+    raise RegistryCorrupt(
+        store.location, f"no readable registry version; the newest, {newest}"
+    ) from newest
+
+
+def _skip(version: int, corrupt: RegistryCorrupt) -> None:
+    if _skipped.get(version) != str(corrupt):
+        _skipped[version] = str(corrupt)
+        logger.warning("skipped registry version %s: %s", version, corrupt)
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:

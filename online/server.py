@@ -92,13 +92,18 @@ async def _lifespan(receive: Any, send: Any) -> None:
 def serve(
     registry: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1
 ) -> None:
-    """Serve the feature services of a registry file or store over HTTP until interrupted."""
+    """Serve the feature services of a registry file or store over HTTP until interrupted.
+
+    The registry is loaded before the port is bound, so one that cannot be served (a corrupt
+    file, a store without a readable version) raises its one-line error here, not in a worker.
+    """
     import uvicorn
 
     location = str(registry)
     os.environ["FEATUREPLANE_REGISTRY"] = (
         location if "://" in location else str(Path(location).resolve())
     )
+    server()
     uvicorn.run(
         "online.server:app",
         host=host,

@@ -5,12 +5,14 @@ benchmarks' business."""
 
 import textwrap
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 from hypothesis import HealthCheck, settings
 from pyspark.sql import SparkSession
 
@@ -51,28 +53,51 @@ user = Entity("user", join_keys=["user_id"])
 @batch_feature_view(sources=[events], entities=[user], schema={schema}, timestamp_field="ts",
                     feature_start_time=datetime(2026, 1, 1, tzinfo=UTC))
 def user_stats(events):
-    return events
+    return {output}
 
 
 checkout = FeatureService("checkout", features=[user_stats])
 """
 
 
+EVENTS = pa.table(
+    {
+        "user_id": pa.array([1, 2], pa.int64()),
+        "ts": pa.array([datetime(2026, 1, 1, 9, tzinfo=UTC)] * 2, pa.timestamp("us", "UTC")),
+        "clicks": pa.array([3, 4], pa.int64()),
+        "country": ["FR", "DE"],
+    }
+)
+"""The `events` source of the `cli` fixture's repositories."""
+
+
+def write_repository(package: Path, **parts: str) -> Path:
+    """A package whose `__init__.py` is REPOSITORY with `parts` ({schema}, {output}) filled."""
+    package.mkdir()
+    source = textwrap.dedent(REPOSITORY)
+    for part, text in parts.items():
+        source = source.replace(f"{{{part}}}", text)
+    (package / "__init__.py").write_text(source)
+    return package
+
+
 @pytest.fixture
 def cli(data_dir, monkeypatch, capsys):
     """Run `featureplane …` in-process on packages written to the data directory: `v1`, `v2`
-    (clicks retyped) and `broken`, with a Dagster instance in `<data dir>/dagster_home`;
-    returns (exit code, stdout, stderr)."""
-    schemas = {
-        "v1": '[Field("clicks", Int64), Field("country", String)]',
-        "v2": '[Field("clicks", String), Field("country", String)]',
-        "broken": '[Field("user_id", Int64)]',
+    (clicks retyped) and `broken`, over a Delta table `raw/events` that plan and apply
+    validate them against, with a Dagster instance in `<data dir>/dagster_home`; returns
+    (exit code, stdout, stderr)."""
+    repositories = {
+        "v1": ('[Field("clicks", Int64), Field("country", String)]', "events"),
+        "v2": (
+            '[Field("clicks", String), Field("country", String)]',
+            'events.withColumn("clicks", events["clicks"].cast("string"))',
+        ),
+        "broken": ('[Field("user_id", Int64)]', "events"),
     }
-    for name, schema in schemas.items():
-        package = data_dir / f"plan_repo_{name}"
-        package.mkdir()
-        source = textwrap.dedent(REPOSITORY).replace("{schema}", schema)
-        (package / "__init__.py").write_text(source)
+    for name, (schema, output) in repositories.items():
+        write_repository(data_dir / f"plan_repo_{name}", schema=schema, output=output)
+    write_deltalake(str(data_dir / "raw" / "events"), EVENTS)
     monkeypatch.syspath_prepend(str(data_dir))
     for name in ("FEATUREPLANE_REGISTRY", "FEATUREPLANE_ONLINE_STORE"):
         monkeypatch.delenv(name, raising=False)

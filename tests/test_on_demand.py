@@ -19,7 +19,6 @@ from featureplane import (
     Date,
     Entity,
     FeatureService,
-    FeatureViewError,
     Field,
     Float32,
     Float64,
@@ -37,6 +36,7 @@ from featureplane import (
     on_demand_feature_view,
 )
 from featureplane.compute.window import TimeWindow
+from featureplane.errors import FeatureServiceError
 from featureplane.feature_store import FeatureStore
 from featureplane.offline_store import OfflineStore
 from featureplane.on_demand import compute_features, function_from_source, stored_views
@@ -151,11 +151,15 @@ def test_functions_that_cannot_run_from_their_source_alone_are_rejected():
         OnDemandFeatureView("inline", (REQUEST,), (Field("y", Int64),), lambda request: {})
 
 
-def test_a_selection_of_an_unknown_feature_fails_at_selection():
-    with pytest.raises(FeatureViewError, match=r"user_stats .*has no features \['nope'\]"):
-        user_stats[["nope"]]
-    with pytest.raises(OnDemandFeatureViewError, match=r"user_ctr .*has no features \['nope'\]"):
-        user_ctr[["nope"]]
+def test_a_selection_of_an_unknown_feature_fails_in_the_definition_holding_it():
+    with pytest.raises(OnDemandFeatureViewError) as raised:
+        on_demand_feature_view(sources=[user_stats[["nope"]]], schema=[Field("y", Int64)])(
+            valid_one
+        )
+    assert raised.value.name == "valid_one"
+    assert raised.value.problem.startswith("selects ['nope'] of 'user_stats', which has")
+    with pytest.raises(FeatureServiceError, match=r"^s \(.*test_on_demand.py:\d+\): selects"):
+        FeatureService("s", features=[user_ctr[["nope"]]])
     assert user_ctr[["ctr"]].features == ("ctr",)
 
 

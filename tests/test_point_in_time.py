@@ -32,7 +32,6 @@ from featureplane import (
     BatchSource,
     Entity,
     FeatureService,
-    FeatureViewError,
     Field,
     Float64,
     Int64,
@@ -687,17 +686,18 @@ def unregistered_view():
             "materialize the asset features/never_materialized",
         ),
         (SPINE, [], {}, "no features requested"),
+        (
+            SPINE,
+            [USER_STATS[["nope"]]],
+            {},
+            "the request selects ['nope'] of 'user_stats', which has the features",
+        ),
     ],
 )
 def test_retrieval_errors(store, spine, features, kwargs, message):
     with pytest.raises(RetrievalError) as raised:
         store.get_historical_features(spine, features, **kwargs)
     assert message in str(raised.value)
-
-
-def test_selecting_an_unknown_feature_fails_at_selection():
-    with pytest.raises(FeatureViewError, match=r"has no features \['nope'\]"):
-        USER_STATS[["nope"]]
 
 
 # ---- ties and time zones ---------------------------------------------------------------------

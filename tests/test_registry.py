@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from featureplane import Aggregation, FeatureService, Repository, approx_count_distinct
+from featureplane.errors import RegistryCorrupt
 from featureplane.registry import (
     FORMAT,
     build_registry,
@@ -122,5 +123,8 @@ def test_on_demand_views_ship_their_function(demo):
 
 def test_another_format_is_refused(demo):
     registry = build_registry(demo, STORE)
-    with pytest.raises(ValueError, match="registry format 2 is not supported"):
+    with pytest.raises(RegistryCorrupt) as raised:
         load_registry({**registry, "format": 2})
+    assert str(raised.value) == (
+        "<registry>: format 2 is not supported (this build of featureplane reads 1)"
+    )

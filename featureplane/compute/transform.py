@@ -191,3 +191,22 @@ def check_output(view: FeatureView, output: DataFrame) -> None:
                 f"feature {column.name!r} is {types[column.name]}, but the schema says "
                 f"{column.dtype!r} ({column.dtype.spark}); cast it in the transformation",
             )
+
+
+def check_pandas_output(view: FeatureView, result: object) -> None:
+    """Raise FeatureViewError unless a pandas function's `result` for one group is what
+    `_run_pandas` accepts from every group: a DataFrame of exactly the declared columns, each
+    of a dtype its schema type takes (for validation, which calls the function itself)."""
+    if not isinstance(result, pd.DataFrame):
+        raise FeatureViewError(
+            view.name, view.location, f"returned {type(result).__name__}, not a DataFrame"
+        )
+    _check_columns(view, list(result.columns))
+    for column in view.schema:
+        if not _pandas_fits(result[column.name], column.dtype):
+            raise FeatureViewError(
+                view.name,
+                view.location,
+                f"feature {column.name!r} is {result[column.name].dtype}, but the schema says "
+                f"{column.dtype!r}; cast it in the transformation",
+            )
