@@ -16,7 +16,7 @@ from typing import Any
 
 from featureplane.entity import Entity
 from featureplane.feature_view import FeatureView
-from featureplane.registry import _aggregation, _aggregation_json, _duration, _seconds
+from featureplane.registry import aggregation_from_json, aggregation_json, duration, seconds
 from featureplane.types import Field, dtype_named
 
 RECORDED_SOURCE = "recorded"
@@ -28,10 +28,10 @@ def retrieval_definition(view: FeatureView) -> dict[str, Any]:
     return {
         "entities": [{"name": e.name, "join_keys": list(e.join_keys)} for e in view.entities],
         "timestamp_field": view.timestamp_field,
-        "ttl_seconds": _seconds(view.ttl),
+        "ttl_seconds": seconds(view.ttl),
         "schema": [{"name": c.name, "type": c.dtype.name} for c in view.schema],
-        "aggregation_interval_seconds": _seconds(view.interval) if view.aggregations else None,
-        "aggregations": [_aggregation_json(a) for a in view.aggregations],
+        "aggregation_interval_seconds": seconds(view.interval) if view.aggregations else None,
+        "aggregations": [aggregation_json(a) for a in view.aggregations],
     }
 
 
@@ -51,7 +51,7 @@ def recorded_view(name: str, definition: Mapping[str, Any]) -> FeatureView:
         schema=tuple(Field(c["name"], dtype_named(c["type"])) for c in definition["schema"]),
         timestamp_field=definition["timestamp_field"],
         feature_start_time=datetime(1970, 1, 1, tzinfo=UTC),
-        ttl=_duration(definition["ttl_seconds"]),
-        aggregations=tuple(_aggregation(a) for a in definition["aggregations"]),
-        aggregation_interval=_duration(definition["aggregation_interval_seconds"]),
+        ttl=duration(definition["ttl_seconds"]),
+        aggregations=tuple(aggregation_from_json(a) for a in definition["aggregations"]),
+        aggregation_interval=duration(definition["aggregation_interval_seconds"]),
     )

@@ -61,11 +61,17 @@ def lost_commit_race(error: Exception) -> bool:
     )
 
 
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The file system of a location (a local path, `file://` or an object store URI) and the
+    location's path in it."""
+    return pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{uri}")
+
+
 def files_at(uri: str) -> int:
     """How many files a location holds (local or object store); 0 where it does not exist."""
-    filesystem, path = pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{uri}")
+    files, path = filesystem(uri)
     selector = pafs.FileSelector(path, allow_not_found=True, recursive=True)
-    return sum(info.type == pafs.FileType.File for info in filesystem.get_file_info(selector))
+    return sum(info.type == pafs.FileType.File for info in files.get_file_info(selector))
 
 
 @dataclass(frozen=True)

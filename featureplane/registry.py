@@ -132,34 +132,38 @@ class ServingRegistry:
     on_demand: Mapping[str, OnDemandSpec]
 
 
-def _seconds(duration: timedelta | None) -> int | float | None:
-    if duration is None:
+def seconds(span: timedelta | None) -> int | float | None:
+    """A duration as JSON: whole seconds as an int, else a float; None stays None."""
+    if span is None:
         return None
-    seconds = duration.total_seconds()
-    return int(seconds) if seconds.is_integer() else seconds
+    total = span.total_seconds()
+    return int(total) if total.is_integer() else total
 
 
-def _duration(seconds: float | None) -> timedelta | None:
-    return None if seconds is None else timedelta(seconds=seconds)
+def duration(total: float | None) -> timedelta | None:
+    """`seconds` read back."""
+    return None if total is None else timedelta(seconds=total)
 
 
-def _aggregation_json(aggregation: Aggregation) -> dict[str, Any]:
+def aggregation_json(aggregation: Aggregation) -> dict[str, Any]:
+    """An aggregation as the registry (and a training dataset's manifest) records it."""
     return {
         "name": aggregation.name,
         "column": aggregation.column,
         "function": aggregation.fn.name,
         "n": aggregation.fn.n,
-        "time_window_seconds": _seconds(aggregation.time_window),
+        "time_window_seconds": seconds(aggregation.time_window),
     }
 
 
-def _aggregation(spec: Mapping[str, Any]) -> Aggregation:
+def aggregation_from_json(spec: Mapping[str, Any]) -> Aggregation:
+    """`aggregation_json` read back."""
     name, n = spec["function"], spec["n"]
     function = last_n(n) if name == "last_n" else name
     if name == "approx_count_distinct":
         function = approx_count_distinct(n)
     aggregation = Aggregation(
-        spec["column"], function, _duration(spec["time_window_seconds"]), spec["name"]
+        spec["column"], function, duration(spec["time_window_seconds"]), spec["name"]
     )
     problem = aggregation.definition_problem()
     if problem:
@@ -185,14 +189,14 @@ def _view_json(view: FeatureView) -> dict[str, Any]:
             {"name": name, "type": dtype.name, "description": descriptions.get(name, "")}
             for name, dtype in view.feature_types.items()
         ],
-        "ttl_seconds": _seconds(view.ttl),
+        "ttl_seconds": seconds(view.ttl),
         "offline": view.offline,
         "feature_start_time": view.feature_start_time.isoformat(),
-        "batch_schedule_seconds": _seconds(view.batch_schedule),
+        "batch_schedule_seconds": seconds(view.batch_schedule),
         "entities": [entity.name for entity in view.entities],
         "sources": list(view.source_names),
-        "aggregation_interval_seconds": _seconds(view.interval) if view.aggregations else None,
-        "aggregations": [_aggregation_json(a) for a in view.aggregations],
+        "aggregation_interval_seconds": seconds(view.interval) if view.aggregations else None,
+        "aggregations": [aggregation_json(a) for a in view.aggregations],
         "description": view.description,
         "owner": view.owner,
         "tags": dict(view.tags),
@@ -320,9 +324,9 @@ def _view(spec: Mapping[str, Any]) -> ViewSpec:
         join_key_types=tuple(key["type"] for key in spec["join_keys"]),
         features=tuple(feature["name"] for feature in spec["features"]),
         feature_types=tuple(feature["type"] for feature in spec["features"]),
-        ttl=_duration(spec["ttl_seconds"]),
-        interval=_duration(spec["aggregation_interval_seconds"]),
-        aggregations=tuple(_aggregation(a) for a in spec["aggregations"]),
+        ttl=duration(spec["ttl_seconds"]),
+        interval=duration(spec["aggregation_interval_seconds"]),
+        aggregations=tuple(aggregation_from_json(a) for a in spec["aggregations"]),
         description=spec["description"],
         owner=spec["owner"],
         tags=MappingProxyType(dict(spec["tags"])),

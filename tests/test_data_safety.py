@@ -6,10 +6,11 @@ Cases: an empty source day (the volume guard), a window the sources have not lan
 and two writers racing for the same window.
 """
 
+import os
 import re
 import shutil
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,6 +20,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from conftest import TINY, read_delta, view_table
 from featureplane import Repository
+from featureplane.compute.materialization import sweep
 from featureplane.compute.transform import run_transformation
 from featureplane.compute.window import TimeWindow
 from featureplane.dagster import build_definitions
@@ -90,6 +92,7 @@ def test_an_empty_source_day_replaces_nothing(world):
     assert after[0] == before[0]
     assert after[1].equals(before[1])
     assert after[2] == before[2]
+    assert not any((root / "_staging" / PAGE_VIEWS).iterdir())  # the failed run cleaned up
 
     run(TINY.start + DAY, TINY.start + 2 * DAY, [PAGE_VIEWS], **{FORCE_TAG: "true"})
     forced = snapshot(repo, root, online, PAGE_VIEWS)[1]
@@ -252,3 +255,15 @@ def test_a_source_column_that_changes_type_is_the_source_s_change(world):
     ) in str(failed.value)
     after = snapshot(repo, root, online, PAGE_VIEWS)
     assert after[0] == before[0] and after[1].equals(before[1])
+
+
+def test_staged_output_a_killed_run_left_is_swept_a_day_later(tmp_path):
+    staging = tmp_path / "_staging" / PAGE_VIEWS
+    for name, age in (("killed", timedelta(days=2)), ("running", timedelta(minutes=5))):
+        (staging / name).mkdir(parents=True)
+        (staging / name / "part-0.parquet").write_bytes(b"rows")
+        stamp = (datetime.now(UTC) - age).timestamp()
+        os.utime(staging / name, (stamp, stamp))
+    assert sweep(str(staging)) == 1
+    assert [p.name for p in staging.iterdir()] == ["running"]
+    assert sweep(str(tmp_path / "nothing")) == 0

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pyarrow.fs as pafs
 from pyspark.sql import DataFrame, SparkSession
@@ -29,7 +29,7 @@ from featureplane.compute.transform import source_inputs, stored_rows, transform
 from featureplane.compute.window import TimeWindow
 from featureplane.errors import SourceError
 from featureplane.feature_view import FeatureView
-from featureplane.offline_store import OfflineStore, SchemaChangedError, columns_of
+from featureplane.offline_store import OfflineStore, SchemaChangedError, columns_of, filesystem
 from featureplane.quality.completeness import SourceNotReady, not_landed
 from featureplane.quality.evaluation import QualityReport, evaluate
 from featureplane.quality.expectations import compile_rules, schema_problem
@@ -37,6 +37,7 @@ from featureplane.quality.rules import default_rules
 from featureplane.quality.volume import VolumeDropError, drop_message, drops
 
 STAGING = "_staging"
+STALE = timedelta(days=1)
 BUCKET = "__fp_partition"
 
 
@@ -78,7 +79,9 @@ def prepared_window(
     output = transform(spark, view, inputs)
     if stored:
         _check_columns(view, uri, offline.read(spark, uri), output, inputs)
-    with staged(output, f"{offline.table_uri(STAGING, view.name)}/{uuid.uuid4().hex}") as rows:
+    staging = offline.table_uri(STAGING, view.name)
+    sweep(staging)
+    with staged(output, f"{staging}/{uuid.uuid4().hex}") as rows:
         report = evaluate(rows, [*default_rules(view, window), *_view_rules(view)])
         valid = rows.where(valid_rows(view, window))
         new, total = _new_counts(view, window, valid)
@@ -134,6 +137,22 @@ def _source_report(source, frame: DataFrame) -> QualityReport:
     return evaluate(frame, compile_rules(source.expectations, source.name))
 
 
+def sweep(location: str, older_than: timedelta = STALE) -> int:
+    """Remove what runs killed before their cleanup left under `location` (staged outputs
+    older than `older_than`: no live run stages for that long); returns how many."""
+    files, path = filesystem(location)
+    infos = files.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    cutoff = datetime.now(UTC) - older_than
+    stale = [
+        info.path
+        for info in infos
+        if info.type == pafs.FileType.Directory and info.mtime and info.mtime < cutoff
+    ]
+    for stale_path in stale:
+        files.delete_dir(stale_path)
+    return len(stale)
+
+
 @contextmanager
 def staged(df: DataFrame, location: str) -> Iterator[DataFrame]:
     """`df` computed once into Parquet files at `location` and read from them; the files are
@@ -142,11 +161,9 @@ def staged(df: DataFrame, location: str) -> Iterator[DataFrame]:
         df.write.mode("error").parquet(location)
         yield df.sparkSession.read.schema(df.schema).parquet(location)
     finally:
-        filesystem, path = pafs.FileSystem.from_uri(
-            location if "://" in location else f"file://{location}"
-        )
-        if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
-            filesystem.delete_dir(path)
+        files, path = filesystem(location)
+        if files.get_file_info(path).type != pafs.FileType.NotFound:
+            files.delete_dir(path)
 
 
 def _bucket(column: str, window: TimeWindow, schedule: timedelta):

@@ -119,19 +119,7 @@ def _run_pandas(view: FeatureView, source: DataFrame) -> DataFrame:
 
     def apply(group: pd.DataFrame) -> pd.DataFrame:
         result = view.function(group)
-        if not isinstance(result, pd.DataFrame):
-            raise FeatureViewError(
-                view.name, view.location, f"returned {type(result).__name__}, not a DataFrame"
-            )
-        _check_columns(view, list(result.columns))
-        for column in view.schema:
-            if not _pandas_fits(result[column.name], column.dtype):
-                raise FeatureViewError(
-                    view.name,
-                    view.location,
-                    f"feature {column.name!r} is {result[column.name].dtype}, but the schema says "
-                    f"{column.dtype!r}; cast it in the transformation",
-                )
+        check_pandas_output(view, result)
         return result[expected]
 
     return source.groupBy(*view.join_keys).applyInPandas(apply, ", ".join(columns))
@@ -194,9 +182,9 @@ def check_output(view: FeatureView, output: DataFrame) -> None:
 
 
 def check_pandas_output(view: FeatureView, result: object) -> None:
-    """Raise FeatureViewError unless a pandas function's `result` for one group is what
-    `_run_pandas` accepts from every group: a DataFrame of exactly the declared columns, each
-    of a dtype its schema type takes (for validation, which calls the function itself)."""
+    """Raise FeatureViewError unless a pandas function's `result` for one group is a DataFrame
+    of exactly the declared columns, each of a dtype its schema type takes: checked on every
+    group by `_run_pandas`, and by validation, which calls the function itself."""
     if not isinstance(result, pd.DataFrame):
         raise FeatureViewError(
             view.name, view.location, f"returned {type(result).__name__}, not a DataFrame"
