@@ -28,9 +28,12 @@ from featureplane.quality import row_check
     tags={"domain": "recommendations"},
     expectations=DataFrameSchema(
         {
-            "page_views_1d": Column(checks=Check.in_range(1, 100_000)),
+            "page_views_1d": Column(
+                # more than 100k pages a day looks like a crawler: worth a look, not a block
+                checks=[Check.ge(1), Check.le(100_000, raise_warning=True)]
+            ),
             "distinct_categories_1d": Column(checks=Check.in_range(0, len(PAGE_CATEGORIES))),
-            # a user whose pages were all uncategorised has none: worth a look, not a block
+            # null when all of the user's pages that day were uncategorised
             "last_category": Column(nullable=True, checks=Check.isin(PAGE_CATEGORIES)),
         },
         checks=[row_check("distinct_categories_1d <= page_views_1d")],

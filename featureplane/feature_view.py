@@ -24,6 +24,7 @@ from featureplane.entity import Entity
 from featureplane.errors import FeatureViewError
 from featureplane.feature_service import FeatureSelection, select_features
 from featureplane.naming import name_problem, owner_problem
+from featureplane.quality import DEFAULT_INVALID_SHARE
 from featureplane.quality.volume import DEFAULT_VOLUME_GUARD, VolumeGuard
 from featureplane.source import BatchSource
 from featureplane.types import DType, Field
@@ -110,7 +111,7 @@ class FeatureView:
     aggregation_interval: timedelta | None = None
     expectations: Any = field(default=None, compare=False, repr=False)
     volume_guard: VolumeGuard | None = DEFAULT_VOLUME_GUARD
-    max_invalid_share: float = 0.01
+    max_invalid_share: float = DEFAULT_INVALID_SHARE
     location: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -352,7 +353,7 @@ def batch_feature_view(
     aggregation_interval: timedelta | None = None,
     expectations: Any = None,
     volume_guard: VolumeGuard | None = DEFAULT_VOLUME_GUARD,
-    max_invalid_share: float = 0.01,
+    max_invalid_share: float = DEFAULT_INVALID_SHARE,
 ) -> Callable[[Callable], FeatureView]:
     """Declare a batch feature view computed by the decorated function.
 

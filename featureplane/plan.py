@@ -173,6 +173,9 @@ def _details(kind: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
             lines += _feature_lines(before or [], after or [])
         elif key == "features" and kind == "feature_service":
             lines += _selection_lines(before or [], after or [])
+        elif key == "quality":
+            lines += [f"+ quality: {line}" for line in after or [] if line not in (before or [])]
+            lines += [f"- quality: {line}" for line in before or [] if line not in (after or [])]
         elif any(isinstance(v, dict | list) or "\n" in str(v) for v in (before, after)):
             lines.append(f"{key} changed")
         else:

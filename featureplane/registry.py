@@ -58,7 +58,9 @@ from typing import TYPE_CHECKING, Any
 from featureplane.aggregation import Aggregation, approx_count_distinct, last_n
 from featureplane.errors import RegistryCorrupt
 from featureplane.on_demand import function_from_source
+from featureplane.quality import quality_lines
 from featureplane.registry_format import FORMAT, parse_registry_json, registry_problem
+from featureplane.source import DEFAULT_QUIET_PERIOD
 from featureplane.types import DType, Field, dtype_named
 
 if TYPE_CHECKING:
@@ -200,7 +202,12 @@ def _view_json(view: FeatureView) -> dict[str, Any]:
         "description": view.description,
         "owner": view.owner,
         "tags": dict(view.tags),
-    }
+    } | _quality_json(quality_lines(view.expectations, view.volume_guard, view.max_invalid_share))
+
+
+def _quality_json(lines: list[str]) -> dict[str, Any]:
+    """`quality` where a definition declares any (serving ignores it; plan shows its changes)."""
+    return {"quality": lines} if lines else {}
 
 
 def _fields_json(fields: Sequence[Field]) -> list[dict[str, str]]:
@@ -263,7 +270,14 @@ def _source_json(source: BatchSource) -> dict[str, Any]:
         "timestamp_field": source.timestamp_field,
         "description": source.description,
         "owner": source.owner,
-    }
+    } | _quality_json(
+        quality_lines(source.expectations, source=source.name)
+        + (
+            []
+            if source.quiet_period == DEFAULT_QUIET_PERIOD
+            else [f"quiet period: {source.quiet_period or 'none'}"]
+        )
+    )
 
 
 def _dataset_json(dataset: TrainingDataset) -> dict[str, Any]:

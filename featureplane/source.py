@@ -11,6 +11,8 @@ from featureplane.errors import SourceError
 from featureplane.naming import name_problem, owner_problem
 from featureplane.settings import data_dir
 
+DEFAULT_QUIET_PERIOD = timedelta(hours=1)
+
 
 @dataclass(frozen=True)
 class BatchSource:
@@ -32,7 +34,7 @@ class BatchSource:
     table: str | None = None
     description: str = ""
     owner: str | None = None
-    quiet_period: timedelta | None = timedelta(hours=1)
+    quiet_period: timedelta | None = DEFAULT_QUIET_PERIOD
     expectations: Any = field(default=None, compare=False, repr=False)
     location: str = field(default_factory=caller_location, compare=False, repr=False)
 

@@ -116,6 +116,34 @@ def test_a_metadata_change_recomputes_nothing():
     assert change.online == ("rows expire after 2d (was none)",)
 
 
+def test_expectations_and_guards_are_planned_without_recomputing():
+    import pandera.pyspark as pa
+
+    from featureplane.quality import VolumeGuard
+
+    checked = replace(
+        user_stats,
+        expectations=pa.DataFrameSchema(
+            {"clicks": pa.Column(checks=pa.Check.ge(0, raise_warning=True))}
+        ),
+        volume_guard=VolumeGuard(min_share=0.8),
+    )
+    (change,) = diff(registry(), registry(checked)).changes
+    assert change.details == (
+        "+ quality: clicks not null (error)",
+        "+ quality: clicks greater_than_or_equal_to(0) (warn)",
+        "+ quality: volume guard: at least 80% of the stored rows",
+    )
+    assert (change.recompute, change.online, change.breaking) == (None, (), ())
+    unguarded = replace(checked, volume_guard=None, max_invalid_share=0.0)
+    (change,) = diff(registry(checked), registry(unguarded)).changes
+    assert change.details == (
+        "+ quality: volume guard off",
+        "+ quality: invalid rows dropped: at most 0.00%",
+        "- quality: volume guard: at least 80% of the stored rows",
+    )
+
+
 def test_a_retyped_feature_still_served_is_breaking():
     retyped = replace(user_stats, schema=(Field("clicks", String), Field("country", String)))
     plan = diff(registry(), registry(retyped))

@@ -10,9 +10,41 @@ written at all. Importing this package loads neither Spark nor pandera: `row_cou
 
 from typing import Any
 
-from featureplane.quality.volume import VolumeGuard
+from featureplane.quality.volume import DEFAULT_VOLUME_GUARD, VolumeGuard
 
-__all__ = ["VolumeGuard", "row_check", "row_count"]
+__all__ = ["VolumeGuard", "quality_lines", "row_check", "row_count"]
+
+DEFAULT_INVALID_SHARE = 0.01
+
+
+def quality_lines(
+    expectations: Any,
+    volume_guard: VolumeGuard | None = DEFAULT_VOLUME_GUARD,
+    max_invalid_share: float = DEFAULT_INVALID_SHARE,
+    source: str | None = None,
+) -> list[str]:
+    """What a view or source declares beyond the defaults, one line each (its expectations'
+    rules, a changed guard or share), for the registry, so that plan shows a change of them;
+    empty when it declares nothing."""
+    lines = []
+    if expectations is not None:
+        from featureplane.quality.expectations import rule_lines
+
+        lines += rule_lines(expectations, source)
+    if volume_guard is None:
+        lines.append("volume guard off")
+    elif volume_guard != DEFAULT_VOLUME_GUARD:
+        lines.append(
+            f"volume guard: at least {volume_guard.min_share:.0%} of the stored rows"
+            + (
+                f" or of the mean of {volume_guard.trailing} partitions"
+                if volume_guard.trailing
+                else ""
+            )
+        )
+    if max_invalid_share != DEFAULT_INVALID_SHARE:
+        lines.append(f"invalid rows dropped: at most {max_invalid_share:.2%}")
+    return lines
 
 
 def __getattr__(name: str) -> Any:

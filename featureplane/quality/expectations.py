@@ -172,6 +172,12 @@ def compile_rules(expectations: Any, source: str | None = None) -> list[Rule]:
     return rules
 
 
+def rule_lines(expectations: Any, source: str | None = None) -> list[str]:
+    """The rules of a schema as plan and history show them: `page_views_1d in_range(1, 10)
+    (error)`."""
+    return [f"{rule.label} ({rule.severity})" for rule in compile_rules(expectations, source)]
+
+
 def _null(name: str):
     return lambda: F.col(name).isNull()
 
