@@ -128,6 +128,16 @@ def demo_data(tmp_path_factory) -> Iterator[Path]:
         yield root
 
 
+@pytest.fixture(scope="session")
+def aws_credentials() -> Iterator[None]:
+    """Fake credentials for boto3 against moto, so that nothing can reach a real AWS account."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            patch.setenv(name, "testing")
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        yield
+
+
 def view_table(root: Path | str, name: str) -> Path:
     """Where the offline store under `root` keeps the current version of a demo view's table."""
     from featureplane import Repository

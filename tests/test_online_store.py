@@ -43,16 +43,6 @@ MOTO = {"region": REGION, "backoff": FAST, "concurrent_writes": False}
 
 
 @pytest.fixture(scope="session")
-def aws_credentials() -> Iterator[None]:
-    """Fake credentials, so that nothing can reach a real AWS account."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-            patch.setenv(name, "testing")
-        patch.setenv("AWS_DEFAULT_REGION", REGION)
-        yield
-
-
-@pytest.fixture(scope="session")
 def moto_endpoint(aws_credentials) -> Iterator[str]:
     """A moto_server process on 127.0.0.1: DynamoDB over real HTTP, stopped at the end."""
     with moto_server() as endpoint:
@@ -315,7 +305,9 @@ def test_large_items_go_in_transactions_dynamodb_accepts_and_all_land(dynamodb_s
     def record(params: dict, **_: object) -> None:
         sizes.append([dynamodb_item_bytes(put["Put"]["Item"]) for put in params["TransactItems"]])
 
-    store.client.meta.events.register("provide-client-params.dynamodb.TransactWriteItems", record)
+    store.write_client.meta.events.register(
+        "provide-client-params.dynamodb.TransactWriteItems", record
+    )
     batch = [Record((i,), T0, {"i": i, "pad": "x" * (i % 5 == 0) * 300_000}) for i in range(150)]
     assert store.write("s", "v1", batch) == WriteResult(written=150, skipped_stale=0)
     assert sum(map(len, sizes)) == 150 and len(sizes) > 2
@@ -416,14 +408,16 @@ def cancelled(stubber: Stubber, *codes: str) -> None:
         "transact_write_items",
         service_error_code="TransactionCanceledException",
         modeled_fields={"CancellationReasons": reasons},
-        expected_params={"TransactItems": [ANY] * len(codes)},
+        expected_params={"TransactItems": [ANY] * len(codes), "ClientRequestToken": ANY},
     )
 
 
 def test_cancelled_writes_drop_stale_items_and_retry_the_rest(stubbed):
     store, stubber = stubbed
     cancelled(stubber, "None", "ConditionalCheckFailed", "TransactionConflict")
-    stubber.add_response("transact_write_items", {}, {"TransactItems": [ANY, ANY]})
+    stubber.add_response(
+        "transact_write_items", {}, {"TransactItems": [ANY, ANY], "ClientRequestToken": ANY}
+    )
     batch = rows(("a", T0, {}), ("b", T0, {}), ("c", T0, {}))
     assert store.write("s", "v1", batch) == WriteResult(written=2, skipped_stale=1)
 

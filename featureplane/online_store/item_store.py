@@ -74,9 +74,10 @@ class ItemStore(ABC):
     def close(self) -> None: ...
 
     @abstractmethod
-    def _put_latest(self, items: Sequence[StoredItem]) -> int:
+    def _put_latest(self, items: Sequence[StoredItem]) -> tuple[int, int]:
         """Put items with distinct keys, each only over an equal or older event time, atomically
-        per item; return how many were skipped because the stored one is newer."""
+        per item; return how many were skipped because the stored one is newer, and how many
+        requests were throttled and sent again."""
 
     @abstractmethod
     def _get(self, keys: Collection[str]) -> Mapping[str, StoredItem]:
@@ -105,8 +106,9 @@ class ItemStore(ABC):
                     latest[item[0]] = item
             items = list(latest.values())
         _check_sizes(items)
-        written = len(items) - (self._put_latest(items) if items else 0)
-        return WriteResult(written=written, skipped_stale=rows - written)
+        stale, throttled = self._put_latest(items) if items else (0, 0)
+        written = len(items) - stale
+        return WriteResult(written, skipped_stale=rows - written, throttled_retries=throttled)
 
     def read(
         self, view: str, version: str, entity_keys: Sequence[Sequence[str | int]]

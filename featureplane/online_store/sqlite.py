@@ -80,13 +80,13 @@ class SQLiteOnlineStore(ItemStore):
         with self._connection() as connection:
             connection.execute(CREATE)
 
-    def _put_latest(self, items: Sequence[StoredItem]) -> int:
+    def _put_latest(self, items: Sequence[StoredItem]) -> tuple[int, int]:
         with self._connection() as connection:
             before = connection.total_changes
             with connection:  # commits, or rolls back on any error, BEGIN's included
                 connection.execute("BEGIN IMMEDIATE")
                 connection.executemany(UPSERT, items)
-            return len(items) - (connection.total_changes - before)
+            return len(items) - (connection.total_changes - before), 0
 
     def _get(self, keys: Collection[str]) -> Mapping[str, StoredItem]:
         keys = list(keys)

@@ -54,10 +54,12 @@ class WriteResult:
 
     A row counts as stale when the store, or a later row of the same batch, holds an equal or
     newer event time for its key (ties go to the later row, as a newer materialization).
+    `throttled_retries`: requests the store refused for throttling and that were sent again.
     """
 
     written: int
     skipped_stale: int
+    throttled_retries: int = 0
 
 
 class ItemTooLarge(ValueError):
@@ -66,6 +68,12 @@ class ItemTooLarge(ValueError):
 
 class StoreThrottled(RuntimeError):
     """The backend kept refusing work after bounded retries; try again later (HTTP 503)."""
+
+
+class StoreUnavailable(StoreThrottled):
+    """The backend did not answer (timeouts, refused or closed connections, server errors)
+    after bounded retries. A kind of `StoreThrottled`: for a caller both mean "retry later"
+    (serving answers 503), and a write may have been applied or not, so retrying it is safe."""
 
 
 @runtime_checkable
