@@ -11,6 +11,15 @@ Spark-free: the batches come from `featureplane.compute.push`. Each batch is enc
 at a time with Arrow compute (`featureplane.online_store.columnar`), sorted by key (B-tree stores
 insert in key order fastest), and written with one conditional store write: the only per-row
 Python objects are the stored item tuples.
+
+Resuming. A push of a window keeps a journal entry in the store (key `_push#view#version#
+window`, apart from every record's: view names start with a letter): which attempt runs, and
+whether it finished. A push that finds the last attempt unfinished (throttled, unanswered,
+killed) resumes it: it reads each batch's keys first and writes only the items not stored as
+they are, so what the earlier attempt stored is not sent again. Batches cannot say where the
+earlier attempt stopped (Spark does not keep the rows' order, and a batch's transactions run
+concurrently), but the reads are cheap: on DynamoDB a read of 100 keys costs a tenth of
+rewriting them in a transaction (1 KB items, on-demand prices), and less for larger items.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import chain
 from json.encoder import encode_basestring_ascii
 
@@ -40,22 +49,33 @@ from featureplane.online_store.columnar import (
     object_texts,
     with_nulls,
 )
-from featureplane.online_store.encoding import key_prefix
+from featureplane.online_store.encoding import key_prefix, to_epoch_seconds, to_micros
 from featureplane.online_store.store import StoredItem
 
 EVENT_TIME = "event_timestamp"
 """The pushed rows' event-time column: a row's event time, or the end of the last tile."""
+JOURNAL = "_push#"
+JOURNAL_TTL = timedelta(days=7)
+"""How long the store keeps a journal entry: a push resumed later rewrites what is stored."""
 
 
 @dataclass(frozen=True)
 class PushStats:
-    """What a push did: rows sent, how the store took them, and the time spent where."""
+    """What a push did: rows sent, how the store took them, and the time spent where.
+
+    `rows` = `written` + `skipped_stale` + `already_stored` (by an earlier, unfinished attempt
+    at the window, which this `attempt` resumed: `resumed_from` says which, and when it began).
+    """
 
     rows: int
     written: int
     skipped_stale: int
     fetch_seconds: float
     write_seconds: float
+    throttled_retries: int = 0
+    already_stored: int = 0
+    attempt: int = 1
+    resumed_from: str | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -245,14 +265,57 @@ def _partial_texts(partials: pa.Array) -> pa.Array:
     return with_nulls(partials, object_texts(names, texts))
 
 
-def push(store: OnlineStore, view: FeatureView, batches: Iterable[pa.RecordBatch]) -> PushStats:
-    """Write the batches' records to the store, one conditional write per batch.
+class Journal:
+    """A push's entry in the store, for one view version and window: see the module docstring."""
+
+    def __init__(self, store: OnlineStore, view: FeatureView, window: tuple[datetime, datetime]):
+        start, end = (moment.astimezone(UTC).isoformat() for moment in window)
+        self.store, self.key = store, f"{JOURNAL}{view.name}#{view.version}#{start}/{end}"
+        self.attempt, self.resumed_from, self.throttled_retries = 1, None, 0
+        self.began = datetime.now(UTC).isoformat(timespec="seconds")
+        self._micros = 0
+
+    def begin(self) -> None:
+        """Record this attempt as running: the successor of the last one if it is unfinished."""
+        [entry] = self.store.read_items([self.key])
+        if entry is not None:
+            self._micros = entry[1]
+            last = orjson.loads(entry[2])
+            if not last["finished"]:
+                self.attempt = last["attempt"] + 1
+                self.resumed_from = f"attempt {last['attempt']}, begun {last['began']}"
+        self._write(finished=False)
+
+    def finish(self) -> None:
+        self._write(finished=True)
+
+    def _write(self, finished: bool) -> None:
+        now = datetime.now(UTC)
+        self._micros = max(to_micros(now), self._micros + 1)  # replaces the entry it finds
+        entry = {"attempt": self.attempt, "began": self.began, "finished": finished}
+        expires = to_epoch_seconds(now + JOURNAL_TTL)
+        item = (self.key, self._micros, orjson.dumps(entry).decode(), expires)
+        self.throttled_retries += self.store.write_items([item]).throttled_retries
+
+
+def push(
+    store: OnlineStore,
+    view: FeatureView,
+    batches: Iterable[pa.RecordBatch],
+    window: tuple[datetime, datetime] | None = None,
+) -> PushStats:
+    """Write the batches' records to the store, one conditional write per batch; a push of a
+    `window` (start, end) is journaled, and resumes an unfinished attempt at the same window.
 
     The next batch is encoded in a thread while the store writes the current one: Arrow
     compute and SQLite release the GIL, so on two cores the encoding mostly hides behind the
     write (a third of the time of a row-level push).
     """
-    rows = written = skipped = 0
+    journal = None if window is None else Journal(store, view, window)
+    if journal is not None:
+        journal.begin()
+    resuming = journal is not None and journal.resumed_from is not None
+    rows = written = skipped = throttled = already = 0
     fetch = write = 0.0
     batches = iter(batches)
     with ThreadPoolExecutor(1) as encoder:
@@ -264,14 +327,39 @@ def push(store: OnlineStore, view: FeatureView, batches: Iterable[pa.RecordBatch
             fetch += fetched - began
             encoding = None if batch is None else encoder.submit(_items, view, batch)
             if pending is not None:
-                result = store.write_items(pending.result())
+                items = pending.result()
+                if resuming:
+                    items, stored, stale = _unstored(store, items)
+                    already, skipped = already + stored, skipped + stale
+                result = store.write_items(items)
                 written += result.written
                 skipped += result.skipped_stale
+                throttled += result.throttled_retries
             write += time.perf_counter() - fetched
             if batch is None:
-                return PushStats(rows, written, skipped, fetch, write)
+                break
             rows += batch.num_rows
             pending = encoding
+    if journal is None:
+        return PushStats(rows, written, skipped, fetch, write, throttled)
+    journal.finish()
+    throttled += journal.throttled_retries
+    resumed = {"attempt": journal.attempt, "resumed_from": journal.resumed_from}
+    return PushStats(rows, written, skipped, fetch, write, throttled, already, **resumed)
+
+
+def _unstored(store: OnlineStore, items: list[StoredItem]) -> tuple[list[StoredItem], int, int]:
+    """Of a resumed push's items: those to write, how many are stored as they are, and how
+    many are older than what is stored (counted stale, as the write would)."""
+    unstored, same, stale = [], 0, 0
+    for item, stored in zip(items, store.read_items([item[0] for item in items]), strict=True):
+        if stored == item:
+            same += 1
+        elif stored is not None and stored[1] > item[1]:
+            stale += 1
+        else:
+            unstored.append(item)
+    return unstored, same, stale
 
 
 def _items(view: FeatureView, batch: pa.RecordBatch) -> list[StoredItem]:

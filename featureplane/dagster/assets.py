@@ -50,7 +50,7 @@ from featureplane.source import BatchSource
 from featureplane.training_dataset import TrainingDataset
 from resources.offline_io_manager import JOIN_KEYS, TIMESTAMP_FIELD, VERSION
 from resources.offline_store import OfflineStoreResource
-from resources.online_io_manager import OnlineRows
+from resources.online_io_manager import PUSH_RETRY_POLICY, OnlineRows
 from resources.spark import SparkResource
 
 MODE_KINDS = {"pyspark": "pyspark", "spark_sql": "sql", "pandas": "pandas"}
@@ -226,6 +226,7 @@ def online_asset(view: FeatureView, store_kind: str) -> AssetsDefinition:
 
     An aggregate view reads the tiles of its longest window before the partition's end, so
     the partition depends on as many earlier `features/<name>` partitions as that spans.
+    A failed push is retried with backoff, and resumes (`PUSH_RETRY_POLICY`).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BetaWarning)  # nonexistent upstream: the first days
@@ -244,6 +245,7 @@ def online_asset(view: FeatureView, store_kind: str) -> AssetsDefinition:
             metadata={"version": view.version, JOIN_KEYS: ",".join(view.join_keys)},
             group_name="online",
             io_manager_key="online_io_manager",
+            retry_policy=PUSH_RETRY_POLICY,
         )(_push(view))
 
 
