@@ -8,7 +8,7 @@ transaction outlasting the client's read timeout was retried while moto still ra
 copies raced over the table and moto answered HTTP 500 ("dictionary changed size during
 iteration"). Here the copies of one request are one copy (they are identical: moto takes them
 all before applying any item) and transactions run one at a time, as their isolation wants.
-Only the benchmark uses this; the tests run stock moto.
+The benchmark and tests/test_push_faults.py use this; the contract tests run stock moto.
 """
 
 from __future__ import annotations
