@@ -70,7 +70,7 @@ import orjson
 from featureplane.aggregation import TILES, WindowReader, anchor_micros
 from featureplane.errors import OnDemandFeatureViewError
 from featureplane.on_demand import OutputSchema, compute_columns
-from featureplane.online_store import EntityKeyError, StoreThrottled, open_store
+from featureplane.online_store import EntityKeyError, StoreThrottled, StoreUnavailable, open_store
 from featureplane.online_store.encoding import (
     MICROSECOND,
     decode_values,
@@ -402,10 +402,11 @@ class FeatureServer:
             return _error(400, str(error))
         except OnDemandFeatureViewError as error:
             return _error(422, f"cannot compute the request's on-demand features: {error}")
-        except StoreThrottled as error:
+        except StoreThrottled as error:  # StoreUnavailable too: no answer, or no connection
+            state = "unavailable" if isinstance(error, StoreUnavailable) else "throttled"
             return Response(
                 503,
-                encode_json({"error": f"online store throttled, retry later: {error}"}),
+                encode_json({"error": f"online store {state}, retry later: {error}"}),
                 (*JSON_HEADERS, ("retry-after", "1")),
             )
         return Response(200, encode_json(payload))

@@ -63,9 +63,10 @@ def push(
 
 
 def checks(instance: DagsterInstance, run_id: str) -> dict[str, AssetCheckEvaluation]:
+    """The run's consistency check evaluations, by view."""
     entries = instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
     evaluations = [e.dagster_event.event_specific_data for e in entries]
-    return {e.asset_key.path[-1]: e for e in evaluations}
+    return {e.asset_key.path[-1]: e for e in evaluations if e.check_name == "consistency"}
 
 
 def rows(path: Path) -> list[dict]:

@@ -227,6 +227,7 @@ def test_serving_answers_503_when_the_store_is_unavailable(unreachable):
     )
     server.close()
     assert response.status == 503
+    assert response.body.startswith(b'{"error":"online store unavailable, retry later: DynamoDB')
     assert b"could not connect (EndpointConnectionError)" in response.body
 
 
