@@ -74,7 +74,7 @@ def source_table(root: Path, name: str) -> Path:
 
 
 def test_an_empty_source_day_replaces_nothing(world):
-    repo, root, online, _, run = world
+    repo, root, online, instance, run = world
     run(TINY.start, END, [PAGE_VIEWS])
     before = snapshot(repo, root, online, PAGE_VIEWS)
     stored = int((before[1]["ts"].dt.date == (TINY.start + DAY).date()).sum())
@@ -97,6 +97,13 @@ def test_an_empty_source_day_replaces_nothing(world):
     run(TINY.start + DAY, TINY.start + 2 * DAY, [PAGE_VIEWS], **{FORCE_TAG: "true"})
     forced = snapshot(repo, root, online, PAGE_VIEWS)[1]
     assert len(forced) == len(before[1]) - stored
+    key = AssetCheckKey(AssetKey(["online", PAGE_VIEWS]), "consistency")
+    [record] = instance.event_log_storage.get_latest_asset_check_execution_by_key([key]).values()
+    compared = record.event.dagster_event.event_specific_data  # an empty window: no evidence
+    assert (compared.passed, compared.severity.value) == (False, "WARN")
+    assert compared.description == (
+        f"{PAGE_VIEWS} 2026-10-02 00:00..2026-10-03 00:00: no entity pushed, nothing compared"
+    )
 
 
 def test_a_window_the_sources_have_not_landed_is_not_written(world):

@@ -11,6 +11,7 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetChecksDefinition,
+    AssetCheckSeverity,
     Config,
     MetadataValue,
     PreviewWarning,
@@ -81,6 +82,16 @@ def consistency_check(view: FeatureView, repository: Repository) -> AssetChecksD
             }
             for m in report.examples
         ]
+        if not report.sampled:  # nothing to compare is no evidence of a match: say so
+            return AssetCheckResult(
+                passed=False,
+                severity=AssetCheckSeverity.WARN,
+                description=(
+                    f"{view.name} {window.start:%Y-%m-%d %H:%M}..{window.end:%Y-%m-%d %H:%M}: "
+                    "no entity pushed, nothing compared"
+                ),
+                metadata={"sampled": 0, "compared_at": MetadataValue.timestamp(at)},
+            )
         return AssetCheckResult(
             passed=report.match_rate == 1.0,
             metadata={
