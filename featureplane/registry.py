@@ -60,7 +60,6 @@ from featureplane.errors import RegistryCorrupt
 from featureplane.on_demand import function_from_source
 from featureplane.quality import quality_lines
 from featureplane.registry_format import FORMAT, parse_registry_json, registry_problem
-from featureplane.source import DEFAULT_QUIET_PERIOD
 from featureplane.types import DType, Field, dtype_named
 
 if TYPE_CHECKING:
@@ -271,12 +270,7 @@ def _source_json(source: BatchSource) -> dict[str, Any]:
         "description": source.description,
         "owner": source.owner,
     } | _quality_json(
-        quality_lines(source.expectations, source=source.name)
-        + (
-            []
-            if source.quiet_period == DEFAULT_QUIET_PERIOD
-            else [f"quiet period: {source.quiet_period or 'none'}"]
-        )
+        quality_lines(source.expectations, source=source.name, quiet_period=source.quiet_period)
     )
 
 

@@ -9,9 +9,8 @@ from typing import Any
 from featureplane._location import caller_location
 from featureplane.errors import SourceError
 from featureplane.naming import name_problem, owner_problem
+from featureplane.quality import DEFAULT_QUIET_PERIOD
 from featureplane.settings import data_dir
-
-DEFAULT_QUIET_PERIOD = timedelta(hours=1)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from featureplane.compute.transform import source_inputs, stored_rows, transform, valid_rows
+from featureplane.compute.transform import source_inputs, stored_rows, transform
 from featureplane.compute.window import TimeWindow
 from featureplane.errors import SourceError
 from featureplane.feature_view import FeatureView
@@ -33,7 +33,7 @@ from featureplane.offline_store import OfflineStore, SchemaChangedError, columns
 from featureplane.quality.completeness import SourceNotReady, not_landed
 from featureplane.quality.evaluation import QualityReport, evaluate
 from featureplane.quality.expectations import compile_rules, schema_problem
-from featureplane.quality.rules import default_rules
+from featureplane.quality.rules import default_rules, valid_rows
 from featureplane.quality.volume import VolumeDropError, drop_message, drops
 
 STAGING = "_staging"
@@ -66,7 +66,7 @@ def prepared_window(
 ) -> Iterator[PreparedWindow]:
     """The window prepared as the module docstring says; the staged files are removed after."""
     uri = offline.view_table_uri(view.name, view.version)
-    stored = offline.exists(uri)
+    table = offline.read(spark, uri) if offline.exists(uri) else None
     problem = not_landed(spark, view.name, list(view.sources), window)
     if problem:
         raise SourceNotReady(problem)
@@ -77,8 +77,8 @@ def prepared_window(
         if source.expectations is not None
     }
     output = transform(spark, view, inputs)
-    if stored:
-        _check_columns(view, uri, offline.read(spark, uri), output, inputs)
+    if table is not None:
+        _check_columns(view, uri, table, output, inputs)
     staging = offline.table_uri(STAGING, view.name)
     sweep(staging)
     with staged(output, f"{staging}/{uuid.uuid4().hex}") as rows:
@@ -86,10 +86,10 @@ def prepared_window(
         valid = rows.where(valid_rows(view, window))
         new, total = _new_counts(view, window, valid)
         guard = view.volume_guard
-        if guard is not None and stored and not allow_volume_drop:
+        if guard is not None and table is not None and not allow_volume_drop:
             starts = _starts(view, window)
             reach = TimeWindow(window.start - guard.trailing * view.batch_schedule, window.end)
-            before = _stored_counts(offline.read(spark, uri), view, window, reach)
+            before = _stored_counts(table, view, window, reach)
             found = drops(guard, starts, before, new)
             if found:
                 raise VolumeDropError(drop_message(view.name, found[0], guard, len(found) - 1))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pandas as pd
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from featureplane.compute.point_in_time import latest_per_time
@@ -19,6 +19,7 @@ from featureplane.compute.tiles import compute_tiles
 from featureplane.compute.window import TimeWindow
 from featureplane.errors import FeatureViewError, SourceError
 from featureplane.feature_view import FeatureView
+from featureplane.quality.rules import valid_rows
 from featureplane.source import BatchSource
 from featureplane.types import DType
 
@@ -78,15 +79,6 @@ def transform(spark: SparkSession, view: FeatureView, inputs: list[DataFrame]) -
         )
     check_output(view, output)
     return output.select(*view.join_keys, view.timestamp_field, *view.schema_names)
-
-
-def valid_rows(view: FeatureView, window: TimeWindow) -> Column:
-    """The output rows the offline store takes: every join key and the event time set, and the
-    event time inside the window, so that a run never writes into a neighbour's window."""
-    condition = window.contains(view.timestamp_field)
-    for key in view.join_keys:
-        condition = condition & F.col(key).isNotNull()
-    return condition
 
 
 def stored_rows(view: FeatureView, rows: DataFrame) -> DataFrame:

@@ -23,7 +23,7 @@ from dagster import (
 
 from featureplane.compute.materialization import PreparedWindow
 from featureplane.compute.window import TimeWindow
-from featureplane.quality.evaluation import RuleResult
+from featureplane.quality.evaluation import QualityReport, RuleResult
 
 CHECK_NAME = "quality"
 RULES_SCHEMA = TableSchema(
@@ -54,12 +54,12 @@ def _status(result: RuleResult) -> str:
 
 def quality_result(view: str, window: TimeWindow, prepared: PreparedWindow) -> AssetCheckResult:
     """The check result of a prepared window: passed unless an error rule failed anywhere."""
-    results = [*prepared.report.results]
-    for report in prepared.sources.values():
-        results += report.results
+    combined = QualityReport(
+        prepared.report.rows,
+        [*prepared.report.results, *(r for s in prepared.sources.values() for r in s.results)],
+    )
+    results, errors, warnings = combined.results, combined.errors, combined.warnings
     subject = f"{view} {window.start:%Y-%m-%d %H:%M}..{window.end:%Y-%m-%d %H:%M}"
-    errors = [r for r in results if not r.passed and r.severity == "error"]
-    warnings = [r for r in results if not r.passed and r.severity == "warn"]
     records = [
         TableRecord(
             {

@@ -8,6 +8,7 @@ written at all. Importing this package loads neither Spark nor pandera: `row_cou
 `row_check` and `VolumeGuard` are imported on first use.
 """
 
+from datetime import timedelta
 from typing import Any
 
 from featureplane.quality.volume import DEFAULT_VOLUME_GUARD, VolumeGuard
@@ -15,6 +16,8 @@ from featureplane.quality.volume import DEFAULT_VOLUME_GUARD, VolumeGuard
 __all__ = ["VolumeGuard", "quality_lines", "row_check", "row_count"]
 
 DEFAULT_INVALID_SHARE = 0.01
+DEFAULT_QUIET_PERIOD = timedelta(hours=1)
+"""How long a complete source may go without events (`featureplane.quality.completeness`)."""
 
 
 def quality_lines(
@@ -22,10 +25,11 @@ def quality_lines(
     volume_guard: VolumeGuard | None = DEFAULT_VOLUME_GUARD,
     max_invalid_share: float = DEFAULT_INVALID_SHARE,
     source: str | None = None,
+    quiet_period: timedelta | None = DEFAULT_QUIET_PERIOD,
 ) -> list[str]:
     """What a view or source declares beyond the defaults, one line each (its expectations'
-    rules, a changed guard or share), for the registry, so that plan shows a change of them;
-    empty when it declares nothing."""
+    rules, a changed guard, share or quiet period), for the registry, so that plan shows a
+    change of them; empty when it declares nothing."""
     lines = []
     if expectations is not None:
         from featureplane.quality.expectations import rule_lines
@@ -44,6 +48,8 @@ def quality_lines(
         )
     if max_invalid_share != DEFAULT_INVALID_SHARE:
         lines.append(f"invalid rows dropped: at most {max_invalid_share:.2%}")
+    if quiet_period != DEFAULT_QUIET_PERIOD:
+        lines.append(f"quiet period: {quiet_period or 'none'}")
     return lines
 
 

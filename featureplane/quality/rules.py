@@ -13,8 +13,10 @@ the window (such rows are dropped before the write and counted; more than the vi
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import reduce
 from typing import Any, Literal
 
 from pyspark.sql import Column
@@ -85,3 +87,11 @@ def default_rules(view: FeatureView, window: TimeWindow) -> list[Rule]:
             )
         )
     return rules
+
+
+def valid_rows(view: FeatureView, window: TimeWindow) -> Column:
+    """The output rows the offline store takes: those no dropping default rule fails (join
+    keys and event time set, the event time inside the window, so that a run never writes
+    into a neighbour's window)."""
+    dropping = [rule.fails() for rule in default_rules(view, window) if rule.drops]
+    return ~reduce(operator.or_, dropping)
