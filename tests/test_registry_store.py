@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 from moto import mock_aws
+from moto.s3.responses import S3Response
 
 import online.handler
 from featureplane import Repository
@@ -30,6 +31,15 @@ def location(request, tmp_path, monkeypatch) -> Iterator[str]:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.setenv(name, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    # S3 applies a conditional PUT (If-None-Match) atomically; moto checks, then stores, so
+    # two racing writers can both pass its check: serialize its PUTs as S3 does
+    put, lock = S3Response.put_object, threading.Lock()
+
+    def atomic_put(self):
+        with lock:
+            return put(self)
+
+    monkeypatch.setattr(S3Response, "put_object", atomic_put)
     with mock_aws():
         boto3.client("s3").create_bucket(
             Bucket="lake", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
