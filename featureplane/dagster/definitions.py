@@ -23,6 +23,7 @@ from resources.offline_store import OfflineStoreResource
 from resources.online_io_manager import OnlineIOManager
 from resources.online_store import OnlineStoreResource
 from resources.spark import SparkResource
+from sensors import definitions as platform_definitions
 
 
 def resources_for(
@@ -58,7 +59,7 @@ def build_definitions(
 ) -> Definitions:
     """Source specs, one asset per offline feature view, per online one an `online/` asset
     with its consistency check, feature service specs and training dataset assets, with the
-    given or default resources."""
+    given or default resources, and the platform's sensors and schedules (`sensors`)."""
     resources = dict(resources) if resources is not None else default_resources()
     store_kind = resources["online_store"].type
     pushed = [view for view in repository.feature_views.values() if view.offline and view.online]
@@ -66,7 +67,7 @@ def build_definitions(
     for service in repository.feature_services.values():
         for view in stored_views(service.features):
             serving.setdefault(view.name, []).append(service.name)
-    return Definitions(
+    assets = Definitions(
         assets=[
             *(source_spec(source) for source in repository.sources.values()),
             *(
@@ -87,3 +88,4 @@ def build_definitions(
         asset_checks=[consistency_check(view, repository) for view in pushed],
         resources=resources,
     )
+    return Definitions.merge(assets, platform_definitions(repository))
