@@ -31,6 +31,8 @@ from featureplane.types import DType, Field
 
 Mode = Literal["pyspark", "spark_sql", "pandas"]
 MODES: tuple[str, ...] = ("pyspark", "spark_sql", "pandas")
+BatchTrigger = Literal["scheduled", "manual"]
+BATCH_TRIGGERS: tuple[str, ...] = ("scheduled", "manual")
 
 
 def schedule_cron(schedule: timedelta) -> str:
@@ -49,6 +51,17 @@ def schedule_cron(schedule: timedelta) -> str:
     if hours == 24 * 7:
         return "0 0 * * 1"
     raise ValueError("must divide a day (1h, 2h, 3h, 4h, 6h, 8h, 12h), or be 1 day or 7 days")
+
+
+def schedule_problem(label: str, schedule: object) -> str | None:
+    """What is wrong with a schedule (one line naming it), or None."""
+    if not isinstance(schedule, timedelta):
+        return f"{label} must be a timedelta, got {schedule!r}"
+    try:
+        schedule_cron(schedule)
+    except ValueError as exc:
+        return f"{label} {schedule} {exc}"
+    return None
 
 
 def _as_utc(moment: datetime | date) -> datetime | date:
@@ -112,6 +125,7 @@ class FeatureView:
     expectations: Any = field(default=None, compare=False, repr=False)
     volume_guard: VolumeGuard | None = DEFAULT_VOLUME_GUARD
     max_invalid_share: float = DEFAULT_INVALID_SHARE
+    batch_trigger: BatchTrigger = "scheduled"
     location: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -191,12 +205,11 @@ class FeatureView:
         for label, value in (("ttl", self.ttl), ("freshness", self.freshness)):
             if value is not None and (not isinstance(value, timedelta) or value <= timedelta(0)):
                 return f"{label} must be a positive timedelta, got {value!r}"
-        if not isinstance(self.batch_schedule, timedelta):
-            return f"batch_schedule must be a timedelta, got {self.batch_schedule!r}"
-        try:
-            schedule_cron(self.batch_schedule)
-        except ValueError as exc:
-            return f"batch_schedule {self.batch_schedule} {exc}"
+        if self.batch_trigger not in BATCH_TRIGGERS:
+            return f"batch_trigger {self.batch_trigger!r} is not one of {', '.join(BATCH_TRIGGERS)}"
+        problem = schedule_problem("batch_schedule", self.batch_schedule)
+        if problem:
+            return problem
         if not isinstance(self.feature_start_time, datetime):
             return f"feature_start_time must be a datetime, got {self.feature_start_time!r}"
         if self.feature_start_time > datetime.now(UTC):
@@ -354,6 +367,7 @@ def batch_feature_view(
     expectations: Any = None,
     volume_guard: VolumeGuard | None = DEFAULT_VOLUME_GUARD,
     max_invalid_share: float = DEFAULT_INVALID_SHARE,
+    batch_trigger: BatchTrigger = "scheduled",
 ) -> Callable[[Callable], FeatureView]:
     """Declare a batch feature view computed by the decorated function.
 
@@ -374,6 +388,9 @@ def batch_feature_view(
     key or event time, or an event time outside the window, are dropped before the write and
     fail the check above `max_invalid_share` of the rows; `volume_guard` keeps a window whose
     new rows are far fewer than the stored ones from replacing them (None turns it off).
+    `batch_trigger="scheduled"` computes each window once its sources have landed it and again
+    when late rows reach it (`featureplane.dagster.automation`); `"manual"` leaves runs to
+    people and to apply's backfills.
     """
 
     def decorate(fn: Callable) -> FeatureView:
@@ -399,6 +416,7 @@ def batch_feature_view(
             expectations=expectations,
             volume_guard=volume_guard,
             max_invalid_share=max_invalid_share,
+            batch_trigger=batch_trigger,
             location=function_location(fn),
         )
 

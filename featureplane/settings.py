@@ -58,3 +58,9 @@ def registry_refresh_seconds() -> float:
     """How often a server following a registry store looks for a newer applied version:
     `$FEATUREPLANE_REGISTRY_REFRESH_SECONDS`, default 60."""
     return float(os.environ.get("FEATUREPLANE_REGISTRY_REFRESH_SECONDS", "60"))
+
+
+def sensor_interval_seconds() -> int:
+    """How often the platform's sensors and automation look for work:
+    `$FEATUREPLANE_SENSOR_INTERVAL_SECONDS`, default 30."""
+    return int(os.environ.get("FEATUREPLANE_SENSOR_INTERVAL_SECONDS", "30"))

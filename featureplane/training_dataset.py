@@ -6,11 +6,12 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from featureplane._location import caller_location
 from featureplane.errors import TrainingDatasetError
 from featureplane.feature_service import FeatureService
-from featureplane.feature_view import FeatureView
+from featureplane.feature_view import FeatureView, schedule_problem
 from featureplane.naming import name_problem, owner_problem
 from featureplane.source import BatchSource
 
@@ -20,8 +21,10 @@ class TrainingDataset:
     """`TrainingDataset("ctr_training", spine=impression_labels, features=ctr)`.
 
     The spine is a source or a feature view (labels with entity keys and an event time); its
-    timestamp column defaults to the spine's timestamp field. Each build writes a new version of a
-    Delta table plus a manifest of every input version, so any version can be rebuilt exactly.
+    timestamp column defaults to the spine's timestamp field. With a `schedule` (one day, one
+    week, or hours dividing a day) it is rebuilt on it; without, on request. Each build writes a
+    new version of a Delta table plus a manifest of every input version, so any version can be
+    rebuilt exactly.
     """
 
     name: str
@@ -32,6 +35,7 @@ class TrainingDataset:
     description: str = ""
     owner: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    schedule: timedelta | None = None
     location: str = field(default_factory=caller_location, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -40,6 +44,8 @@ class TrainingDataset:
             problem = f"spine {self.spine!r} is not a source, a feature view or the name of one"
         if not problem and not isinstance(self.features, FeatureService):
             problem = f"features must be a FeatureService, got {self.features!r}"
+        if not problem and self.schedule is not None:
+            problem = schedule_problem("schedule", self.schedule)
         if problem:
             raise TrainingDatasetError(str(self.name), self.location, problem)
         object.__setattr__(self, "tags", dict(self.tags))

@@ -19,9 +19,9 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetIn,
-    AssetKey,
     AssetsDefinition,
     AssetSpec,
+    AutomationCondition,
     BackfillPolicy,
     BetaWarning,
     MaterializeResult,
@@ -30,6 +30,7 @@ from dagster import (
     TableColumn,
     TableSchema,
     TimeWindowPartitionMapping,
+    TimeWindowPartitionsDefinition,
     asset,
 )
 from pyspark.sql import DataFrame
@@ -37,6 +38,8 @@ from pyspark.sql import DataFrame
 from featureplane.compute.materialization import prepared_window
 from featureplane.compute.push import arrow_batches, longest_window, push_frame
 from featureplane.compute.window import TimeWindow
+from featureplane.dagster.automation import feature_condition, push_condition, training_condition
+from featureplane.dagster.keys import feature_key, online_key, service_key, source_key, training_key
 from featureplane.dagster.partitions import partitions_for
 from featureplane.dagster.policies import freshness_policy
 from featureplane.dagster.quality import quality_check_spec, quality_result
@@ -56,28 +59,11 @@ from resources.spark import SparkResource
 MODE_KINDS = {"pyspark": "pyspark", "spark_sql": "sql", "pandas": "pandas"}
 
 
-def source_key(source: BatchSource) -> AssetKey:
-    return AssetKey(["sources", source.name])
-
-
-def feature_key(view: FeatureView) -> AssetKey:
-    return AssetKey(["features", view.name])
-
-
-def online_key(view: FeatureView) -> AssetKey:
-    return AssetKey(["online", view.name])
-
-
-def training_key(dataset: TrainingDataset) -> AssetKey:
-    return AssetKey(["training", dataset.name])
-
-
-def service_key(service: FeatureService) -> AssetKey:
-    return AssetKey(["services", service.name])
-
-
-def source_spec(source: BatchSource) -> AssetSpec:
-    """A raw source: landed by other systems, read by feature views."""
+def source_spec(
+    source: BatchSource, partitions: TimeWindowPartitionsDefinition | None = None
+) -> AssetSpec:
+    """A raw source: landed by other systems, read by feature views, in the windows of the
+    views reading it (reported as they land, `featureplane.dagster.automation`)."""
     location = {"path": MetadataValue.path(source.uri)} if source.uri else {"table": source.table}
     return AssetSpec(
         key=source_key(source),
@@ -85,7 +71,12 @@ def source_spec(source: BatchSource) -> AssetSpec:
         owners=[source.owner] if source.owner else None,
         kinds={"delta"} if source.uri else {"spark"},
         group_name="sources",
-        metadata={**location, "timestamp_field": source.timestamp_field},
+        metadata={
+            **location,
+            "timestamp_field": source.timestamp_field,
+            "quiet_period": str(source.quiet_period) if source.quiet_period else "none",
+        },
+        partitions_def=partitions,
     )
 
 
@@ -169,9 +160,12 @@ def _metadata(view: FeatureView, services: Sequence[str]) -> dict[str, object]:
     } | ({"aggregation_interval": str(view.interval)} if view.aggregations else {})
 
 
-def _view_asset_args(view: FeatureView) -> dict[str, Any]:
-    """What the assets of a view share: its partitions, one-run backfills, version, owners."""
+def _view_asset_args(view: FeatureView, condition: AutomationCondition) -> dict[str, Any]:
+    """What the assets of a view share: its partitions, one-run backfills, version, owners,
+    and, unless its batch trigger is manual, the automation condition of the asset."""
+    scheduled = view.batch_trigger == "scheduled"
     return {
+        "automation_condition": condition if scheduled else None,
         "partitions_def": partitions_for(view),
         "backfill_policy": BackfillPolicy.single_run(),
         "code_version": view.version,
@@ -190,7 +184,7 @@ def feature_view_asset(view: FeatureView, services: Sequence[str] = ()) -> Asset
             key=feature_key(view),
             description=view.description or None,
             freshness_policy=freshness_policy(view),
-            **_view_asset_args(view),
+            **_view_asset_args(view, feature_condition()),
             kinds={"spark", "delta", MODE_KINDS[view.mode]},
             deps=[source_key(s) for s in view.sources],
             metadata=_metadata(view, services),
@@ -239,7 +233,7 @@ def online_asset(view: FeatureView, store_kind: str) -> AssetsDefinition:
         return asset(
             key=online_key(view),
             description=f"Latest values of features/{view.name} in the online store.",
-            **_view_asset_args(view),
+            **_view_asset_args(view, push_condition()),
             kinds={store_kind},
             ins={"features": AssetIn(feature_key(view), partition_mapping=mapping)},
             metadata={"version": view.version, JOIN_KEYS: ",".join(view.join_keys)},
@@ -272,6 +266,7 @@ def training_dataset_asset(dataset: TrainingDataset, repository: Repository) -> 
         tags=dict(dataset.tags),
         kinds={"spark", "delta"},
         deps=[spine_key, *(feature_key(view) for view in views)],
+        automation_condition=training_condition(dataset.schedule) if dataset.schedule else None,
         metadata={
             "feature_service": dataset.features.name,
             "features": ", ".join(

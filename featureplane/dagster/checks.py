@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 from featureplane.compute.push import push_frame
 from featureplane.compute.window import TimeWindow
 from featureplane.consistency import compare, moment
-from featureplane.dagster.assets import online_key
+from featureplane.dagster.keys import online_key
 from featureplane.dagster.partitions import partitions_for
 from featureplane.feature_store import FeatureStore
 from featureplane.feature_view import FeatureView

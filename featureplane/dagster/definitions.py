@@ -15,6 +15,7 @@ from featureplane.dagster.assets import (
     training_dataset_asset,
 )
 from featureplane.dagster.checks import consistency_check
+from featureplane.dagster.partitions import source_partitions
 from featureplane.on_demand import stored_views
 from featureplane.repository import Repository
 from featureplane.settings import offline_root, online_store_settings
@@ -69,7 +70,10 @@ def build_definitions(
             serving.setdefault(view.name, []).append(service.name)
     assets = Definitions(
         assets=[
-            *(source_spec(source) for source in repository.sources.values()),
+            *(
+                source_spec(source, source_partitions(source, repository.feature_views.values()))
+                for source in repository.sources.values()
+            ),
             *(
                 feature_view_asset(view, serving.get(view.name, []))
                 for view in repository.feature_views.values()

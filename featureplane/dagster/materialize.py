@@ -7,7 +7,7 @@ checks included).
 """
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from dagster import (
     AssetCheckSeverity,
@@ -18,6 +18,7 @@ from dagster import (
     TimeWindowPartitionsDefinition,
 )
 
+from featureplane.dagster.automation import report_landed
 from featureplane.dagster.definitions import build_definitions
 from featureplane.dagster.lifecycle import project_instance
 from featureplane.errors import MaterializationFailed
@@ -154,7 +155,8 @@ def materialize_repository(
     build its training datasets) on the Dagster instance of $DAGSTER_HOME, from `start`
     (default: the earliest feature start).
 
-    The instance is `project_instance()`: $DAGSTER_HOME, by default the project folder. Runs
+    The sources' landed windows are reported first, so that automation takes these runs as
+    done. The instance is `project_instance()`: $DAGSTER_HOME, by default the project folder. Runs
     log only critical events to the console: a failed run raises `MaterializationFailed`
     with what stopped it (the full event log is the instance's, in the UI).
     """
@@ -163,6 +165,7 @@ def materialize_repository(
         start = min(view.feature_start_time for view in repository.feature_views.values())
     defs = build_definitions(repository)
     with project_instance() as instance:
+        report_landed(instance, repository, datetime.now(UTC))
         quiet = "CRITICAL"
         results = materialize_range(defs, instance, start, end, views, quiet, True, tags)
         if training:

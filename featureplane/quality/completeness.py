@@ -14,6 +14,7 @@ from datetime import datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -27,17 +28,39 @@ class SourceNotReady(RuntimeError):
     """A source has not landed the window yet: nothing was written; rerun once it has."""
 
 
+def table_reach(uri: str, timestamp_field: str) -> datetime | None:
+    """The latest event time of a Delta table without Spark: the log's file statistics, else
+    the files' event-time column (None when it holds no event)."""
+    table = DeltaTable(uri)
+    actions = pa.table(table.get_add_actions(flatten=True))
+    column = f"max.{timestamp_field}"
+    if column in actions.schema.names and actions.num_rows:
+        values = actions.column(column)
+        if values.null_count == 0:  # statistics of every file (to the millisecond)
+            return pc.max(pc.cast(values, pa.timestamp("us", "UTC"))).as_py()
+    files = table.file_uris()
+    if not files:
+        return None
+    events = ds.dataset(files, format="parquet").to_table(columns=[timestamp_field])
+    return pc.max(pc.cast(events.column(0), pa.timestamp("us", "UTC"))).as_py()
+
+
 def reach(spark: SparkSession, source: BatchSource) -> datetime | None:
     """The source's latest event time, None when it holds no event."""
     if source.uri is not None and DeltaTable.is_deltatable(source.uri):
-        actions = pa.table(DeltaTable(source.uri).get_add_actions(flatten=True))
-        column = f"max.{source.timestamp_field}"
-        if column in actions.schema.names and actions.num_rows:
-            values = actions.column(column)
-            if values.null_count == 0:  # statistics of every file (to the millisecond)
-                return pc.max(pc.cast(values, pa.timestamp("us", "UTC"))).as_py()
+        return table_reach(source.uri, source.timestamp_field)
     micros = F.max(F.unix_micros(F.col(source.timestamp_field)))
     return utc_from_micros(read_source(spark, source).agg(micros).collect()[0][0])
+
+
+def landed_through(source: BatchSource, latest: datetime | None, now: datetime) -> datetime | None:
+    """The end of the time a source has landed, given its latest event: windows ending by then
+    are complete in it; `now` for a source without a quiet period, None before any event."""
+    if source.quiet_period is None:
+        return now
+    if latest is None:
+        return None
+    return min(now, latest + source.quiet_period)
 
 
 def not_landed(
@@ -48,7 +71,8 @@ def not_landed(
         if source.quiet_period is None:
             continue
         latest = reach(spark, source)
-        if latest is not None and latest >= window.end - source.quiet_period:
+        landed = landed_through(source, latest, window.end)
+        if landed is not None and landed >= window.end:
             continue
         held = "no events" if latest is None else f"events up to {latest:%Y-%m-%d %H:%M:%S} UTC"
         return (
