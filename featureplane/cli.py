@@ -10,7 +10,9 @@
 - `featureplane plan`: what applying the repository would change in the applied registry, once
   every view's output checks out as in `validate` (`--no-validate` skips that).
 - `featureplane apply`: write the repository as the next applied registry version, provision
-  the online store and backfill the feature views whose version changed.
+  the online store and roll it out: the feature views whose version changed are backfilled
+  through Dagster, and the version serves once they are (`--wait` shows it).
+- `featureplane status`: the latest applied version's rollout, its backfill's progress.
 - `featureplane list|describe|history`: the applied registry as a catalog.
 - `featureplane serve`: serve feature services over HTTP with the Lambda handler's dispatch.
 """
@@ -247,12 +249,11 @@ def _confirmed(yes: bool) -> bool:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    """Plan, confirm, write the next registry version, provision the online store, and
-    launch the backfills of the feature views whose version changed."""
+    """Plan, confirm, write the next registry version, provision the online store, and roll
+    the version out: at once when nothing needs recomputing, else through the control plane
+    (the code location reloads; its rollout sensor backfills, then serves the version)."""
     from featureplane.online_store import open_store
-    from featureplane.registry import write_registry
-    from featureplane.registry_store import is_store_location
-    from featureplane.settings import registry_location
+    from featureplane.rollout import cut_over, work
 
     repository, plan, desired, store = _checked_plan(args)
     print(plan.text())
@@ -263,29 +264,107 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return 1
     if not _confirmed(args.yes):
         return 1
+    serving = store.serving()
     applied = store.apply(desired, plan.applied_version, plan.change_list())
     print(f"Applied registry version {applied.version} to {store.location}.")
-    serving = registry_location()
-    if not is_store_location(serving):
-        print(f"Wrote the serving registry {write_registry(desired, serving)}.")
     with closing(open_store(desired["online_store"])) as online:
         online.ensure_table()
     print(f"Online store ready: {desired['online_store']['type']}.")
-    changed = [c.name for c in plan.changes if c.kind == "feature_view" and c.recompute]
-    if args.no_backfill or not changed:
-        if changed:
-            print(f"Not recomputing {', '.join(changed)} (--no-backfill).")
+    needed = work(serving, applied)
+    if args.no_backfill or not needed:
+        if needed:
+            print(f"Not recomputing {', '.join(needed.names())} (--no-backfill).")
+        cut_over(store, applied.version)
+        print(f"Registry version {applied.version} serves.")
         return 0
-    from featureplane.dagster.lifecycle import backfill_changed_views
+    print(
+        f"Registry version {applied.version} serves once the backfill of "
+        f"{', '.join(needed.names())} succeeds; until then "
+        f"{f'version {serving.version}' if serving else 'nothing'} serves."
+    )
+    _reload_code_location()
+    return _wait(applied.version, args.timeout) if args.wait else 0
 
-    for backfill in backfill_changed_views(repository, changed, applied.version):
-        assets = ", ".join(key.to_user_string() for key in backfill.assets)
+
+def _reload_code_location() -> None:
+    """Make the Dagster webserver's code locations load the applied code, or say why not."""
+    from featureplane.dagster.lifecycle import reload_code_locations
+    from featureplane.settings import dagster_url
+
+    url = dagster_url()
+    names = reload_code_locations(url)
+    if names is None:
         print(
-            f"Launched backfill {backfill.backfill_id}: {assets}, {backfill.partitions} "
-            f"partitions {backfill.first_partition} .. {backfill.last_partition}."
+            f"No Dagster webserver at {url}: the backfill launches once a code location "
+            "with this code runs the rollout sensor (make ui)."
         )
-    print(f"Backfills run on the Dagster daemon of {os.environ['DAGSTER_HOME']} (dagster dev).")
-    return 0
+        return
+    print(f"Reloaded code location {', '.join(names)} at {url}: its rollout sensor backfills.")
+
+
+def _bar(done: int, total: int, width: int = 24) -> str:
+    filled = width * done // total if total else width
+    return f"[{'#' * filled}{'-' * (width - filled)}] {100 * done // max(total, 1):>3}%"
+
+
+def _rollout_lines(version: int) -> tuple[list[str], str]:
+    """What the rollout of a registry version got to, as lines, and its state: `serves`,
+    `running` (until the version serves), `failed` or `canceled`."""
+    from featureplane.dagster.lifecycle import applied_backfill, outcome, progress, project_instance
+
+    serving = _store().serving()
+    if serving is not None and serving.version >= version:
+        return [f"registry version {serving.version} serves"], "serves"
+    with project_instance() as instance:
+        backfill = applied_backfill(instance, version)
+    waiting = f"{f'version {serving.version}' if serving else 'nothing'} serves"
+    if backfill is None:
+        return [
+            f"registry version {version} waits for its backfill ({waiting}): the rollout "
+            "sensor launches it once the Dagster daemon runs this code (make ui)"
+        ], "running"
+    result = outcome(backfill)
+    lines = [f"backfill {backfill.backfill_id} of version {version}: {result or 'running'}"]
+    width = max(len(p.asset) for p in progress(backfill))
+    for p in progress(backfill):
+        failed = f", {p.failed} failed" if p.failed else ""
+        lines.append(f"  {p.asset:<{width}}  {_bar(p.done, p.total)}  {p.done}/{p.total}{failed}")
+    if result in (None, "succeeded"):
+        lines.append(f"  {waiting}; version {version} serves once the rollout sensor sees it done")
+        return lines, "running"
+    lines.append(f"  {waiting}: fix the failure, then apply again (or rerun the backfill)")
+    return lines, result
+
+
+def _wait(version: int, timeout: float) -> int:
+    """Print the rollout's progress until the version serves (0) or its backfill ends
+    otherwise (1); 1 after `timeout` seconds too."""
+    deadline = time.monotonic() + timeout
+    shown: list[str] = []
+    while True:
+        lines, state = _rollout_lines(version)
+        if lines != shown:
+            print("\n".join(lines), flush=True)
+            shown = lines
+        if state == "serves":
+            return 0
+        if state != "running":
+            print(f"error: the backfill of version {version} {state}", file=sys.stderr)
+            return 1
+        if time.monotonic() > deadline:
+            print(f"error: version {version} does not serve after {timeout:.0f}s", file=sys.stderr)
+            return 1
+        time.sleep(2)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The latest applied version's rollout: its backfill's progress and outcome."""
+    applied, _ = _applied()
+    if applied is None:
+        return 1
+    lines, state = _rollout_lines(applied.version)
+    print("\n".join(lines))
+    return 0 if state in ("serves", "running") else 1
 
 
 def _applied():
@@ -427,7 +506,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-breaking", action="store_true", help="apply changes that break consumers"
     )
     apply.add_argument(
-        "--no-backfill", action="store_true", help="do not recompute changed feature views"
+        "--no-backfill",
+        action="store_true",
+        help="serve the new version at once, without recomputing changed feature views",
+    )
+    apply.add_argument(
+        "--wait", action="store_true", help="show the rollout until the new version serves"
+    )
+    apply.add_argument(
+        "--timeout", type=float, default=3600, help="seconds --wait waits (default 3600)"
     )
     apply.add_argument(
         "--no-validate",
@@ -435,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not check the views' outputs on Spark (which reads the sources' schemas)",
     )
     apply.set_defaults(run=cmd_apply)
+
+    status = commands.add_parser("status", help="the latest applied version's rollout")
+    status.set_defaults(run=cmd_status)
 
     list_ = commands.add_parser("list", help="list the applied objects, of one kind or all")
     list_.add_argument("kind", nargs="?", choices=[section for _, section in KINDS])

@@ -193,7 +193,7 @@ def _recompute(kind: str, old: Mapping | None, new: Mapping | None) -> str | Non
         return f"rebuild the dataset (version {new['version']})"
     start = datetime.fromisoformat(new["feature_start_time"])
     return (
-        f"all partitions from {start:%Y-%m-%d %H:%M} UTC to now, "
+        f"every window from {start:%Y-%m-%d %H:%M} UTC to where its sources end, "
         f"{_duration_text(new['batch_schedule_seconds'])} each (version {new['version']})"
     )
 
@@ -206,11 +206,11 @@ def _online(old: Mapping | None, new: Mapping | None) -> tuple[str, ...]:
     if will and (not was or old["version"] != new["version"]):
         effects.append(f"push the latest values of version {new['version']} (new keys)")
     if was and (not will or old["version"] != new["version"]):
-        effects.append(f"delete the rows of version {old['version']}")
+        effects.append(f"delete the rows of version {old['version']} once the change serves")
     if was and will and old["ttl_seconds"] != new["ttl_seconds"]:
         effects.append(
-            f"rows expire after {_duration_text(new['ttl_seconds'])} "
-            f"(was {_duration_text(old['ttl_seconds'])})"
+            f"rows pushed from now on expire after {_duration_text(new['ttl_seconds'])} "
+            f"(was {_duration_text(old['ttl_seconds'])}); stored rows keep theirs until pushed"
         )
     return tuple(effects)
 
@@ -308,7 +308,7 @@ def _store_change(applied: Mapping[str, Any], desired: Mapping[str, Any]) -> lis
             str(after.get("type")),
             "change",
             tuple(_details("online_store", before, after)),
-            online=("serving reads another store: push the latest values of every online view",),
+            online=("serving reads another store: push every online view's windows into it",),
         )
     ]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +65,16 @@ def sensor_interval_seconds() -> int:
     """How often the platform's sensors and automation look for work:
     `$FEATUREPLANE_SENSOR_INTERVAL_SECONDS`, default 30."""
     return int(os.environ.get("FEATUREPLANE_SENSOR_INTERVAL_SECONDS", "30"))
+
+
+def cutover_grace() -> timedelta:
+    """How long the online rows of a replaced view version stay after the cut-over, so that
+    servers reload and a rollback needs no backfill: `$FEATUREPLANE_CUTOVER_GRACE_SECONDS`,
+    default one hour."""
+    return timedelta(seconds=float(os.environ.get("FEATUREPLANE_CUTOVER_GRACE_SECONDS", "3600")))
+
+
+def dagster_url() -> str:
+    """The Dagster webserver (UI and GraphQL) of this project: `$FEATUREPLANE_DAGSTER_URL`,
+    default `http://127.0.0.1:3000`, where `make ui` serves it."""
+    return os.environ.get("FEATUREPLANE_DAGSTER_URL", "http://127.0.0.1:3000").rstrip("/")

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dagster import Definitions
 
 from featureplane.repository import Repository
-from sensors import new_data
+from sensors import new_data, rollout
 
-PARTS: list[Callable[[Repository], Definitions]] = [new_data.definitions]
+PARTS: list[Callable[[Repository], Definitions]] = [new_data.definitions, rollout.definitions]
 """The contributing modules' builders, one per concern."""
 
 

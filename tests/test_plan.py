@@ -1,14 +1,13 @@
 """`featureplane plan`: diffs of small repositories (add, change, remove, rename, retype), what
 they cost and whom they break, the text and JSON output, and the CLI's exit codes and apply:
-confirmation, online store provisioning, backfills on a real Dagster instance."""
+confirmation and serving at once without a backfill (the rollout: `test_rollout.py`)."""
 
 import io
 import json
 from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from dagster import AssetKey, DagsterInstance
 
 from featureplane import (
     BatchSource,
@@ -21,7 +20,6 @@ from featureplane import (
     TrainingDataset,
     batch_feature_view,
 )
-from featureplane.dagster.lifecycle import APPLY_TAG
 from featureplane.plan import diff
 from featureplane.registry import build_registry
 from featureplane.registry_store import RegistryStore
@@ -67,7 +65,8 @@ def test_the_first_plan_adds_everything_and_says_what_to_compute():
     ]
     view = by_name(plan)["feature_view", "user_stats"]
     assert view.recompute == (
-        f"all partitions from 2026-01-01 00:00 UTC to now, 1d each (version {user_stats.version})"
+        f"every window from 2026-01-01 00:00 UTC to where its sources end, 1d each "
+        f"(version {user_stats.version})"
     )
     assert view.online == (f"push the latest values of version {user_stats.version} (new keys)",)
     assert plan.summary() == "Plan: 5 to add, 0 to change, 0 to remove."
@@ -93,10 +92,12 @@ def test_a_value_change_recomputes_pushes_and_rebuilds():
         f"version: {user_stats.version} -> {six_hourly.version}",
         "batch_schedule_seconds: 86400 -> 21600",
     )
-    assert view.recompute.startswith("all partitions from 2026-01-01 00:00 UTC to now, 6h each")
+    assert view.recompute.startswith(
+        "every window from 2026-01-01 00:00 UTC to where its sources end, 6h each"
+    )
     assert view.online == (
         f"push the latest values of version {six_hourly.version} (new keys)",
-        f"delete the rows of version {user_stats.version}",
+        f"delete the rows of version {user_stats.version} once the change serves",
     )
     assert changes["training_dataset", "checkout_training"].recompute.startswith("rebuild")
     assert set(changes) == {
@@ -113,7 +114,9 @@ def test_a_metadata_change_recomputes_nothing():
     (change,) = diff(registry(), registry(described)).changes
     assert change.details == ("description:  -> Clicks and country.", "ttl_seconds: none -> 172800")
     assert (change.recompute, change.breaking) == (None, ())
-    assert change.online == ("rows expire after 2d (was none)",)
+    assert change.online == (
+        "rows pushed from now on expire after 2d (was none); stored rows keep theirs until pushed",
+    )
 
 
 def test_expectations_and_guards_are_planned_without_recomputing():
@@ -197,7 +200,7 @@ def test_removing_a_view_and_its_service_deletes_online_rows_and_breaks_clients(
         (("feature_service", "ads"), "remove"),
     }
     view = changes["feature_view", "ad_stats"]
-    assert view.online == (f"delete the rows of version {ad_stats.version}",)
+    assert view.online == (f"delete the rows of version {ad_stats.version} once the change serves",)
     assert view.breaking == ()
     assert changes["feature_service", "ads"].breaking == (
         "online clients of feature service ads lose the service",
@@ -240,7 +243,7 @@ def test_an_online_store_change_is_planned():
     moved = {**registry(), "online_store": {"type": "dynamodb", "table": "features"}}
     (change,) = diff(registry(), moved).changes
     assert (change.kind, change.name, change.action) == ("online_store", "dynamodb", "change")
-    assert "push the latest values of every online view" in change.online[0]
+    assert "push every online view's windows into it" in change.online[0]
 
 
 # ---- the command line -------------------------------------------------------------------------
@@ -252,7 +255,7 @@ def test_plan_exit_codes_apply_and_idempotency(cli, data_dir):
     assert out.startswith("Changes to the registry (nothing applied yet):")
     assert cli("plan", "--repository", "plan_repo_v1")[0] == 0
 
-    code, out, _ = cli("apply", "--repository", "plan_repo_v1", "--yes")
+    code, out, _ = cli("apply", "--repository", "plan_repo_v1", "--yes", "--no-backfill")
     assert code == 0 and "Applied registry version 1" in out
     assert json.loads((data_dir / "registry.json").read_text())["feature_services"]
 
@@ -307,46 +310,14 @@ def test_a_retyped_on_demand_feature_breaks_the_services_serving_it():
     assert (change.recompute, change.online) == (None, ())
 
 
-# ---- apply: confirmation, online store, backfills on a real Dagster instance -------------------
+# ---- apply: confirmation, serving at once without a backfill -----------------------------------
 
 
-def backfills(data_dir) -> list:
-    with DagsterInstance.from_config(str(data_dir / "dagster_home")) as instance:
-        return instance.get_backfills()
-
-
-def test_apply_backfills_changed_views_on_the_dagster_instance(cli, data_dir):
-    code, out, _ = cli("apply", "--repository", "plan_repo_v1", "--yes")
-    assert code == 0
-    assert (data_dir / "online_store.sqlite").exists(), "the online store is provisioned"
-    (first,) = backfills(data_dir)
-    keys = {AssetKey(["features", "user_stats"]), AssetKey(["online", "user_stats"])}
-    assert set(first.asset_selection) == keys
-    assert first.tags[APPLY_TAG] == "1"
-    target = first.asset_backfill_data.target_subset
-    partitions = target.get_partitions_subset(AssetKey(["features", "user_stats"]))
-    now = datetime.now(UTC)
-    expected = (now.date() - date(2026, 1, 1)).days  # every complete day since the start
-    assert len(partitions) == expected
-    assert min(partitions.get_partition_keys()) == "2026-01-01"
-    assert max(partitions.get_partition_keys()) == f"{now - timedelta(days=1):%Y-%m-%d}"
-    assert f"Launched backfill {first.backfill_id}: features/user_stats, online/user_stats" in out
-
-    assert cli("apply", "--repository", "plan_repo_v1", "--yes")[0] == 0
-    assert len(backfills(data_dir)) == 1, "an apply without changes launches nothing"
-
-    code, out, _ = cli("apply", "--repository", "plan_repo_v2", "--yes", "--allow-breaking")
-    assert code == 0
-    latest = max(backfills(data_dir), key=lambda b: b.backfill_timestamp)
-    assert latest.tags[APPLY_TAG] == "2"
-    assert set(latest.asset_selection) == keys
-
-
-def test_apply_without_backfill_still_versions_and_provisions(cli, data_dir):
+def test_apply_without_backfill_serves_at_once(cli, data_dir):
     code, out, _ = cli("apply", "--repository", "plan_repo_v1", "--yes", "--no-backfill")
     assert code == 0 and "Not recomputing user_stats (--no-backfill)." in out
-    assert backfills(data_dir) == []
-    assert RegistryStore(str(data_dir / "offline" / "registry")).versions() == [1]
+    store = RegistryStore(str(data_dir / "offline" / "registry"))
+    assert store.versions() == [1] and store.serving().version == 1
 
 
 class Terminal(io.StringIO):

@@ -27,7 +27,7 @@ from deltalake import DeltaTable
 
 from featureplane.dagster.keys import source_key
 from featureplane.dagster.partitions import source_partitions
-from featureplane.feature_view import schedule_cron
+from featureplane.feature_view import FeatureView, schedule_cron
 from featureplane.quality.completeness import landed_through, table_reach
 from featureplane.repository import Repository
 from featureplane.source import BatchSource
@@ -132,3 +132,16 @@ def report_landed(instance: DagsterInstance, repository: Repository, now: dateti
             instance.report_runless_asset_event(event)
         reported += len(events)
     return reported
+
+
+def view_landed(view: FeatureView, now: datetime) -> datetime | None:
+    """The end of the time every source of a view has landed (catalog tables, which only a
+    Spark session can read, count as landed: the run's completeness check has the last word)."""
+    ends = []
+    for source in view.sources:
+        state = source_state(source)
+        if state is not None:
+            ends.append(landed_through(source, state[1], now))
+        else:  # a catalog table (counts as landed), or no Delta table yet (nothing landed)
+            ends.append(now if source.uri is None else None)
+    return None if None in ends else min(ends, default=now)

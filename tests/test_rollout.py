@@ -1,0 +1,105 @@
+"""Apply through the control plane: the rollout sensor launches a version's backfill only from a
+code location holding its code, over the windows the sources have landed; the version serves
+once the backfill succeeded, a failed one keeps the previous version serving, and `status`
+shows progress and outcome."""
+
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pytest
+from dagster import AssetKey, DagsterInstance, build_sensor_context
+from dagster._core.execution.backfill import BulkActionStatus
+from deltalake import write_deltalake
+
+from conftest import EVENTS
+from featureplane import Repository
+from featureplane.dagster import build_definitions
+from featureplane.dagster.lifecycle import APPLY_TAG
+from featureplane.registry_store import RegistryStore
+
+
+@pytest.fixture
+def project(cli, data_dir):
+    """The `cli` fixture's project, its events running to 2026-01-05 12:00 (four days landed)."""
+    times = pa.array(
+        [datetime(2026, 1, 5, 12, tzinfo=UTC)] * len(EVENTS), pa.timestamp("us", "UTC")
+    )
+    later = EVENTS.set_column(EVENTS.schema.get_field_index("ts"), "ts", times)
+    write_deltalake(str(data_dir / "raw" / "events"), later, mode="append")
+    return cli
+
+
+class Rollout:
+    """The rollout sensor of one repository package's code location, ticked by hand."""
+
+    def __init__(self, data_dir, package: str):
+        self.defs = build_definitions(Repository.load(package))
+        self.sensor = self.defs.get_sensor_def("registry_rollout")
+        self.home = str(data_dir / "dagster_home")
+        self.cursor = None
+
+    def tick(self) -> str:
+        with DagsterInstance.from_config(self.home) as instance:
+            context = build_sensor_context(
+                instance=instance, cursor=self.cursor, definitions=self.defs
+            )
+            result = self.sensor(context)
+        self.cursor = result.cursor
+        return result.skip_reason.skip_message if result.skip_reason else ""
+
+
+def backfills(data_dir) -> list:
+    with DagsterInstance.from_config(str(data_dir / "dagster_home")) as instance:
+        return instance.get_backfills()
+
+
+def finish(data_dir, backfill, status: BulkActionStatus) -> None:
+    with DagsterInstance.from_config(str(data_dir / "dagster_home")) as instance:
+        instance.update_backfill(backfill.with_status(status))
+
+
+def test_a_version_serves_once_its_backfill_succeeded(project, data_dir):
+    cli = project
+    code, out, _ = cli("apply", "--repository", "plan_repo_v1", "--yes")
+    assert code == 0
+    assert "Registry version 1 serves once the backfill of user_stats succeeds" in out
+    assert backfills(data_dir) == [], "apply itself launches nothing"
+    store = RegistryStore(str(data_dir / "offline" / "registry"))
+    assert store.serving() is None
+
+    stale = Rollout(data_dir, "plan_repo_v2")
+    assert "waits for this code location to load its code (views user_stats differ)" in (
+        stale.tick()
+    )
+    assert backfills(data_dir) == []
+
+    rollout = Rollout(data_dir, "plan_repo_v1")
+    assert rollout.tick().startswith("launched ")
+    (backfill,) = backfills(data_dir)
+    assert backfill.tags[APPLY_TAG] == "1"
+    target = backfill.asset_backfill_data.target_subset
+    for key in (AssetKey(["features", "user_stats"]), AssetKey(["online", "user_stats"])):
+        # the windows the events landed: 2026-01-01 .. 01-04, not up to today
+        partitions = target.get_partitions_subset(key).get_partition_keys()
+        assert sorted(partitions) == ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]
+    assert rollout.tick() == f"backfill {backfill.backfill_id} runs"
+    code, out, _ = cli("status")
+    assert code == 0 and "[------------------------]   0%  0/4" in out
+
+    finish(data_dir, backfill, BulkActionStatus.COMPLETED_SUCCESS)
+    assert rollout.tick() == "version 1 serves now"
+    assert store.serving().version == 1
+    assert (data_dir / "registry.json").exists(), "the serving registry file is written then"
+    assert cli("status")[1].strip() == "registry version 1 serves"
+
+    code, out, _ = cli("apply", "--repository", "plan_repo_v2", "--yes", "--allow-breaking")
+    assert code == 0
+    rollout = Rollout(data_dir, "plan_repo_v2")
+    assert rollout.tick().startswith("launched ")
+    latest = max(backfills(data_dir), key=lambda b: b.backfill_timestamp)
+    assert latest.tags[APPLY_TAG] == "2"
+    finish(data_dir, latest, BulkActionStatus.COMPLETED_FAILED)
+    assert "failed: version 1 keeps serving" in rollout.tick()
+    assert store.serving().version == 1
+    code, out, _ = cli("status")
+    assert code == 1 and f"backfill {latest.backfill_id} of version 2: failed" in out
