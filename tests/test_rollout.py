@@ -1,8 +1,9 @@
 """Apply through the control plane: the rollout sensor launches a version's backfill only from a
 code location holding its code, over the windows the sources have landed; the version serves
 once the backfill succeeded, a failed one keeps the previous version serving, and `status`
-shows progress and outcome."""
+shows progress and outcome. Each action a plan line announces is what the rollout does."""
 
+import copy
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -14,8 +15,13 @@ from deltalake import write_deltalake
 from conftest import EVENTS
 from featureplane import Repository
 from featureplane.dagster import build_definitions
-from featureplane.dagster.lifecycle import APPLY_TAG
-from featureplane.registry_store import RegistryStore
+from featureplane.dagster.automation import landed_keys, view_landed
+from featureplane.dagster.lifecycle import APPLY_TAG, launch_backfill
+from featureplane.dagster.partitions import partitions_for
+from featureplane.plan import diff
+from featureplane.registry import build_registry
+from featureplane.registry_store import AppliedRegistry, RegistryStore
+from featureplane.rollout import replaced, work
 
 
 @pytest.fixture
@@ -103,3 +109,59 @@ def test_a_version_serves_once_its_backfill_succeeded(project, data_dir):
     assert store.serving().version == 1
     code, out, _ = cli("status")
     assert code == 1 and f"backfill {latest.backfill_id} of version 2: failed" in out
+
+
+def test_each_plan_line_is_what_the_rollout_does(demo_data):
+    """A changed view, dataset and online store: every action the plan announces is in the
+    rollout's backfill or its clean-up, and nothing else is."""
+    repo = Repository.load("feature_assets")
+    serving = build_registry(repo, {"type": "sqlite", "path": "/tmp/a.sqlite"})
+    latest = copy.deepcopy(serving)
+    latest["online_store"]["path"] = "/tmp/b.sqlite"
+    views = {view["name"]: view for view in latest["feature_views"]}
+    views["user_profile"]["version"] = "0123456789ab"  # as if its transformation changed
+    (dataset,) = latest["training_datasets"]
+    dataset["version"] = "ba9876543210"
+    plan = diff(serving, latest)
+    needed = work(AppliedRegistry(1, serving, {}), AppliedRegistry(2, latest, {}))
+    defs = build_definitions(repo)
+    instance = DagsterInstance.ephemeral()
+    now = datetime.now(UTC)
+    backfill = launch_backfill(defs.resolve_asset_graph(), instance, repo, needed, 2, now)
+    target = backfill.asset_backfill_data.target_subset
+    landed = {
+        name: landed_keys(partitions_for(view), view_landed(view, now))
+        for name, view in repo.feature_views.items()
+    }
+
+    def partitions(key: AssetKey) -> list[str]:
+        return sorted(target.get_partitions_subset(key).get_partition_keys())
+
+    announced = {(c.kind, c.name): c for c in plan.changes}
+    profile = announced["feature_view", "user_profile"]
+    assert profile.recompute.startswith("every window from 2025-09-29 00:00 UTC to where")
+    assert partitions(AssetKey(["features", "user_profile"])) == landed["user_profile"]
+    assert profile.online[0] == "push the latest values of version 0123456789ab (new keys)"
+    assert partitions(AssetKey(["online", "user_profile"])) == landed["user_profile"]
+    old = repo.feature_views["user_profile"].version
+    assert profile.online[1] == f"delete the rows of version {old} once the change serves"
+    assert replaced(AppliedRegistry(1, serving, {}), AppliedRegistry(2, latest, {})) == [
+        ("user_profile", old)
+    ]
+    rebuilt = announced["training_dataset", "ctr_training"]
+    assert rebuilt.recompute == "rebuild the dataset (version ba9876543210)"
+    assert AssetKey(["training", "ctr_training"]) in target.non_partitioned_asset_keys
+    store = announced["online_store", "sqlite"]
+    assert store.online == (
+        "serving reads another store: push every online view's windows into it",
+    )
+    pushed = {v.name for v in repo.feature_views.values() if v.online and v.offline}
+    for name in pushed:
+        assert partitions(AssetKey(["online", name])) == landed[name]
+    recomputed = {key.path[1] for key in target.asset_keys if key.path[0] == "features"}
+    assert recomputed == {"user_profile"}, "only the changed view is recomputed"
+    assert set(announced) == {
+        ("feature_view", "user_profile"),
+        ("training_dataset", "ctr_training"),
+        ("online_store", "sqlite"),
+    }

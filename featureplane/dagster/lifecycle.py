@@ -93,12 +93,20 @@ def launch_backfill(
         tags={APPLY_TAG: str(applied_version)},
         dynamic_partitions_store=instance,
         asset_graph_subset=AssetGraphSubset.from_asset_partition_set(targets, asset_graph),
-        title=f"featureplane apply {applied_version}: {', '.join(work.names())}",
-        description=f"Registry version {applied_version} serves once this backfill succeeds.",
+        title=_title(f"featureplane apply {applied_version}: {', '.join(work.names())}"),
+        description=(
+            f"Registry version {applied_version} serves once this backfill succeeds: "
+            f"{', '.join(work.names())}."
+        ),
         run_config=None,
     )
     instance.add_backfill(backfill)
     return backfill
+
+
+def _title(text: str, limit: int = 100) -> str:
+    """A backfill title within Dagster's limit."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 def applied_backfill(instance: DagsterInstance, version: int) -> PartitionBackfill | None:
