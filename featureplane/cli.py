@@ -310,9 +310,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    from featureplane.catalog import SECTIONS, describe_lines, find
+    from featureplane.catalog import SECTIONS, describe_lines, find, serving_line
 
-    applied, _ = _applied()
+    applied, store = _applied()
     if applied is None:
         return 1
     try:
@@ -328,7 +328,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     lines = describe_lines(
         applied.registry, args.name, definition, materializations_of(kind, args.name)
     )
-    print(f"(applied registry version {applied.version})")
+    print(f"(applied registry version {applied.version}; {serving_line(store)})")
     print("\n".join(lines))
     return 0
 
@@ -336,7 +336,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     """The versions, oldest first; a corrupt one is a line in place and its one-line error
     at the end (exit 1), so the readable history is still shown."""
-    from featureplane.catalog import history
+    from featureplane.catalog import history, serving_line
 
     store = _store()
     if not store.versions():
@@ -348,6 +348,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 1
     for entry in entries:
         print("\n".join(entry.lines()))
+    print(serving_line(store))
     unreadable = [entry.corrupt for entry in entries if entry.corrupt]
     for corrupt in unreadable:
         print(f"error: {type(corrupt).__name__}: {corrupt}", file=sys.stderr)
