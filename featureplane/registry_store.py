@@ -301,8 +301,8 @@ class RegistryStore:
                     "nothing changed"
                 )
             self.get(version)  # an unreadable version must never serve
-            number = 1 if current is None else current.number + 1
-            cut_over = CutOver(number, version, current and current.serving, _now(), _user(by))
+            number, previous = (1, None) if current is None else (current.number + 1, serving)
+            cut_over = CutOver(number, version, previous, _now(), _user(by))
             if self._files.create(_pointer_file(number), _pointer_text(cut_over)):
                 return cut_over
             time.sleep(random.uniform(0, 0.05))  # S3 answers 409 while a racing write lands
@@ -418,7 +418,7 @@ def _user(name: str | None) -> str:
 
 def _pointer_repair(number: int) -> str:
     return (
-        f"it is the serving pointer in force: restore it from a backup, or set it aside as "
+        "it is the serving pointer in force: restore it from a backup, or set it aside as "
         f"{_pointer_file(number)}.corrupt (the cut-over before it then holds), then cut over "
         "again"
     )
