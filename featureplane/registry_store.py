@@ -259,7 +259,8 @@ class RegistryStore:
 
     def cut_overs(self) -> list[CutOver]:
         """Every move of the serving pointer, oldest first; RegistryCorrupt if one is unreadable."""
-        return [self._cut_over(number) for number in self._numbers(SERVING_FILE)]
+        numbers = self._numbers(SERVING_FILE)
+        return [self._cut_over(number, in_force=number == numbers[-1]) for number in numbers]
 
     def serving_version(self) -> int | None:
         """The version servers load: the serving pointer's, or (a store written before the
@@ -315,24 +316,25 @@ class RegistryStore:
         numbers = self._numbers(SERVING_FILE, names)
         if not numbers:
             return None
-        try:
-            current = self._cut_over(numbers[-1])
-        except RegistryCorrupt as corrupt:
-            raise RegistryCorrupt(
-                corrupt.path, corrupt.problem, _pointer_repair(numbers[-1])
-            ) from None
+        current = self._cut_over(numbers[-1], in_force=True)
         if current.serving not in versions:
             path = self._files.where(_pointer_file(current.number))
             problem = f"serving is version {current.serving}, which is not applied"
-            raise RegistryCorrupt(path, problem, _pointer_repair(current.number))
+            raise RegistryCorrupt(path, problem, _pointer_repair(current.number, in_force=True))
         return current
 
-    def _cut_over(self, number: int) -> CutOver:
+    def _cut_over(self, number: int, in_force: bool) -> CutOver:
+        """One cut-over file; RegistryCorrupt, with the repair, if it is not one."""
         path = self._files.where(_pointer_file(number))
-        document = parse_registry_json(self._files.read(_pointer_file(number)), path)
+        try:
+            document = parse_registry_json(self._files.read(_pointer_file(number)), path)
+        except RegistryCorrupt as corrupt:
+            raise RegistryCorrupt(
+                path, corrupt.problem, _pointer_repair(number, in_force)
+            ) from None
         problem = shape_problem(document, CUT_OVER)
         if problem:
-            raise RegistryCorrupt(path, problem)
+            raise RegistryCorrupt(path, problem, _pointer_repair(number, in_force))
         return CutOver(
             number,
             document["serving"],
@@ -416,11 +418,13 @@ def _user(name: str | None) -> str:
     return name or getpass.getuser()
 
 
-def _pointer_repair(number: int) -> str:
+def _pointer_repair(number: int, in_force: bool) -> str:
+    repair = f"restore it from a backup, or set it aside as {_pointer_file(number)}.corrupt"
+    if not in_force:
+        return f"it is an earlier cut-over (history only): {repair}"
     return (
-        "it is the serving pointer in force: restore it from a backup, or set it aside as "
-        f"{_pointer_file(number)}.corrupt (the cut-over before it then holds), then cut over "
-        "again"
+        f"it is the serving pointer in force: {repair} (the cut-over before it then holds), "
+        "then cut over again"
     )
 
 

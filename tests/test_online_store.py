@@ -428,6 +428,20 @@ def test_a_sqlite_deletion_killed_half_way_is_finished_by_a_rerun(tmp_path):
         assert store.read("big", "v2", [(0,)])[0].values == {"n": 0}
 
 
+def test_concurrent_sqlite_deletions_of_a_version_delete_each_row_once(tmp_path):
+    """Two cut-over ticks deleting the same version at once: they take turns batch by batch,
+    and between them count every row exactly once."""
+    with SQLiteOnlineStore(tmp_path / "online.sqlite") as store:
+        store.ensure_table()
+        store.write("big", "v1", rows(*((n, T0, {"n": n}) for n in range(20_000))))
+        store.write("big", "v2", rows((0, T0, {"n": 0})))
+        with ThreadPoolExecutor(2) as pool:
+            counts = list(pool.map(lambda _: store.delete_version("big", "v1"), range(2)))
+        assert sum(counts) == 20_000
+        assert store.read("big", "v1", [(0,), (19_999,)]) == [None, None]
+        assert store.read("big", "v2", [(0,)])[0].values == {"n": 0}
+
+
 @pytest.fixture
 def stubbed(aws_credentials) -> Iterator[tuple[DynamoDBOnlineStore, Stubber]]:
     """A DynamoDB store whose client answers from a script, to provoke partial results."""

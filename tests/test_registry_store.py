@@ -281,6 +281,13 @@ def test_history_and_describe_say_which_version_serves(cli):
     version_2 = lines[[line.split("  ")[0] for line in lines].index("version 2") :]
     assert f"  cut over from version 1 at {moved.at} (by sensor)" in version_2
 
+    pointer = Path(registry_store_location()) / "serving-000002.json"
+    pointer.write_text("")
+    for command in (("history",), ("describe", "user_stats", "--repository", "plan_repo_v2")):
+        code, out, err = cli(*command)
+        assert (code, out) == (1, "")
+        assert err.startswith(f"error: RegistryCorrupt: {pointer}: the file is empty; it is the ")
+
 
 @pytest.fixture
 def applied_store(tmp_path, monkeypatch) -> RegistryStore:

@@ -365,7 +365,8 @@ class DynamoDBOnlineStore(ItemStore):
         """The key is the whole primary key, so no Query selects a view version: a Scan of
         keys only, filtered by prefix, finds them page by page, and each page's keys are
         deleted (BatchWriteItem, 25 a request) before the next page is read. A rerun scans
-        again and finds only what is left."""
+        again and finds only what is left. Counts are of the keys found: of two deletions
+        racing over one version, both may count an item (SQLite's count each once)."""
         values = {f":p{index}": {"S": prefix} for index, prefix in enumerate(prefixes)}
         request: dict[str, Any] = {
             "TableName": self.table,
