@@ -1,4 +1,4 @@
-"""`featureplane list|describe|history`: the applied registry as a catalog.
+"""`featureplane list|describe|history`: the applied registry as a catalog, and what serves.
 
 Everything here reads registries (`featureplane.registry`), the applied ones of
 `featureplane.registry_store`, so it needs neither Spark nor the repository's code; the CLI adds
@@ -15,7 +15,7 @@ from typing import Any
 
 from featureplane.errors import RegistryCorrupt
 from featureplane.plan import KINDS, diff
-from featureplane.registry_store import RegistryStore
+from featureplane.registry_store import CutOver, RegistryStore
 
 SECTIONS = dict(KINDS)
 """Kind -> registry section, e.g. `feature_view` -> `feature_views`."""
@@ -154,35 +154,60 @@ def describe_lines(
     return lines
 
 
+def cut_over_line(cut_over: CutOver) -> str:
+    """When a version began to serve, by whom, and in place of which."""
+    if cut_over.previous is None:
+        return f"serving since {cut_over.at} (by {cut_over.by})"
+    return f"cut over from version {cut_over.previous} at {cut_over.at} (by {cut_over.by})"
+
+
+def serving_line(store: RegistryStore) -> str:
+    """Which version serves, and since when if a cut-over made it: servers load it, not
+    necessarily the latest. RegistryCorrupt for a corrupt pointer."""
+    version = store.serving_version()
+    moves = [cut_over for cut_over in store.cut_overs() if cut_over.serving == version]
+    if not moves:
+        return f"serving: version {version}, the latest (no cut-over yet)"
+    cut_over = moves[-1]
+    source = "" if cut_over.previous is None else f", cut over from version {cut_over.previous}"
+    return f"serving: version {version} since {cut_over.at}{source} (by {cut_over.by})"
+
+
 @dataclass(frozen=True)
 class HistoryEntry:
-    """One applied version (that changed `name`, when asked about one) and what it changed,
-    or one that cannot be read (`corrupt`: what it changed is unknown)."""
+    """One applied version (that changed `name`, when asked about one), what it changed and
+    the cut-overs that made it serve, or one that cannot be read (`corrupt`: what it changed
+    is unknown)."""
 
     version: int
     meta: Mapping[str, Any] = field(default_factory=dict)
     changes: tuple[str, ...] = ()
     corrupt: RegistryCorrupt | None = None
+    cut_overs: tuple[CutOver, ...] = ()
 
     def lines(self) -> list[str]:
+        served = [f"  {cut_over_line(cut_over)}" for cut_over in self.cut_overs]
         if self.corrupt is not None:
-            return [f"version {self.version}  unreadable: {self.corrupt.path}"]
+            return [f"version {self.version}  unreadable: {self.corrupt.path}", *served]
         meta = self.meta
         head = f"version {meta['version']}  {meta['applied_at']}  by {meta['applied_by']}"
-        return [head, *(f"  {change}" for change in self.changes)]
+        return [head, *(f"  {change}" for change in self.changes), *served]
 
 
 def history(store: RegistryStore, name: str | None = None) -> list[HistoryEntry]:
     """Every applied version, oldest first, or those that changed `name`, with the plan lines
-    of the change (its details when asked about one object). Unreadable versions are always
-    listed; a version after one is compared with the last readable version before it."""
+    of the change (its details when asked about one object) and its cut-overs. Unreadable
+    versions are always listed; a version after one is compared with the last readable
+    version before it. RegistryCorrupt for a corrupt serving pointer."""
     entries = []
     parent = None
+    moves = store.cut_overs()
     for version in store.versions():
+        cut_overs = tuple(cut_over for cut_over in moves if cut_over.serving == version)
         try:
             applied = store.get(version)
         except RegistryCorrupt as corrupt:
-            entries.append(HistoryEntry(version, corrupt=corrupt))
+            entries.append(HistoryEntry(version, corrupt=corrupt, cut_overs=cut_overs))
             continue
         if name is None:
             changes = tuple(applied.meta["changes"])
@@ -195,6 +220,6 @@ def history(store: RegistryStore, name: str | None = None) -> list[HistoryEntry]
                 note = f"(compared with version {parent.version}, the last readable one)"
                 changes = (note, *changes)
         if changes:
-            entries.append(HistoryEntry(version, applied.meta, changes))
+            entries.append(HistoryEntry(version, applied.meta, changes, cut_overs=cut_overs))
         parent = applied
     return entries

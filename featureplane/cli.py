@@ -311,8 +311,9 @@ def _rollout_lines(version: int) -> tuple[list[str], str]:
     """What the rollout of a registry version got to, as lines, and its state: `serves`,
     `running` (until the version serves), `failed` or `canceled`."""
     from featureplane.dagster.lifecycle import applied_backfill, outcome, progress, project_instance
+    from featureplane.rollout import rolled_out
 
-    serving = _store().serving()
+    serving = rolled_out(_store())
     if serving is not None and serving.version >= version:
         return [f"registry version {serving.version} serves"], "serves"
     with project_instance() as instance:
@@ -389,9 +390,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    from featureplane.catalog import SECTIONS, describe_lines, find
+    from featureplane.catalog import SECTIONS, describe_lines, find, serving_line
 
-    applied, _ = _applied()
+    applied, store = _applied()
     if applied is None:
         return 1
     try:
@@ -407,7 +408,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     lines = describe_lines(
         applied.registry, args.name, definition, materializations_of(kind, args.name)
     )
-    print(f"(applied registry version {applied.version})")
+    print(f"(applied registry version {applied.version}; {serving_line(store)})")
     print("\n".join(lines))
     return 0
 
@@ -415,7 +416,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     """The versions, oldest first; a corrupt one is a line in place and its one-line error
     at the end (exit 1), so the readable history is still shown."""
-    from featureplane.catalog import history
+    from featureplane.catalog import history, serving_line
 
     store = _store()
     if not store.versions():
@@ -427,6 +428,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 1
     for entry in entries:
         print("\n".join(entry.lines()))
+    print(serving_line(store))
     unreadable = [entry.corrupt for entry in entries if entry.corrupt]
     for corrupt in unreadable:
         print(f"error: {type(corrupt).__name__}: {corrupt}", file=sys.stderr)
@@ -559,11 +561,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.path.insert(0, os.getcwd())
     from featureplane.errors import DefinitionError, MaterializationFailed, RegistryCorrupt
-    from featureplane.registry_store import RegistryConflict
+    from featureplane.registry_store import CutOverRefused, RegistryConflict
 
     try:
         return args.run(args)
-    except (DefinitionError, RegistryConflict, RegistryCorrupt, MaterializationFailed) as exc:
+    except (
+        DefinitionError,
+        RegistryConflict,
+        RegistryCorrupt,
+        MaterializationFailed,
+        CutOverRefused,
+    ) as exc:
         if args.verbose:
             traceback.print_exception(exc, file=sys.stderr)
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -49,12 +49,11 @@ from featureplane.online_store.columnar import (
     object_texts,
     with_nulls,
 )
-from featureplane.online_store.encoding import key_prefix, to_epoch_seconds, to_micros
+from featureplane.online_store.encoding import JOURNAL, key_prefix, to_epoch_seconds, to_micros
 from featureplane.online_store.store import StoredItem
 
 EVENT_TIME = "event_timestamp"
 """The pushed rows' event-time column: a row's event time, or the end of the last tile."""
-JOURNAL = "_push#"
 JOURNAL_TTL = timedelta(days=7)
 """How long the store keeps a journal entry: a push resumed later rewrites what is stored."""
 
@@ -270,7 +269,8 @@ class Journal:
 
     def __init__(self, store: OnlineStore, view: FeatureView, window: tuple[datetime, datetime]):
         start, end = (moment.astimezone(UTC).isoformat() for moment in window)
-        self.store, self.key = store, f"{JOURNAL}{view.name}#{view.version}#{start}/{end}"
+        prefix = JOURNAL + key_prefix(view.name, view.version)
+        self.store, self.key = store, f"{prefix}{start}/{end}"
         self.attempt, self.resumed_from, self.throttled_retries = 1, None, 0
         self.began = datetime.now(UTC).isoformat(timespec="seconds")
         self._micros = 0

@@ -7,13 +7,24 @@ link of a finished temporary file locally, a conditional PUT (`If-None-Match: *`
 of two applies racing for the same version exactly one wins and the other gets
 `RegistryConflict`, which names the winner; it must plan again against the new latest version.
 Nothing is ever overwritten, so the files are the history, and the latest version is the
-highest number listed (no pointer file that could disagree with them).
+highest number listed.
+
+Serving. The latest version is not necessarily the one servers load: a view's new version
+serves only once it is pushed, so the store keeps a serving pointer, appended the same way.
+Each cut-over is a new file `serving-000007.json` (which version serves, which served before,
+when and by whom), created exclusively with the number after the last one it read: of two
+racing cut-overs one wins and the other reads again, and a cut-over to a version older than
+the one serving is refused (`CutOverRefused`), so the newer is never lost. `apply` pins the
+version that serves before it writes a new one (a store written before the pointer existed
+serves its latest version), so an apply alone never changes what servers load.
 
 Every read is checked (`featureplane.registry_format`, and the `meta` block against its file):
-a corrupt version raises RegistryCorrupt naming its file. A corrupt latest version stops plan
-and apply until it is restored from a backup or set aside: renamed with a suffix after `.json`
-(`v000042.json.corrupt`), which retires its number, so the next apply writes 43, not a second
-42 that servers which loaded the first 42 would take for the one they hold.
+a corrupt version or serving pointer raises RegistryCorrupt naming its file. A corrupt latest
+version stops plan and apply until it is restored from a backup or set aside: renamed with a
+suffix after `.json` (`v000042.json.corrupt`), which retires its number, so the next apply
+writes 43, not a second 42 that servers which loaded the first 42 would take for the one they
+hold. A corrupt pointer stops cut-overs, and servers keep the version they loaded, until it is
+restored or set aside the same way (the cut-over before it then holds).
 
 Spark-, Dagster- and boto3-free at import: the Lambda handler reads it; S3 loads boto3 lazily.
 """
@@ -22,7 +33,9 @@ from __future__ import annotations
 
 import getpass
 import os
+import random
 import re
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +48,7 @@ from featureplane.errors import RegistryCorrupt
 from featureplane.registry import registry_text
 from featureplane.registry_format import (
     INTEGER,
+    TIME,
     parse_registry_json,
     registry_problem,
     shape_problem,
@@ -43,6 +57,16 @@ from featureplane.registry_format import (
 VERSION_FILE = re.compile(r"v(\d{6})\.json")
 SET_ASIDE_FILE = re.compile(r"v(\d{6})\.json\..+")
 """A version moved out of the way (`v000042.json.corrupt`): no longer read, its number retired."""
+SERVING_FILE = re.compile(r"serving-(\d{6})\.json")
+"""One cut-over of the serving pointer; the highest number is the one in force."""
+CUT_OVER = {
+    "serving": INTEGER,
+    "previous": (INTEGER, None),
+    "cut_over_at": TIME,
+    "cut_over_by": str,
+}
+CUT_OVER_ATTEMPTS = 50
+"""Cut-overs lost to racing ones before giving up; each loss is another's win."""
 META = {
     "version": INTEGER,
     "parent": (INTEGER, None),
@@ -62,6 +86,22 @@ class RegistryConflict(RuntimeError):
             f"registry version {version} was applied concurrently{by}; "
             "run `featureplane plan` again against it, then apply"
         )
+
+
+class CutOverRefused(ValueError):
+    """A cut-over to a version that is not applied, or older than the one serving."""
+
+
+@dataclass(frozen=True)
+class CutOver:
+    """One move of the serving pointer (number `number`): `serving` serves since `at`, in
+    place of `previous` (None: the store had no pointer, and served its latest version)."""
+
+    number: int
+    serving: int
+    previous: int | None
+    at: str
+    by: str
 
 
 @dataclass(frozen=True)
@@ -183,8 +223,9 @@ class RegistryStore:
         """Every applied version number, ascending."""
         return self._numbers(VERSION_FILE)
 
-    def _numbers(self, pattern: re.Pattern[str]) -> list[int]:
-        found = (pattern.fullmatch(name) for name in self._files.names())
+    def _numbers(self, pattern: re.Pattern[str], names: list[str] | None = None) -> list[int]:
+        names = self._files.names() if names is None else names
+        found = (pattern.fullmatch(name) for name in names)
         return sorted(int(match.group(1)) for match in found if match)
 
     def path(self, version: int) -> str:
@@ -216,6 +257,107 @@ class RegistryStore:
         """The `meta` block of every version, oldest first: who applied what, and when."""
         return [self.get(version).meta for version in self.versions()]
 
+    def cut_overs(self) -> list[CutOver]:
+        """Every move of the serving pointer, oldest first; RegistryCorrupt if one is unreadable."""
+        numbers = self._numbers(SERVING_FILE)
+        return [self._cut_over(number, in_force=number == numbers[-1]) for number in numbers]
+
+    def cut_over_in_force(self) -> CutOver | None:
+        """The cut-over that made the serving version serve; None while no version was ever
+        cut over to (the latest then serves)."""
+        names = self._files.names()
+        return self._current(names, self._numbers(VERSION_FILE, names))
+
+    def serving_version(self) -> int | None:
+        """The version servers load: the serving pointer's, or (a store written before the
+        pointer existed) the latest; None before the first apply. RegistryCorrupt, with the
+        repair, when the pointer is unreadable or names a version that is not applied."""
+        names = self._files.names()
+        versions = self._numbers(VERSION_FILE, names)
+        current = self._current(names, versions)
+        if current is not None:
+            return current.serving
+        return versions[-1] if versions else None
+
+    def serving(self) -> AppliedRegistry | None:
+        """The applied registry that serves (`serving_version`), or None before the first apply."""
+        version = self.serving_version()
+        return None if version is None else self.get(version)
+
+    def cut_over(self, version: int, by: str | None = None) -> CutOver:
+        """Make `version` the one that serves, and return the cut-over in force (the one that
+        already made it serve, if one did). CutOverRefused if it is not applied or older
+        than the serving version; RegistryCorrupt if it, or the pointer, is unreadable."""
+        for _ in range(CUT_OVER_ATTEMPTS):
+            names = self._files.names()
+            versions = self._numbers(VERSION_FILE, names)
+            if version not in versions:
+                applied = ", ".join(map(str, versions)) or "none"
+                raise CutOverRefused(
+                    f"registry version {version} is not applied at {self.location} "
+                    f"(applied: {applied}); nothing changed"
+                )
+            current = self._current(names, versions)
+            if current is not None and current.serving == version:
+                return current
+            serving = versions[-1] if current is None else current.serving
+            if version < serving:
+                since = "" if current is None else f" since {current.at} (by {current.by})"
+                raise CutOverRefused(
+                    f"registry version {serving} serves{since}, newer than version {version}; "
+                    "nothing changed"
+                )
+            self.get(version)  # an unreadable version must never serve
+            number, previous = (1, None) if current is None else (current.number + 1, serving)
+            cut_over = CutOver(number, version, previous, _now(), _user(by))
+            if self._files.create(_pointer_file(number), _pointer_text(cut_over)):
+                return cut_over
+            time.sleep(random.uniform(0, 0.05))  # S3 answers 409 while a racing write lands
+        raise RuntimeError(
+            f"{CUT_OVER_ATTEMPTS} racing cut-overs at {self.location} won over this one; try again"
+        )
+
+    def _current(self, names: list[str], versions: list[int]) -> CutOver | None:
+        """The cut-over in force, checked against the versions applied."""
+        numbers = self._numbers(SERVING_FILE, names)
+        if not numbers:
+            return None
+        current = self._cut_over(numbers[-1], in_force=True)
+        if current.serving not in versions:
+            path = self._files.where(_pointer_file(current.number))
+            problem = f"serving is version {current.serving}, which is not applied"
+            raise RegistryCorrupt(path, problem, _pointer_repair(current.number, in_force=True))
+        return current
+
+    def _cut_over(self, number: int, in_force: bool) -> CutOver:
+        """One cut-over file; RegistryCorrupt, with the repair, if it is not one."""
+        path = self._files.where(_pointer_file(number))
+        try:
+            document = parse_registry_json(self._files.read(_pointer_file(number)), path)
+        except RegistryCorrupt as corrupt:
+            raise RegistryCorrupt(
+                path, corrupt.problem, _pointer_repair(number, in_force)
+            ) from None
+        problem = shape_problem(document, CUT_OVER)
+        if problem:
+            raise RegistryCorrupt(path, problem, _pointer_repair(number, in_force))
+        return CutOver(
+            number,
+            document["serving"],
+            document["previous"],
+            document["cut_over_at"],
+            document["cut_over_by"],
+        )
+
+    def _pin(self, by: str) -> None:
+        """Before the first version after the pointer's introduction: pin the latest, which
+        serves, so the new one does not. A lost race is fine: the pointer is then set."""
+        names = self._files.names()
+        versions = self._numbers(VERSION_FILE, names)
+        if versions and not self._numbers(SERVING_FILE, names):
+            pinned = CutOver(1, versions[-1], None, _now(), by)
+            self._files.create(_pointer_file(1), _pointer_text(pinned))
+
     def apply(
         self,
         registry: Mapping[str, Any],
@@ -227,7 +369,9 @@ class RegistryStore:
         past any number retired by a version set aside.
 
         Raises RegistryConflict if that version exists: another apply won the race, or this
-        plan was made against a version that is no longer the latest.
+        plan was made against a version that is no longer the latest. The new version does
+        not serve until `cut_over` makes it (the first version serves at once: there is
+        nothing else to serve).
         """
         version = (parent or 0) + 1
         retired = set(self._numbers(SET_ASIDE_FILE))
@@ -236,10 +380,11 @@ class RegistryStore:
         meta = {
             "version": version,
             "parent": parent,
-            "applied_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "applied_by": applied_by or getpass.getuser(),
+            "applied_at": _now(),
+            "applied_by": _user(applied_by),
             "changes": list(changes),
         }
+        self._pin(meta["applied_by"])
         document = {**registry, "meta": meta}
         if not self._files.create(_file_name(version), registry_text(document).encode()):
             raise RegistryConflict(version, self._meta_if_readable(version))
@@ -255,6 +400,38 @@ class RegistryStore:
 
 def _file_name(version: int) -> str:
     return f"v{version:06d}.json"
+
+
+def _pointer_file(number: int) -> str:
+    return f"serving-{number:06d}.json"
+
+
+def _pointer_text(cut_over: CutOver) -> bytes:
+    document = {
+        "serving": cut_over.serving,
+        "previous": cut_over.previous,
+        "cut_over_at": cut_over.at,
+        "cut_over_by": cut_over.by,
+    }
+    return registry_text(document).encode()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _user(name: str | None) -> str:
+    return name or getpass.getuser()
+
+
+def _pointer_repair(number: int, in_force: bool) -> str:
+    repair = f"restore it from a backup, or set it aside as {_pointer_file(number)}.corrupt"
+    if not in_force:
+        return f"it is an earlier cut-over (history only): {repair}"
+    return (
+        f"it is the serving pointer in force: {repair} (the cut-over before it then holds), "
+        "then cut over again"
+    )
 
 
 def _version_problem(document: Any, version: int) -> str | None:

@@ -68,4 +68,15 @@ def cut_over(store: RegistryStore, version: int) -> None:
     store.cut_over(version)
     location = registry_location()
     if not is_store_location(location):
-        write_registry(store.get(version).registry, location)
+        write_registry(store.serving().registry, location)
+
+
+def rolled_out(store: RegistryStore) -> AppliedRegistry | None:
+    """The version last cut over to, whose data is in place. A store that never cut over
+    serves its latest version: a first version still to roll out (None: everything is work),
+    or a store older than cut-overs, whose latest version was rolled out when applied."""
+    in_force = store.cut_over_in_force()
+    if in_force is not None:
+        return store.get(in_force.serving)
+    latest = store.latest()
+    return latest if latest is not None and latest.meta["parent"] is not None else None

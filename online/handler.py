@@ -5,14 +5,16 @@
 documented there) and returns the proxy response. The registry and the online store client are
 loaded on the first invocation and kept, so warm invocations reuse both. `$FEATUREPLANE_REGISTRY`
 (default `<data dir>/registry.json`) names either a registry file, loaded once, or a registry
-store (a directory or `s3://` URI, `featureplane.registry_store`) whose latest applied version is
-served: the handler looks for a newer version at most every
-`$FEATUREPLANE_REGISTRY_REFRESH_SECONDS` (60), so warm instances pick up an apply. A look that
-fails (the store unreachable for a moment) is logged and the version at hand served meanwhile.
-A version that is corrupt (`RegistryCorrupt`) is skipped, its file and problem logged once, and
-the newest readable version served: a bad file never takes a fleet down, cold or warm. A
-registry file given alone has nothing to fall back to: a corrupt one fails the first request
-(and `featureplane serve` at start) with its one-line RegistryCorrupt.
+store (a directory or `s3://` URI, `featureplane.registry_store`) whose serving version is
+served (not its latest: a version serves once it is cut over to): the handler looks at the
+serving pointer at most every `$FEATUREPLANE_REGISTRY_REFRESH_SECONDS` (60), so warm instances
+pick up a cut-over. A look that fails (the store unreachable for a moment, a corrupt pointer)
+is logged and the version at hand served meanwhile. A version that is corrupt
+(`RegistryCorrupt`) is skipped, its file and problem logged once, and the newest readable
+version before it served: a bad version file never takes a fleet down, cold or warm. A corrupt
+pointer leaves nothing to choose by, so a cold start fails with it, as with a registry file
+given alone: a corrupt one fails the first request (and `featureplane serve` at start) with its
+one-line RegistryCorrupt.
 
 Cold import cost matters here: this module imports only the Spark-, Dagster- and pandas-free
 serving core, and the store backend on first use.
@@ -67,15 +69,17 @@ def server() -> FeatureServer:
 
 
 def _follow(store: RegistryStore) -> None:
-    """Serve the store's newest readable version; the online store client is kept while its
-    settings are. Corrupt versions newer than it are skipped and logged."""
+    """Serve the store's serving version, or the newest readable one before it; the online
+    store client is kept while its settings are. Corrupt versions are skipped and logged."""
     global _server, _version, _checked_at
     _checked_at = time.monotonic()
-    versions = store.versions()
-    if not versions:
+    serving = store.serving_version()
+    if serving is None:
         raise RuntimeError(f"no registry applied at {store.location}: run `featureplane apply`")
+    if serving == _version:
+        return
     newest: RegistryCorrupt | None = None
-    for version in reversed(versions):
+    for version in reversed([version for version in store.versions() if version <= serving]):
         if version == _version:
             return
         try:
@@ -87,8 +91,10 @@ def _follow(store: RegistryStore) -> None:
         same_store = _server is not None and _server.registry.online_store == registry.online_store
         _server = FeatureServer(registry, store=_server.store if same_store else None)
         _version = version
-        if version != versions[-1]:
-            logger.warning("serving registry version %s, the newest readable one", version)
+        if version != serving:
+            logger.warning(
+                "serving registry version %s, the newest readable one up to %s", version, serving
+            )
         return
     raise RegistryCorrupt(
         store.location, f"no readable registry version; the newest, {newest}"

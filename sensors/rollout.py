@@ -33,7 +33,7 @@ from featureplane.dagster.lifecycle import applied_backfill, launch_backfill, ou
 from featureplane.online_store import open_store
 from featureplane.registry_store import RegistryStore
 from featureplane.repository import Repository
-from featureplane.rollout import cut_over, replaced, stale_views, work
+from featureplane.rollout import cut_over, replaced, rolled_out, stale_views, work
 from featureplane.settings import cutover_grace, registry_store_location, sensor_interval_seconds
 
 
@@ -55,7 +55,7 @@ def definitions(repository: Repository) -> Definitions:
         now = datetime.now(UTC)
         state["deletions"] = _delete_due(context, store, state["deletions"], now)
         cursor = json.dumps(state)
-        latest, serving = store.latest(), store.serving()
+        latest, serving = store.latest(), rolled_out(store)
         if latest is None:
             return SensorResult(skip_reason="nothing applied yet", cursor=cursor)
         if serving is not None and serving.version == latest.version:

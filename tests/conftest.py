@@ -101,6 +101,7 @@ def cli(data_dir, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(data_dir))
     for name in ("FEATUREPLANE_REGISTRY", "FEATUREPLANE_ONLINE_STORE"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FEATUREPLANE_DAGSTER_URL", "http://127.0.0.1:9")  # no webserver there
     (data_dir / "dagster_home").mkdir()
     (data_dir / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     monkeypatch.setenv("DAGSTER_HOME", str(data_dir / "dagster_home"))

@@ -6,7 +6,7 @@ request, except writes (TransactWriteItems, BatchWriteItem, PutItem, named by th
 DynamoDB's throttling answer (400, `ThrottlingException`); after a number of writes, all are
 throttled or fail (500) for a while; or a write is forwarded, so committed, and its reply held
 back past the client's read timeout and dropped. It counts what it saw: requests and refusals
-per operation, and the keys and ClientRequestTokens of the writes it forwarded.
+per operation, and the keys (put or deleted) and ClientRequestTokens of the writes it forwarded.
 """
 
 from __future__ import annotations
@@ -127,9 +127,10 @@ def _keys(operation: str, request: dict) -> list[str]:
         return [request["Item"]["pk"]["S"]]
     return [
         write["PutRequest"]["Item"]["pk"]["S"]
+        if "PutRequest" in write
+        else write["DeleteRequest"]["Key"]["pk"]["S"]
         for writes in request["RequestItems"].values()
         for write in writes
-        if "PutRequest" in write
     ]
 
 

@@ -52,7 +52,8 @@ def test_describe_a_view_with_its_schema_lineage_and_latest_materialization(appl
     code, out, _ = applied("describe", "user_stats", "--repository", "plan_repo_v2")
     assert code == 0
     lines = [line.strip() for line in out.splitlines()]
-    assert lines[:2] == ["(applied registry version 2)", "feature_view user_stats"]
+    assert lines[0].startswith("(applied registry version 2; serving: version 1 since ")
+    assert lines[1] == "feature_view user_stats"
     fields = dict((*line.split(maxsplit=1), "")[:2] for line in lines[2 : lines.index("schema:")])
     assert fields["owner"] == "None"
     assert len(fields["version"]) == 12

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
 
 import boto3
 import pytest
@@ -31,7 +35,7 @@ from featureplane.online_store import (
     open_store,
 )
 from featureplane.online_store.dynamodb import Backoff, DynamoDBOnlineStore
-from featureplane.online_store.encoding import decode_values, encode_values, item_key
+from featureplane.online_store.encoding import JOURNAL, decode_values, encode_values, item_key
 from featureplane.online_store.item_store import item_bytes
 from featureplane.online_store.sqlite import PAGE_BYTES, SQLiteOnlineStore
 
@@ -194,6 +198,50 @@ def test_views_and_versions_are_isolated_and_read_together(store):
     ]
 
 
+def journal_entry(view: str, version: str) -> tuple:
+    """A push journal entry of a view version, as `featureplane.online_push` writes one."""
+    return (f"{JOURNAL}{view}#{version}#2024-05-01/2024-05-02", 1, '{"finished":true}', None)
+
+
+def test_deleting_a_version_deletes_its_records_and_journal_and_nothing_else(store):
+    """Neighbours whose keys share characters with the deleted prefix stay: another version
+    starting with its name, a view whose name extends the view's, another view's journal."""
+    kept = [("ad_stats", "v1"), ("ad_stats", "v10"), ("ad_stats_1d", "v1"), ("user", "v1")]
+    for view, version in [("ad_stats", "v1.0"), *kept]:
+        store.write(view, version, rows(*((n, T0, {"n": n}) for n in range(130))))
+        store.write_items([journal_entry(view, version)])
+    assert store.delete_version("ad_stats", "v1.0") == 130
+    assert store.read("ad_stats", "v1.0", [(n,) for n in range(130)]) == [None] * 130
+    assert store.read_items([journal_entry("ad_stats", "v1.0")[0]]) == [None]
+    for view, version in kept:
+        assert [r.values["n"] for r in store.read(view, version, [(0,), (129,)])] == [0, 129]
+        assert store.read_items([journal_entry(view, version)[0]]) != [None]
+    assert store.delete_version("ad_stats", "v1.0") == 0, "a rerun finds nothing left"
+    assert store.delete_version("never_pushed", "v1") == 0
+
+
+def test_deleting_a_version_that_only_has_journal_entries_deletes_them(store):
+    """What a deletion interrupted after the records leaves: the rerun removes the rest."""
+    store.write_items([journal_entry("ad_stats", "v1")])
+    assert store.delete_version("ad_stats", "v1") == 0
+    assert store.read_items([journal_entry("ad_stats", "v1")[0]]) == [None]
+
+
+def test_a_deleted_version_can_be_pushed_again(store):
+    store.write("ad_stats", "v1", rows((1, T0, {"n": 1})))
+    store.delete_version("ad_stats", "v1")
+    earlier = T0 - timedelta(days=1)
+    assert store.write("ad_stats", "v1", rows((1, earlier, {"n": 2}))).written == 1
+    assert store.read("ad_stats", "v1", [(1,)])[0].values == {"n": 2}
+
+
+def test_deleting_rejects_an_invalid_address(store):
+    with pytest.raises(EntityKeyError, match="must be lower snake case"):
+        store.delete_version("Ad#Stats", "v1")
+    with pytest.raises(EntityKeyError, match="version '' must be"):
+        store.delete_version("ad_stats", "")
+
+
 def test_typed_join_keys_do_not_collide(store):
     keys = [(1,), ("1",), (1, 2), ("1", 2), ("1,2",), ("[1,2]",), (12,), (1, "2")]
     store.write("s", "v1", [Record(key, T0, {"key": repr(key)}) for key in keys])
@@ -346,6 +394,54 @@ def test_a_sqlite_store_closed_during_a_read_serves_the_next_ones(tmp_path):
     store.close()
 
 
+KILLED_DELETION = """
+import sys
+from featureplane.online_store.sqlite import SQLiteOnlineStore
+SQLiteOnlineStore(sys.argv[1]).delete_version("big", "v1")
+"""
+
+
+def test_a_sqlite_deletion_killed_half_way_is_finished_by_a_rerun(tmp_path):
+    """The deleting process is killed once some of its batches are committed: what it
+    deleted stays deleted, the file is intact, and a rerun deletes exactly the rest."""
+    path, total = tmp_path / "online.sqlite", 200_000
+    with SQLiteOnlineStore(path) as store:
+        store.ensure_table()
+        store.write("big", "v1", rows(*((n, T0, {"n": n}) for n in range(total))))
+        store.write("big", "v2", rows((0, T0, {"n": 0})))
+    count = "SELECT count(*) FROM online_records WHERE item_key LIKE 'big#v1#%'"
+    command = [sys.executable, "-c", KILLED_DELETION, str(path)]
+    root = str(Path(__file__).resolve().parents[1])
+    deleting = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": root})
+    with sqlite3.connect(path) as reader:
+        left = total
+        while left == total and deleting.poll() is None:
+            left = reader.execute(count).fetchone()[0]
+        deleting.kill()
+        deleting.wait()
+        left = reader.execute(count).fetchone()[0]
+        assert 0 < left < total, "killed half way"
+        assert reader.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    with SQLiteOnlineStore(path) as store:
+        assert store.delete_version("big", "v1") == left
+        assert store.delete_version("big", "v1") == 0
+        assert store.read("big", "v2", [(0,)])[0].values == {"n": 0}
+
+
+def test_concurrent_sqlite_deletions_of_a_version_delete_each_row_once(tmp_path):
+    """Two cut-over ticks deleting the same version at once: they take turns batch by batch,
+    and between them count every row exactly once."""
+    with SQLiteOnlineStore(tmp_path / "online.sqlite") as store:
+        store.ensure_table()
+        store.write("big", "v1", rows(*((n, T0, {"n": n}) for n in range(20_000))))
+        store.write("big", "v2", rows((0, T0, {"n": 0})))
+        with ThreadPoolExecutor(2) as pool:
+            counts = list(pool.map(lambda _: store.delete_version("big", "v1"), range(2)))
+        assert sum(counts) == 20_000
+        assert store.read("big", "v1", [(0,), (19_999,)]) == [None, None]
+        assert store.read("big", "v2", [(0,)])[0].values == {"n": 0}
+
+
 @pytest.fixture
 def stubbed(aws_credentials) -> Iterator[tuple[DynamoDBOnlineStore, Stubber]]:
     """A DynamoDB store whose client answers from a script, to provoke partial results."""
@@ -420,6 +516,43 @@ def test_cancelled_writes_drop_stale_items_and_retry_the_rest(stubbed):
     )
     batch = rows(("a", T0, {}), ("b", T0, {}), ("c", T0, {}))
     assert store.write("s", "v1", batch) == WriteResult(written=2, skipped_stale=1)
+
+
+def deletes(*keys: str) -> dict:
+    return {"features": [{"DeleteRequest": {"Key": {"pk": {"S": key}}}} for key in keys]}
+
+
+def test_a_deletion_scans_keys_only_and_sends_unprocessed_deletes_again(stubbed):
+    store, stubber = stubbed
+    keys = [item_key("s", "v1", (n,)) for n in range(30)]
+    prefixes = {":p0": {"S": "s#v1#"}, ":p1": {"S": f"{JOURNAL}s#v1#"}}
+    scan = {
+        "TableName": "features",
+        "ProjectionExpression": "#pk",
+        "FilterExpression": "begins_with(#pk, :p0) OR begins_with(#pk, :p1)",
+        "ExpressionAttributeNames": {"#pk": "pk"},
+        "ExpressionAttributeValues": prefixes,
+    }
+    page = [{"pk": {"S": key}} for key in keys]
+    last = {"pk": {"S": keys[-1]}}
+    stubber.add_response("scan", {"Items": page, "LastEvaluatedKey": last}, scan)
+    stubber.add_response("batch_write_item", {}, {"RequestItems": deletes(*keys[:25])})
+    unprocessed = {"UnprocessedItems": deletes(*keys[27:])}
+    stubber.add_response("batch_write_item", unprocessed, {"RequestItems": deletes(*keys[25:])})
+    stubber.add_response("batch_write_item", {}, {"RequestItems": deletes(*keys[27:])})
+    stubber.add_response("scan", {"Items": []}, {**scan, "ExclusiveStartKey": last})
+    assert store.delete_version("s", "v1") == 30
+
+
+def test_deletes_left_unprocessed_after_retries_raise_throttled(stubbed, monkeypatch):
+    store, stubber = stubbed
+    monkeypatch.setattr(store, "write_backoff", FAST)
+    key = item_key("s", "v1", ("a",))
+    stubber.add_response("scan", {"Items": [{"pk": {"S": key}}]})
+    for _ in range(FAST.retries + 1):
+        stubber.add_response("batch_write_item", {"UnprocessedItems": deletes(key)})
+    with pytest.raises(StoreThrottled, match="1 deletes stayed unprocessed after 2 retries"):
+        store.delete_version("s", "v1")
 
 
 def test_writes_throttled_after_retries_raise_throttled(stubbed):

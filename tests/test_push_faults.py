@@ -1,4 +1,5 @@
-"""Pushes to a DynamoDB that throttles, fails, loses replies or cannot be reached.
+"""Pushes to, and deletions from, a DynamoDB that throttles, fails, loses replies or cannot be
+reached.
 
 DynamoDB is a moto_server behind a proxy that injects the faults (`faulty_dynamodb`), over real
 HTTP. The moto_server is the benchmark's (`bench.moto_dynamodb_server`): stock moto copies the
@@ -37,7 +38,7 @@ from bench.harness import moto_server
 from featureplane import Repository
 from featureplane.dagster.assets import online_asset
 from featureplane.online_push import EVENT_TIME, JOURNAL, push, stored_items
-from featureplane.online_store import StoreThrottled, StoreUnavailable, open_store
+from featureplane.online_store import Record, StoreThrottled, StoreUnavailable, open_store
 from featureplane.online_store.dynamodb import Backoff, DynamoDBOnlineStore
 from featureplane.registry import build_registry, load_registry
 from featureplane.serving import FeatureServer
@@ -158,6 +159,43 @@ def test_a_failed_push_resumes_without_sending_again_what_it_stored(faulty, orac
         again = push(store, VIEW, batches(), WINDOW)
         assert faulty.requests["BatchGetItem"] == 1
         assert (again.attempt, again.already_stored, again.written) == (1, 0, ROWS)
+
+
+def pushed_with_a_neighbour(store: DynamoDBOnlineStore) -> list:
+    """The push of 1,999 rows journaled, and one row of another version of the view, whose
+    contents are returned: what a deletion of the pushed version must leave."""
+    push(store, VIEW, batches(), WINDOW)
+    store.write(VIEW.name, "other", [Record((1,), WINDOW[0], {"kept": True})])
+    return store.read(VIEW.name, "other", [(1,)])
+
+
+def test_a_deletion_with_half_its_writes_refused_deletes_every_row(faulty):
+    with dynamodb(faulty.endpoint) as store:
+        neighbour = pushed_with_a_neighbour(store)
+        faulty.set(Faults(refuse=0.5))
+        assert store.delete_version(VIEW.name, VIEW.version) == ROWS
+        assert faulty.refused["BatchWriteItem"] > 0.3 * faulty.requests["BatchWriteItem"]
+        assert contents(store) == [None] * ROWS
+        assert len(faulty.written_keys) == ROWS + 1, "every record and the journal entry"
+        assert store.read(VIEW.name, "other", [(1,)]) == neighbour
+
+
+def test_a_deletion_that_failed_half_way_is_finished_by_a_rerun(faulty):
+    with dynamodb(faulty.endpoint, write_backoff=QUICK_FAILURE) as store:
+        neighbour = pushed_with_a_neighbour(store)
+        faulty.set(Faults(allow=30))
+        with pytest.raises(StoreThrottled, match=r"BatchWriteItem kept being refused"):
+            store.delete_version(VIEW.name, VIEW.version)
+        deleted = {key for key in faulty.written_keys if not key.startswith(JOURNAL)}
+        assert 0 < len(deleted) < ROWS
+        assert sum(item is None for item in contents(store)) == len(deleted)
+
+        faulty.set(Faults())
+        assert store.delete_version(VIEW.name, VIEW.version) == ROWS - len(deleted)
+        assert deleted.isdisjoint(faulty.written_keys), "what was deleted is not sent again"
+        assert contents(store) == [None] * ROWS
+        assert store.delete_version(VIEW.name, VIEW.version) == 0
+        assert store.read(VIEW.name, "other", [(1,)]) == neighbour
 
 
 def test_a_write_whose_reply_is_lost_is_sent_again_with_its_token(faulty, oracle):

@@ -2,8 +2,9 @@
 registry or an applied version, is refused with one line naming the file and the part that is
 wrong. Plan and apply refuse to build on a corrupt latest version, say how to repair it and
 write nothing; a version set aside retires its number; history lists a corrupt version in
-place. A server following a registry store serves the newest readable version and logs what it
-skipped; a server given one corrupt file fails at start with that one line."""
+place. A server following a registry store serves the newest readable version up to the one
+cut over to, and logs what it skipped; a server given one corrupt file fails at start with
+that one line."""
 
 import copy
 import json
@@ -324,8 +325,8 @@ def test_plan_and_apply_refuse_a_corrupt_latest_version_and_change_nothing(cli, 
 
 
 def test_a_version_set_aside_is_planned_past_and_its_number_never_reused(cli, data_dir):
-    for package in ("plan_repo_v1", "plan_repo_v2"):
-        cli("apply", "--repository", package, "--yes", "--allow-breaking", "--no-backfill")
+    for package in ("plan_repo_v1", "plan_repo_v2"):  # version 2 waits for its backfill
+        cli("apply", "--repository", package, "--yes", "--allow-breaking")
     path = registry_dir(data_dir) / "v000002.json"
     spoil(path, "garbage")
     path.rename(path.with_name("v000002.json.corrupt"))
@@ -353,7 +354,8 @@ def test_history_lists_a_corrupt_version_in_place_and_exits_1_naming_it(cli, dat
     code, out, err = cli("history")
     assert (code, err) == (1, line)
     heads = [row.split("  ")[0] for row in out.splitlines() if not row.startswith("  ")]
-    assert heads == ["version 1", "version 2", "version 3"]
+    assert heads[:-1] == ["version 1", "version 2", "version 3"]
+    assert heads[-1].startswith("serving: version 3 since ")
     assert f"version 2  unreadable: {path}" in out.splitlines()
 
     code, out, err = cli("history", "user_stats")
@@ -390,19 +392,22 @@ def test_a_cold_start_serves_the_newest_readable_version_and_logs_what_it_skippe
     store.apply(build_registry(serving_repo.repository(), served), None, [])
     narrower = build_registry(Repository.from_objects([serving_repo.users]), served)
     store.apply(narrower, 1, [])
+    store.cut_over(2)
     problem = spoil(tmp_path / "registry" / "v000002.json", kind)
 
     assert health()["feature_services"] == 3, "version 1's three services"
     skipped = f"skipped registry version 2: {tmp_path / 'registry' / 'v000002.json'}: {problem}"
     assert [r.getMessage() for r in caplog.records] == [
         skipped,
-        "serving registry version 1, the newest readable one",
+        "serving registry version 1, the newest readable one up to 2",
     ]
     assert health()["feature_services"] == 3
     assert [r.getMessage() for r in caplog.records].count(skipped) == 1, "logged once"
 
     store.apply(narrower, 2, [])
-    assert health()["feature_services"] == 1, "a readable newer version is picked up"
+    assert health()["feature_services"] == 3, "applied, not yet cut over to"
+    store.cut_over(3)
+    assert health()["feature_services"] == 1, "a readable version cut over to is picked up"
     online.handler.server().close()
 
 

@@ -71,7 +71,7 @@ def test_a_version_serves_once_its_backfill_succeeded(project, data_dir):
     assert "Registry version 1 serves once the backfill of user_stats succeeds" in out
     assert backfills(data_dir) == [], "apply itself launches nothing"
     store = RegistryStore(str(data_dir / "offline" / "registry"))
-    assert store.serving() is None
+    assert store.cut_over_in_force() is None, "a first version is never cut over to unbackfilled"
 
     stale = Rollout(data_dir, "plan_repo_v2")
     assert "waits for this code location to load its code (views user_stats differ)" in (

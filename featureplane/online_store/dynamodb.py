@@ -39,6 +39,12 @@ Against a table that takes 600 items/s it sent 34 requests for 3,000 items where
 108-117, in 6 s against 4.3-5.3 s; refused requests consume no capacity, so writes keep the
 faster pacing.
 
+Deleting a view version reads no values: a keys-only Scan filtered by the version's key
+prefixes, each page's keys deleted by BatchWriteItem (25 a request; deletes need no condition:
+nothing writes an old version any more). Refused requests and UnprocessedItems are sent again
+with `write_backoff`, unanswered ones as writes are; a Scan reads the whole table, so deleting
+a version costs a read of the table's keys, paid once per cut-over.
+
 Reads are BatchGetItem in chunks of 100 keys run concurrently; UnprocessedKeys are retried with
 bounded exponential backoff and full jitter; what stays unprocessed raises `StoreThrottled`.
 
@@ -82,6 +88,8 @@ from featureplane.online_store.store import StoreThrottled, StoreUnavailable
 
 CHUNK = 100
 """Items per BatchGetItem and per TransactWriteItems: the most DynamoDB accepts in one."""
+DELETES = 25
+"""Deletes per BatchWriteItem: the most DynamoDB accepts in one."""
 MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
 THROTTLING = frozenset(
     {
@@ -312,16 +320,22 @@ class DynamoDBOnlineStore(ItemStore):
             "TransactItems": [{"Put": self._conditional_put(item)} for item in items],
             "ClientRequestToken": uuid.uuid4().hex,
         }
+        try:
+            self._send(self.write_client.transact_write_items, request)
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            return [reason.get("Code", "None") for reason in error.response["CancellationReasons"]]
+        return []
+
+    def _send(self, method: Callable[..., dict[str, Any]], request: dict[str, Any]) -> dict:
+        """One write request, sent again as it is while no answer comes or DynamoDB answers
+        a server error; then `StoreUnavailable`. Other errors are raised as they come."""
         pauses = UNANSWERED_BACKOFF.pauses()
         while True:
             try:
-                self.write_client.transact_write_items(**request)
-                return []
+                return method(**request)
             except ClientError as error:
-                code = error.response["Error"]["Code"]
-                if code == "TransactionCanceledException":
-                    reasons = error.response["CancellationReasons"]
-                    return [reason.get("Code", "None") for reason in reasons]
                 if error.response["ResponseMetadata"].get("HTTPStatusCode", 0) < 500:
                     raise
                 failure: Exception = error
@@ -330,10 +344,60 @@ class DynamoDBOnlineStore(ItemStore):
             try:
                 time.sleep(next(pauses))
             except StopIteration:
-                unavailable = self._unavailable(
-                    failure, self.write_client.transact_write_items, UNANSWERED_WRITE_ATTEMPTS
-                )
+                unavailable = self._unavailable(failure, method, UNANSWERED_WRITE_ATTEMPTS)
                 raise unavailable from failure
+
+    def _patiently(self, method: Callable[..., dict[str, Any]], request: dict[str, Any]) -> dict:
+        """`_send`, again after `write_backoff` pauses while DynamoDB refuses it for
+        throttling: the pace of a deletion, which may wait as a push does."""
+        pauses = self.write_backoff.pauses()
+        while True:
+            try:
+                return self._send(method, request)
+            except ClientError as error:
+                code = error.response["Error"]["Code"]
+                if code not in THROTTLING:
+                    raise
+                operation = self.client.meta.method_to_api_mapping[method.__name__]
+                self._pause(pauses, f"{operation} kept being refused ({code})", self.write_backoff)
+
+    def _delete_prefixed(self, prefixes: Sequence[str]) -> list[int]:
+        """The key is the whole primary key, so no Query selects a view version: a Scan of
+        keys only, filtered by prefix, finds them page by page, and each page's keys are
+        deleted (BatchWriteItem, 25 a request) before the next page is read. A rerun scans
+        again and finds only what is left. Counts are of the keys found: of two deletions
+        racing over one version, both may count an item (SQLite's count each once)."""
+        values = {f":p{index}": {"S": prefix} for index, prefix in enumerate(prefixes)}
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "ProjectionExpression": "#pk",
+            "FilterExpression": " OR ".join(f"begins_with(#pk, {name})" for name in values),
+            "ExpressionAttributeNames": {"#pk": KEY},
+            "ExpressionAttributeValues": values,
+        }
+        counts = [0] * len(prefixes)
+        while True:
+            page = self._patiently(self.write_client.scan, request)
+            keys = [item[KEY]["S"] for item in page["Items"]]
+            chunks = [keys[start : start + DELETES] for start in range(0, len(keys), DELETES)]
+            self._each(self._delete_chunk, chunks, self.concurrent_writes)
+            for key in keys:
+                counts[next(i for i, prefix in enumerate(prefixes) if key.startswith(prefix))] += 1
+            if "LastEvaluatedKey" not in page:
+                return counts
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _delete_chunk(self, keys: Sequence[str]) -> None:
+        """Delete up to 25 items, sending UnprocessedItems again after `write_backoff` pauses."""
+        deletes = [{"DeleteRequest": {"Key": {KEY: {"S": key}}}} for key in keys]
+        pauses = self.write_backoff.pauses()
+        while deletes:
+            request = {"RequestItems": {self.table: deletes}}
+            response = self._patiently(self.write_client.batch_write_item, request)
+            deletes = response.get("UnprocessedItems", {}).get(self.table, [])
+            if deletes:
+                what = f"{len(deletes)} deletes stayed unprocessed"
+                self._pause(pauses, what, self.write_backoff)
 
     def _conditional_put(self, item: StoredItem) -> dict[str, Any]:
         key, micros, payload, expires_at = item

@@ -10,6 +10,10 @@ Every backend stores the same item, encoded here once so that the stores agree:
   too, so that untagged text decodes with orjson, which reads them as floats; it is the
   serving hot path, four times faster than `json` on tiles.
 - expiry: integer epoch seconds, rounded up, which is what DynamoDB TTL reads.
+
+A push's journal entries (`featureplane.online_push`) live in the same table under
+`_push#<view>#<version>#…`, apart from every record (view names start with a letter), so that
+a view version's records and entries are found, and deleted, by their two key prefixes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import orjson
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
+JOURNAL = "_push#"
+"""The key prefix of push journal entries, before the view version's `key_prefix`."""
 MAX_KEY_LENGTH = 2048
 """DynamoDB's limit on a partition key in bytes, applied to every backend so they agree."""
 

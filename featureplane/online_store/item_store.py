@@ -13,6 +13,7 @@ from operator import itemgetter
 from typing import Self
 
 from featureplane.online_store.encoding import (
+    JOURNAL,
     decode_values,
     encode_values,
     from_epoch_seconds,
@@ -83,6 +84,11 @@ class ItemStore(ABC):
     def _get(self, keys: Collection[str]) -> Mapping[str, StoredItem]:
         """The stored items of distinct keys; absent keys are left out."""
 
+    @abstractmethod
+    def _delete_prefixed(self, prefixes: Sequence[str]) -> list[int]:
+        """Delete every item whose key starts with one of `prefixes` (none a prefix of
+        another); return how many were deleted under each."""
+
     def write(self, view: str, version: str, records: Iterable[Record]) -> WriteResult:
         prefix = key_prefix(view, version)
         return self.write_items(
@@ -122,6 +128,11 @@ class ItemStore(ABC):
     def read_items(self, keys: Sequence[str]) -> list[StoredItem | None]:
         found = self._get(set(keys)) if keys else {}
         return [found.get(key) for key in keys]
+
+    def delete_version(self, view: str, version: str) -> int:
+        prefix = key_prefix(view, version)
+        records, _ = self._delete_prefixed([prefix, JOURNAL + prefix])
+        return records
 
     def __enter__(self) -> Self:
         return self

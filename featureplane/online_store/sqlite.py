@@ -32,6 +32,11 @@ ON CONFLICT (item_key) DO UPDATE SET
     expires_at = excluded.expires_at
 WHERE excluded.event_micros >= {TABLE}.event_micros"""
 SELECT = f"SELECT item_key, event_micros, payload, expires_at FROM {TABLE} WHERE item_key IN "
+DELETE = f"""DELETE FROM {TABLE} WHERE item_key IN (
+    SELECT item_key FROM {TABLE} WHERE item_key >= ? AND item_key < ? LIMIT ?)"""
+DELETE_ROWS = 2000
+"""Rows per transaction of a deletion: each holds the write lock for milliseconds, so pushes
+wait little, and keeps the WAL (which readers search before the database) small."""
 CACHE_KIB = 64 * 1024
 """Page cache per connection, filled on demand: a push touches pages all over the key B-tree."""
 PAGE_BYTES = 16 * 1024
@@ -97,6 +102,24 @@ class SQLiteOnlineStore(ItemStore):
                 query = f"{SELECT}({','.join('?' * len(chunk))})"
                 found |= {row[0]: row for row in connection.execute(query, chunk)}
         return found
+
+    def _delete_prefixed(self, prefixes: Sequence[str]) -> list[int]:
+        """Key ranges deleted in short transactions of `DELETE_ROWS`: a prefix's keys are
+        those from it up to it with its last character raised by one (keys are ASCII)."""
+        counts = []
+        with self._connection() as connection:
+            for prefix in prefixes:
+                end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+                deleted = 0
+                while True:
+                    with connection:
+                        connection.execute("BEGIN IMMEDIATE")
+                        batch = connection.execute(DELETE, (prefix, end, DELETE_ROWS)).rowcount
+                    deleted += batch
+                    if batch < DELETE_ROWS:
+                        break
+                counts.append(deleted)
+        return counts
 
     def close(self) -> None:
         for connection in self._opened:

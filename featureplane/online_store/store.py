@@ -103,6 +103,11 @@ class OnlineStore(Protocol):
         """`read_many` of keys already encoded (`encoding.prefixed_key`), left encoded: what
         the online handler reads, decoding only what it serves."""
 
+    def delete_version(self, view: str, version: str) -> int:
+        """Delete every record of one view version, and its push journal entries; return how
+        many records it deleted. Nothing else is touched; an interrupted deletion is finished
+        by calling it again, and a finished one deletes 0."""
+
     def close(self) -> None:
         """Release connections and threads."""
 
