@@ -58,3 +58,27 @@ def registry_refresh_seconds() -> float:
     """How often a server following a registry store looks for a newer applied version:
     `$FEATUREPLANE_REGISTRY_REFRESH_SECONDS`, default 60."""
     return float(os.environ.get("FEATUREPLANE_REGISTRY_REFRESH_SECONDS", "60"))
+
+
+def alert_webhook() -> str | None:
+    """Where alerts are posted as Slack-compatible JSON: `$FEATUREPLANE_ALERT_WEBHOOK` (a Slack
+    incoming webhook or any receiver of that JSON); unset, no webhook."""
+    return os.environ.get("FEATUREPLANE_ALERT_WEBHOOK") or None
+
+
+def alert_log() -> str | None:
+    """A JSON lines file every alert is appended to: `$FEATUREPLANE_ALERT_LOG`; unset, alerts
+    reach only the sensors' logs."""
+    return os.environ.get("FEATUREPLANE_ALERT_LOG") or None
+
+
+def dagster_url() -> str:
+    """The Dagster UI that alerts link to: `$FEATUREPLANE_DAGSTER_URL`, default
+    `http://127.0.0.1:3000` (where `dagster dev` serves it)."""
+    return os.environ.get("FEATUREPLANE_DAGSTER_URL", "http://127.0.0.1:3000").rstrip("/")
+
+
+def alert_interval_seconds() -> int:
+    """How often the alert sensors look for new incidents: `$FEATUREPLANE_ALERT_INTERVAL_SECONDS`,
+    default 60."""
+    return int(os.environ.get("FEATUREPLANE_ALERT_INTERVAL_SECONDS", "60"))

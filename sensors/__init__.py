@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dagster import Definitions
 
 from featureplane.repository import Repository
+from sensors.alerts import alert_definitions
 
-PARTS: list[Callable[[Repository], Definitions]] = []
+PARTS: list[Callable[[Repository], Definitions]] = [alert_definitions]
 """The contributing modules' builders, one per concern."""
 
 
