@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import NamedTuple
 
 from dagster import (
     AssetKey,
@@ -36,6 +38,7 @@ from dagster import (
 from dagster._core.definitions.freshness import FreshnessState
 from dagster._core.events import EVENT_TYPE_TO_PIPELINE_RUN_STATUS
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
+from dagster._time import get_current_datetime  # Dagster's clock, as its daemons read it
 
 from featureplane.alerts import Alerts, Incident, backfill_link, run_link
 from featureplane.dagster.failures import error_text, innermost
@@ -50,25 +53,43 @@ BATCH = 500
 NEWEST_EVENT = "newest_event"
 """The push's metadata entry: the newest event time it wrote (`OnlineIOManager`)."""
 RUN_STATUS_EVENTS = set(EVENT_TYPE_TO_PIPELINE_RUN_STATUS)
-Watch = Callable[[SensorEvaluationContext, Alerts, str, datetime], None]
+Windows = dict[AssetKey, timedelta]
+
+
+class Tick(NamedTuple):
+    """What a watch works with on one tick: the instance, the bookkeeping it updates, the
+    Dagster UI's URL for links, and the time."""
+
+    instance: DagsterInstance
+    alerts: Alerts
+    url: str
+    now: datetime
+
+
+Watch = Callable[[Tick], None]
 
 
 def alert_definitions(repository: Repository) -> Definitions:
     """The alert sensors of a repository, and the notifier they post through (from settings)."""
-    served = [view for view in repository.feature_views.values() if view.offline and view.online]
-    windows = {AssetKey(["online", view.name]): freshness_window(view) for view in served}
+    offline = [view for view in repository.feature_views.values() if view.offline]
+    computed = {AssetKey(["features", view.name]): freshness_window(view) for view in offline}
+    served = {
+        AssetKey(["online", view.name]): freshness_window(view) for view in offline if view.online
+    }
     return Definitions(
         sensors=[
             alert_sensor("failed_run_alerts", "Runs that failed to materialize assets.", runs),
             alert_sensor("failed_backfill_alerts", "Backfills that failed.", backfills),
             alert_sensor("failed_check_alerts", "Asset checks that failed.", checks),
-            alert_sensor("freshness_alerts", "Freshness policy warnings and failures.", freshness),
+            alert_sensor(
+                "freshness_alerts",
+                "Freshness policy warnings and failures.",
+                partial(freshness, windows=computed),
+            ),
             alert_sensor(
                 "served_freshness_alerts",
                 "Online views serving data older than their freshness.",
-                lambda context, alerts, url, now: served_freshness(
-                    context, alerts, url, now, windows
-                ),
+                partial(served_freshness, windows=served),
             ),
         ],
         resources={"notifier": NotifierResource.from_settings()},
@@ -86,7 +107,7 @@ def alert_sensor(name: str, description: str, watch: Watch) -> SensorDefinition:
     )
     def evaluate(context: SensorEvaluationContext, notifier: NotifierResource) -> SensorResult:
         alerts = Alerts.from_json(context.cursor)
-        watch(context, alerts, notifier.dagster_url, datetime.now(UTC))
+        watch(Tick(context.instance, alerts, notifier.dagster_url, get_current_datetime()))
         delivery = notifier.deliver(alerts.outbox, context.log)
         alerts.outbox = delivery.kept
         for error in delivery.errors:
@@ -100,15 +121,14 @@ def alert_sensor(name: str, description: str, watch: Watch) -> SensorDefinition:
     return evaluate
 
 
-def new_events(
-    instance: DagsterInstance, alerts: Alerts, types: Iterable[DagsterEventType], now: datetime
-) -> list[EventLogRecord]:
+def new_events(tick: Tick, types: Iterable[DagsterEventType]) -> list[EventLogRecord]:
     """The events of the types stored after the cursor's position, in storage order, and the
     position moved past them. Each type is read up to BATCH records; when one is cut short,
     nothing after its last record is taken yet, so no event is ever skipped.
 
     Asset events and run status changes are the two kinds every event log storage indexes
     across runs (SQLite's run-sharded one included), under one sequence of storage ids."""
+    instance, alerts, _, now = tick
     after = alerts.position.get("after")
     since = None if after is not None else (now - LOOKBACK).timestamp()
     records, bound = [], None
@@ -139,13 +159,13 @@ def new_events(
 # ---- failed runs ----------------------------------------------------------------------------
 
 
-def runs(context: SensorEvaluationContext, alerts: Alerts, url: str, now: datetime) -> None:
+def runs(tick: Tick) -> None:
     """A failed run opens an incident per asset it failed to materialize, over the partitions
     it failed (assets skipped because an upstream step failed are that step's incident); a
     materialization of an asset partition removes it, and the last one resolves it."""
-    instance = context.instance
+    instance, alerts, url, now = tick
     types = (DagsterEventType.RUN_FAILURE, DagsterEventType.ASSET_MATERIALIZATION)
-    for record in new_events(instance, alerts, types, now):
+    for record in new_events(tick, types):
         event = record.event_log_entry.dagster_event
         if event.event_type == DagsterEventType.RUN_FAILURE:
             for incident, partitions in failed_assets(instance, record, url):
@@ -254,11 +274,11 @@ FAILED = {BulkActionStatus.COMPLETED_FAILED, BulkActionStatus.FAILED}
 SUCCEEDED = {BulkActionStatus.COMPLETED, BulkActionStatus.COMPLETED_SUCCESS}
 
 
-def backfills(context: SensorEvaluationContext, alerts: Alerts, url: str, now: datetime) -> None:
+def backfills(tick: Tick) -> None:
     """A backfill that ends failed opens an incident; one that succeeds over the same assets
     (or more) supersedes it. The cursor keeps the backfills still running and the creation
     time of the newest seen, so a tick reads only those and the ones created since."""
-    instance = context.instance
+    instance, alerts, url, now = tick
     position = alerts.position
     since = position.get("since", (now - LOOKBACK).timestamp())
     running: list[str] = position.get("running", [])
@@ -309,13 +329,13 @@ def _backfill_cause(instance: DagsterInstance, backfill) -> str:
 # ---- failed checks --------------------------------------------------------------------------
 
 
-def checks(context: SensorEvaluationContext, alerts: Alerts, url: str, now: datetime) -> None:
+def checks(tick: Tick) -> None:
     """A failed check evaluation opens an incident per asset check and partition (a warning
     for WARN severity); a passing evaluation of the same resolves it. Checks run in runs: a
     tick reads the evaluations of the runs that ended since the last."""
-    instance = context.instance
+    instance, alerts, url, now = tick
     ended = (DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE)
-    for run in new_events(instance, alerts, ended, now):
+    for run in new_events(tick, ended):
         link = run_link(url, run.run_id)
         of_type = DagsterEventType.ASSET_CHECK_EVALUATION
         for record in instance.get_records_for_run(run.run_id, of_type=of_type).records:
@@ -348,12 +368,13 @@ def check_cause(evaluation) -> str:
 # ---- freshness ------------------------------------------------------------------------------
 
 
-def freshness(context: SensorEvaluationContext, alerts: Alerts, url: str, now: datetime) -> None:
+def freshness(tick: Tick, windows: Windows) -> None:
     """Dagster's freshness state changes: WARN opens a warning, FAIL a failure (or escalates
-    the warning), PASS resolves."""
-    instance = context.instance
+    the warning), PASS resolves. Feature views' windows are named (`policies.freshness_policy`
+    warns at half of it)."""
+    instance, alerts, url, now = tick
     types = (DagsterEventType.FRESHNESS_STATE_CHANGE,)
-    for record in new_events(instance, alerts, types, now):
+    for record in new_events(tick, types):
         change = record.event_log_entry.dagster_event.event_specific_data
         subject = change.key.to_user_string()
         latest = instance.get_latest_materialization_event(change.key)
@@ -363,36 +384,29 @@ def freshness(context: SensorEvaluationContext, alerts: Alerts, url: str, now: d
             continue
         if change.new_state not in (FreshnessState.WARN, FreshnessState.FAIL):
             continue
-        last = (
-            f"last materialized {_ago(now, latest.timestamp)} ago"
-            if latest is not None
-            else "never materialized"
-        )
-        state = (
-            "past its freshness policy's fail window"
-            if change.new_state == FreshnessState.FAIL
-            else "past its freshness policy's warn window"
-        )
-        severity = "error" if change.new_state == FreshnessState.FAIL else "warning"
-        alerts.fire(
-            Incident("freshness", subject, f"{last}: {state}", link=link, severity=severity), now
-        )
+        fail = change.new_state == FreshnessState.FAIL
+        last = "never materialized"
+        if latest is not None:
+            age = now - datetime.fromtimestamp(latest.timestamp, UTC)
+            last = f"last materialized {_words(age)} ago"
+        window = windows.get(change.key)
+        policy = f"its freshness policy's {'fail' if fail else 'warn'} window"
+        if window is not None:
+            policy += f" ({_words(window if fail else window / 2)})"
+        severity = "error" if fail else "warning"
+        cause = f"{last}: past {policy}"
+        alerts.fire(Incident("freshness", subject, cause, link=link, severity=severity), now)
 
 
-def served_freshness(
-    context: SensorEvaluationContext,
-    alerts: Alerts,
-    url: str,
-    now: datetime,
-    windows: dict[AssetKey, timedelta],
-) -> None:
+def served_freshness(tick: Tick, windows: Windows) -> None:
     """Each online view's newest served event, from its pushes' `newest_event` (per code
     version: a new version starts over), against its freshness window."""
-    instance = context.instance
+    instance, alerts, url, now = tick
     served: dict[str, dict] = alerts.position.setdefault("served", {})
-    first = "after" not in alerts.position
+    first = not alerts.position.get("seeded")
+    alerts.position["seeded"] = True
     types = (DagsterEventType.ASSET_MATERIALIZATION,)
-    pushes = [record.event_log_entry for record in new_events(instance, alerts, types, now)]
+    pushes = [record.event_log_entry for record in new_events(tick, types)]
     if first:  # the latest push of each view, however old
         pushes = [instance.get_latest_materialization_event(key) for key in windows] + pushes
     for push in pushes:
@@ -428,10 +442,6 @@ def served_freshness(
                 f"serves data {_words(age)} old, within its freshness of {_words(window)}",
                 link,
             )
-
-
-def _ago(now: datetime, timestamp: float) -> str:
-    return _words(now - datetime.fromtimestamp(timestamp, UTC))
 
 
 def _words(span: timedelta) -> str:

@@ -11,8 +11,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pytest
 from dagster import AssetKey, DagsterInstance, build_sensor_context
-from dagster._core.definitions.freshness import FreshnessState, FreshnessStateChange
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.test_utils import InProcessTestWorkspaceLoadTarget, freeze_time
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._daemon.freshness import FreshnessDaemon
 from dagster._utils.error import SerializableErrorInfo
 from deltalake import DeltaTable, write_deltalake
 
@@ -305,25 +309,29 @@ def test_stale_served_data_alerts_and_a_fresh_push_resolves_it(platform, receive
     assert "within its freshness of 2 days" in resolved["text"]
 
 
-def test_freshness_state_changes_warn_fail_and_resolve(platform, receiver):
-    _, _, instance, _, tick, _ = platform
-    key = AssetKey(["features", PAGE_VIEWS])
-    for previous, new in (("UNKNOWN", "WARN"), ("WARN", "FAIL"), ("FAIL", "PASS")):
-        instance.report_runless_asset_event(
-            FreshnessStateChange(
-                key=key,
-                previous_state=FreshnessState(previous),
-                new_state=FreshnessState(new),
-                state_change_timestamp=time.time(),
-            )
-        )
+def test_the_freshness_daemon_s_warn_and_fail_alert_and_a_materialization_resolves(
+    platform, receiver
+):
+    start, _, instance, run, tick, _ = platform
+    run(start, start + DAY, [PAGE_VIEWS])
+    daemon = FreshnessDaemon(interval_seconds=1)
+    origin = LoadableTargetOrigin(module_name="feature_assets.definitions")
+    target = InProcessTestWorkspaceLoadTarget(InProcessCodeLocationOrigin(origin))
+    now = datetime.now(UTC)
+    with WorkspaceProcessContext(instance, target) as workspace:
+        for hours in (0, 30, 50):  # fresh; past the warn window (1 day); past the fail one
+            with freeze_time(now + timedelta(hours=hours)):
+                list(daemon.run_iteration(workspace))
+                tick("freshness_alerts")
+        run(start + DAY, start + 2 * DAY, [PAGE_VIEWS])  # materialized now: fresh again
+        list(daemon.run_iteration(workspace))
         tick("freshness_alerts")
-    texts = [post["text"] for post in receiver.posts]
+    texts = [post["text"].split(" (http")[0] for post in receiver.posts]
     assert texts == [
-        f"Asset not fresh (warning): features/{PAGE_VIEWS}: never materialized: past its "
-        "freshness policy's warn window",
-        f"Asset not fresh: features/{PAGE_VIEWS}: never materialized: past its freshness "
-        "policy's fail window",
+        f"Asset not fresh (warning): features/{PAGE_VIEWS}: last materialized 1 day 6 hours "
+        "ago: past its freshness policy's warn window (1 day)",
+        f"Asset not fresh: features/{PAGE_VIEWS}: last materialized 2 days 2 hours ago: past "
+        "its freshness policy's fail window (2 days)",
         f"Resolved: Asset not fresh: features/{PAGE_VIEWS}: materialized within its policy",
     ]
 
