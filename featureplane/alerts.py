@@ -22,6 +22,7 @@ State = Literal["firing", "resolved"]
 RANK: dict[str, int] = {"warning": 0, "error": 1}
 TITLES = {
     "materialization": "Materialization failed",
+    "run": "Run failed",
     "backfill": "Backfill failed",
     "check": "Check failed",
     "freshness": "Asset not fresh",

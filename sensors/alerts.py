@@ -162,39 +162,68 @@ def new_events(tick: Tick, types: Iterable[DagsterEventType]) -> list[EventLogRe
 def runs(tick: Tick) -> None:
     """A failed run opens an incident per asset it failed to materialize, over the partitions
     it failed (assets skipped because an upstream step failed are that step's incident); a
-    materialization of an asset partition removes it, and the last one resolves it."""
+    materialization of an asset partition removes it, and the last one resolves it. A failed
+    run of a job without assets opens an incident of its job, which its next success resolves."""
     instance, alerts, url, now = tick
-    types = (DagsterEventType.RUN_FAILURE, DagsterEventType.ASSET_MATERIALIZATION)
+    types = (
+        DagsterEventType.RUN_FAILURE,
+        DagsterEventType.RUN_SUCCESS,
+        DagsterEventType.ASSET_MATERIALIZATION,
+    )
     for record in new_events(tick, types):
-        event = record.event_log_entry.dagster_event
-        if event.event_type == DagsterEventType.RUN_FAILURE:
-            for incident, partitions in failed_assets(instance, record, url):
-                covered = {
-                    p
-                    for i in alerts.open_incidents("materialization")
-                    if i.subject == incident.subject
-                    for p in alerts.details[i.id]
-                }
-                if not set(partitions) <= covered:  # else the same partitions failed again
-                    alerts.fire(incident, now, partitions)
-            continue
-        subject = event.asset_key.to_user_string()
-        for incident in alerts.open_incidents("materialization"):
-            left = alerts.details[incident.id]  # the partitions still to succeed
-            if incident.subject == subject and (event.partition or "") in left:
-                left.remove(event.partition or "")
-                if not left:
-                    resolution = f"materialized by run {record.run_id}"
-                    alerts.resolve(incident.id, now, resolution, run_link(url, record.run_id))
+        event_type = record.event_log_entry.dagster_event.event_type
+        if event_type == DagsterEventType.RUN_FAILURE:
+            failed_run(tick, record)
+        elif event_type == DagsterEventType.RUN_SUCCESS:
+            job = f"job {record.event_log_entry.job_name}"
+            resolution = f"run {record.run_id} succeeded"
+            alerts.resolve(f"run:{job}", now, resolution, run_link(url, record.run_id))
+        else:
+            materialized(tick, record)
+
+
+def failed_run(tick: Tick, record: EventLogRecord) -> None:
+    """Open the incidents of a failed run, unless open ones cover the same partitions."""
+    instance, alerts, url, now = tick
+    incidents = failed_assets(instance, record, url)
+    if incidents is None:
+        job = f"job {record.event_log_entry.job_name}"
+        link = run_link(url, record.run_id)
+        alerts.fire(Incident("run", job, run_cause(record), link=link), now)
+        return
+    for incident, partitions in incidents:
+        covered = {
+            p
+            for i in alerts.open_incidents("materialization")
+            if i.subject == incident.subject
+            for p in alerts.details[i.id]
+        }
+        if not set(partitions) <= covered:  # else the same partitions failed again
+            alerts.fire(incident, now, partitions)
+
+
+def materialized(tick: Tick, record: EventLogRecord) -> None:
+    """A materialization removes its partition from the open incidents of its asset; the last
+    partition resolves the incident."""
+    _, alerts, url, now = tick
+    event = record.event_log_entry.dagster_event
+    subject, partition = event.asset_key.to_user_string(), event.partition or ""
+    for incident in alerts.open_incidents("materialization"):
+        left = alerts.details[incident.id]  # the partitions still to succeed
+        if incident.subject == subject and partition in left:
+            left.remove(partition)
+            if not left:
+                resolution = f"materialized by run {record.run_id}"
+                alerts.resolve(incident.id, now, resolution, run_link(url, record.run_id))
 
 
 def failed_assets(
     instance: DagsterInstance, failure: EventLogRecord, url: str
-) -> list[tuple[Incident, list[str]]]:
+) -> list[tuple[Incident, list[str]]] | None:
     """The incidents of one failed run, with their partition keys ("" unpartitioned): per
     failed step, the assets it planned and did not materialize, caused by the step's error;
     without a failed step (the run failed around its steps), every asset it did not
-    materialize, caused by the run's error."""
+    materialize, caused by the run's error. None if the run planned no asset."""
     run_id = failure.run_id
     of_type = {
         DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
@@ -215,12 +244,8 @@ def failed_assets(
         for e in events
         if e.event_type == DagsterEventType.STEP_FAILURE
     }
-    failure_data = failure.event_log_entry.dagster_event.event_specific_data
-    run_cause = (
-        error_text(innermost(failure_data.error))
-        if failure_data is not None and failure_data.error is not None
-        else failure.event_log_entry.user_message
-    )
+    if not any(e.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED for e in events):
+        return None
     failed: dict[tuple[AssetKey, str], list[str]] = {}
     for e in events:
         if e.event_type != DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
@@ -230,7 +255,7 @@ def failed_assets(
         partitions = _planned_partitions(e)
         missing = [p for p in partitions if (e.asset_key, p) not in done]
         if missing:
-            cause = causes.get(e.step_key, run_cause)
+            cause = causes.get(e.step_key) or run_cause(failure)
             failed.setdefault((e.asset_key, cause), []).extend(missing)
     return [
         (
@@ -245,6 +270,14 @@ def failed_assets(
         )
         for (key, cause), partitions in failed.items()
     ]
+
+
+def run_cause(failure: EventLogRecord) -> str:
+    """Why a run failed: its error, or the message of its failure event."""
+    data = failure.event_log_entry.dagster_event.event_specific_data
+    if data is not None and data.error is not None:
+        return error_text(innermost(data.error))
+    return failure.event_log_entry.user_message
 
 
 def _planned_partitions(event) -> list[str]:

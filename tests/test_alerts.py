@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
 import pytest
-from dagster import AssetKey, DagsterInstance, build_sensor_context
+from dagster import AssetKey, DagsterInstance, build_sensor_context, job, op
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.test_utils import InProcessTestWorkspaceLoadTarget, freeze_time
@@ -391,4 +391,36 @@ def test_a_failed_backfill_alerts_and_a_successful_one_over_its_assets_supersede
     assert resolved["text"] == (
         f"Resolved: Backfill failed: backfill first (features/{PAGE_VIEWS}, online/{PAGE_VIEWS})"
         f": superseded by backfill wider, which succeeded ({URL}/runs/b/wider)"
+    )
+
+
+def test_a_failed_job_without_assets_alerts_and_its_next_success_resolves(platform, receiver):
+    _, _, instance, _, tick, _ = platform
+
+    @op(config_schema={"fail": bool})
+    def compact(context):
+        if context.op_config["fail"]:
+            raise OSError("disk full while compacting features/user_daily_page_views")
+
+    @job
+    def maintenance():
+        compact()
+
+    def run(fail: bool):
+        config = {"ops": {"compact": {"config": {"fail": fail}}}}
+        return maintenance.execute_in_process(config, instance=instance, raise_on_error=False)
+
+    failed = run(fail=True)
+    tick("failed_run_alerts")
+    [alert] = receiver.posts
+    assert alert["text"] == (
+        "Run failed: job maintenance: OSError: disk full while compacting "
+        f"features/user_daily_page_views ({URL}/runs/{failed.run_id})"
+    )
+    succeeded = run(fail=False)
+    tick("failed_run_alerts")
+    [resolved] = receiver.posts[1:]
+    assert resolved["text"] == (
+        f"Resolved: Run failed: job maintenance: run {succeeded.run_id} succeeded "
+        f"({URL}/runs/{succeeded.run_id})"
     )
