@@ -81,4 +81,10 @@ def dagster_url() -> str:
 def alert_interval_seconds() -> int:
     """How often the alert sensors look for new incidents: `$FEATUREPLANE_ALERT_INTERVAL_SECONDS`,
     default 60."""
-    return int(os.environ.get("FEATUREPLANE_ALERT_INTERVAL_SECONDS", "60"))
+    value = os.environ.get("FEATUREPLANE_ALERT_INTERVAL_SECONDS", "60")
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(
+            f"FEATUREPLANE_ALERT_INTERVAL_SECONDS must be a whole number of seconds (1 or more), "
+            f"got {value!r}"
+        )
+    return int(value)

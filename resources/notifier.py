@@ -16,8 +16,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from dagster import ConfigurableResource
+from pydantic import field_validator
 
 from featureplane.alerts import Message, Outgoing
 from featureplane.settings import alert_log, alert_webhook, dagster_url
@@ -52,6 +54,13 @@ class NotifierResource(ConfigurableResource):
     timeout_seconds: float = 5.0
     attempts: int = 3
     backoff_seconds: float = 0.5
+
+    @field_validator("webhook")
+    @classmethod
+    def _http(cls, webhook: str | None) -> str | None:
+        if webhook is not None and urlparse(webhook).scheme not in ("http", "https"):
+            raise ValueError(f"alert webhook {webhook!r} is not an http(s) URL")
+        return webhook
 
     @classmethod
     def from_settings(cls) -> NotifierResource:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from dagster import (
     AssetKey,
+    DagsterEvent,
     DagsterEventType,
     DagsterInstance,
     DefaultSensorStatus,
@@ -189,7 +190,8 @@ def failed_run(tick: Tick, record: EventLogRecord) -> None:
     if incidents is None:
         job = f"job {record.event_log_entry.job_name}"
         link = run_link(url, record.run_id)
-        alerts.fire(Incident("run", job, run_cause(record), link=link), now)
+        cause = cause_of(record.event_log_entry.dagster_event)
+        alerts.fire(Incident("run", job, cause, link=link), now)
         return
     for incident, partitions in incidents:
         covered = {
@@ -240,9 +242,7 @@ def failed_assets(
         if e.event_type == DagsterEventType.ASSET_MATERIALIZATION
     }
     causes = {
-        e.step_key: error_text(innermost(e.step_failure_data.error))
-        for e in events
-        if e.event_type == DagsterEventType.STEP_FAILURE
+        e.step_key: cause_of(e) for e in events if e.event_type == DagsterEventType.STEP_FAILURE
     }
     if not any(e.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED for e in events):
         return None
@@ -255,7 +255,7 @@ def failed_assets(
         partitions = _planned_partitions(e)
         missing = [p for p in partitions if (e.asset_key, p) not in done]
         if missing:
-            cause = causes.get(e.step_key) or run_cause(failure)
+            cause = causes.get(e.step_key) or cause_of(failure.event_log_entry.dagster_event)
             failed.setdefault((e.asset_key, cause), []).extend(missing)
     return [
         (
@@ -272,12 +272,12 @@ def failed_assets(
     ]
 
 
-def run_cause(failure: EventLogRecord) -> str:
-    """Why a run failed: its error, or the message of its failure event."""
-    data = failure.event_log_entry.dagster_event.event_specific_data
+def cause_of(failure: DagsterEvent) -> str:
+    """Why a step or run failed: its error's line, or the failure event's message."""
+    data = failure.event_specific_data
     if data is not None and data.error is not None:
         return error_text(innermost(data.error))
-    return failure.event_log_entry.user_message
+    return failure.message or "no error recorded"
 
 
 def _planned_partitions(event) -> list[str]:
@@ -393,7 +393,8 @@ def check_cause(evaluation) -> str:
     metadata = evaluation.metadata
     lines = (evaluation.description or "").splitlines()
     if "match_rate" in metadata:
-        rate, sampled = metadata["match_rate"].value, metadata["sampled"].value
+        sampled = metadata["sampled"].value if "sampled" in metadata else "?"
+        rate = metadata["match_rate"].value
         lines.insert(0, f"match rate {rate:.3f} over {sampled} sampled entities")
     return "\n".join(lines) or "failed"
 

@@ -28,6 +28,7 @@ from featureplane.dagster.definitions import resources_for
 from featureplane.dagster.materialize import materialize_range
 from featureplane.errors import MaterializationFailed
 from featureplane.quality.volume import FORCE_TAG
+from featureplane.settings import alert_interval_seconds
 from featureplane.synthetic import DemoScale, generate
 from resources import OfflineStoreResource, OnlineStoreResource, SparkResource
 from resources.notifier import NotifierResource
@@ -164,6 +165,15 @@ def test_5xx_is_retried_with_backoff_and_a_timeout_keeps_the_message(receiver):
     receiver.fail, receiver.delay = 0, 1.0
     kept = notifier.deliver(message().outbox, _log())
     assert len(kept.kept) == 1 and "unreachable" in kept.errors[0]
+
+
+def test_bad_settings_name_the_setting_and_the_problem(monkeypatch):
+    monkeypatch.setenv("FEATUREPLANE_ALERT_WEBHOOK", "hooks.slack.com/services/T0")
+    with pytest.raises(ValueError, match="alert webhook 'hooks.slack.com/services/T0' is not an"):
+        NotifierResource.from_settings()
+    monkeypatch.setenv("FEATUREPLANE_ALERT_INTERVAL_SECONDS", "soon")
+    with pytest.raises(ValueError, match="INTERVAL_SECONDS must be a whole number .* got 'soon'"):
+        alert_interval_seconds()
 
 
 def _log():
@@ -423,4 +433,37 @@ def test_a_failed_job_without_assets_alerts_and_its_next_success_resolves(platfo
     assert resolved["text"] == (
         f"Resolved: Run failed: job maintenance: run {succeeded.run_id} succeeded "
         f"({URL}/runs/{succeeded.run_id})"
+    )
+
+
+def test_a_failed_consistency_check_alerts_with_its_match_rate(platform, receiver):
+    start, root, _, run, tick, _ = platform
+    view = Repository.load("feature_assets").feature_view(PAGE_VIEWS)
+    store = OnlineStoreResource(path=str(root / "online.sqlite")).store()
+    run(start, start + DAY, [PAGE_VIEWS])
+    users = read_delta(root / "raw" / "page_views")
+    key = (int(users[users["ts"] < start + DAY]["user_id"].min()),)
+    [record] = store.read(view.name, view.version, [key])
+
+    def overwrite(clicks: int, later: int) -> None:
+        values = {**record.values, "page_views_1d": clicks}
+        moment = record.event_timestamp + timedelta(microseconds=later)
+        store.write(
+            view.name, view.version, [record._replace(event_timestamp=moment, values=values)]
+        )
+
+    overwrite(record.values["page_views_1d"] + 1, later=1)  # newer than the next push: kept
+    run(start, start + DAY, [PAGE_VIEWS])
+    tick("failed_check_alerts")
+    [alert] = receiver.posts
+    assert alert["text"].startswith(
+        f"Check failed: online/{PAGE_VIEWS} check consistency: match rate 0.995 over 200 "
+        "sampled entities ("
+    )
+    overwrite(record.values["page_views_1d"], later=2)
+    run(start, start + DAY, [PAGE_VIEWS])
+    tick("failed_check_alerts")
+    [resolved] = receiver.posts[1:]
+    assert resolved["text"].startswith(
+        f"Resolved: Check failed: online/{PAGE_VIEWS} check consistency: passed in run "
     )
