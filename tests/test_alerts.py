@@ -30,8 +30,7 @@ from featureplane.errors import MaterializationFailed
 from featureplane.quality.volume import FORCE_TAG
 from featureplane.settings import alert_interval_seconds
 from featureplane.synthetic import DemoScale, generate
-from resources import OfflineStoreResource, OnlineStoreResource, SparkResource
-from resources.notifier import NotifierResource
+from resources import NotifierResource, OfflineStoreResource, OnlineStoreResource, SparkResource
 
 DAY = timedelta(days=1)
 PAGE_VIEWS, ACTIVITY = "user_daily_page_views", "user_ad_activity"
