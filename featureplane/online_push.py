@@ -75,6 +75,8 @@ class PushStats:
     already_stored: int = 0
     attempt: int = 1
     resumed_from: str | None = None
+    newest_event: datetime | None = None
+    """The newest event time pushed: how fresh the served data is, as far as this push goes."""
 
     @property
     def rows_per_second(self) -> float:
@@ -317,6 +319,7 @@ def push(
     resuming = journal is not None and journal.resumed_from is not None
     rows = written = skipped = throttled = already = 0
     fetch = write = 0.0
+    newest: datetime | None = None
     batches = iter(batches)
     with ThreadPoolExecutor(1) as encoder:
         pending: Future[list[StoredItem]] | None = None
@@ -339,13 +342,17 @@ def push(
             if batch is None:
                 break
             rows += batch.num_rows
+            latest = pc.max(batch[EVENT_TIME]).as_py()
+            newest = latest if newest is None or (latest and latest > newest) else newest
             pending = encoding
     if journal is None:
-        return PushStats(rows, written, skipped, fetch, write, throttled)
+        return PushStats(rows, written, skipped, fetch, write, throttled, newest_event=newest)
     journal.finish()
     throttled += journal.throttled_retries
     resumed = {"attempt": journal.attempt, "resumed_from": journal.resumed_from}
-    return PushStats(rows, written, skipped, fetch, write, throttled, already, **resumed)
+    return PushStats(
+        rows, written, skipped, fetch, write, throttled, already, **resumed, newest_event=newest
+    )
 
 
 def _unstored(store: OnlineStore, items: list[StoredItem]) -> tuple[list[StoredItem], int, int]:

@@ -62,9 +62,15 @@ def registry_refresh_seconds() -> float:
 
 
 def sensor_interval_seconds() -> int:
-    """How often the platform's sensors and automation look for work:
-    `$FEATUREPLANE_SENSOR_INTERVAL_SECONDS`, default 30."""
-    return int(os.environ.get("FEATUREPLANE_SENSOR_INTERVAL_SECONDS", "30"))
+    """How often the platform's sensors (new data, rollout, alerts) and automation look for
+    work: `$FEATUREPLANE_SENSOR_INTERVAL_SECONDS`, default 30."""
+    value = os.environ.get("FEATUREPLANE_SENSOR_INTERVAL_SECONDS", "30")
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(
+            "FEATUREPLANE_SENSOR_INTERVAL_SECONDS must be a whole number of seconds (1 or more), "
+            f"got {value!r}"
+        )
+    return int(value)
 
 
 def cutover_grace() -> timedelta:
@@ -75,6 +81,18 @@ def cutover_grace() -> timedelta:
 
 
 def dagster_url() -> str:
-    """The Dagster webserver (UI and GraphQL) of this project: `$FEATUREPLANE_DAGSTER_URL`,
-    default `http://127.0.0.1:3000`, where `make ui` serves it."""
+    """The Dagster webserver of this project, which apply asks to reload its code locations and
+    alerts link to: `$FEATUREPLANE_DAGSTER_URL`, default `http://127.0.0.1:3000` (`make ui`)."""
     return os.environ.get("FEATUREPLANE_DAGSTER_URL", "http://127.0.0.1:3000").rstrip("/")
+
+
+def alert_webhook() -> str | None:
+    """Where alerts are posted as Slack-compatible JSON: `$FEATUREPLANE_ALERT_WEBHOOK` (a Slack
+    incoming webhook or any receiver of that JSON); unset, no webhook."""
+    return os.environ.get("FEATUREPLANE_ALERT_WEBHOOK") or None
+
+
+def alert_log() -> str | None:
+    """A JSON lines file every alert is appended to: `$FEATUREPLANE_ALERT_LOG`; unset, alerts
+    reach only the sensors' logs."""
+    return os.environ.get("FEATUREPLANE_ALERT_LOG") or None

@@ -13,8 +13,13 @@ from dagster import Definitions
 
 from featureplane.repository import Repository
 from sensors import new_data, rollout
+from sensors.alerts import alert_definitions
 
-PARTS: list[Callable[[Repository], Definitions]] = [new_data.definitions, rollout.definitions]
+PARTS: list[Callable[[Repository], Definitions]] = [
+    new_data.definitions,
+    rollout.definitions,
+    alert_definitions,
+]
 """The contributing modules' builders, one per concern."""
 
 

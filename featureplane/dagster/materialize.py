@@ -20,6 +20,7 @@ from dagster import (
 
 from featureplane.dagster.automation import report_landed
 from featureplane.dagster.definitions import build_definitions
+from featureplane.dagster.failures import error_text, innermost
 from featureplane.dagster.lifecycle import project_instance
 from featureplane.errors import MaterializationFailed
 from featureplane.repository import Repository
@@ -128,18 +129,13 @@ def _failures(result) -> str:
     for event in result.all_events:
         if event.event_type != DagsterEventType.STEP_FAILURE:
             continue
-        error = event.step_failure_data.error
-        while error.cause is not None:
-            error = error.cause
+        error = innermost(event.step_failure_data.error)
         if error.cls_name == "DagsterAssetCheckFailedError":
             for key, check in failed_checks.items():
                 lines.append(f"{key.to_user_string()}: blocking quality check failed:")
                 lines += [f"  {line}" for line in (check.description or "").splitlines()]
             continue
-        module, found, message = error.message.strip().partition(f"{error.cls_name}: ")
-        if not found or " " in module:  # the message is not `package.module.Class: text`
-            message = error.message.strip()
-        lines.append(f"{event.step_key}: {error.cls_name}: {message}")
+        lines.append(f"{event.step_key}: {error_text(error)}")
     return f"run {result.run_id} failed:\n" + "\n".join(f"  {line}" for line in lines)
 
 
