@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dagster import Definitions
 
 from featureplane.repository import Repository
+from sensors import dead_runs
 
-PARTS: list[Callable[[Repository], Definitions]] = []
+PARTS: list[Callable[[Repository], Definitions]] = [dead_runs.definitions]
 """The contributing modules' builders, one per concern."""
 
 

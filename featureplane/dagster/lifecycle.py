@@ -12,7 +12,6 @@ latest materialization of a view's assets.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,17 +31,11 @@ from dagster._core.utils import make_new_backfill_id
 
 from featureplane.catalog import Materialization
 from featureplane.dagster.definitions import build_definitions
+from featureplane.dagster.instance import project_instance
 from featureplane.repository import Repository
 
 APPLY_TAG = "featureplane/applied_version"
 """Tag of the backfills an apply launched: the registry version that needed them."""
-
-
-def project_instance() -> DagsterInstance:
-    """The instance of $DAGSTER_HOME; by default the working directory, the project folder,
-    whose dagster.yaml keeps storage under .dagster_home/ where `dagster dev` finds it."""
-    os.environ.setdefault("DAGSTER_HOME", os.getcwd())
-    return DagsterInstance.get()
 
 
 @dataclass(frozen=True)
