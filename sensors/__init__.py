@@ -11,10 +11,11 @@ from collections.abc import Callable
 
 from dagster import Definitions
 
+from featureplane.dagster import maintenance
 from featureplane.repository import Repository
 from sensors import dead_runs
 
-PARTS: list[Callable[[Repository], Definitions]] = [dead_runs.definitions]
+PARTS: list[Callable[[Repository], Definitions]] = [dead_runs.definitions, maintenance.definitions]
 """The contributing modules' builders, one per concern."""
 
 
