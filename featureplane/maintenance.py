@@ -6,8 +6,9 @@ into few large ones; vacuum deletes the files no version in retention still uses
 dataset's manifest pins the Delta version of each table it read (and its own), and a rebuild
 reads exactly those versions: vacuum keeps every file of the versions that a dataset built within
 `max_retention` recorded (`keep_versions`), and beyond it says which dataset versions lose
-files and stop being rebuildable. Maintenance never cleans the Delta log itself (its commits
-skip the expired-log cleanup hook) and checks that each kept version can still be loaded.
+files and stop being rebuildable. Maintenance never cleans the Delta log nor writes checkpoints
+(its commits skip both hooks), checks that each kept version can still be loaded, and names the
+kept versions older than the table's latest checkpoint, which Sail 0.7 cannot time travel to.
 
 Compaction and vacuum commit like any writer: a commit that loses a race with a concurrent
 writer is retried once on the new table state, then the table is skipped and reported; the
@@ -18,10 +19,12 @@ that are written but not yet committed.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TypeVar
 
 import pyarrow as pa
@@ -32,8 +35,9 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 from featureplane.manifest import recorded_manifests
 from featureplane.offline_store import OfflineStore, filesystem
 
-KEEP_LOG = PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False)
-"""Maintenance commits checkpoint as usual but never delete log entries a rebuild may need."""
+KEEP_LOG = PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
+"""Maintenance commits neither delete log entries a rebuild may need nor write checkpoints
+(Sail 0.7 cannot time travel to a version before a table's latest checkpoint)."""
 
 T = TypeVar("T")
 
@@ -159,6 +163,16 @@ def _stored(uri: str) -> dict[str, int]:
     return stored
 
 
+def _last_checkpoint(uri: str) -> int | None:
+    """The version of the table's latest checkpoint, None before its first."""
+    files, path = filesystem(f"{uri}/_delta_log/_last_checkpoint")
+    try:
+        with files.open_input_stream(path) as stream:
+            return json.loads(stream.read())["version"]
+    except FileNotFoundError:
+        return None
+
+
 def _committed(uri: str, operation: Callable[[DeltaTable], T]) -> T:
     """Run a committing operation on the latest table state, once more after a lost race."""
     try:
@@ -188,25 +202,33 @@ def maintain_table(
         else:
             expired[r] = version_files
     compacted, skipped, stage = 0, None, "compaction"
+    vacuum = partial(
+        DeltaTable.vacuum,
+        retention_hours=math.ceil(min_retention.total_seconds() / 3600),
+        enforce_retention_duration=False,
+        keep_versions=sorted(kept),
+        post_commithook_properties=KEEP_LOG,
+    )
     try:
         compaction = _committed(
             uri, lambda t: t.optimize.compact(post_commithook_properties=KEEP_LOG)
         )
         compacted, stage = compaction["numFilesRemoved"], "vacuum"
-        _committed(
-            uri,
-            lambda t: t.vacuum(
-                retention_hours=math.ceil(min_retention.total_seconds() / 3600),
-                dry_run=False,
-                enforce_retention_duration=False,
-                keep_versions=sorted(kept),
-                post_commithook_properties=KEEP_LOG,
-            ),
-        )
+        unused = {path.removeprefix(uri).lstrip("/") for path in vacuum(DeltaTable(uri))}
+        if unused & set(_stored(uri)):  # vacuum commits even when it has nothing to delete
+            _committed(uri, lambda t: vacuum(t, dry_run=False))
     except CommitFailedError as error:
         skipped = f"{stage} lost to concurrent writes twice: {error}"
     after = _stored(uri)
     removed = set(stored) - set(after)
+    checkpoint = _last_checkpoint(uri)
+    for r in needed:
+        if r.delta_version in kept and checkpoint is not None and r.delta_version < checkpoint:
+            lines.append(
+                f"{r.label}: not rebuildable with Sail 0.7: {uri} v{r.delta_version} is older "
+                f"than the table's checkpoint at v{checkpoint}, and Sail time travels only from "
+                "its latest checkpoint on (the files are kept: JVM Spark and delta-rs read it)"
+            )
     for r, version_files in expired.items():
         gone = version_files & removed
         if gone:

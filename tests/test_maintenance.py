@@ -32,6 +32,13 @@ def stored_rows(uri: str) -> pd.DataFrame:
     return rows.sort_values(list(rows.columns)).reset_index(drop=True)
 
 
+def assert_inputs_kept(store, version: int) -> None:
+    """Every file of every feature table version a dataset version recorded is stored."""
+    for read in store.manifest(DATASET, version)["features"]:
+        files = DeltaTable(read["uri"], version=read["delta_version"]).file_uris()
+        assert files and all(os.path.exists(file) for file in files)
+
+
 @pytest.fixture
 def rewritten(spark, demo_data, tmp_path):
     """A store whose dataset was built (v0), then whose view was rewritten day by day, twice
@@ -150,8 +157,23 @@ def test_maintenance_while_a_window_is_rewritten_leaves_the_table_consistent(spa
     on_day = on_day.sort_values(list(on_day.columns)).reset_index(drop=True)
     expected = expected[list(on_day.columns)].sort_values(list(on_day.columns))
     pd.testing.assert_frame_equal(on_day, expected.reset_index(drop=True), check_dtype=False)
-    # every version v1 recorded is whole: read by delta-rs, as Sail 0.7 cannot time travel to a
-    # version older than the table's latest checkpoint (which the rewrites made it write)
-    for read in store.manifest(DATASET, v1)["features"]:
-        files = DeltaTable(read["uri"], version=read["delta_version"]).file_uris()
-        assert files and all(os.path.exists(file) for file in files)
+    # v1's inputs are whole, read by delta-rs: Sail 0.7 cannot time travel to a version older
+    # than the table's latest checkpoint, which the rewrites may have made it write
+    assert_inputs_kept(store, v1)
+
+
+def test_versions_before_a_checkpoint_are_reported_as_sail_cannot_rebuild_them(spark, rewritten):
+    store, uri, (v0, _), (v1, _) = rewritten
+    view = store.repository.feature_views[VIEW]
+    day = TimeWindow(WINDOW.start, WINDOW.start + timedelta(days=1))
+    while not os.path.exists(f"{uri}/_delta_log/_last_checkpoint"):  # Sail's, every 10 commits
+        rows = run_transformation(spark, view, day)
+        store.offline.write_window(rows, uri, day, view.timestamp_field)
+
+    report = maintain(store.offline, timedelta(0))
+
+    sail = [line for line in report.not_rebuildable if "not rebuildable with Sail 0.7" in line]
+    assert {line.split(" (built ")[0] for line in sail} == {f"{DATASET} v{v0}", f"{DATASET} v{v1}"}
+    with pytest.raises(Exception, match="Missing commit file"):
+        store.rebuild(DATASET, v1).count()
+    assert_inputs_kept(store, v1)
