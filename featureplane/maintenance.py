@@ -133,7 +133,15 @@ def maintain(
     now: datetime | None = None,
 ) -> MaintenanceReport:
     """Compact and vacuum every table of the store, keeping the versions that training datasets
-    built within `max_retention` (None: all) recorded."""
+    built within `max_retention` (None: all) recorded. An unreadable manifest raises
+    `ManifestCorrupt` before anything is deleted."""
+    if min_retention < timedelta(0) or (
+        max_retention is not None and max_retention < min_retention
+    ):
+        raise ValueError(
+            f"maintenance: retention must be 0 <= min_retention ({min_retention}) <= "
+            f"max_retention ({max_retention})"
+        )
     now = now or datetime.now(UTC)
     recorded = recorded_versions(store)
     tables, lost = [], []

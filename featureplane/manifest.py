@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from featureplane.entity import Entity
+from featureplane.errors import ManifestCorrupt
 from featureplane.feature_view import FeatureView
 from featureplane.registry import aggregation_from_json, aggregation_json, duration, seconds
 from featureplane.types import Field, dtype_named
@@ -38,7 +39,15 @@ def manifest_uri(dataset_uri: str, version: int) -> str:
 def read_manifest(uri: str) -> dict[str, Any]:
     filesystem, path = pafs.FileSystem.from_uri(uri)
     with filesystem.open_input_stream(path) as stream:
-        return json.loads(stream.read().decode())
+        text = stream.read().decode()
+    try:
+        manifest = json.loads(text)
+    except ValueError as error:
+        raise ManifestCorrupt(f"{uri}: not valid JSON ({error})") from error
+    missing = {"training_dataset", "version", "created_at", "spine", "features"} - set(manifest)
+    if missing:
+        raise ManifestCorrupt(f"{uri}: no {', '.join(sorted(missing))}")
+    return manifest
 
 
 def recorded_manifests(dataset_uri: str) -> list[dict[str, Any]]:

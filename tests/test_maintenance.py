@@ -5,6 +5,7 @@ import json
 import os
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ from featureplane.compute.transform import run_transformation
 from featureplane.compute.window import TimeWindow
 from featureplane.dagster.definitions import build_definitions
 from featureplane.dagster.maintenance import maintenance
+from featureplane.errors import ManifestCorrupt
 from featureplane.maintenance import maintain, offline_tables
 from featureplane.manifest import manifest_uri
 from featureplane.offline_store import ConcurrentWriteError
@@ -177,3 +179,18 @@ def test_versions_before_a_checkpoint_are_reported_as_sail_cannot_rebuild_them(s
     with pytest.raises(Exception, match="Missing commit file"):
         store.rebuild(DATASET, v1).count()
     assert_inputs_kept(store, v1)
+
+
+def test_an_unreadable_manifest_stops_maintenance_before_it_deletes_anything(rewritten):
+    store, uri, (v0, _), _ = rewritten
+    path = manifest_uri(store.training_uri(DATASET), v0)
+    with open(path, "w") as file:
+        file.write('{"training_dataset": ')
+    files = sorted(p for p in Path(store.offline.root).rglob("*") if p.is_file())
+
+    with pytest.raises(ManifestCorrupt, match=f"{path}: not valid JSON"):
+        maintain(store.offline, timedelta(0))
+    with pytest.raises(ValueError, match="retention must be 0 <= min_retention"):
+        maintain(store.offline, timedelta(days=8), timedelta(days=7))
+
+    assert sorted(p for p in Path(store.offline.root).rglob("*") if p.is_file()) == files
