@@ -18,6 +18,7 @@ from dagster import (
     RunsFilter,
     build_sensor_context,
 )
+from dagster._core.events import EngineEventData
 from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES
 from dagster._core.test_utils import create_run_for_test
 
@@ -87,7 +88,7 @@ def test_a_run_killed_mid_step_is_failed_and_frees_its_queue_slot(tmp_path):
         assert len(instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)) == 1
 
 
-def test_opening_the_project_instance_fails_only_dead_runs_of_this_host(tmp_path, monkeypatch):
+def test_opening_the_project_instance_fails_only_the_runs_whose_process_died(tmp_path, monkeypatch):
     home = instance_home(tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -97,13 +98,19 @@ def test_opening_the_project_instance_fails_only_dead_runs_of_this_host(tmp_path
         "dead": {HOST_TAG: host, PID_TAG: str(gone.pid)},
         "alive": {HOST_TAG: host, PID_TAG: str(os.getpid())},
         "elsewhere": {HOST_TAG: f"not-{host}", PID_TAG: str(gone.pid)},
-        "launched": {},
+        "launched, dead": {},
+        "launched, alive": {},
+        "not started": {},
     }
+    workers = {"launched, dead": gone.pid, "launched, alive": os.getpid()}
     with DagsterInstance.from_config(str(home)) as instance:
         runs = {
             name: create_run_for_test(instance, "job", status=DagsterRunStatus.STARTED, tags=t)
             for name, t in tags.items()
         }
+        for name, pid in workers.items():  # what a launched run's worker reports first
+            message = f"Started process for run (pid: {pid})."
+            instance.report_engine_event(message, runs[name], EngineEventData.in_process(pid))
     from featureplane.dagster.instance import project_instance
 
     with project_instance() as instance:
@@ -112,7 +119,9 @@ def test_opening_the_project_instance_fails_only_dead_runs_of_this_host(tmp_path
         "dead": DagsterRunStatus.FAILURE,
         "alive": DagsterRunStatus.STARTED,
         "elsewhere": DagsterRunStatus.STARTED,
-        "launched": DagsterRunStatus.STARTED,
+        "launched, dead": DagsterRunStatus.FAILURE,
+        "launched, alive": DagsterRunStatus.STARTED,
+        "not started": DagsterRunStatus.STARTED,
     }
 
 
