@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export DAGSTER_HOME ?= $(CURDIR)
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: demo test ui lint
 

@@ -67,3 +67,8 @@ class RegistryCorrupt(ValueError):
     def __init__(self, path: str, problem: str, remedy: str | None = None):
         self.path, self.problem, self.remedy = path, problem, remedy
         super().__init__(f"{path}: {problem}" + (f"; {remedy}" if remedy else ""))
+
+
+class ManifestCorrupt(ValueError):
+    """A training dataset manifest that is not readable: maintenance then deletes nothing, since
+    it cannot know which versions the dataset needs."""

@@ -28,7 +28,7 @@ from featureplane.compute.window import utc_from_micros
 from featureplane.errors import RetrievalError
 from featureplane.feature_service import FeatureSelection, FeatureService
 from featureplane.feature_view import FeatureView
-from featureplane.manifest import recorded_view, retrieval_definition
+from featureplane.manifest import manifest_uri, read_manifest, recorded_view, retrieval_definition
 from featureplane.offline_store import OfflineStore
 from featureplane.on_demand import OnDemandFeatureView, stored_views
 from featureplane.registry import build_registry, load_registry
@@ -354,7 +354,7 @@ class FeatureStore:
             "features": [read for read in reads if not read.get("on_demand")],
             "on_demand_features": [read for read in reads if read.get("on_demand")],
         }
-        _write_json(self._manifest_uri(name, version), manifest)
+        _write_json(manifest_uri(uri, version), manifest)
         rows = self.get_training_dataset(name, version).count()
         return TrainingDatasetVersion(name, version, rows, uri, manifest)
 
@@ -371,7 +371,7 @@ class FeatureStore:
     def manifest(self, name: str, version: int | None = None) -> dict[str, Any]:
         if version is None:
             version = DeltaTable(self.training_uri(name)).version()
-        return json.loads(_read_text(self._manifest_uri(name, version)))
+        return read_manifest(manifest_uri(self.training_uri(name), version))
 
     def rebuild(self, name: str, version: int) -> DataFrame:
         """Recompute a dataset version from its manifest: the same inputs, read by time travel."""
@@ -436,9 +436,6 @@ class FeatureStore:
     def _read_version(self, uri: str, version: int) -> DataFrame:
         return self.spark.read.format("delta").option("versionAsOf", version).load(uri)
 
-    def _manifest_uri(self, name: str, version: int) -> str:
-        return f"{self.training_uri(name)}/_manifests/v{version:08d}.json"
-
 
 def _restrict(table: DataFrame, view: FeatureView, earliest, latest) -> DataFrame:
     """Only the rows that can serve a spine row in [earliest, latest]: prunes event dates.
@@ -498,9 +495,3 @@ def _write_json(uri: str, payload: dict[str, Any]) -> None:
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with filesystem.open_output_stream(path) as out:
         out.write(json.dumps(payload, indent=2, default=str).encode())
-
-
-def _read_text(uri: str) -> str:
-    filesystem, path = pafs.FileSystem.from_uri(uri)
-    with filesystem.open_input_stream(path) as stream:
-        return stream.read().decode()

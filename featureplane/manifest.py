@@ -10,17 +10,52 @@ exactly as the original did (its transformation is never run: the rows are store
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from featureplane.entity import Entity
+from featureplane.errors import ManifestCorrupt
 from featureplane.feature_view import FeatureView
 from featureplane.registry import aggregation_from_json, aggregation_json, duration, seconds
 from featureplane.types import Field, dtype_named
 
 RECORDED_SOURCE = "recorded"
 """The one source name a recorded view carries: retrieval never reads sources."""
+
+MANIFESTS = "_manifests"
+"""The folder of a training dataset's table that holds one manifest per Delta version: its name
+starts with an underscore, so Delta (and vacuum) leave it alone."""
+
+
+def manifest_uri(dataset_uri: str, version: int) -> str:
+    """Where the manifest of one version of the training dataset table at `dataset_uri` is."""
+    return f"{dataset_uri}/{MANIFESTS}/v{version:08d}.json"
+
+
+def read_manifest(uri: str) -> dict[str, Any]:
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    with filesystem.open_input_stream(path) as stream:
+        text = stream.read().decode()
+    try:
+        manifest = json.loads(text)
+    except ValueError as error:
+        raise ManifestCorrupt(f"{uri}: not valid JSON ({error})") from error
+    missing = {"training_dataset", "version", "created_at", "spine", "features"} - set(manifest)
+    if missing:
+        raise ManifestCorrupt(f"{uri}: no {', '.join(sorted(missing))}")
+    return manifest
+
+
+def recorded_manifests(dataset_uri: str) -> list[dict[str, Any]]:
+    """Every manifest of the training dataset table at `dataset_uri`, oldest version first."""
+    filesystem, path = pafs.FileSystem.from_uri(dataset_uri)
+    selector = pafs.FileSelector(f"{path}/{MANIFESTS}", allow_not_found=True)
+    found = sorted(info.path for info in filesystem.get_file_info(selector) if info.is_file)
+    return [read_manifest(f"{dataset_uri}/{MANIFESTS}/{p.rsplit('/', 1)[-1]}") for p in found]
 
 
 def retrieval_definition(view: FeatureView) -> dict[str, Any]:

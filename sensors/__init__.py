@@ -11,14 +11,17 @@ from collections.abc import Callable
 
 from dagster import Definitions
 
+from featureplane.dagster import maintenance
 from featureplane.repository import Repository
-from sensors import new_data, rollout
+from sensors import dead_runs, new_data, rollout
 from sensors.alerts import alert_definitions
 
 PARTS: list[Callable[[Repository], Definitions]] = [
     new_data.definitions,
     rollout.definitions,
     alert_definitions,
+    dead_runs.definitions,
+    maintenance.definitions,
 ]
 """The contributing modules' builders, one per concern."""
 

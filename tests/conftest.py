@@ -5,7 +5,7 @@ benchmarks' business."""
 
 import textwrap
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +16,10 @@ from deltalake import DeltaTable, write_deltalake
 from hypothesis import HealthCheck, settings
 from pyspark.sql import SparkSession
 
+from featureplane import FeatureStore, Repository
 from featureplane.cli import main
+from featureplane.compute.transform import run_transformation
+from featureplane.compute.window import TimeWindow
 from featureplane.spark_session import spark_session
 from featureplane.synthetic import DemoScale, generate
 
@@ -42,7 +45,7 @@ def data_dir(tmp_path, monkeypatch):
 # ---- the command line on small feature repositories ---------------------------------------
 
 REPOSITORY = """
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from featureplane import (BatchSource, Entity, FeatureService, Field, Int64, String,
                           batch_feature_view)
 
@@ -116,6 +119,33 @@ def cli(data_dir, monkeypatch, capsys):
 
 TINY = DemoScale(days=3, users=200, ads=40, advertisers=8, impressions_per_day=6_000)
 """A few thousand events over three days: enough for every code path, fast on two cores."""
+
+
+WINDOW = TimeWindow(TINY.start, TINY.start + timedelta(days=TINY.days))
+"""The TINY data's time range."""
+
+
+def demo_feature_store(spark: SparkSession, root: Path) -> FeatureStore:
+    """The demo repository with every view computed for the TINY range into a fresh offline
+    store at `root` (the `demo_data` fixture's sources)."""
+    repository = Repository.load("feature_assets")
+    store = FeatureStore(repository, spark, str(root))
+    for view in repository.feature_views.values():
+        window = TimeWindow(view.feature_start_time, WINDOW.end)
+        rows = run_transformation(spark, view, window)
+        store.offline.write_window(
+            rows,
+            store.offline.view_table_uri(view.name, view.version),
+            window,
+            view.timestamp_field,
+        )
+    return store
+
+
+def canonical(df) -> pd.DataFrame:
+    """A Spark DataFrame's rows as pandas, in a fixed order."""
+    frame = df.toPandas()
+    return frame.sort_values(list(frame.columns)).reset_index(drop=True)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,8 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
+from featureplane.online_store import open_store
+from featureplane.registry_store import RegistryStore
 from online.client import FeatureClient
 from online.server import free_port, serving_process
 
@@ -138,7 +140,7 @@ class Project:
             "DAGSTER_HOME": str(root / "home"),
             "FEATUREPLANE_DATA_DIR": str(self.data),
             "FEATUREPLANE_SENSOR_INTERVAL_SECONDS": "2",
-            "FEATUREPLANE_CUTOVER_GRACE_SECONDS": "3600",
+            "FEATUREPLANE_CUTOVER_GRACE_SECONDS": "0",
             "FEATUREPLANE_ALERT_WEBHOOK": webhook,
             "FEATUREPLANE_REGISTRY": str(self.data / "offline" / "registry"),
             "FEATUREPLANE_REGISTRY_REFRESH_SECONDS": "1",
@@ -246,7 +248,7 @@ def test_the_platform_runs_itself(dagster_dev, receiver):
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert "Reloaded code location" in applied.stdout
     assert "registry version 1 serves" in applied.stdout
-    assert "[########################] 100%" in applied.stdout
+    assert "[------------------------]   0%  0/3" in applied.stdout  # three landed days
 
     with serving_process(project.env["FEATUREPLANE_REGISTRY"], env=project.env) as url:
         client = FeatureClient(url)
@@ -308,3 +310,15 @@ def test_the_platform_runs_itself(dagster_dev, receiver):
             120,
             "the alert never resolved",
         )
+
+        # the grace period over (0 s here), the rows of the replaced version are deleted
+        store = RegistryStore(project.env["FEATUREPLANE_REGISTRY"])
+        old = {v["name"]: v["version"] for v in store.get(2).registry["feature_views"]}
+        online = open_store(store.get(4).registry["online_store"])
+        until(
+            lambda: online.read("user_clicks", old["user_clicks"], [(1,), (2,)]) == [None, None],
+            60,
+            "the replaced version's online rows were not deleted",
+        )
+        kept = online.read("user_click_totals", old["user_click_totals"], [(1,)])
+        assert kept != [None], "a version still served keeps its rows"

@@ -7,34 +7,15 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
-from conftest import TINY
+from conftest import WINDOW, canonical, demo_feature_store
 from featureplane import FeatureStore, Repository, RetrievalError
 from featureplane.compute.transform import run_transformation
 from featureplane.compute.window import TimeWindow
 
-WINDOW = TimeWindow(TINY.start, TINY.start + timedelta(days=TINY.days))
-
-
-def canonical(df) -> pd.DataFrame:
-    frame = df.toPandas()
-    return frame.sort_values(list(frame.columns)).reset_index(drop=True)
-
 
 @pytest.fixture
 def store(spark, demo_data, tmp_path):
-    """The demo repository with every view computed for the TINY range into a fresh store."""
-    repository = Repository.load("feature_assets")
-    store = FeatureStore(repository, spark, str(tmp_path / "offline"))
-    for view in repository.feature_views.values():
-        window = TimeWindow(view.feature_start_time, WINDOW.end)
-        rows = run_transformation(spark, view, window)
-        store.offline.write_window(
-            rows,
-            store.offline.view_table_uri(view.name, view.version),
-            window,
-            view.timestamp_field,
-        )
-    return store
+    return demo_feature_store(spark, tmp_path / "offline")
 
 
 def test_every_spine_row_once_with_its_label(store, spark):

@@ -7,6 +7,7 @@ from typing import Any
 
 from dagster import Definitions
 
+import sensors  # the module, not its names: sensors import featureplane.dagster too
 from featureplane.dagster.assets import (
     feature_view_asset,
     online_asset,
@@ -24,7 +25,6 @@ from resources.offline_store import OfflineStoreResource
 from resources.online_io_manager import OnlineIOManager
 from resources.online_store import OnlineStoreResource
 from resources.spark import SparkResource
-from sensors import definitions as platform_definitions
 
 
 def resources_for(
@@ -92,4 +92,4 @@ def build_definitions(
         asset_checks=[consistency_check(view, repository) for view in pushed],
         resources=resources,
     )
-    return Definitions.merge(assets, platform_definitions(repository))
+    return Definitions.merge(assets, sensors.definitions(repository))

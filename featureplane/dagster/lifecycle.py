@@ -14,7 +14,6 @@ materialization of a view's assets.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +37,7 @@ from dagster._core.utils import make_new_backfill_id
 
 from featureplane.catalog import Materialization
 from featureplane.dagster.automation import landed_keys, view_landed
+from featureplane.dagster.instance import project_instance
 from featureplane.dagster.keys import feature_key, online_key, training_key
 from featureplane.dagster.partitions import partitions_for
 from featureplane.repository import Repository
@@ -52,13 +52,6 @@ DONE = {
     BulkActionStatus.CANCELED: "canceled",
 }
 """The final states of a backfill, as words."""
-
-
-def project_instance() -> DagsterInstance:
-    """The instance of $DAGSTER_HOME; by default the working directory, the project folder,
-    whose dagster.yaml keeps storage under .dagster_home/ where `dagster dev` finds it."""
-    os.environ.setdefault("DAGSTER_HOME", os.getcwd())
-    return DagsterInstance.get()
 
 
 def launch_backfill(

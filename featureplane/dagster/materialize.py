@@ -19,9 +19,10 @@ from dagster import (
 )
 
 from featureplane.dagster.automation import report_landed
+from featureplane.dagster.dead_runs import process_tags
 from featureplane.dagster.definitions import build_definitions
 from featureplane.dagster.failures import error_text, innermost
-from featureplane.dagster.lifecycle import project_instance
+from featureplane.dagster.instance import project_instance
 from featureplane.errors import MaterializationFailed
 from featureplane.repository import Repository
 
@@ -94,12 +95,13 @@ def _run(
     tags: dict[str, str],
     log_level: str,
 ) -> list[Materialized]:
-    """One run of the assets; a failed run raises `MaterializationFailed` saying why."""
+    """One run of the assets, tagged with this process (`dead_runs`); a failed run raises
+    `MaterializationFailed` saying why."""
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         instance=instance,
         asset_selection=keys,
-        tags=tags,
+        tags={**tags, **process_tags()},
         raise_on_error=False,
     )
     if not result.success:
@@ -152,7 +154,7 @@ def materialize_repository(
     (default: the earliest feature start).
 
     The sources' landed windows are reported first, so that automation takes these runs as
-    done. The instance is `project_instance()`: $DAGSTER_HOME, by default the project folder. Runs
+    done. The instance is `project_instance()`: $DAGSTER_HOME, by default `.dagster_home/`. Runs
     log only critical events to the console: a failed run raises `MaterializationFailed`
     with what stopped it (the full event log is the instance's, in the UI).
     """

@@ -1,0 +1,56 @@
+"""The project's Dagster instance: $DAGSTER_HOME, by default `.dagster_home/` in the project.
+
+Everything the instance writes (SQLite storage, compute logs, the daemon's log folders) goes under
+DAGSTER_HOME, so it is a folder of its own rather than the project root, with the tracked
+`dagster.yaml` in it.
+
+Dagster creates and stamps its SQLite databases on first use without a lock between processes:
+two commands opening a fresh instance at once can each create the tables and stamp their own
+schema revision, leaving a database that every later command refuses ("more than one head").
+So the first opening and the storage migration run under an exclusive lock on the DAGSTER_HOME
+folder, held by one process at a time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from dagster import DagsterInstance
+
+from featureplane.dagster.dead_runs import fail_dead_runs
+
+HOME = ".dagster_home"
+"""DAGSTER_HOME's default, relative to the project folder (the working directory)."""
+
+
+def dagster_home() -> str:
+    """$DAGSTER_HOME, set to `.dagster_home/` of the working directory (created) when unset."""
+    os.environ.setdefault("DAGSTER_HOME", os.path.abspath(HOME))
+    home = os.environ["DAGSTER_HOME"]
+    os.makedirs(home, exist_ok=True)
+    return home
+
+
+@contextmanager
+def exclusive(folder: str) -> Iterator[None]:
+    """An exclusive lock on a folder between processes: flock on the folder itself, so it
+    leaves no file behind and the kernel releases it when its holder dies."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def project_instance() -> DagsterInstance:
+    """The instance of $DAGSTER_HOME, opened under the lock (opening creates, stamps and
+    migrates the SQLite storage); runs that died in-process on this host are failed
+    (`dead_runs`) before it is handed out."""
+    with exclusive(dagster_home()):
+        instance = DagsterInstance.get()
+    fail_dead_runs(instance)
+    return instance
