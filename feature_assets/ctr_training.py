@@ -1,5 +1,7 @@
 """Click-through training data: every ad impression, labelled, with the features of that moment."""
 
+from datetime import timedelta
+
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -82,4 +84,5 @@ ctr_training = TrainingDataset(
     features=ctr,
     description="Impressions with their click label and the ctr features as of impression time.",
     owner="team:ads-ml",
+    schedule=timedelta(days=1),  # rebuilt daily, once its inputs changed
 )

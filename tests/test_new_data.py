@@ -239,3 +239,30 @@ def test_deleted_rows_change_the_windows_of_the_rewritten_files(tmp_path):
     changes = changes_since(path, 0, "ts", DAY, timedelta(days=1))
     # the removed file held both days, the file written back only the first
     assert changes.buckets == {DAY, DAY + timedelta(days=2)}
+
+
+def test_a_manual_view_has_no_automation_and_a_scheduled_dataset_runs_on_its_schedule(setup):
+    from dataclasses import replace
+
+    from featureplane import FeatureService, TrainingDataset
+
+    repo, _ = setup
+    last = repo.feature_views["user_last_clicks"]
+    manual = replace(last, batch_trigger="manual")
+    service = FeatureService("clicks", features=[manual])
+    dataset = TrainingDataset(
+        "clicks_training", spine=manual, features=service, schedule=timedelta(days=1)
+    )
+    objects = [*repo.sources.values(), *repo.entities.values(), manual, service, dataset]
+    defs = build_definitions(Repository.from_objects(objects))
+    conditions = {
+        spec.key.to_user_string(): spec.automation_condition
+        for spec in defs.resolve_all_asset_specs()
+    }
+    assert conditions["features/user_last_clicks"] is None
+    assert conditions["online/user_last_clicks"] is None
+    assert conditions["training/clicks_training"].get_label() == "on_cron(0 0 * * *, UTC)"
+    with pytest.raises(
+        Exception, match="batch_trigger 'sometimes' is not one of scheduled, manual"
+    ):
+        replace(last, batch_trigger="sometimes")
