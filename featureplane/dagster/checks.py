@@ -9,6 +9,7 @@ run that succeeded; an asset check cannot report a skip otherwise), and logs why
 """
 
 import warnings
+from collections.abc import Iterator
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -54,7 +55,7 @@ def consistency_check(view: FeatureView, repository: Repository) -> AssetChecksD
         spark: SparkResource,
         offline_store: OfflineStoreResource,
         online_store: OnlineStoreResource,
-    ):
+    ) -> Iterator[AssetCheckResult]:
         span = context.partition_time_window
         window = TimeWindow(span.start, span.end)
         features = FeatureStore(repository, spark.session, offline_store.root)
