@@ -124,12 +124,12 @@ def test_the_catalog_types_every_column_and_shows_services_in_the_lineage(repo, 
         assert spec.kinds == {"sqlite"}
         assert spec.owners == [service.owner]
         served = [c.name for c in spec.metadata["dagster/column_schema"].columns]
-        assert served == [f"{s.view_name}.{f}" for s in service.features for f in s.features]
+        assert served == [f"{s.view_name}__{f}" for s in service.features for f in s.features]
     ctr = {
         c.name: c
         for c in specs[AssetKey(["services", "ctr"])].metadata["dagster/column_schema"].columns
     }
-    assert (ctr["ctr_features.user_ctr_1d"].type, ctr["ctr_features.user_ctr_1d"].tags) == (
+    assert (ctr["ctr_features__user_ctr_1d"].type, ctr["ctr_features__user_ctr_1d"].tags) == (
         "Float64",
         {"view": "ctr_features"},
     )

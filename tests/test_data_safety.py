@@ -123,7 +123,7 @@ def test_a_window_the_sources_have_not_landed_is_not_written(world):
         "holds events up to 2026-10-03 23:5"
     ) in message
     assert message.endswith(
-        "UTC, not within its quiet_period (1:00:00) of the window's end: nothing written; "
+        "UTC, not within its quiet_period (1 hour) of the window's end: nothing written; "
         "rerun once the source has landed the window"
     )
     after = snapshot(repo, root, online, PAGE_VIEWS)
