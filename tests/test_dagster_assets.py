@@ -202,6 +202,25 @@ def test_materialization_metadata_describes_the_window(repo, tmp_path):
     assert float(stats["clicks_1d"]["max"]) == stored["clicks_1d"].max()
 
 
+def test_an_aggregate_view_s_statistics_name_the_features_of_each_tile_column(repo, tmp_path):
+    root = tmp_path / "offline"
+    with DagsterInstance.ephemeral() as instance:
+        materialize_range(definitions(repo, root), instance, TINY.start, END, ["ad_delivery"])
+        event = instance.get_latest_materialization_event(AssetKey(["features", "ad_delivery"]))
+    stats = {
+        r.data["feature"]: r.data
+        for r in event.asset_materialization.metadata["feature_stats"].value.records
+    }
+    impressions = (
+        "impressions_1d, impressions_3d, impressions_7d (count of impression_id per 1 day tile)"
+    )
+    assert impressions in stats
+    assert "mean_position_7d (total of position per 1 day tile)" in stats
+    assert not [name for name in stats if name.startswith("count__")]
+    stored = table(root, "ad_delivery")
+    assert int(stats[impressions]["max"]) == stored["count__impression_id"].max()
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "partitions"),
     [("--partition", "2026-10-02", 1), ("--partition-range", "2026-10-01...2026-10-03", 3)],

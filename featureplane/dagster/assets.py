@@ -52,7 +52,7 @@ from featureplane.quality.volume import FORCE_TAG
 from featureplane.repository import Repository
 from featureplane.source import BatchSource
 from featureplane.training_dataset import TrainingDataset
-from resources.offline_io_manager import JOIN_KEYS, TIMESTAMP_FIELD, VERSION
+from resources.offline_io_manager import JOIN_KEYS, TILE_COLUMNS, TIMESTAMP_FIELD, VERSION
 from resources.offline_store import OfflineStoreResource
 from resources.online_io_manager import PUSH_RETRY_POLICY, OnlineRows
 from resources.spark import SparkResource
@@ -158,7 +158,19 @@ def _metadata(view: FeatureView, services: Sequence[str]) -> dict[str, object]:
         "definition": view.location,
         TIMESTAMP_FIELD: view.table_timestamp_field,
         JOIN_KEYS: ",".join(view.join_keys),
-    } | ({"aggregation_interval": in_words(view.interval)} if view.aggregations else {})
+    } | (_tile_metadata(view) if view.aggregations else {})
+
+
+def _tile_metadata(view: FeatureView) -> dict[str, object]:
+    """An aggregate view stores tiles: their size, and the features each partial column feeds
+    (the per-column statistics of a materialization name them)."""
+    tile = in_words(view.interval)
+    fed: dict[str, tuple[str, list[str]]] = {}
+    for a in view.aggregations:
+        what = f"{a.fn.partial} of {a.column} per {tile} tile"
+        fed.setdefault(a.partial_column, (what, []))[1].append(a.name)
+    columns = {column: f"{', '.join(names)} ({what})" for column, (what, names) in fed.items()}
+    return {"aggregation_interval": tile, TILE_COLUMNS: MetadataValue.json(columns)}
 
 
 def _view_asset_args(view: FeatureView, condition: AutomationCondition) -> dict[str, Any]:
