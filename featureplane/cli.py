@@ -1,8 +1,9 @@
 """`featureplane`: the command line of the feature platform.
 
-- `featureplane demo`: generate the synthetic data, materialize every demo feature partition
-  through Dagster and push the online views, print a summary, then serve the registry over HTTP
-  and print one feature vector of the `ctr` service.
+- `featureplane demo`: generate the synthetic data up to the current hour, materialize every
+  demo feature partition through Dagster and push the online views, print a summary, then serve
+  the registry over HTTP and print one feature vector of the `ctr` service; `--live` then keeps
+  appending the events logged since, late ones included (`--append-only`: only that).
 - `featureplane materialize`: compute feature views for a date range through Dagster.
 - `featureplane validate`: load the repository and check every view's output on Spark (pandas
   functions run on a sample of rows).
