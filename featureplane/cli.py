@@ -108,7 +108,7 @@ def _append_live(raw: Path, scale: DemoScale, interval: float) -> int:
 
     since = synthetic.logged_until(raw)
     if since is None:
-        raise SystemExit(f"{raw} holds no live demo data: run `featureplane demo` first")
+        raise SystemExit(f"error: {raw} holds no live demo data: run `featureplane demo` first")
     print(f"appending synthetic events to {raw} every {interval:g} s (Ctrl-C stops)", flush=True)
     try:
         while True:

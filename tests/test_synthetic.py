@@ -1,6 +1,7 @@
 """Behaviour of the synthetic demo data: shape, flaws and determinism of the four Delta tables."""
 
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -234,3 +235,35 @@ def test_a_scale_through_a_moment_covers_its_day():
         SCALE.through(SCALE.start)
     with pytest.raises(ValueError, match="nothing to append"):
         append(Path("unused"), SCALE, moment, moment)
+
+
+def test_the_live_demo_appends_what_was_logged_since_its_last_write(tmp_path, monkeypatch, capsys):
+    """`featureplane demo --append-only` resumes at the tables' mark, prints one line per
+    append, and stops on Ctrl-C; without live data it says what to run first."""
+    from featureplane import cli
+
+    monkeypatch.setenv("FEATUREPLANE_DATA_DIR", str(tmp_path))
+    raw = tmp_path / "raw"
+    with pytest.raises(SystemExit, match="holds no live demo data: run `featureplane demo`"):
+        cli.main(["demo", "--append-only"])
+    now = datetime.now(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    mark = now - timedelta(hours=2)
+    generate(raw, replace(SCALE, start=midnight).through(now), until=mark)
+    sleeps = iter([None, KeyboardInterrupt])
+
+    def sleep(seconds):
+        assert seconds == 0.5
+        if (step := next(sleeps)) is not None:
+            raise step
+
+    monkeypatch.setattr(cli.time, "sleep", sleep)
+    before = {name: read(raw, name).num_rows for name in EVENT_TABLES}
+    assert cli.main(["demo", "--append-only", "--interval", "0.5"]) == 0
+    _, line, *rest = capsys.readouterr().out.splitlines()
+    assert not rest
+    assert f"logged since {mark:%H:%M:%S} (" in line and " late" in line
+    assert logged_until(raw) > mark
+    for name in EVENT_TABLES:
+        added = read(raw, name).num_rows - before[name]
+        assert f" {added:,} {name}" in line
