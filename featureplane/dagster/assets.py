@@ -75,7 +75,7 @@ def source_spec(
         metadata={
             **location,
             "timestamp_field": source.timestamp_field,
-            "quiet_period": str(source.quiet_period) if source.quiet_period else "none",
+            "quiet_period": in_words(source.quiet_period) if source.quiet_period else "none",
         },
         partitions_def=partitions,
     )
