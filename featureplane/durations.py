@@ -15,18 +15,18 @@ _UNITS = (
 )
 
 
-def in_words(duration: timedelta | float) -> str:
+def in_words(duration: timedelta | float, largest: int | None = None) -> str:
     """`duration` (a timedelta, or seconds as the registry keeps them) in words, from days
-    down to the smallest unit it holds."""
+    down to the smallest unit it holds, or only its `largest` units (an age: `3 days 4 hours`)."""
     rest = duration if isinstance(duration, timedelta) else timedelta(seconds=duration)
     if rest < timedelta(0):
-        return f"minus {in_words(-rest)}"
+        return f"minus {in_words(-rest, largest)}"
     parts = []
     for name, size in _UNITS:
         count, rest = divmod(rest, size)
         if count:
             parts.append(f"{count} {name}{'' if count == 1 else 's'}")
-    return " ".join(parts) or "0 seconds"
+    return " ".join(parts[:largest]) or "0 seconds"
 
 
 def field_in_words(key: str, value: object) -> tuple[str, object]:
