@@ -303,7 +303,8 @@ def append(
     root: str | Path, scale: DemoScale, since: datetime, until: datetime
 ) -> dict[str, pa.Table]:
     """Appends to the event tables the rows logged in [since, until), which include late events
-    of earlier hours, and returns them by table (tables without rows are not written)."""
+    of earlier hours, and returns them by table (tables without rows are not written). Profiles
+    are not appended: `generate` writes those logged before its `until`."""
     if until <= since:
         raise ValueError(f"nothing to append: {until} is not after {since}")
     root, world = Path(root), _World.build(scale)
@@ -329,13 +330,15 @@ def late_events(table: pa.Table) -> pa.Table:
 
 
 def logged_until(root: str | Path) -> datetime | None:
-    """Until when the event tables under `root` hold what was logged: the latest write's mark
-    (None: no table was written with one, as a fixed scale writes them)."""
+    """Until when the event tables under `root` hold what was logged: the latest mark of their
+    commits (other commits, such as compactions, carry none), or None: no table was written
+    with one, as a fixed scale writes them."""
     marks = []
     for name in EVENTS:
         path = Path(root) / name
         if (path / "_delta_log").is_dir():
-            marks.append(DeltaTable(str(path)).history(1)[0].get(LOGGED_UNTIL))
+            history = DeltaTable(str(path)).history()  # newest first
+            marks.append(next((c[LOGGED_UNTIL] for c in history if LOGGED_UNTIL in c), None))
     return max((datetime.fromisoformat(mark) for mark in marks if mark), default=None)
 
 
@@ -349,9 +352,14 @@ def _logged(
     table: pa.Table, column: str, since: datetime | None, until: datetime | None
 ) -> pa.Table:
     """The rows of `table` whose `column` is in [since, until) (None: unbounded)."""
-    keep = [pc.greater_equal(table[column], pa.scalar(since, TS))] if since else []
-    keep += [pc.less(table[column], pa.scalar(until, TS))] if until else []
-    return table.filter(pc.and_(*keep) if len(keep) == 2 else keep[0]) if keep else table
+    keep = []
+    if since is not None:
+        keep.append(pc.greater_equal(table[column], pa.scalar(since, TS)))
+    if until is not None:
+        keep.append(pc.less(table[column], pa.scalar(until, TS)))
+    if not keep:
+        return table
+    return table.filter(keep[0] if len(keep) == 1 else pc.and_(*keep))
 
 
 def _marked(until: datetime | None) -> dict[str, CommitProperties]:

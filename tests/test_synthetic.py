@@ -13,7 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from featureplane.synthetic import TABLES, DemoScale, append, generate, logged_until, main
+from featureplane.synthetic import (
+    LOGGED_UNTIL,
+    TABLES,
+    DemoScale,
+    append,
+    generate,
+    logged_until,
+    main,
+)
 
 SCALE = DemoScale(days=3, users=300, ads=50, advertisers=10, impressions_per_day=3000)
 START_US = int(SCALE.start.timestamp()) * 1_000_000
@@ -225,6 +233,10 @@ def test_a_live_data_set_is_what_was_logged_and_appends_resume_it(tmp_path):
     late = appended["page_views"].filter(pc.less(appended["page_views"]["ts"], pa.scalar(t1)))
     assert late.num_rows > 0  # events of earlier hours logged late
     assert generate(tmp_path / "fixed", SCALE) and logged_until(tmp_path / "fixed") is None
+    for name in EVENT_TABLES:  # commits without a mark
+        DeltaTable(str(live / name)).optimize.compact()
+        assert LOGGED_UNTIL not in DeltaTable(str(live / name)).history(1)[0]
+    assert logged_until(live) == t2
 
 
 def test_a_scale_through_a_moment_covers_its_day():
