@@ -80,6 +80,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     scale = synthetic.SCALES[args.scale]
     raw = data_dir() / "raw"
+    if args.days and (args.live or args.append_only):
+        raise SystemExit("error: --days generates fixed past data, which nothing appends to")
+    if args.interval <= 0:
+        raise SystemExit(
+            f"error: --interval must be a positive number of seconds, got {args.interval:g}"
+        )
     if args.append_only:
         return _append_live(raw, scale, args.interval)
     until = None if args.days else datetime.now(UTC).replace(minute=0, second=0, microsecond=0)

@@ -258,6 +258,10 @@ def test_the_live_demo_appends_what_was_logged_since_its_last_write(tmp_path, mo
     raw = tmp_path / "raw"
     with pytest.raises(SystemExit, match="holds no live demo data: run `featureplane demo`"):
         cli.main(["demo", "--append-only"])
+    with pytest.raises(SystemExit, match="--days generates fixed past data"):
+        cli.main(["demo", "--days", "3", "--live"])
+    with pytest.raises(SystemExit, match="--interval must be a positive number of seconds"):
+        cli.main(["demo", "--append-only", "--interval", "0"])
     now = datetime.now(UTC)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
     mark = now - timedelta(hours=2)
