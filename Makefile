@@ -20,7 +20,10 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
+# The UI, with synthetic events appended to the demo's sources every few minutes while it runs.
 ui: $(BIN)/.installed
+	$(BIN)/featureplane demo --append-only & appender=$$!; \
+	trap 'kill $$appender 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/dagster dev -w workspace.yaml
 
 lint: $(BIN)/.installed

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from featureplane.durations import in_words
 from featureplane.types import NUMERIC, Array, DType, Float64, Int64
 
 TILE_START = "tile_start"
@@ -194,8 +195,8 @@ class Aggregation:
             return problem
         if self.time_window % interval != timedelta(0):
             return (
-                f"aggregation {self.name!r}: time_window {self.time_window} is not a multiple "
-                f"of the aggregation_interval {interval}"
+                f"aggregation {self.name!r}: time_window {in_words(self.time_window)} is not a "
+                f"multiple of the aggregation_interval {in_words(interval)}"
             )
         if dtype is None:
             return f"aggregation {self.name!r}: column {self.column!r} is not in the schema"

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from featureplane.durations import field_in_words, in_words
 from featureplane.errors import RegistryCorrupt
 from featureplane.plan import KINDS, diff
 from featureplane.registry_store import CutOver, RegistryStore
@@ -96,7 +97,7 @@ def _schema_lines(kind: str, obj: Mapping[str, Any]) -> list[str]:
         (
             a["name"],
             "aggregate",
-            f"{a['function']} of {a['column']} over {a['time_window_seconds']}s",
+            f"{a['function']} of {a['column']} over {in_words(a['time_window_seconds'])}",
         )
         for a in obj.get("aggregations", [])
     ]
@@ -128,7 +129,9 @@ def describe_lines(
     """`name`'s definition, fields, schema, upstream and downstream, latest materializations."""
     kind, obj = find(registry, name)
     lines = [f"{kind} {name}"]
-    scalars = {k: v for k, v in sorted(obj.items()) if not isinstance(v, list | dict)}
+    scalars = dict(
+        field_in_words(k, v) for k, v in sorted(obj.items()) if not isinstance(v, list | dict)
+    )
     scalars.pop("name")
     scalars.pop("function_source", None)
     if obj.get("tags"):

@@ -1,8 +1,9 @@
 """`featureplane`: the command line of the feature platform.
 
-- `featureplane demo`: generate the synthetic data, materialize every demo feature partition
-  through Dagster and push the online views, print a summary, then serve the registry over HTTP
-  and print one feature vector of the `ctr` service.
+- `featureplane demo`: generate the synthetic data up to the current hour, materialize every
+  demo feature partition through Dagster and push the online views, print a summary, then serve
+  the registry over HTTP and print one feature vector of the `ctr` service; `--live` then keeps
+  appending the events logged since, late ones included (`--append-only`: only that).
 - `featureplane materialize`: compute feature views for a date range through Dagster.
 - `featureplane validate`: load the repository and check every view's output on Spark (pandas
   functions run on a sample of rows).
@@ -32,8 +33,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from featureplane.feature_view import FeatureView
     from featureplane.repository import Repository
+    from featureplane.synthetic import DemoScale
 
 DEFAULT_REPOSITORY = "feature_assets"
 
@@ -75,24 +79,60 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     began = time.perf_counter()
     scale = synthetic.SCALES[args.scale]
-    if args.days:
-        scale = replace(scale, days=args.days)
     raw = data_dir() / "raw"
-    counts = synthetic.generate(raw, scale)
+    if args.days and (args.live or args.append_only):
+        raise SystemExit("error: --days generates fixed past data, which nothing appends to")
+    if args.interval <= 0:
+        raise SystemExit(
+            f"error: --interval must be a positive number of seconds, got {args.interval:g}"
+        )
+    if args.append_only:
+        return _append_live(raw, scale, args.interval)
+    until = None if args.days else datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    scale = replace(scale, days=args.days) if args.days else scale.through(until)
+    counts = synthetic.generate(raw, scale, until)
     generated = time.perf_counter()
     print(f"generated {sum(counts.values()):,} rows into {raw} in {generated - began:.1f}s")
-    end = scale.start + timedelta(days=scale.days)
+    end = until or scale.start + timedelta(days=scale.days)
     results = _materialize(DEFAULT_REPOSITORY, None, end, None, training=True)
     _print_materialized(results, time.perf_counter() - generated)
     latest = _print_training_preview("ctr_training")
-    _print_served_vector("ctr", latest, as_of=end)
+    _print_served_vector("ctr", latest, as_of=None if until else end)
     print(f"demo finished in {time.perf_counter() - began:.1f}s")
     print(
         "\nOpen the Dagster UI:  make ui   "
         f"(DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -w workspace.yaml, "
         "then http://127.0.0.1:3000)"
     )
-    return 0
+    return _append_live(raw, scale, args.interval) if args.live else 0
+
+
+def _append_live(raw: Path, scale: DemoScale, interval: float) -> int:
+    """Every `interval` seconds, append to the demo's sources the events logged since the last
+    write (late ones of earlier hours included), one line per append, until interrupted."""
+    from featureplane import synthetic
+
+    since = synthetic.logged_until(raw)
+    if since is None:
+        raise SystemExit(f"error: {raw} holds no live demo data: run `featureplane demo` first")
+    print(f"appending synthetic events to {raw} every {interval:g} s (Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            time.sleep(interval)
+            until = datetime.now(UTC)
+            tables = synthetic.append(raw, scale, since, until)
+            rows = ", ".join(f"{t.num_rows:,} {name}" for name, t in tables.items())
+            late = [synthetic.late_events(t) for t in tables.values()]
+            oldest = min((t["ts"][0].as_py() for t in late if t.num_rows), default=None)
+            late_text = f", the oldest of {oldest:%Y-%m-%d %H:%M}" if oldest else ""
+            print(
+                f"{until:%Y-%m-%d %H:%M:%S} appended {rows} logged since {since:%H:%M:%S} "
+                f"({sum(t.num_rows for t in late):,} late{late_text})",
+                flush=True,
+            )
+            since = until
+    except KeyboardInterrupt:
+        return 0
 
 
 def _print_training_preview(name: str, rows: int = 3) -> dict:
@@ -112,10 +152,12 @@ def _print_training_preview(name: str, rows: int = 3) -> dict:
     return frame.iloc[-1].to_dict()
 
 
-def _print_served_vector(service: str, row: dict, as_of: datetime, timeout: float = 60.0) -> None:
-    """Write the registry, serve it as of `as_of` (the end of the demo's data, which is in the
-    past) on a free local port, fetch the service's features for the entity of `row` over HTTP
-    with the Python client and print them; the server always stops."""
+def _print_served_vector(
+    service: str, row: dict, as_of: datetime | None, timeout: float = 60.0
+) -> None:
+    """Write the registry, serve it (with `as_of`, on a request clock set to then: the end of
+    fixed demo data in the past) on a free local port, fetch the service's features for the
+    entity of `row` over HTTP with the Python client and print them; the server always stops."""
     from featureplane.registry import build_registry, write_registry
     from featureplane.repository import Repository
     from featureplane.settings import online_store_settings, registry_path
@@ -124,7 +166,8 @@ def _print_served_vector(service: str, row: dict, as_of: datetime, timeout: floa
 
     registry = build_registry(Repository.load(DEFAULT_REPOSITORY), online_store_settings())
     path = write_registry(registry, registry_path())
-    env = {"FEATUREPLANE_AS_OF": as_of.isoformat()}
+    env = {"FEATUREPLANE_AS_OF": as_of.isoformat()} if as_of else None
+    asked = as_of or datetime.now(UTC)
     with (
         serving_process(path, env=env, timeout=timeout) as url,
         FeatureClient(url, timeout) as client,
@@ -132,9 +175,10 @@ def _print_served_vector(service: str, row: dict, as_of: datetime, timeout: floa
         [spec] = [s for s in client.services() if s["name"] == service]
         entities = {key["name"]: int(row[key["name"]]) for key in spec["join_keys"]}
         # the demo's one request field, request_ts, is the time of the request: the serving time
-        request_data = {field["name"]: as_of.isoformat() for field in spec["request_data"]}
+        request_data = {field["name"]: asked.isoformat() for field in spec["request_data"]}
         result = client.get_features(service, entities, request_data)
-    print(f"\n{service} served over HTTP at {url} as of {as_of} for {entities} (registry {path}):")
+    when = f"as of {as_of}" if as_of else f"at {asked:%Y-%m-%d %H:%M:%S} UTC"
+    print(f"\n{service} served over HTTP at {url} {when} for {entities} (registry {path}):")
     width = max(map(len, result["values"]))
     for feature, value in result["values"].items():
         age = result["age_seconds"][feature]
@@ -462,7 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="generate demo data and materialize all features")
     demo.add_argument("--scale", choices=["demo", "bench"], default="demo")
-    demo.add_argument("--days", type=int, help="days of events (default: the scale's)")
+    demo.add_argument("--days", type=int, help="days of events from the start (default: to now)")
+    live = demo.add_mutually_exclusive_group()
+    live.add_argument("--live", action="store_true", help="then keep appending events")
+    live.add_argument("--append-only", action="store_true", help="only append (as `make ui` does)")
+    demo.add_argument("--interval", type=float, default=180.0, help="seconds between appends")
     demo.set_defaults(run=cmd_demo)
 
     materialize = commands.add_parser("materialize", help="compute feature views for a range")

@@ -45,6 +45,11 @@ class FeatureSelection:
         return None if self.features else f"selects no features of {self.view_name!r}"
 
 
+def served_name(view_name: str, feature: str) -> str:
+    """A feature's name where views meet, in served vectors and training data: `view__feature`."""
+    return f"{view_name}__{feature}"
+
+
 def select_features(
     view: FeatureView | OnDemandFeatureView, features: Sequence[str] | str
 ) -> FeatureSelection:

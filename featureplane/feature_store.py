@@ -26,7 +26,7 @@ from featureplane.compute.tiles import AggregateLookup, aggregate_join
 from featureplane.compute.transform import PARTITION_COLUMN, read_source
 from featureplane.compute.window import utc_from_micros
 from featureplane.errors import RetrievalError
-from featureplane.feature_service import FeatureSelection, FeatureService
+from featureplane.feature_service import FeatureSelection, FeatureService, served_name
 from featureplane.feature_view import FeatureView
 from featureplane.manifest import manifest_uri, read_manifest, recorded_view, retrieval_definition
 from featureplane.offline_store import OfflineStore
@@ -473,7 +473,7 @@ def _output_names(
     selections: list[FeatureSelection], full: bool, spine_columns: list[str]
 ) -> dict[tuple[str, str], str]:
     names = {
-        (s.view_name, f): f"{s.view_name}__{f}" if full else f
+        (s.view_name, f): served_name(s.view_name, f) if full else f
         for s in selections
         for f in s.features
     }

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from featureplane._location import function_location
 from featureplane.aggregation import TILE_START, Aggregation
+from featureplane.durations import in_words
 from featureplane.entity import Entity
 from featureplane.errors import FeatureViewError
 from featureplane.feature_service import FeatureSelection, select_features
@@ -60,7 +61,7 @@ def schedule_problem(label: str, schedule: object) -> str | None:
     try:
         schedule_cron(schedule)
     except ValueError as exc:
-        return f"{label} {schedule} {exc}"
+        return f"{label} {in_words(schedule)} {exc}"
     return None
 
 
@@ -225,9 +226,10 @@ class FeatureView:
         if not isinstance(interval, timedelta) or interval <= timedelta(0):
             return f"aggregation_interval must be a positive timedelta, got {interval!r}"
         if timedelta(days=1) % interval or self.batch_schedule % interval:
+            schedule = in_words(self.batch_schedule)
             return (
-                f"aggregation_interval {interval} must divide a day and the batch_schedule "
-                f"{self.batch_schedule}, so tiles never straddle a partition"
+                f"aggregation_interval {in_words(interval)} must divide a day and the "
+                f"batch_schedule {schedule}, so tiles never straddle a partition"
             )
         types = {column.name: column.dtype for column in self.schema}
         names: set[str] = set()

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from featureplane.durations import field_in_words, in_words
+
 Action = Literal["add", "change", "remove"]
 
 KINDS: tuple[tuple[str, str], ...] = (
@@ -122,13 +124,7 @@ class Plan:
 
 
 def _duration_text(seconds: float | None) -> str:
-    """`1d`, `6h`, `90s`: the largest unit that divides the duration."""
-    if seconds is None:
-        return "none"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds}s"
+    return "none" if seconds is None else in_words(seconds)
 
 
 def _show(value: object) -> str:
@@ -179,7 +175,8 @@ def _details(kind: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
         elif any(isinstance(v, dict | list) or "\n" in str(v) for v in (before, after)):
             lines.append(f"{key} changed")
         else:
-            lines.append(f"{key}: {_show(before)} -> {_show(after)}")
+            (name, before), (_, after) = field_in_words(key, before), field_in_words(key, after)
+            lines.append(f"{name}: {_show(before)} -> {_show(after)}")
     return lines
 
 

@@ -69,6 +69,7 @@ import orjson
 
 from featureplane.aggregation import TILES, WindowReader, anchor_micros
 from featureplane.errors import OnDemandFeatureViewError
+from featureplane.feature_service import served_name
 from featureplane.on_demand import OutputSchema, compute_columns
 from featureplane.online_store import EntityKeyError, StoreThrottled, StoreUnavailable, open_store
 from featureplane.online_store.encoding import (
@@ -296,8 +297,8 @@ def _selected(
     on_demand: list[tuple[OnDemandSpec, list[str], list[str]]] = []
     outputs: list[str] = []
     for view_name, features in service.selections:
-        chosen = [f for f in features if wanted is None or f"{view_name}__{f}" in wanted]
-        named = [f"{view_name}__{f}" for f in chosen]
+        chosen = [f for f in features if wanted is None or served_name(view_name, f) in wanted]
+        named = [served_name(view_name, f) for f in chosen]
         outputs += named
         spec = registry.on_demand.get(view_name)
         if spec is None:

@@ -5,6 +5,11 @@ feature platform has to cope with: Zipf-skewed users and ads, a daily traffic cy
 arrivals, exact duplicate rows and nulls. Events are generated and appended one UTC day at a
 time with numpy + pyarrow, so memory stays bounded by a single day and 10M+ events take seconds.
 Each day and table draws from its own seeded stream, so a scale always gives the same contents.
+
+A live data set ends now: `generate(..., until=...)` writes only the rows logged (ingested) before
+then, and `append` later adds the rows logged since, late events of earlier hours included, as
+logging pipelines land them. Each write records in its Delta commit until when the tables hold
+what was logged (`logged_until`), so appending resumes where the last write ended.
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from deltalake import write_deltalake
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 TABLES = ("users", "page_views", "ad_impressions", "ad_clicks")
+EVENTS = TABLES[1:]
+LOGGED_UNTIL = "featureplane.logged_until"
+"""Delta commit metadata: the tables hold every row logged before this time (ISO 8601)."""
 _TRAITS = len(TABLES)  # random stream for hidden per-user / per-ad traits
 
 SECOND_US = 1_000_000
@@ -30,6 +39,7 @@ TS = pa.timestamp("us", tz="UTC")
 ZIPF_EXPONENT = 1.1
 TARGET_CTR = 0.035
 LATE_SHARE, DUPLICATE_SHARE = 0.02, 0.01
+MAX_LAG_US = 8 * HOUR_US  # late events are logged up to 8 hours after they happen
 COUNTRIES = pa.array(["US", "GB", "DE", "FR", "IN", "BR", "JP", "CA", "ES", "IT", "NL", "SE"])
 COUNTRY_P = np.array([30, 12, 11, 9, 8, 7, 6, 5, 4, 3, 3, 2]) / 100
 CATEGORIES = pa.array(
@@ -62,6 +72,12 @@ class DemoScale:
         if self.start.utcoffset() != timedelta(0) or self.start.timestamp() % 86_400:
             raise ValueError(f"start must be a UTC midnight, got {self.start}")
 
+    def through(self, moment: datetime) -> DemoScale:
+        """This scale with the days from its start up to and including the day of `moment`."""
+        if moment <= self.start:
+            raise ValueError(f"{moment} is not after the scale's start {self.start}")
+        return replace(self, days=-(-(moment - self.start) // timedelta(days=1)))
+
 
 SCALES: dict[str, DemoScale] = {
     "demo": DemoScale(),
@@ -91,7 +107,7 @@ _PAGE_CDF = _zipf_cdf(PAGES_PER_CATEGORY)
 
 
 def _start_us(scale: DemoScale) -> int:
-    return (scale.start - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    return _micros(scale.start)
 
 
 @dataclass(frozen=True)
@@ -182,7 +198,7 @@ def _event_table(
     n = len(ts)
     lag = np.where(
         rng.random(n) < LATE_SHARE,
-        rng.integers(HOUR_US, 8 * HOUR_US, n),
+        rng.integers(HOUR_US, MAX_LAG_US, n),
         SECOND_US // 2 + (rng.exponential(3.0, n) * SECOND_US).astype(np.int64),
     )
     table = pa.table(
@@ -252,31 +268,110 @@ def _ads(scale: DemoScale, world: _World, day: int) -> tuple[pa.Table, pa.Table]
     return impressions, _event_table(rng, clicks, click_ts)
 
 
-def generate(root: str | Path, scale: DemoScale = SCALES["demo"]) -> dict[str, int]:
-    """Writes users, page_views, ad_impressions, ad_clicks under root/<name> (overwriting).
+def generate(
+    root: str | Path, scale: DemoScale = SCALES["demo"], until: datetime | None = None
+) -> dict[str, int]:
+    """Writes users, page_views, ad_impressions, ad_clicks under root/<name> (overwriting);
+    with `until`, only the rows logged before it (`ingested_at`, users' `updated_at`).
 
     Returns row counts per table (duplicates included), which callers use to verify a load.
     """
     root = Path(root)
     world = _World.build(scale)
-    users = _users(scale)
-    write_deltalake(root / "users", users, mode="overwrite", schema_mode="overwrite")
+    users = _logged(_users(scale), "updated_at", None, until)
+    write_deltalake(
+        root / "users", users, mode="overwrite", schema_mode="overwrite", **_marked(until)
+    )
     counts = dict.fromkeys(TABLES, 0)
     counts["users"] = users.num_rows
     for day in range(scale.days):
-        tables = dict(
-            zip(TABLES[1:], (_page_views(scale, world, day), *_ads(scale, world, day)), strict=True)
-        )
-        for name, table in tables.items():
+        for name, table in _day_events(scale, world, day).items():
+            table = _logged(table, "ingested_at", None, until)
             write_deltalake(
                 root / name,
                 table,
                 partition_by=["event_date"],
                 mode="append" if day else "overwrite",
                 schema_mode=None if day else "overwrite",
+                **_marked(until),
             )
             counts[name] += table.num_rows
     return counts
+
+
+def append(
+    root: str | Path, scale: DemoScale, since: datetime, until: datetime
+) -> dict[str, pa.Table]:
+    """Appends to the event tables the rows logged in [since, until), which include late events
+    of earlier hours, and returns them by table (tables without rows are not written). Profiles
+    are not appended: `generate` writes those logged before its `until`."""
+    if until <= since:
+        raise ValueError(f"nothing to append: {until} is not after {since}")
+    root, world = Path(root), _World.build(scale)
+    first = max(0, (_micros(since) - MAX_LAG_US - _start_us(scale)) // DAY_US)
+    last = (_micros(until) - _start_us(scale)) // DAY_US
+    appended: dict[str, list[pa.Table]] = {name: [] for name in EVENTS}
+    for day in range(first, last + 1):
+        for name, table in _day_events(scale, world, day).items():
+            appended[name].append(_logged(table, "ingested_at", since, until))
+    tables = {name: pa.concat_tables(parts) for name, parts in appended.items()}
+    for name, table in tables.items():
+        if table.num_rows:
+            write_deltalake(
+                root / name, table, partition_by=["event_date"], mode="append", **_marked(until)
+            )
+    return tables
+
+
+def late_events(table: pa.Table) -> pa.Table:
+    """The rows of an event table logged an hour or more after they happened, oldest first."""
+    lag = pc.subtract(table["ingested_at"], table["ts"])
+    return table.filter(pc.greater_equal(lag, pa.scalar(timedelta(hours=1)))).sort_by("ts")
+
+
+def logged_until(root: str | Path) -> datetime | None:
+    """Until when the event tables under `root` hold what was logged: the latest mark of their
+    commits (other commits, such as compactions, carry none), or None: no table was written
+    with one, as a fixed scale writes them."""
+    marks = []
+    for name in EVENTS:
+        path = Path(root) / name
+        if (path / "_delta_log").is_dir():
+            history = DeltaTable(str(path)).history()  # newest first
+            marks.append(next((c[LOGGED_UNTIL] for c in history if LOGGED_UNTIL in c), None))
+    return max((datetime.fromisoformat(mark) for mark in marks if mark), default=None)
+
+
+def _day_events(scale: DemoScale, world: _World, day: int) -> dict[str, pa.Table]:
+    return dict(
+        zip(EVENTS, (_page_views(scale, world, day), *_ads(scale, world, day)), strict=True)
+    )
+
+
+def _logged(
+    table: pa.Table, column: str, since: datetime | None, until: datetime | None
+) -> pa.Table:
+    """The rows of `table` whose `column` is in [since, until) (None: unbounded)."""
+    keep = []
+    if since is not None:
+        keep.append(pc.greater_equal(table[column], pa.scalar(since, TS)))
+    if until is not None:
+        keep.append(pc.less(table[column], pa.scalar(until, TS)))
+    if not keep:
+        return table
+    return table.filter(keep[0] if len(keep) == 1 else pc.and_(*keep))
+
+
+def _marked(until: datetime | None) -> dict[str, CommitProperties]:
+    if until is None:
+        return {}
+    return {
+        "commit_properties": CommitProperties(custom_metadata={LOGGED_UNTIL: until.isoformat()})
+    }
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,6 +25,8 @@ from resources.spark import SparkResource
 
 TIMESTAMP_FIELD = "featureplane/timestamp_field"
 JOIN_KEYS = "featureplane/join_keys"
+TILE_COLUMNS = "tile_columns"
+"""Asset metadata of an aggregate view: what each stored tile column holds, by column."""
 VERSION = "version"
 STATS_SCHEMA = TableSchema(
     columns=[
@@ -41,11 +43,13 @@ def _plain(metadata: dict, key: str) -> str:
     return getattr(value, "value", value)
 
 
-def _stats_metadata(stats: WindowStats) -> dict[str, object]:
+def _stats_metadata(stats: WindowStats, labels: dict[str, str]) -> dict[str, object]:
+    """Row count, event-time range and per-column statistics; an aggregate view's table holds
+    tiles, whose columns are partials: each is labelled with the features it feeds."""
     records = [
         TableRecord(
             {
-                "feature": name,
+                "feature": labels.get(name, name),
                 "null_fraction": feature["null_fraction"],
                 "min": None if feature["min"] is None else str(feature["min"]),
                 "max": None if feature["max"] is None else str(feature["max"]),
@@ -88,7 +92,9 @@ class DeltaOfflineIOManager(ConfigurableIOManager):
         stats = store.window_stats(obj.sparkSession, uri, window, timestamp_field, features)
         context.add_output_metadata(
             {
-                **_stats_metadata(stats),
+                **_stats_metadata(
+                    stats, _plain(metadata, TILE_COLUMNS) if TILE_COLUMNS in metadata else {}
+                ),
                 "table_uri": MetadataValue.path(uri),
                 "delta_version": DeltaTable(uri).version(),
             }

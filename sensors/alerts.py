@@ -44,6 +44,7 @@ from dagster._time import get_current_datetime  # Dagster's clock, as its daemon
 from featureplane.alerts import Alerts, Incident, backfill_link, run_link
 from featureplane.dagster.failures import error_text, innermost
 from featureplane.dagster.policies import freshness_window
+from featureplane.durations import in_words
 from featureplane.repository import Repository
 from featureplane.settings import sensor_interval_seconds
 from resources.notifier import NotifierResource
@@ -422,11 +423,11 @@ def freshness(tick: Tick, windows: Windows) -> None:
         last = "never materialized"
         if latest is not None:
             age = now - datetime.fromtimestamp(latest.timestamp, UTC)
-            last = f"last materialized {_words(age)} ago"
+            last = f"last materialized {in_words(age, 2)} ago"
         window = windows.get(change.key)
         policy = f"its freshness policy's {'fail' if fail else 'warn'} window"
         if window is not None:
-            policy += f" ({_words(window if fail else window / 2)})"
+            policy += f" ({in_words(window if fail else window / 2)})"
         severity = "error" if fail else "warning"
         cause = f"{last}: past {policy}"
         alerts.fire(Incident("freshness", subject, cause, link=link, severity=severity), now)
@@ -465,25 +466,14 @@ def served_freshness(tick: Tick, windows: Windows) -> None:
         age = now - newest
         if age > window:
             cause = (
-                f"serves data up to {newest:%Y-%m-%d %H:%M} UTC, {_words(age)} old, "
-                f"past its freshness of {_words(window)}"
+                f"serves data up to {newest:%Y-%m-%d %H:%M} UTC, {in_words(age, 2)} old, "
+                f"past its freshness of {in_words(window)}"
             )
             alerts.fire(Incident("served_freshness", subject, cause, link=link), now)
         else:
             alerts.resolve(
                 f"served_freshness:{subject}",
                 now,
-                f"serves data {_words(age)} old, within its freshness of {_words(window)}",
+                f"serves data {in_words(age, 2)} old, within its freshness of {in_words(window)}",
                 link,
             )
-
-
-def _words(span: timedelta) -> str:
-    """`3 days 4 hours`, `25 minutes`: the two largest units."""
-    seconds = int(span.total_seconds())
-    parts = []
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count} {unit}{'s' if count > 1 else ''}")
-    return " ".join(parts[:2]) or "0 seconds"

@@ -725,26 +725,26 @@ def rejected(problem: str, **overrides) -> None:
     [
         (
             {"aggregations": [Aggregation("clicks", "count", timedelta(minutes=90))]},
-            "aggregation 'clicks_count_90m': time_window 1:30:00 is not a multiple of the "
-            "aggregation_interval 1:00:00",
+            "aggregation 'clicks_count_90m': time_window 1 hour 30 minutes is not a multiple of "
+            "the aggregation_interval 1 hour",
         ),
         (  # without aggregation_interval the tiles are the batch schedule's (1 day)
             {"aggregations": [Aggregation("clicks", "sum", 12 * H)], "aggregation_interval": None},
-            "time_window 12:00:00 is not a multiple of the aggregation_interval 1 day, 0:00:00",
+            "time_window 12 hours is not a multiple of the aggregation_interval 1 day",
         ),
         (
             {"aggregation_interval": 5 * H},
-            "aggregation_interval 5:00:00 must divide a day and the batch_schedule 1 day, 0:00:00",
+            "aggregation_interval 5 hours must divide a day and the batch_schedule 1 day",
         ),
         ({"aggregation_interval": timedelta(minutes=7)}, "must divide a day"),
-        ({"aggregation_interval": 2 * DAY}, "aggregation_interval 2 days, 0:00:00 must divide"),
+        ({"aggregation_interval": 2 * DAY}, "aggregation_interval 2 days must divide"),
         (
             {"aggregation_interval": 3 * H, "batch_schedule": 2 * H},
-            "aggregation_interval 3:00:00 must divide a day and the batch_schedule 2:00:00",
+            "aggregation_interval 3 hours must divide a day and the batch_schedule 2 hours",
         ),
         (
             {"aggregation_interval": DAY, "batch_schedule": H},
-            "must divide a day and the batch_schedule 1:00:00",
+            "must divide a day and the batch_schedule 1 hour",
         ),
         ({"aggregation_interval": -H}, "aggregation_interval must be a positive timedelta"),
         (

@@ -124,12 +124,12 @@ def test_the_catalog_types_every_column_and_shows_services_in_the_lineage(repo, 
         assert spec.kinds == {"sqlite"}
         assert spec.owners == [service.owner]
         served = [c.name for c in spec.metadata["dagster/column_schema"].columns]
-        assert served == [f"{s.view_name}.{f}" for s in service.features for f in s.features]
+        assert served == [f"{s.view_name}__{f}" for s in service.features for f in s.features]
     ctr = {
         c.name: c
         for c in specs[AssetKey(["services", "ctr"])].metadata["dagster/column_schema"].columns
     }
-    assert (ctr["ctr_features.user_ctr_1d"].type, ctr["ctr_features.user_ctr_1d"].tags) == (
+    assert (ctr["ctr_features__user_ctr_1d"].type, ctr["ctr_features__user_ctr_1d"].tags) == (
         "Float64",
         {"view": "ctr_features"},
     )
@@ -200,6 +200,25 @@ def test_materialization_metadata_describes_the_window(repo, tmp_path):
     assert set(stats) == {"impressions_1d", "clicks_1d", "ctr_1d"}
     assert stats["ctr_1d"]["null_fraction"] == pytest.approx(stored["ctr_1d"].isna().mean())
     assert float(stats["clicks_1d"]["max"]) == stored["clicks_1d"].max()
+
+
+def test_an_aggregate_view_s_statistics_name_the_features_of_each_tile_column(repo, tmp_path):
+    root = tmp_path / "offline"
+    with DagsterInstance.ephemeral() as instance:
+        materialize_range(definitions(repo, root), instance, TINY.start, END, ["ad_delivery"])
+        event = instance.get_latest_materialization_event(AssetKey(["features", "ad_delivery"]))
+    stats = {
+        r.data["feature"]: r.data
+        for r in event.asset_materialization.metadata["feature_stats"].value.records
+    }
+    impressions = (
+        "impressions_1d, impressions_3d, impressions_7d (count of impression_id per 1 day tile)"
+    )
+    assert impressions in stats
+    assert "mean_position_7d (total of position per 1 day tile)" in stats
+    assert not [name for name in stats if name.startswith("count__")]
+    stored = table(root, "ad_delivery")
+    assert int(stats[impressions]["max"]) == stored["count__impression_id"].max()
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ Cases: an empty source day (the volume guard), a window the sources have not lan
 and two writers racing for the same window.
 """
 
+import asyncio
 import os
 import re
 import shutil
@@ -16,6 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
+from dagster._core.loader import LoadingContextForTest
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionResolvedStatus
 from deltalake import DeltaTable, write_deltalake
 
 from conftest import TINY, read_delta, view_table
@@ -99,11 +102,13 @@ def test_an_empty_source_day_replaces_nothing(world):
     assert len(forced) == len(before[1]) - stored
     key = AssetCheckKey(AssetKey(["online", PAGE_VIEWS]), "consistency")
     [record] = instance.event_log_storage.get_latest_asset_check_execution_by_key([key]).values()
-    compared = record.event.dagster_event.event_specific_data  # an empty window: no evidence
-    assert (compared.passed, compared.severity.value) == (False, "WARN")
-    assert compared.description == (
-        f"{PAGE_VIEWS} 2026-10-02 00:00..2026-10-03 00:00: no entity pushed, nothing compared"
-    )
+    status = asyncio.run(record.resolve_status(LoadingContextForTest(instance)))
+    assert status == AssetCheckExecutionResolvedStatus.SKIPPED  # an empty window: no evidence
+    logged = [entry.user_message for entry in instance.all_logs(record.run_id)]
+    assert (
+        f"{PAGE_VIEWS} 2026-10-02 00:00..2026-10-03 00:00: no entity pushed, nothing to "
+        "compare: skipped"
+    ) in logged
 
 
 def test_a_window_the_sources_have_not_landed_is_not_written(world):
@@ -118,7 +123,7 @@ def test_a_window_the_sources_have_not_landed_is_not_written(world):
         "holds events up to 2026-10-03 23:5"
     ) in message
     assert message.endswith(
-        "UTC, not within its quiet_period (1:00:00) of the window's end: nothing written; "
+        "UTC, not within its quiet_period (1 hour) of the window's end: nothing written; "
         "rerun once the source has landed the window"
     )
     after = snapshot(repo, root, online, PAGE_VIEWS)

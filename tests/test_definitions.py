@@ -214,19 +214,19 @@ IN_A_DAY = datetime.now(UTC) + timedelta(days=1)
         (
             None,
             {"batch_schedule": timedelta(hours=5)},
-            "batch_schedule 5:00:00 must divide a day (1h, 2h, 3h, 4h, 6h, 8h, 12h), "
+            "batch_schedule 5 hours must divide a day (1h, 2h, 3h, 4h, 6h, 8h, 12h), "
             "or be 1 day or 7 days",
         ),
-        (None, {"batch_schedule": timedelta(days=2)}, "batch_schedule 2 days, 0:00:00 must divide"),
+        (None, {"batch_schedule": timedelta(days=2)}, "batch_schedule 2 days must divide"),
         (
             None,
             {"batch_schedule": timedelta(0)},
-            "batch_schedule 0:00:00 must be a positive whole number of hours",
+            "batch_schedule 0 seconds must be a positive whole number of hours",
         ),
         (
             None,
             {"batch_schedule": timedelta(days=-1)},
-            "batch_schedule -1 day, 0:00:00 must be a positive whole number of hours",
+            "batch_schedule minus 1 day must be a positive whole number of hours",
         ),
         (None, {"batch_schedule": timedelta(minutes=90)}, "must be a positive whole number of"),
         (None, {"batch_schedule": "1d"}, "batch_schedule must be a timedelta, got '1d'"),

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckEvaluation, AssetKey, DagsterEventType, DagsterInstance
@@ -19,7 +20,7 @@ from moto import mock_aws
 from conftest import TINY
 from featureplane import Repository
 from featureplane.aggregation import TILE_START, TILES, pack_tiles
-from featureplane.consistency import compare, moment, online_values
+from featureplane.consistency import Mismatch, compare, moment, moments, online_values
 from featureplane.dagster import build_definitions
 from featureplane.dagster.definitions import resources_for
 from featureplane.dagster.materialize import Materialized, materialize_range
@@ -76,9 +77,9 @@ def rows(path: Path) -> list[dict]:
 
 def expected_records(root: Path, view: FeatureView, end: datetime) -> dict[tuple, Record]:
     """What a push of everything before `end` must leave online, from the stored table."""
-    table = rows(root / "features" / view.name / view.version)
     records: dict[tuple, Record] = {}
     if not view.aggregations:
+        table = rows(root / "features" / view.name / view.version)
         ts = view.timestamp_field
         for row in sorted(table, key=lambda row: row[ts]):
             when = row[ts].replace(tzinfo=UTC)
@@ -89,18 +90,24 @@ def expected_records(root: Path, view: FeatureView, end: datetime) -> dict[tuple
                 expires = expires and from_epoch_seconds(to_epoch_seconds(expires))
                 records[key] = Record(key, when, values, expires)
         return records
+    return {
+        key: Record(key, tiles[-1][TILE_START] + view.interval, {TILES: pack_tiles(tiles)})
+        for key, tiles in entity_tiles(root, view, end).items()
+    }
+
+
+def entity_tiles(root: Path, view: FeatureView, end: datetime) -> dict[tuple, list[dict]]:
+    """Each entity's stored tiles that a push of everything before `end` sends, in order."""
     begin = end - max(a.time_window for a in view.aggregations)
     tiles: dict[tuple, list[dict]] = {}
+    table = rows(root / "features" / view.name / view.version)
     for row in sorted(table, key=lambda row: row[TILE_START]):
         start = row.pop(TILE_START).replace(tzinfo=UTC)
         if begin <= start < end:
             key = tuple(row.pop(k) for k in view.join_keys)
             del row["event_date"]
             tiles.setdefault(key, []).append({TILE_START: start, **row})
-    return {
-        key: Record(key, tiles[-1][TILE_START] + view.interval, {TILES: pack_tiles(tiles)})
-        for key, tiles in tiles.items()
-    }
+    return tiles
 
 
 @pytest.fixture(scope="module")
@@ -231,20 +238,118 @@ def test_push_to_dynamodb(repo, pushed, monkeypatch):
     assert stored == list(expected.values())
 
 
-def test_compare_merges_tiles_and_honours_expiry():
-    """The Spark-free comparison: aggregate records are merged at the moment, expired
-    row-level records serve nulls, NaN equals NaN, and mismatches name entity and feature."""
+def test_a_rerun_of_a_past_window_compares_the_newer_records(repo, pushed, tmp_path):
+    """A rerun of the first day meets newer records of later days in the store: each is
+    compared at the moment it speaks for, not at the first day's end, and all match."""
+    root = pushed[0]
+    online = OnlineStoreResource(path=str(tmp_path / "online.sqlite"))
+    names = [ROW_LEVEL, AGGREGATE, "user_ad_activity"]
+    first_day_end = TINY.start + timedelta(days=1)
+    with DagsterInstance.ephemeral() as instance:
+        push(repo, root, online, instance, views=names)
+        results = push(repo, root, online, instance, TINY.start, first_day_end, names)
+        evaluations = checks(instance, next(iter(results.values())).run_id)
+    for name in names:
+        check = evaluations[name]
+        assert check.passed, (name, check.metadata["mismatches"])
+        view = repo.feature_view(name)
+        pushed_then = expected_records(root, view, first_day_end)
+        now = expected_records(root, view, END)
+        newer = [k for k, r in pushed_then.items() if now[k].event_timestamp > r.event_timestamp]
+        assert check.metadata["sampled"].value == len(pushed_then) > 0
+        assert newer and check.metadata["compared_to"].value > first_day_end.timestamp()
+
+
+def test_aggregate_moments_see_the_tiles_a_brute_force_sum_sees(repo, pushed):
+    """At `moments`, every count an aggregate record serves equals a plain sum over the
+    stored tile table (the offline truth), for every entity and window."""
+    root, online = pushed[0], pushed[1]
+    store = open_store(online.settings())
+    for name in (AGGREGATE, "user_ad_activity"):
+        view = repo.feature_view(name)
+        table = pd.DataFrame(rows(root / "features" / name / view.version))
+        table[TILE_START] = pd.to_datetime(table[TILE_START], utc=True)
+        keys = list(expected_records(root, view, END))
+        counts = [a for a in view.aggregations if a.fn.name == "count"]
+        assert counts
+        for key, record in zip(keys, store.read(name, view.version, keys), strict=True):
+            at = moments(view, record, END)
+            mine = table[(table[list(view.join_keys)] == key).all(axis=1)]
+            for a in counts:
+                window = mine[(mine[TILE_START] >= at[a.name] - a.time_window)]
+                expected = int(window[window[TILE_START] < at[a.name]][a.partial_column].sum())
+                served = online_values(view, record, at[a.name])[a.name]
+                assert served == expected, (name, key, a.name)
+
+
+def test_an_aggregate_record_is_compared_where_it_holds_every_tile(repo, pushed):
+    """A push ending at day 9 sends the tiles of the last week: of an entity's tiles of day 1
+    and day 3, only day 3's. At the record's own time (day 4) the week would reach day 1,
+    which the record lacks; at its moments every count equals the sum over both tiles."""
+    view = repo.feature_view(AGGREGATE)
+    day = timedelta(days=1)
+    key, tiles = next((k, t) for k, t in entity_tiles(pushed[0], view, END).items() if len(t) > 1)
+    tiles = [
+        {**tile, TILE_START: TINY.start + n * day}
+        for tile, n in zip(tiles[:2], (1, 3), strict=True)
+    ]
+    record = Record(key, TINY.start + 4 * day, {TILES: pack_tiles(tiles[1:])})
+    at = moments(view, record, TINY.start + 9 * day)
+
+    def offline(a, when):
+        return sum(
+            t[a.partial_column] for t in tiles if when - a.time_window <= t[TILE_START] < when
+        )
+
+    counts = [a for a in view.aggregations if a.fn.name == "count"]
+    for a in counts:
+        assert online_values(view, record, at[a.name])[a.name] == offline(a, at[a.name]), a.name
+    week = next(a for a in counts if a.time_window == 7 * day)
+    own_time = record.event_timestamp
+    assert online_values(view, record, own_time)[week.name] != offline(week, own_time)
+
+
+def test_consistency_check_lists_a_corrupt_tile(repo, pushed, tmp_path):
+    root = pushed[0]
+    online = OnlineStoreResource(path=str(tmp_path / "online.sqlite"))
+    view = repo.feature_view(AGGREGATE)
+    with DagsterInstance.ephemeral() as instance:
+        push(repo, root, online, instance, views=[AGGREGATE])
+        key, tiles = next(iter(entity_tiles(root, view, END).items()))
+        tiles[-1]["count__impression_id"] += 5
+        record = Record(key, END + timedelta(microseconds=1), {TILES: pack_tiles(tiles)})
+        open_store(online.settings()).write(view.name, view.version, [record])
+        results = push(repo, root, online, instance, views=[AGGREGATE])
+        check = checks(instance, results[f"online/{AGGREGATE}"].run_id)[AGGREGATE]
+    assert not check.passed
+    assert check.metadata["matched"].value == check.metadata["sampled"].value - 1
+    mismatches = check.metadata["mismatches"].value
+    assert {m["feature"] for m in mismatches} == {
+        "impressions_1d",
+        "impressions_3d",
+        "impressions_7d",
+    }
+    for m in mismatches:
+        assert m["entity_key"] == list(key)
+        assert int(m["online"]) == int(m["offline"]) + 5
+
+
+def test_compare_merges_tiles_at_each_records_moments():
+    """The Spark-free comparison: a row-level record is compared at its event time, an
+    aggregate one per aggregation; NaN equals NaN, a missing record serves nulls at the
+    window's end, and mismatches name entity, feature and moment."""
     repo = Repository.load("feature_assets")
     rows_view, tiles_view = repo.feature_view(ROW_LEVEL), repo.feature_view("user_ad_activity")
-    at = moment(rows_view, END)
     values = {"impressions_1d": 3, "clicks_1d": 1, "ctr_1d": float("nan")}
-    fresh = Record(("a1",), at - timedelta(hours=1), values, at + timedelta(days=1))
-    expired = Record(("a2",), at - timedelta(days=5), values, at - timedelta(days=2))
-    offline = [{"ad_id": "a1", **values}, {"ad_id": "a2", **dict.fromkeys(values)}]
-    assert compare(rows_view, at, offline, [fresh, expired]).match_rate == 1.0
-    report = compare(rows_view, at, offline, [expired, fresh])
+    written = END - timedelta(days=2)
+    fresh = Record(("a1",), written, values, written + timedelta(days=1))
+    offline = {(("a1",), written): {"ad_id": "a1", **values}}
+    offline[("a2",), moment(rows_view, END)] = {"ad_id": "a2", **dict.fromkeys(values)}
+    assert compare(rows_view, END, {("a1",): fresh, ("a2",): None}, offline).match_rate == 1.0
+    offline[("a1",), written]["clicks_1d"] = 2
+    report = compare(rows_view, END, {("a1",): fresh}, offline)
     assert report.matched == 0
-    assert report.examples[0].entity_key == ("a1",)
+    assert report.examples == [Mismatch(("a1",), "clicks_1d", written, 1, 2)]
     hour = END - timedelta(hours=1)
     tile = {
         TILE_START: hour,
@@ -254,7 +359,12 @@ def test_compare_merges_tiles_and_honours_expiry():
         "max__click_unix_s": 1_790_000_000,
     }
     record = Record((7,), END, {TILES: pack_tiles([tile])})
-    served = online_values(tiles_view, record, moment(tiles_view, END))
+    at = moments(tiles_view, record, END)
+    assert at == {a.name: max(END, hour + a.time_window) for a in tiles_view.aggregations}
+    served = {
+        a.name: online_values(tiles_view, record, at[a.name])[a.name]
+        for a in tiles_view.aggregations
+    }
     value = {
         "impression_id": 4,
         "clicked_impression_id": 1,

@@ -65,7 +65,7 @@ def test_the_first_plan_adds_everything_and_says_what_to_compute():
     ]
     view = by_name(plan)["feature_view", "user_stats"]
     assert view.recompute == (
-        f"every window from 2026-01-01 00:00 UTC to where its sources end, 1d each "
+        f"every window from 2026-01-01 00:00 UTC to where its sources end, 1 day each "
         f"(version {user_stats.version})"
     )
     assert view.online == (f"push the latest values of version {user_stats.version} (new keys)",)
@@ -90,10 +90,10 @@ def test_a_value_change_recomputes_pushes_and_rebuilds():
     assert view.action == "change"
     assert view.details == (
         f"version: {user_stats.version} -> {six_hourly.version}",
-        "batch_schedule_seconds: 86400 -> 21600",
+        "batch_schedule: 1 day -> 6 hours",
     )
     assert view.recompute.startswith(
-        "every window from 2026-01-01 00:00 UTC to where its sources end, 6h each"
+        "every window from 2026-01-01 00:00 UTC to where its sources end, 6 hours each"
     )
     assert view.online == (
         f"push the latest values of version {six_hourly.version} (new keys)",
@@ -112,10 +112,11 @@ def test_a_metadata_change_recomputes_nothing():
     """Same version: no partitions, no new keys; a ttl only changes when pushed rows expire."""
     described = replace(user_stats, description="Clicks and country.", ttl=timedelta(days=2))
     (change,) = diff(registry(), registry(described)).changes
-    assert change.details == ("description:  -> Clicks and country.", "ttl_seconds: none -> 172800")
+    assert change.details == ("description:  -> Clicks and country.", "ttl: none -> 2 days")
     assert (change.recompute, change.breaking) == (None, ())
     assert change.online == (
-        "rows pushed from now on expire after 2d (was none); stored rows keep theirs until pushed",
+        "rows pushed from now on expire after 2 days (was none); stored rows keep theirs until "
+        "pushed",
     )
 
 

@@ -1,6 +1,7 @@
 """Behaviour of the synthetic demo data: shape, flaws and determinism of the four Delta tables."""
 
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from featureplane.synthetic import TABLES, DemoScale, generate, main
+from featureplane.synthetic import (
+    LOGGED_UNTIL,
+    TABLES,
+    DemoScale,
+    append,
+    generate,
+    logged_until,
+    main,
+)
 
 SCALE = DemoScale(days=3, users=300, ads=50, advertisers=10, impressions_per_day=3000)
 START_US = int(SCALE.start.timestamp()) * 1_000_000
@@ -196,3 +205,81 @@ def test_main_prints_row_counts(tmp_path, capsys):
     assert "page_views" in out and "events written" in out
     assert read(root, "ad_impressions").num_rows >= 100
     assert pc.all(pc.equal(read(root, "page_views")["event_date"], SCALE.start.date())).as_py()
+
+
+def test_a_live_data_set_is_what_was_logged_and_appends_resume_it(tmp_path):
+    """Generating what was logged before T1 and appending what was logged in [T1, T2) gives
+    exactly the rows logged before T2, late events of earlier hours included."""
+    t1 = SCALE.start + timedelta(days=1, hours=13, minutes=20)
+    t2 = t1 + timedelta(hours=3)
+    live, whole = tmp_path / "live", tmp_path / "whole"
+    generate(live, SCALE, until=t1)
+    assert logged_until(live) == t1
+    for name in EVENT_TABLES:
+        assert pc.max(read(live, name)["ingested_at"]).as_py() < t1
+    appended = append(live, SCALE, t1, t2)
+    assert logged_until(live) == t2
+    generate(whole, SCALE, until=t2)
+    for name in TABLES[1:]:
+        got, want = read(live, name), read(whole, name)
+        order = [
+            ("ingested_at", "ascending"),
+            ("ts", "ascending"),
+            (want.column_names[0], "ascending"),
+        ]
+        assert got.select(want.column_names).sort_by(order).equals(want.sort_by(order)), name
+        added = appended[name]
+        assert added.num_rows and pc.min(added["ingested_at"]).as_py() >= t1
+    late = appended["page_views"].filter(pc.less(appended["page_views"]["ts"], pa.scalar(t1)))
+    assert late.num_rows > 0  # events of earlier hours logged late
+    assert generate(tmp_path / "fixed", SCALE) and logged_until(tmp_path / "fixed") is None
+    for name in EVENT_TABLES:  # commits without a mark
+        DeltaTable(str(live / name)).optimize.compact()
+        assert LOGGED_UNTIL not in DeltaTable(str(live / name)).history(1)[0]
+    assert logged_until(live) == t2
+
+
+def test_a_scale_through_a_moment_covers_its_day():
+    moment = SCALE.start + timedelta(days=4, hours=5)
+    assert SCALE.through(moment).days == 5
+    assert SCALE.through(SCALE.start + timedelta(days=2)).days == 2
+    with pytest.raises(ValueError, match="is not after the scale's start"):
+        SCALE.through(SCALE.start)
+    with pytest.raises(ValueError, match="nothing to append"):
+        append(Path("unused"), SCALE, moment, moment)
+
+
+def test_the_live_demo_appends_what_was_logged_since_its_last_write(tmp_path, monkeypatch, capsys):
+    """`featureplane demo --append-only` resumes at the tables' mark, prints one line per
+    append, and stops on Ctrl-C; without live data it says what to run first."""
+    from featureplane import cli
+
+    monkeypatch.setenv("FEATUREPLANE_DATA_DIR", str(tmp_path))
+    raw = tmp_path / "raw"
+    with pytest.raises(SystemExit, match="holds no live demo data: run `featureplane demo`"):
+        cli.main(["demo", "--append-only"])
+    with pytest.raises(SystemExit, match="--days generates fixed past data"):
+        cli.main(["demo", "--days", "3", "--live"])
+    with pytest.raises(SystemExit, match="--interval must be a positive number of seconds"):
+        cli.main(["demo", "--append-only", "--interval", "0"])
+    now = datetime.now(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    mark = now - timedelta(hours=2)
+    generate(raw, replace(SCALE, start=midnight).through(now), until=mark)
+    sleeps = iter([None, KeyboardInterrupt])
+
+    def sleep(seconds):
+        assert seconds == 0.5
+        if (step := next(sleeps)) is not None:
+            raise step
+
+    monkeypatch.setattr(cli.time, "sleep", sleep)
+    before = {name: read(raw, name).num_rows for name in EVENT_TABLES}
+    assert cli.main(["demo", "--append-only", "--interval", "0.5"]) == 0
+    _, line, *rest = capsys.readouterr().out.splitlines()
+    assert not rest
+    assert f"logged since {mark:%H:%M:%S} (" in line and " late" in line
+    assert logged_until(raw) > mark
+    for name in EVENT_TABLES:
+        added = read(raw, name).num_rows - before[name]
+        assert f" {added:,} {name}" in line

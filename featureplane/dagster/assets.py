@@ -43,7 +43,8 @@ from featureplane.dagster.keys import feature_key, online_key, service_key, sour
 from featureplane.dagster.partitions import partitions_for
 from featureplane.dagster.policies import freshness_policy
 from featureplane.dagster.quality import quality_check_spec, quality_result
-from featureplane.feature_service import FeatureService
+from featureplane.durations import in_words
+from featureplane.feature_service import FeatureService, served_name
 from featureplane.feature_store import FeatureStore
 from featureplane.feature_view import FeatureView
 from featureplane.on_demand import OnDemandFeatureView, stored_views
@@ -51,7 +52,7 @@ from featureplane.quality.volume import FORCE_TAG
 from featureplane.repository import Repository
 from featureplane.source import BatchSource
 from featureplane.training_dataset import TrainingDataset
-from resources.offline_io_manager import JOIN_KEYS, TIMESTAMP_FIELD, VERSION
+from resources.offline_io_manager import JOIN_KEYS, TILE_COLUMNS, TIMESTAMP_FIELD, VERSION
 from resources.offline_store import OfflineStoreResource
 from resources.online_io_manager import PUSH_RETRY_POLICY, OnlineRows
 from resources.spark import SparkResource
@@ -74,7 +75,7 @@ def source_spec(
         metadata={
             **location,
             "timestamp_field": source.timestamp_field,
-            "quiet_period": str(source.quiet_period) if source.quiet_period else "none",
+            "quiet_period": in_words(source.quiet_period) if source.quiet_period else "none",
         },
         partitions_def=partitions,
     )
@@ -84,7 +85,7 @@ def _descriptions(view: FeatureView | OnDemandFeatureView) -> dict[str, str]:
     """Each feature's description; an aggregate's says what it aggregates, over what."""
     aggregations = view.aggregations if isinstance(view, FeatureView) else ()
     return {f.name: f.description for f in view.schema} | {
-        a.name: f"{a.fn} of {a.column} over {a.time_window}" for a in aggregations
+        a.name: f"{a.fn} of {a.column} over {in_words(a.time_window)}" for a in aggregations
     }
 
 
@@ -94,7 +95,7 @@ def service_spec(service: FeatureService, store_kind: str) -> AssetSpec:
     views = stored_views(service.features)
     columns = [
         TableColumn(
-            f"{selection.view_name}.{name}",
+            served_name(selection.view_name, name),
             selection.view.feature_types[name].name,
             description=_descriptions(selection.view)[name],
             tags={"view": selection.view_name},
@@ -151,13 +152,25 @@ def _metadata(view: FeatureView, services: Sequence[str]) -> dict[str, object]:
         "feature_services": ", ".join(services) or "none",
         VERSION: view.version,
         "mode": view.mode,
-        "ttl": str(view.ttl) if view.ttl else "none",
-        "batch_schedule": str(view.batch_schedule),
+        "ttl": in_words(view.ttl) if view.ttl else "none",
+        "batch_schedule": in_words(view.batch_schedule),
         "online": view.online,
         "definition": view.location,
         TIMESTAMP_FIELD: view.table_timestamp_field,
         JOIN_KEYS: ",".join(view.join_keys),
-    } | ({"aggregation_interval": str(view.interval)} if view.aggregations else {})
+    } | (_tile_metadata(view) if view.aggregations else {})
+
+
+def _tile_metadata(view: FeatureView) -> dict[str, object]:
+    """An aggregate view stores tiles: their size, and the features each partial column feeds
+    (the per-column statistics of a materialization name them)."""
+    tile = in_words(view.interval)
+    fed: dict[str, tuple[str, list[str]]] = {}
+    for a in view.aggregations:
+        what = f"{a.fn.partial} of {a.column} per {tile} tile"
+        fed.setdefault(a.partial_column, (what, []))[1].append(a.name)
+    columns = {column: f"{', '.join(names)} ({what})" for column, (what, names) in fed.items()}
+    return {"aggregation_interval": tile, TILE_COLUMNS: MetadataValue.json(columns)}
 
 
 def _view_asset_args(view: FeatureView, condition: AutomationCondition) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 
 from featureplane.compute.transform import read_source
 from featureplane.compute.window import TimeWindow, utc_from_micros
+from featureplane.durations import in_words
 from featureplane.source import BatchSource
 
 
@@ -77,7 +78,8 @@ def not_landed(
         held = "no events" if latest is None else f"events up to {latest:%Y-%m-%d %H:%M:%S} UTC"
         return (
             f"{view_name} {window.start:%Y-%m-%d %H:%M}..{window.end:%Y-%m-%d %H:%M}: source "
-            f"{source.name} holds {held}, not within its quiet_period ({source.quiet_period}) "
+            f"{source.name} holds {held}, not within its quiet_period "
+            f"({in_words(source.quiet_period)}) "
             "of the window's end: nothing written; rerun once the source has landed the window"
         )
     return None
