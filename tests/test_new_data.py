@@ -249,7 +249,7 @@ def test_a_manual_view_has_no_automation_and_a_scheduled_dataset_runs_on_its_sch
     repo, _ = setup
     last = repo.feature_views["user_last_clicks"]
     manual = replace(last, batch_trigger="manual")
-    service = FeatureService("clicks", features=[manual])
+    service = FeatureService("click_service", features=[manual])
     dataset = TrainingDataset(
         "clicks_training", spine=manual, features=service, schedule=timedelta(days=1)
     )
