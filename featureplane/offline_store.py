@@ -50,6 +50,10 @@ class ConcurrentWriteError(RuntimeError):
     """Another writer committed to the table at the same time, twice in a row: rerun the run."""
 
 
+TIME_TRAVEL_PROPERTIES = {"delta.checkpointInterval": "1000000"}
+"""Table properties of every table featureplane creates: no checkpoints. Sail 0.7.2 cannot read
+a version older than a table's latest checkpoint (`Missing commit file: expected version 0`),
+and training datasets are rebuilt by reading their inputs at recorded versions."""
 COMMIT_RACE_MARKERS = ("Failed to commit transaction", "Concurrent", "ProtocolChanged")
 """How a lost Delta commit race reads: Sail's "Failed to commit transaction: N", delta-spark's
 ConcurrentAppendException and its siblings."""
@@ -118,7 +122,8 @@ class OfflineStore:
         """Create an empty table with the columns of `df` at an empty location: its own commit,
         so that no write ever creates a table by accident over data it cannot see."""
         empty = df.limit(0)  # the rows' own plan: its schema to the field metadata
-        empty.write.format("delta").mode("error").partitionBy(PARTITION_COLUMN).save(uri)
+        writer = empty.write.format("delta").mode("error").options(**TIME_TRAVEL_PROPERTIES)
+        writer.partitionBy(PARTITION_COLUMN).save(uri)
 
     def write_window(
         self, df: DataFrame, uri: str, window: TimeWindow, timestamp_field: str
