@@ -30,8 +30,8 @@ from dagster import (
 
 from featureplane.dagster.automation import report_landed
 from featureplane.dagster.lifecycle import applied_backfill, launch_backfill, outcome
-from featureplane.online_store import open_store
-from featureplane.registry_store import RegistryStore
+from featureplane.online_store import StoreThrottled, open_store
+from featureplane.registry_store import CutOverRefused, RegistryStore
 from featureplane.repository import Repository
 from featureplane.rollout import cut_over, replaced, rolled_out, stale_views, work
 from featureplane.settings import cutover_grace, registry_store_location, sensor_interval_seconds
@@ -53,7 +53,8 @@ def definitions(repository: Repository) -> Definitions:
         state = json.loads(context.cursor) if context.cursor else {"deletions": []}
         store = RegistryStore(registry_store_location())
         now = datetime.now(UTC)
-        state["deletions"] = _delete_due(context, store, state["deletions"], now)
+        if state["deletions"]:
+            state["deletions"] = _delete_due(context, store, state["deletions"], now)
         cursor = json.dumps(state)
         latest, serving = store.latest(), rolled_out(store)
         if latest is None:
@@ -91,10 +92,18 @@ def definitions(repository: Repository) -> Definitions:
                 ),
                 cursor=cursor,
             )
-        cut_over(store, latest.version)
+        try:
+            cut_over(store, latest.version)
+        except CutOverRefused as refused:  # a newer version serves already
+            return SensorResult(skip_reason=str(refused), cursor=cursor)
         due = (now + cutover_grace()).isoformat()
         state["deletions"] += [
-            {"view": view, "version": version, "due": due}
+            {
+                "view": view,
+                "version": version,
+                "due": due,
+                "store": serving.registry["online_store"],
+            }
             for view, version in replaced(serving, latest)
         ]
         context.log.info(f"registry version {latest.version} serves")
@@ -108,20 +117,24 @@ def definitions(repository: Repository) -> Definitions:
 def _delete_due(
     context: SensorEvaluationContext, store: RegistryStore, deletions: list[dict], now: datetime
 ) -> list[dict]:
-    """Delete the online rows whose grace period ended; the deletions still pending."""
+    """Delete the online rows whose grace period ended, from the store that held them; the
+    deletions still pending (not due, or the store did not answer: the next tick resumes)."""
     serving = store.serving()
-    if serving is None:
-        return deletions
     served = {(v["name"], v["version"]) for v in serving.registry["feature_views"]}
     pending = []
-    with closing(open_store(serving.registry["online_store"])) as online:
-        for deletion in deletions:
-            key = (deletion["view"], deletion["version"])
-            if key in served:  # served again (a rollback): keep its rows
-                continue
-            if datetime.fromisoformat(deletion["due"]) > now:
-                pending.append(deletion)
-                continue
-            deleted = online.delete_version(*key)
-            context.log.info(f"deleted {deleted} online rows of {key[0]} version {key[1]}")
+    for deletion in deletions:
+        key = (deletion["view"], deletion["version"])
+        if key in served and deletion["store"] == serving.registry["online_store"]:
+            continue  # served again (a rollback): its rows stay
+        if datetime.fromisoformat(deletion["due"]) > now:
+            pending.append(deletion)
+            continue
+        try:
+            with closing(open_store(deletion["store"])) as online:
+                deleted = online.delete_version(*key)
+        except StoreThrottled as error:  # throttled or unavailable
+            context.log.warning(f"deleting {key[0]} version {key[1]}: {error}; retried next tick")
+            pending.append(deletion)
+            continue
+        context.log.info(f"deleted {deleted} online rows of {key[0]} version {key[1]}")
     return pending

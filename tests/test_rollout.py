@@ -4,6 +4,7 @@ once the backfill succeeded, a failed one keeps the previous version serving, an
 shows progress and outcome. Each action a plan line announces is what the rollout does."""
 
 import copy
+from contextlib import closing
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -18,10 +19,13 @@ from featureplane.dagster import build_definitions
 from featureplane.dagster.automation import landed_keys, view_landed
 from featureplane.dagster.lifecycle import APPLY_TAG, launch_backfill
 from featureplane.dagster.partitions import partitions_for
+from featureplane.online_store import Record, open_store
 from featureplane.plan import diff
 from featureplane.registry import build_registry
 from featureplane.registry_store import AppliedRegistry, RegistryStore
 from featureplane.rollout import replaced, work
+
+DAY = datetime(2026, 1, 2, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -165,3 +169,30 @@ def test_each_plan_line_is_what_the_rollout_does(demo_data):
         ("training_dataset", "ctr_training"),
         ("online_store", "sqlite"),
     }
+
+
+def test_the_rows_a_cut_over_replaced_are_deleted_after_the_grace_period(
+    project, data_dir, monkeypatch
+):
+    cli = project
+    monkeypatch.setenv("FEATUREPLANE_CUTOVER_GRACE_SECONDS", "0")
+    versions = {}
+    for package in ("plan_repo_v1", "plan_repo_v2"):
+        assert cli("apply", "--repository", package, "--yes", "--allow-breaking")[0] == 0
+        rollout = Rollout(data_dir, package)
+        rollout.tick()
+        latest = max(backfills(data_dir), key=lambda b: b.backfill_timestamp)
+        finish(data_dir, latest, BulkActionStatus.COMPLETED_SUCCESS)
+        versions[package] = Repository.load(package).feature_views["user_stats"].version
+        with closing(
+            open_store({"type": "sqlite", "path": str(data_dir / "online_store.sqlite")})
+        ) as online:
+            online.write("user_stats", versions[package], [Record((1,), DAY, {"clicks": 3})])
+        assert rollout.tick() == f"version {len(versions)} serves now"
+
+    rollout.tick()  # the grace period (0 s) over: version 1's rows go, version 2's stay
+    with closing(
+        open_store({"type": "sqlite", "path": str(data_dir / "online_store.sqlite")})
+    ) as online:
+        assert online.read("user_stats", versions["plan_repo_v1"], [(1,)]) == [None]
+        assert online.read("user_stats", versions["plan_repo_v2"], [(1,)]) != [None]

@@ -77,7 +77,7 @@ def landing_events(
         AssetMaterialization(
             asset_key=key,
             partition=partition,
-            description=f"{trigger}",
+            description=trigger,
             metadata={"trigger": trigger, **metadata},
         )
         for partition in keys
