@@ -57,8 +57,11 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import os
+import re
+import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
@@ -87,6 +90,17 @@ from featureplane.registry import OnDemandSpec, ServiceSpec, ServingRegistry, Vi
 from featureplane.types import DType, Field, dtype_named, float32
 
 JSON_HEADERS = (("content-type", "application/json"),)
+SHOWN_NAMES = 10
+"""Names an error message lists at most: it never echoes an unbounded request."""
+SHOWN_PATH = 100
+"""Characters of a request's path an error message shows at most."""
+HEALTH_PROBE = "_health#probe"
+"""A key no record has: `/health` reads it, so the store must answer for health to be ok."""
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?")
+"""Timestamps requests may send: RFC 3339 date-times (no offset means UTC), nothing else
+`datetime.fromisoformat` would read (`"11111111"`, `"2026-W42-3"`)."""
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+logger = logging.getLogger(__name__)
 SUBSET_CACHE = 256
 """Feature subsets whose plans are kept per service (requests usually repeat a few)."""
 REQUEST_FIELDS = frozenset({"entities", "request_data", "features"})
@@ -393,9 +407,22 @@ class FeatureServer:
 
     # ---- HTTP-shaped entry point ---------------------------------------------------------------
 
-    def respond(self, method: str, path: str, body: bytes | str | None) -> Response:
-        """The response to one HTTP request; client errors become 4xx, throttling 503."""
+    def respond(
+        self,
+        method: str,
+        path: str,
+        body: bytes | str | None,
+        content_type: str | None = None,
+    ) -> Response:
+        """The response to one HTTP request; client errors become 4xx, a store that does not
+        answer 503, anything unexpected a logged 500 with a request id (never an exception).
+        A body sent with a `content_type` other than JSON is refused (415): browsers send
+        cross-origin `text/plain` posts without asking."""
         try:
+            if body and content_type and not _json_type(content_type):
+                raise RequestError(
+                    415, f"send the body as application/json, not {content_type[:60]!r}"
+                )
             payload = self._route(method.upper(), path, body)
         except RequestError as error:
             return _error(error.status, str(error))
@@ -410,15 +437,18 @@ class FeatureServer:
                 encode_json({"error": f"online store {state}, retry later: {error}"}),
                 (*JSON_HEADERS, ("retry-after", "1")),
             )
+        except Exception:  # noqa: BLE001 - a server error is logged and answered, never raised
+            return internal_error(f"{method[:10]} {path[:SHOWN_PATH]}")
         return Response(200, encode_json(payload))
 
     def _route(self, method: str, path: str, body: bytes | str | None) -> dict[str, Any]:
         parts = path.strip("/").split("/")
         if parts == ["health"]:
             _allow(method, "GET", path)
+            self.store.read_items([HEALTH_PROBE])  # raises when the store does not answer
             return self._health
         if parts[:2] != ["v1", "feature-services"]:
-            raise RequestError(404, f"no route {path!r}")
+            raise RequestError(404, f"no route {_cut(path)!r}")
         if len(parts) == 2:
             _allow(method, "GET", path)
             return self._listing
@@ -426,11 +456,14 @@ class FeatureServer:
             _allow(method, "POST", path)
             request = self._parse(body)
             return self._serve(parts[2], request, batch=parts[3] == "get-features-batch")
-        raise RequestError(404, f"no route {path!r}")
+        raise RequestError(404, f"no route {_cut(path)!r}")
 
     def _parse(self, body: bytes | str | None) -> dict[str, Any]:
         if isinstance(body, str):
-            body = body.encode()
+            try:
+                body = body.encode()
+            except UnicodeEncodeError:  # a lone surrogate: no UTF-8 text has one
+                raise RequestError(400, "body is not valid UTF-8 text") from None
         if not body:
             raise RequestError(400, 'empty body: send a JSON object like {"entities": {...}}')
         if len(body) > self.limits.max_body_bytes:
@@ -580,7 +613,34 @@ def _open(settings: Mapping[str, Any]) -> OnlineStore:
 
 def _allow(method: str, allowed: str, path: str) -> None:
     if method != allowed:
-        raise RequestError(405, f"{path} takes {allowed}, not {method}")
+        raise RequestError(405, f"{_cut(path)} takes {allowed}, not {_cut(method)}")
+
+
+def _cut(text: str, limit: int = SHOWN_PATH) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _json_type(content_type: str) -> bool:
+    """`application/json` or a `+json` type, parameters aside."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def internal_error(request: str, status: int = 500) -> Response:
+    """A 500 for an unexpected error (503: nothing to serve with, such as a registry that does
+    not load), logged with its traceback under a request id, which the answer gives instead of
+    the error: it may hold what a client must not see."""
+    request_id = uuid.uuid4().hex
+    logger.exception("request %s failed, request id %s", request, request_id)
+    retry = (("retry-after", "5"),) if status == 503 else ()
+    error = "internal server error" if status == 500 else "service unavailable, retry later"
+    return Response(
+        status,
+        encode_json({"error": error, "request_id": request_id}),
+        (*JSON_HEADERS, ("x-request-id", request_id), *retry),
+    )
 
 
 def _error(status: int, message: str) -> Response:
@@ -727,18 +787,30 @@ def _on_demand_columns(
 
 
 def _mismatch(expected: Collection[str], given: Mapping[str, Any], what: str) -> str:
-    """What is missing from and extra in `given` against the `expected` names."""
+    """What is missing from and extra in `given` against the `expected` names (the first
+    few of each: a request's names are not echoed without bound)."""
     missing = [name for name in expected if name not in given]
     extra = [name for name in given if name not in expected]
-    problems = [f"missing {what} {missing}"] if missing else []
-    problems += [f"unexpected {'keys' if what == 'join keys' else what} {extra}"] if extra else []
+    problems = [f"missing {what} {_names(missing)}"] if missing else []
+    kind = "keys" if what == "join keys" else what
+    problems += [f"unexpected {kind} {_names(extra)}"] if extra else []
     return " and ".join(problems)
 
 
+def _names(names: list[str]) -> str:
+    shown = [_cut(name, 40) for name in names[:SHOWN_NAMES]]
+    more = f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else ""
+    return f"{shown}{more}"
+
+
 def _shown(value: Any) -> str:
-    """A request value as JSON, cut to 40 characters for an error message."""
-    shown = json.dumps(value)
-    return shown if len(shown) <= 40 else f"{shown[:37]}..."
+    """A request value as JSON, cut to 40 characters for an error message (a value nested
+    too deep to encode is named by its type)."""
+    try:
+        shown = orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return f"a {type(value).__name__} nested too deep to show"
+    return _cut(shown, 40)
 
 
 def _request_rows(plan: ServicePlan, data: Any, rows: int, batch: bool) -> list[dict[str, Any]]:
@@ -803,9 +875,13 @@ def _typed(value: Any, dtype: DType) -> Any:
             raise TypeError(value)
         return float32(value) if name == "Float32" else float(value)  # as the offline column
     if name == "Timestamp":
+        if type(value) is not str or not RFC3339.fullmatch(value):
+            raise ValueError(value)
         moment = datetime.fromisoformat(value)
         return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     if name == "Date":
+        if type(value) is not str or not DATE.fullmatch(value):
+            raise ValueError(value)
         return date.fromisoformat(value)
     if type(value) is not {"String": str, "Bool": bool}[name]:
         raise TypeError(value)

@@ -31,7 +31,7 @@ from typing import Any
 from featureplane.errors import RegistryCorrupt
 from featureplane.registry import load_registry
 from featureplane.registry_store import RegistryStore, is_store_location
-from featureplane.serving import FeatureServer, Response, encode_json
+from featureplane.serving import FeatureServer, Response, encode_json, internal_error
 from featureplane.settings import registry_location, registry_refresh_seconds
 
 logger = logging.getLogger(__name__)
@@ -108,13 +108,20 @@ def _skip(version: int, corrupt: RegistryCorrupt) -> None:
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """Serve one API Gateway or function-URL proxy event."""
+    """Serve one API Gateway or function-URL proxy event. Nothing raises out of it: a bad
+    event is a 400, a registry that cannot be loaded a logged 503, anything else a logged 500
+    with a request id."""
     try:
-        method, path, body = parse_event(event)
+        method, path, body, content_type = parse_event(event)
     except ValueError as error:
         response = Response(400, encode_json({"error": str(error)}))
     else:
-        response = server().respond(method, path, body)
+        try:
+            feature_server = server()
+        except Exception:  # noqa: BLE001 - a corrupt or unreachable registry: logged, retried
+            response = internal_error(f"{method[:10]} {path[:100]}: the registry", status=503)
+        else:
+            response = feature_server.respond(method, path, body, content_type)
     return {
         "statusCode": response.status,
         "headers": dict(response.headers),
@@ -123,8 +130,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     }
 
 
-def parse_event(event: Any) -> tuple[str, str, bytes | str | None]:
-    """(method, path, body) of a v1 or v2 (HTTP API, function URL) proxy event.
+def parse_event(event: Any) -> tuple[str, str, bytes | str | None, str | None]:
+    """(method, path, body, content type) of a v1 or v2 (HTTP API, function URL) proxy event.
 
     A v2 path carries the stage unless it is `$default`; it is removed so routes match.
     """
@@ -146,9 +153,22 @@ def parse_event(event: Any) -> tuple[str, str, bytes | str | None]:
     body = event.get("body")
     if body is not None and not isinstance(body, str):
         raise ValueError("the event body is not a string")
-    if body and event.get("isBase64Encoded"):
+    encoded = event.get("isBase64Encoded", False)
+    if type(encoded) is not bool:
+        raise ValueError("isBase64Encoded must be true or false")
+    if body and encoded:
         try:
             body = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("the body is marked base64 but is not valid base64") from None
-    return method, path, body
+    return method, path, body, _content_type(event.get("headers"))
+
+
+def _content_type(headers: Any) -> str | None:
+    """The request's Content-Type header (names are case-insensitive), if it sent one."""
+    if not isinstance(headers, dict):
+        return None
+    for name, value in headers.items():
+        if isinstance(name, str) and name.lower() == "content-type" and isinstance(value, str):
+            return value
+    return None

@@ -33,6 +33,9 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)
         return
+    if scope["type"] == "websocket":  # closing before accepting answers the upgrade with 403
+        await send({"type": "websocket.close", "code": 1008})
+        return
     if scope["type"] != "http":
         return
     feature_server = server()
@@ -40,12 +43,21 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     body = await _read_body(scope, receive, limit)
     if body is None:
         response = Response(413, encode_json({"error": f"body is over {limit} bytes"}))
-    elif feature_server.registry.online_store.get("type", "sqlite") == "sqlite":
-        response = feature_server.respond(scope["method"], scope["path"], body)
     else:
-        response = await asyncio.get_running_loop().run_in_executor(
-            None, feature_server.respond, scope["method"], scope["path"], body
+        content_type = next(
+            (
+                value.decode("latin-1")
+                for name, value in scope["headers"]
+                if name == b"content-type"
+            ),
+            None,
         )
+        request = (scope["method"], scope["path"], body, content_type)
+        if feature_server.registry.online_store.get("type", "sqlite") == "sqlite":
+            response = feature_server.respond(*request)
+        else:
+            loop = asyncio.get_running_loop()
+            response = await loop.run_in_executor(None, feature_server.respond, *request)
     headers = [(name.encode(), value.encode()) for name, value in response.headers]
     headers.append((b"content-length", str(len(response.body)).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})

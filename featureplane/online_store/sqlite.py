@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from featureplane.online_store.item_store import ItemStore, StoredItem
+from featureplane.online_store.store import StoreUnavailable
 from featureplane.settings import online_store_path
 
 TABLE = "online_records"
@@ -96,11 +97,14 @@ class SQLiteOnlineStore(ItemStore):
     def _get(self, keys: Collection[str]) -> Mapping[str, StoredItem]:
         keys = list(keys)
         found: dict[str, StoredItem] = {}
-        with self._connection() as connection:
-            for start in range(0, len(keys), KEYS_PER_SELECT):
-                chunk = keys[start : start + KEYS_PER_SELECT]
-                query = f"{SELECT}({','.join('?' * len(chunk))})"
-                found |= {row[0]: row for row in connection.execute(query, chunk)}
+        try:
+            with self._connection() as connection:
+                for start in range(0, len(keys), KEYS_PER_SELECT):
+                    chunk = keys[start : start + KEYS_PER_SELECT]
+                    query = f"{SELECT}({','.join('?' * len(chunk))})"
+                    found |= {row[0]: row for row in connection.execute(query, chunk)}
+        except sqlite3.DatabaseError as error:  # damaged, missing table, locked past the timeout
+            raise StoreUnavailable(f"SQLite online store {self.path}: {error}") from error
         return found
 
     def _delete_prefixed(self, prefixes: Sequence[str]) -> list[int]:
