@@ -1,15 +1,20 @@
 """A small Python client of the feature server, over one kept-alive HTTP connection.
 
 Stdlib `http.client`, and orjson (a dependency of the handler) for the JSON both ways: it
-parses a 100-row response about three times faster than `json`. Reusing the connection saves
-a TCP handshake per call. A connection the server closed while idle is reopened once (every call is
-a read, safe to repeat). Not thread-safe: use one client per thread.
+parses a 100-row response about three times faster than `json`; a response with an integer
+beyond 64 bits, which orjson refuses, is read exactly by `json`. Reusing the connection saves
+a TCP handshake per call. A connection the server closed while idle is reopened once, and a
+429 or 503 is retried with backoff, waiting at least what its `Retry-After` asks (every call
+is a read, safe to repeat). A response over `max_response_bytes` or not in the server's format
+raises `MalformedResponse`. Not thread-safe: use one client per thread.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -26,6 +31,16 @@ class FeatureServerError(RuntimeError):
         self.message = message
 
 
+class MalformedResponse(RuntimeError):
+    """The server's answer is not a feature server's: not JSON, the wrong shape, or too big."""
+
+
+LONG_INTEGER = re.compile(rb"(?<![.\deE])\d{19,}")
+"""A run of digits that may be an integer beyond 64 bits (or one in a string: read exactly)."""
+RETRIED = (429, 503)
+"""Statuses that mean "later": throttled by the server, or its store."""
+
+
 def _error_message(text: bytes) -> str:
     """The server's `{"error": ...}` message, or the raw text of a non-JSON error."""
     try:
@@ -36,17 +51,38 @@ def _error_message(text: bytes) -> str:
 
 def by_feature(response: Mapping[str, Any]) -> list[dict[str, dict[str, Any]]]:
     """A features response as one result per entity row whose values, statuses, event times
-    and ages are mappings keyed by feature name (on the wire, one column per feature)."""
-    names, results = response["features"], response["results"]
-    fields = results[0].keys() if results else ()
-    rows = len(results[0]["values"]) if results else 0
-    return [
-        {
-            field: {name: result[field][row] for name, result in zip(names, results, strict=True)}
-            for field in fields
-        }
-        for row in range(rows)
-    ]
+    and ages are mappings keyed by feature name (on the wire, one column per feature);
+    MalformedResponse when it is not in that shape."""
+    try:
+        names, results = response["features"], response["results"]
+        fields = results[0].keys() if results else ()
+        rows = len(results[0]["values"]) if results else 0
+        return [
+            {
+                field: {
+                    name: result[field][row] for name, result in zip(names, results, strict=True)
+                }
+                for field in fields
+            }
+            for row in range(rows)
+        ]
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
+        raise MalformedResponse(f"not a features response: {type(error).__name__}") from error
+
+
+def _decoded(text: bytes) -> Any:
+    """A JSON response, its integers exact (orjson reads one beyond 64 bits as a float: a
+    response with a 19-digit run is read by `json`); MalformedResponse if it is not JSON."""
+    if not LONG_INTEGER.search(text):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # `json` says why, below
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as error:
+        shown = text[:60].decode(errors="replace")
+        raise MalformedResponse(f"the response is not JSON: {shown!r}") from error
 
 
 def _encoded(body: Any) -> bytes:
@@ -61,7 +97,18 @@ def _encoded(body: Any) -> bytes:
 class FeatureClient:
     """`FeatureClient("http://127.0.0.1:8000").get_features("ctr", {"user_id": 1, "ad_id": 7})`."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 10.0):
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.1,
+        max_response_bytes: int = 64 * 2**20,
+    ):
+        """`retries` of a 429 or 503, the first after `backoff` seconds (doubling, and never
+        sooner than the answer's Retry-After, of at most 30 s)."""
+        self.retries, self.backoff = retries, backoff
+        self.max_response_bytes = max_response_bytes
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"base_url must be http(s)://host[:port], got {base_url!r}")
@@ -128,19 +175,40 @@ class FeatureClient:
     def _request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         payload = None if body is None else _encoded(body)
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        for attempt in range(self.retries + 1):
+            status, retry_after, text = self._send(method, path, payload, headers)
+            if status not in RETRIED or attempt == self.retries:
+                break
+            time.sleep(min(30.0, max(self.backoff * 2**attempt, retry_after)))
+        if status >= 400:
+            raise FeatureServerError(status, _error_message(text))
+        decoded = _decoded(text)
+        if type(decoded) is not dict:
+            raise MalformedResponse(
+                f"the response is a JSON {type(decoded).__name__}, not an object"
+            )
+        return decoded
+
+    def _send(
+        self, method: str, path: str, payload: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, float, bytes]:
+        """(status, seconds its Retry-After asks, body) of one request; a connection the
+        server closed while idle is reopened once."""
         for attempt in (1, 2):
             try:
                 self._connection.request(method, self._prefix + path, payload, headers)
                 response = self._connection.getresponse()
-                text = response.read()
+                text = response.read(self.max_response_bytes + 1)
                 break
             except (http.client.RemoteDisconnected, ConnectionError, http.client.CannotSendRequest):
                 self._connection.close()
                 if attempt == 2:
                     raise
-        if response.status >= 400:
-            raise FeatureServerError(response.status, _error_message(text))
-        return orjson.loads(text)
+        if len(text) > self.max_response_bytes:
+            self._connection.close()  # the rest is unread: this connection cannot be reused
+            raise MalformedResponse(f"the response is over {self.max_response_bytes} bytes")
+        wait = response.getheader("retry-after", "0")
+        return response.status, float(wait) if wait.isdigit() else 0.0, text
 
     def close(self) -> None:
         self._connection.close()
