@@ -297,7 +297,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     the version out: at once when nothing needs recomputing, else through the control plane
     (the code location reloads; its rollout sensor backfills, then serves the version)."""
     from featureplane.online_store import open_store
-    from featureplane.rollout import cut_over, work
+    from featureplane.rollout import cut_over, rolled_out, work
 
     repository, plan, desired, store = _checked_plan(args)
     print(plan.text())
@@ -308,7 +308,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return 1
     if not _confirmed(args.yes):
         return 1
-    serving = store.serving()
+    serving = rolled_out(store, store.latest())  # what the rollout sensor compares with
     applied = store.apply(desired, plan.applied_version, plan.change_list())
     print(f"Applied registry version {applied.version} to {store.location}.")
     with closing(open_store(desired["online_store"])) as online:
@@ -357,7 +357,8 @@ def _rollout_lines(version: int) -> tuple[list[str], str]:
     from featureplane.dagster.lifecycle import applied_backfill, outcome, progress, project_instance
     from featureplane.rollout import rolled_out
 
-    serving = rolled_out(_store())
+    store = _store()
+    serving = rolled_out(store, store.latest())
     if serving is not None and serving.version >= version:
         return [f"registry version {serving.version} serves"], "serves"
     with project_instance() as instance:

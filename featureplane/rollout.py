@@ -71,12 +71,13 @@ def cut_over(store: RegistryStore, version: int) -> None:
         write_registry(store.serving().registry, location)
 
 
-def rolled_out(store: RegistryStore) -> AppliedRegistry | None:
-    """The version last cut over to, whose data is in place. A store that never cut over
-    serves its latest version: a first version still to roll out (None: everything is work),
-    or a store older than cut-overs, whose latest version was rolled out when applied."""
+def rolled_out(store: RegistryStore, latest: AppliedRegistry | None) -> AppliedRegistry | None:
+    """The version last cut over to, whose data is in place, given the store's `latest`. A
+    store that never cut over serves its latest version: a first version still to roll out
+    (None: everything is work), or a store older than cut-overs, rolled out when applied."""
     in_force = store.cut_over_in_force()
     if in_force is not None:
-        return store.get(in_force.serving)
-    latest = store.latest()
+        return (
+            latest if latest and latest.version == in_force.serving else store.get(in_force.serving)
+        )
     return latest if latest is not None and latest.meta["parent"] is not None else None

@@ -61,7 +61,6 @@ import logging
 import math
 import os
 import re
-import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
@@ -632,7 +631,7 @@ def internal_error(request: str, status: int = 500) -> Response:
     """A 500 for an unexpected error (503: nothing to serve with, such as a registry that does
     not load), logged with its traceback under a request id, which the answer gives instead of
     the error: it may hold what a client must not see."""
-    request_id = uuid.uuid4().hex
+    request_id = os.urandom(16).hex()
     logger.exception("request %s failed, request id %s", request, request_id)
     retry = (("retry-after", "5"),) if status == 503 else ()
     error = "internal server error" if status == 500 else "service unavailable, retry later"

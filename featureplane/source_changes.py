@@ -35,16 +35,17 @@ class Changes:
     unknown: str | None = None
 
 
-def table_version(uri: str) -> int:
-    return DeltaTable(uri).version()
-
-
 def changes_since(
-    uri: str, after: int, timestamp_field: str, origin: datetime, grain: timedelta
+    uri: str,
+    after: int,
+    timestamp_field: str,
+    origin: datetime,
+    grain: timedelta,
+    until: int | None = None,
 ) -> Changes:
     """The buckets `[origin + k * grain, +grain)` holding rows added or removed by the commits
-    after version `after` (up to the table's version now)."""
-    version = table_version(uri)
+    after version `after` up to `until` (default: the table's version now)."""
+    version = DeltaTable(uri).version() if until is None else until
     filesystem, root = pafs.FileSystem.from_uri(uri)
     files: set[str] = set()
     for commit in range(after + 1, version + 1):

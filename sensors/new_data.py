@@ -44,13 +44,18 @@ from featureplane.source_changes import changes_since
 
 
 def _changed_keys(
-    source: BatchSource, partitions: TimeWindowPartitionsDefinition, after: int, landed: list[str]
+    source: BatchSource,
+    partitions: TimeWindowPartitionsDefinition,
+    after: int,
+    until: int,
+    landed: list[str],
 ) -> tuple[list[str], int, str | None]:
-    """(the landed windows the commits after version `after` changed, their rows, why they
-    cannot be known): unknown changes count every landed window as changed."""
+    """(the landed windows the commits after version `after` up to `until` changed, their
+    rows, why they cannot be known): unknown changes count every landed window as changed."""
     first = partitions.time_window_for_partition_key(partitions.get_first_partition_key())
     grain = first.end - first.start
-    changes = changes_since(source.uri, after, source.timestamp_field, first.start, grain)
+    field = source.timestamp_field
+    changes = changes_since(source.uri, after, field, first.start, grain, until=until)
     if changes.unknown:
         return landed, changes.rows, changes.unknown
     changed = {start.strftime(partitions.fmt) for start in changes.buckets}
@@ -73,35 +78,33 @@ def new_data_sensor(source: BatchSource, partitions: TimeWindowPartitionsDefinit
             return SkipReason(f"{source.name}: no Delta table at {source.uri}")
         version, latest = state
         now = datetime.now(UTC)
-        metadata = source_metadata(version, latest, landed_through(source, latest, now))
+        landed = landed_through(source, latest, now)
+        cursor = json.dumps({"version": version, "landed": landed.isoformat() if landed else None})
         if context.cursor is None:  # first tick: every landed window not reported yet
             events = unreported_landed(
                 context.instance, key, source, partitions, version, latest, now
             )
-            return SensorResult(asset_events=events, cursor=_cursor(version, source, latest, now))
+            return SensorResult(asset_events=events, cursor=cursor)
         seen = json.loads(context.cursor)
         before = landed_keys(partitions, _moment(seen["landed"]))
-        now_landed = landed_keys(partitions, landed_through(source, latest, now))
-        new = [k for k in now_landed if k not in set(before)]
+        reported = set(before)
+        new = [k for k in landed_keys(partitions, landed) if k not in reported]
+        metadata = source_metadata(version, latest, landed)
         changed, rows, unknown = [], 0, None
         if version > seen["version"]:
-            changed, rows, unknown = _changed_keys(source, partitions, seen["version"], before)
+            changed, rows, unknown = _changed_keys(
+                source, partitions, seen["version"], version, before
+            )
         if unknown:
             context.log.warning(f"{source.name}: {unknown}: every landed window counts as changed")
         events = landing_events(key, new, "landed", metadata) + landing_events(
             key, changed, "late or changed rows", {**metadata, "changed_rows": rows}
         )
-        cursor = _cursor(version, source, latest, now)
         if not events:
             return SensorResult(skip_reason=f"{source.name}: nothing new", cursor=cursor)
         return SensorResult(asset_events=events, cursor=cursor)
 
     return watch
-
-
-def _cursor(version: int, source: BatchSource, latest: datetime | None, now: datetime) -> str:
-    landed = landed_through(source, latest, now)
-    return json.dumps({"version": version, "landed": landed.isoformat() if landed else None})
 
 
 def _moment(text: str | None) -> datetime | None:

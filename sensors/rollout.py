@@ -56,7 +56,8 @@ def definitions(repository: Repository) -> Definitions:
         if state["deletions"]:
             state["deletions"] = _delete_due(context, store, state["deletions"], now)
         cursor = json.dumps(state)
-        latest, serving = store.latest(), rolled_out(store)
+        latest = store.latest()
+        serving = rolled_out(store, latest)
         if latest is None:
             return SensorResult(skip_reason="nothing applied yet", cursor=cursor)
         if serving is not None and serving.version == latest.version:

@@ -31,7 +31,6 @@ from featureplane.feature_view import FeatureView, schedule_cron
 from featureplane.quality.completeness import landed_through, table_reach
 from featureplane.repository import Repository
 from featureplane.source import BatchSource
-from featureplane.source_changes import table_version
 
 
 def _changed_upstream() -> AutomationCondition:
@@ -114,7 +113,8 @@ def source_state(source: BatchSource) -> tuple[int, datetime | None] | None:
     (yet) or the source is a catalog table, which only a Spark session can read."""
     if source.uri is None or not DeltaTable.is_deltatable(source.uri):
         return None
-    return table_version(source.uri), table_reach(source.uri, source.timestamp_field)
+    table = DeltaTable(source.uri)  # loaded once: its version and its latest event agree
+    return table.version(), table_reach(table, source.timestamp_field)
 
 
 def report_landed(instance: DagsterInstance, repository: Repository, now: datetime) -> int:

@@ -29,10 +29,9 @@ class SourceNotReady(RuntimeError):
     """A source has not landed the window yet: nothing was written; rerun once it has."""
 
 
-def table_reach(uri: str, timestamp_field: str) -> datetime | None:
+def table_reach(table: DeltaTable, timestamp_field: str) -> datetime | None:
     """The latest event time of a Delta table without Spark: the log's file statistics, else
     the files' event-time column (None when it holds no event)."""
-    table = DeltaTable(uri)
     actions = pa.table(table.get_add_actions(flatten=True))
     column = f"max.{timestamp_field}"
     if column in actions.schema.names and actions.num_rows:
@@ -49,7 +48,7 @@ def table_reach(uri: str, timestamp_field: str) -> datetime | None:
 def reach(spark: SparkSession, source: BatchSource) -> datetime | None:
     """The source's latest event time, None when it holds no event."""
     if source.uri is not None and DeltaTable.is_deltatable(source.uri):
-        return table_reach(source.uri, source.timestamp_field)
+        return table_reach(DeltaTable(source.uri), source.timestamp_field)
     micros = F.max(F.unix_micros(F.col(source.timestamp_field)))
     return utc_from_micros(read_source(spark, source).agg(micros).collect()[0][0])
 
