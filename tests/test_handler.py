@@ -17,7 +17,8 @@ from featureplane import Array, FeatureService, Float32, Repository
 from featureplane.aggregation import aggregate, floor_time
 from featureplane.online_store import StoreThrottled
 from featureplane.registry import build_registry, load_registry, write_registry
-from featureplane.serving import FeatureServer, _typed, encode_json
+from featureplane.serving import FeatureServer, encode_json
+from featureplane.serving.request import typed as _typed
 from online.client import by_feature
 from online.handler import handler
 from tests import serving_repo

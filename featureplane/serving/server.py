@@ -1,0 +1,272 @@
+"""The feature server: routes a request, checks it and serves it from the online store.
+
+Everything that does not depend on the request is computed once per service when the server
+is built (key checks, view keys, output names, aggregation windows). A request reads all its
+rows and views from the store in one `read_items` and computes view by view, a column at a
+time: the features of a view share one list of statuses, event times and ages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from featureplane.errors import OnDemandFeatureViewError
+from featureplane.online_store import EntityKeyError, StoreThrottled, StoreUnavailable, open_store
+from featureplane.online_store.encoding import (
+    entity_texts,
+    prefixed_keys,
+)
+from featureplane.online_store.store import OnlineStore
+from featureplane.registry import ServingRegistry
+from featureplane.serving.columns import response_columns
+from featureplane.serving.plans import ServicePlan, service_plan
+from featureplane.serving.request import (
+    Limits,
+    RequestError,
+    allow_method,
+    entity_rows,
+    is_json,
+    parse_body,
+    request_rows,
+    row_key_parts,
+)
+from featureplane.serving.responses import (
+    JSON_HEADERS,
+    SHOWN_PATH,
+    Response,
+    cut,
+    encode_json,
+    error_response,
+    internal_error,
+)
+
+HEALTH_PROBE = "_health#probe"
+"""A key no record has: `/health` reads it, so the store must answer for health to be ok."""
+
+logger = logging.getLogger(__name__)
+SUBSET_CACHE = 256
+"""Feature subsets whose plans are kept per service (requests usually repeat a few)."""
+REQUEST_FIELDS = frozenset({"entities", "request_data", "features"})
+
+
+def clock_from_env() -> Callable[[], datetime]:
+    """The serving clock: real time, or the fixed moment `$FEATUREPLANE_AS_OF` (ISO 8601, UTC
+    unless it says otherwise), which lets demos and benchmarks serve historical data that would
+    be expired or out of every window by now. It sets the request time only: the store's
+    records are the latest, so a row written after that moment is served, with a negative age."""
+    text = os.environ.get("FEATUREPLANE_AS_OF")
+    if not text:
+        return lambda: datetime.now(UTC)
+    moment = datetime.fromisoformat(text)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return lambda: moment
+
+
+class FeatureServer:
+    """Serves a registry's feature services from an online store; see the module docstring.
+
+    `clock` gives the request time (UTC), which decides expiry, ages and aggregation windows
+    (default: `clock_from_env`).
+    """
+
+    def __init__(
+        self,
+        registry: ServingRegistry,
+        store: OnlineStore | None = None,
+        limits: Limits | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ):
+        self.registry = registry
+        self.store = store if store is not None else _open(registry.online_store)
+        self.limits = limits or Limits.from_env()
+        self.clock = clock or clock_from_env()
+        self.plans = {
+            name: service_plan(service, registry) for name, service in registry.services.items()
+        }
+        self._subsets: dict[tuple[str, tuple[str, ...]], ServicePlan] = {}
+        self._listing = {"feature_services": [self._describe(name) for name in sorted(self.plans)]}
+        self._health = {
+            "status": "ok",
+            "registry_format": registry.format,
+            "feature_services": len(self.plans),
+        }
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ---- HTTP-shaped entry point ---------------------------------------------------------------
+
+    def respond(
+        self,
+        method: str,
+        path: str,
+        body: bytes | str | None,
+        content_type: str | None = None,
+    ) -> Response:
+        """The response to one HTTP request; client errors become 4xx, a store that does not
+        answer 503, anything unexpected a logged 500 with a request id (never an exception).
+        A body sent with a `content_type` other than JSON is refused (415): browsers send
+        cross-origin `text/plain` posts without asking."""
+        try:
+            if body and content_type and not is_json(content_type):
+                raise RequestError(
+                    415, f"send the body as application/json, not {content_type[:60]!r}"
+                )
+            payload = self._route(method.upper(), path, body)
+        except RequestError as error:
+            return error_response(error.status, str(error))
+        except EntityKeyError as error:
+            return error_response(400, str(error))
+        except OnDemandFeatureViewError as error:
+            return error_response(422, f"cannot compute the request's on-demand features: {error}")
+        except StoreThrottled as error:  # StoreUnavailable too: no answer, or no connection
+            state = "unavailable" if isinstance(error, StoreUnavailable) else "throttled"
+            return Response(
+                503,
+                encode_json({"error": f"online store {state}, retry later: {error}"}),
+                (*JSON_HEADERS, ("retry-after", "1")),
+            )
+        except Exception:  # noqa: BLE001 - a server error is logged and answered, never raised
+            return internal_error(f"{method[:10]} {path[:SHOWN_PATH]}")
+        return Response(200, encode_json(payload))
+
+    def _route(self, method: str, path: str, body: bytes | str | None) -> dict[str, Any]:
+        parts = path.strip("/").split("/")
+        if parts == ["health"]:
+            allow_method(method, "GET", path)
+            self.store.read_items([HEALTH_PROBE])  # raises when the store does not answer
+            return self._health
+        if parts[:2] != ["v1", "feature-services"]:
+            raise RequestError(404, f"no route {cut(path)!r}")
+        if len(parts) == 2:
+            allow_method(method, "GET", path)
+            return self._listing
+        if len(parts) == 4 and parts[3] in ("get-features", "get-features-batch"):
+            allow_method(method, "POST", path)
+            request = parse_body(body, self.limits)
+            return self._serve(parts[2], request, batch=parts[3] == "get-features-batch")
+        raise RequestError(404, f"no route {cut(path)!r}")
+
+    # ---- programmatic entry point ---------------------------------------------------------------
+
+    def get_features(
+        self,
+        service: str,
+        entities: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        request_data: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        features: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """The response for one entity row (a mapping) or a batch (a list of mappings), whose
+        lists are the caller's to change (a response to encode shares them within a view).
+        `request_data`: one mapping for every row, or in a batch a list of one per row."""
+        batch = not isinstance(entities, Mapping)
+        request: dict[str, Any] = {
+            "entities": [dict(row) for row in entities] if batch else dict(entities)
+        }
+        if request_data is not None:
+            request["request_data"] = (
+                dict(request_data)
+                if isinstance(request_data, Mapping)
+                else [dict(row) for row in request_data]
+            )
+        if features is not None:
+            request["features"] = list(features)
+        response = self._serve(service, request, batch)
+        response["results"] = [
+            {field: list(column) for field, column in result.items()}
+            for result in response["results"]
+        ]
+        return response
+
+    # ---- serving --------------------------------------------------------------------------------
+
+    def _serve(self, name: str, request: dict[str, Any], batch: bool) -> dict[str, Any]:
+        plan = self.plans.get(name)
+        if plan is None:
+            known = ", ".join(sorted(self.plans)) or "none"
+            raise RequestError(404, f"no feature service {name!r} (known: {known})")
+        unexpected = request.keys() - REQUEST_FIELDS
+        if unexpected:
+            raise RequestError(
+                400,
+                f"unexpected fields {sorted(unexpected)}; a request has "
+                "'entities', optionally 'request_data' and 'features'",
+            )
+        if "features" in request:
+            plan = self._subset(plan, request["features"])
+        rows = entity_rows(request.get("entities"), batch, self.limits)
+        keys = [
+            row_key_parts(plan, row, index if batch else None) for index, row in enumerate(rows)
+        ]
+        inputs = request_rows(plan, request.get("request_data"), len(rows), batch)
+        now = self.clock()
+        texts: dict[tuple[int, ...], list[str]] = {}  # per join keys, shared by their views
+        item_keys: list[str] = []
+        for view in plan.views:
+            if view.view.online:
+                at = view.key_positions
+                if at not in texts:
+                    texts[at] = entity_texts([[k[i] for i in at] for k in keys])
+                item_keys += prefixed_keys(view.prefix, texts[at])
+        items = self.store.read_items(item_keys) if item_keys else []
+        return {
+            "service": plan.name,
+            "features": list(plan.outputs),
+            "results": response_columns(plan, items, inputs, now),
+            "metadata": {"served_at": now.isoformat(), "feature_versions": plan.versions},
+        }
+
+    def _subset(self, plan: ServicePlan, features: Any) -> ServicePlan:
+        if type(features) is not list or not features:
+            raise RequestError(400, "'features' must be a non-empty JSON array of feature names")
+        wanted = tuple(features)
+        if not all(type(f) is str for f in wanted):
+            raise RequestError(400, "'features' must be a JSON array of feature names (strings)")
+        cached = self._subsets.get((plan.name, wanted))
+        if cached is not None:
+            return cached
+        unknown = [f for f in wanted if f not in plan.outputs]
+        if unknown:
+            raise RequestError(
+                400,
+                f"unknown features {unknown[:10]} for service {plan.name!r} "
+                f"(features: {', '.join(plan.outputs)})",
+            )
+        if len(set(wanted)) != len(wanted):
+            raise RequestError(400, "'features' names a feature twice")
+        service = self.registry.services[plan.name]
+        subset = service_plan(service, self.registry, wanted)
+        if len(self._subsets) < SUBSET_CACHE:
+            self._subsets[(plan.name, wanted)] = subset
+        return subset
+
+    def _describe(self, name: str) -> dict[str, Any]:
+        service, plan = self.registry.services[name], self.plans[name]
+        return {
+            "name": name,
+            "description": service.description,
+            "owner": service.owner,
+            "tags": dict(service.tags),
+            "join_keys": [
+                {"name": key, "type": dtype}
+                for key, dtype in zip(plan.join_keys, plan.key_types, strict=True)
+            ],
+            "request_data": [
+                {"name": field.name, "type": field.dtype.name}
+                for field in plan.request_fields.values()
+            ],
+            "features": list(plan.outputs),
+        }
+
+
+def _open(settings: Mapping[str, Any]) -> OnlineStore:
+    """The store of the settings; an embedded SQLite file gets its table (a DynamoDB table is
+    provisioned, not created by a Lambda cold start)."""
+    store = open_store(settings)
+    if settings.get("type", "sqlite") == "sqlite":
+        store.ensure_table()
+    return store
