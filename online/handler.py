@@ -112,7 +112,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     event is a 400, a registry that cannot be loaded a logged 503, anything else a logged 500
     with a request id."""
     try:
-        method, path, body, content_type = parse_event(event)
+        method, path, body, headers = parse_event(event)
     except ValueError as error:
         response = Response(400, encode_json({"error": str(error)}))
     else:
@@ -121,7 +121,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - a corrupt or unreachable registry: logged, retried
             response = internal_error(f"{method[:10]} {path[:100]}: the registry", status=503)
         else:
-            response = feature_server.respond(method, path, body, content_type)
+            response = feature_server.respond(method, path, body, headers)
     return {
         "statusCode": response.status,
         "headers": dict(response.headers),
@@ -130,8 +130,9 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     }
 
 
-def parse_event(event: Any) -> tuple[str, str, bytes | str | None, str | None]:
-    """(method, path, body, content type) of a v1 or v2 (HTTP API, function URL) proxy event.
+def parse_event(event: Any) -> tuple[str, str, bytes | str | None, dict[str, str]]:
+    """(method, path, body, headers by lower-case name) of a v1 or v2 (HTTP API, function
+    URL) proxy event.
 
     A v2 path carries the stage unless it is `$default`; it is removed so routes match.
     """
@@ -161,14 +162,15 @@ def parse_event(event: Any) -> tuple[str, str, bytes | str | None, str | None]:
             body = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("the body is marked base64 but is not valid base64") from None
-    return method, path, body, _content_type(event.get("headers"))
+    return method, path, body, _headers(event.get("headers"))
 
 
-def _content_type(headers: Any) -> str | None:
-    """The request's Content-Type header (names are case-insensitive), if it sent one."""
+def _headers(headers: Any) -> dict[str, str]:
+    """The event's headers by lower-case name (names are case-insensitive); others dropped."""
     if not isinstance(headers, dict):
-        return None
-    for name, value in headers.items():
-        if isinstance(name, str) and name.lower() == "content-type" and isinstance(value, str):
-            return value
-    return None
+        return {}
+    return {
+        name.lower(): value
+        for name, value in headers.items()
+        if isinstance(name, str) and isinstance(value, str)
+    }

@@ -44,15 +44,10 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     if body is None:
         response = Response(413, encode_json({"error": f"body is over {limit} bytes"}))
     else:
-        content_type = next(
-            (
-                value.decode("latin-1")
-                for name, value in scope["headers"]
-                if name == b"content-type"
-            ),
-            None,
-        )
-        request = (scope["method"], scope["path"], body, content_type)
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+        }
+        request = (scope["method"], scope["path"], body, headers)
         if feature_server.registry.online_store.get("type", "sqlite") == "sqlite":
             response = feature_server.respond(*request)
         else:

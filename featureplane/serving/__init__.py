@@ -1,7 +1,7 @@
 """Online feature serving over a registry and an online store: the one dispatch behind the
 Lambda handler, the local HTTP server and `FeatureStore.get_online_features`.
 
-Routes (`FeatureServer.respond(method, path, body)`):
+Routes (`FeatureServer.respond(method, path, body, headers)`):
 - `GET /health` → `{"status": "ok", "registry_format": 1, "feature_services": 2}`
 - `GET /v1/feature-services` → `{"feature_services": [{"name", "description", "owner", "tags",
   "join_keys": [{"name", "type"}], "request_data": [{"name", "type"}], "features": [...]}]}`

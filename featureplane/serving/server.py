@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,6 +67,18 @@ def clock_from_env() -> Callable[[], datetime]:
     return lambda: moment
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """A serving request that passed the door: what `finish` computes. Plain data, so that a
+    worker process can compute it."""
+
+    path: str
+    served: tuple[str, dict[str, Any], bool]
+    """The service's name, the request object, whether it is a batch."""
+    rows: int
+    """Entity rows asked for: the request's cost."""
+
+
 class FeatureServer:
     """Serves a registry's feature services from an online store; see the module docstring.
 
@@ -105,18 +118,43 @@ class FeatureServer:
         method: str,
         path: str,
         body: bytes | str | None,
-        content_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Response:
-        """The response to one HTTP request; client errors become 4xx, a store that does not
-        answer 503, anything unexpected a logged 500 with a request id (never an exception).
-        A body sent with a `content_type` other than JSON is refused (415): browsers send
-        cross-origin `text/plain` posts without asking."""
+        """The response to one HTTP request (`headers` by lower-case name): `admit`, then
+        `finish`. Client errors become 4xx, a store that does not answer 503, anything
+        unexpected a logged 500 with a request id (never an exception)."""
+        admitted = self.admit(method, path, body, headers)
+        return admitted if isinstance(admitted, Response) else self.finish(admitted)
+
+    def admit(
+        self,
+        method: str,
+        path: str,
+        body: bytes | str | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Admitted | Response:
+        """What is decided at the door, cheaply: the route, the body's parse and the request's
+        size. A serving request comes back `Admitted`, for `finish` (here or in a worker
+        process); every other request is answered here. A body sent with a content type
+        other than JSON is refused (415): browsers send cross-origin `text/plain` posts
+        without asking."""
+        content_type = (headers or {}).get("content-type")
+        return self._guarded(
+            method, path, lambda: self._route(method.upper(), path, body, content_type)
+        )
+
+    def finish(self, admitted: Admitted) -> Response:
+        """The response to an admitted serving request."""
+        return self._guarded(
+            "POST",
+            admitted.path,
+            lambda: Response(200, encode_json(self._serve(*admitted.served))),
+        )
+
+    def _guarded(self, method: str, path: str, answer: Callable[[], Any]) -> Any:
+        """`answer()`, or the error response of what it raised."""
         try:
-            if body and content_type and not is_json(content_type):
-                raise RequestError(
-                    415, f"send the body as application/json, not {content_type[:60]!r}"
-                )
-            payload = self._route(method.upper(), path, body)
+            return answer()
         except RequestError as error:
             return error_response(error.status, str(error))
         except EntityKeyError as error:
@@ -132,23 +170,31 @@ class FeatureServer:
             )
         except Exception:  # noqa: BLE001 - a server error is logged and answered, never raised
             return internal_error(f"{method[:10]} {path[:SHOWN_PATH]}")
-        return Response(200, encode_json(payload))
 
-    def _route(self, method: str, path: str, body: bytes | str | None) -> dict[str, Any]:
+    def _route(
+        self, method: str, path: str, body: bytes | str | None, content_type: str | None
+    ) -> Admitted | Response:
         parts = path.strip("/").split("/")
         if parts == ["health"]:
             allow_method(method, "GET", path)
             self.store.read_items([HEALTH_PROBE])  # raises when the store does not answer
-            return self._health
+            return Response(200, encode_json(self._health))
         if parts[:2] != ["v1", "feature-services"]:
             raise RequestError(404, f"no route {cut(path)!r}")
         if len(parts) == 2:
             allow_method(method, "GET", path)
-            return self._listing
+            return Response(200, encode_json(self._listing))
         if len(parts) == 4 and parts[3] in ("get-features", "get-features-batch"):
             allow_method(method, "POST", path)
+            if body and content_type and not is_json(content_type):
+                raise RequestError(
+                    415, f"send the body as application/json, not {content_type[:60]!r}"
+                )
             request = parse_body(body, self.limits)
-            return self._serve(parts[2], request, batch=parts[3] == "get-features-batch")
+            batch = parts[3] == "get-features-batch"
+            entities = request.get("entities")
+            rows = len(entities) if batch and type(entities) is list else 1
+            return Admitted(path=path, served=(parts[2], request, batch), rows=rows)
         raise RequestError(404, f"no route {cut(path)!r}")
 
     # ---- programmatic entry point ---------------------------------------------------------------
