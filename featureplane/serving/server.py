@@ -77,6 +77,8 @@ class Admitted:
     """The service's name, the request object, whether it is a batch."""
     rows: int
     """Entity rows asked for: the request's cost."""
+    principal: str | None = None
+    """Who asks: the authenticated principal's name (None while authentication is off)."""
 
 
 class FeatureServer:
