@@ -6,6 +6,7 @@ Spark-backed `FeatureStore` is imported on first use.
 
 from typing import Any
 
+from featureplane.access import AccessPolicy
 from featureplane.aggregation import Aggregation, approx_count_distinct, last_n
 from featureplane.entity import Entity
 from featureplane.errors import (
@@ -38,6 +39,7 @@ from featureplane.types import (
 )
 
 __all__ = [
+    "AccessPolicy",
     "Aggregation",
     "Array",
     "BatchSource",

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from featureplane.access import Principals
     from featureplane.feature_view import FeatureView
     from featureplane.repository import Repository
     from featureplane.synthetic import DemoScale
@@ -164,13 +165,15 @@ def _print_served_vector(
     from online.client import FeatureClient
     from online.server import serving_process
 
-    registry = build_registry(Repository.load(DEFAULT_REPOSITORY), online_store_settings())
+    key, principals = _demo_key()
+    repository = Repository.load(DEFAULT_REPOSITORY)
+    registry = build_registry(repository, online_store_settings(), principals)
     path = write_registry(registry, registry_path())
     env = {"FEATUREPLANE_AS_OF": as_of.isoformat()} if as_of else None
     asked = as_of or datetime.now(UTC)
     with (
         serving_process(path, env=env, timeout=timeout) as url,
-        FeatureClient(url, timeout) as client,
+        FeatureClient(url, timeout, api_key=key) as client,
     ):
         [spec] = [s for s in client.services() if s["name"] == service]
         entities = {key["name"]: int(row[key["name"]]) for key in spec["join_keys"]}
@@ -185,6 +188,34 @@ def _print_served_vector(
         shown = f"{value:.4g}" if isinstance(value, float) else repr(value)
         age_text = "" if age is None else f"age {age / 3600:,.1f} h"
         print(f"  {feature:<{width}}  {shown:>12}  {result['status'][feature]:<8} {age_text}")
+
+
+DEMO_CLIENT = "demo-client"
+
+
+def _demo_key() -> tuple[str, Principals]:
+    """A fresh API key of the demo's principal (made on the first run), also written to
+    `<data dir>/demo-client.key` (readable by its owner only) for clients started by hand,
+    and the principals in force with it."""
+    from featureplane.access.admin import change_keys
+    from featureplane.settings import data_dir
+
+    def edit(principals):
+        now = datetime.now(UTC)
+        if DEMO_CLIENT in principals.by_name:
+            changed, key = principals.rotate(DEMO_CLIENT, now, timedelta(0))
+        else:
+            changed, key = principals.create(DEMO_CLIENT, now, groups=["demo"])
+        return changed, key, f"key {changed.by_name[DEMO_CLIENT].keys[-1].id} of {DEMO_CLIENT} made"
+
+    change, key = change_keys(_store(), edit)
+    path = data_dir() / f"{DEMO_CLIENT}.key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(f"{key}\n")
+    return key, change.principals  # type: ignore[return-value]
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
@@ -296,6 +327,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     """Plan, confirm, write the next registry version, provision the online store, and roll
     the version out: at once when nothing needs recomputing, else through the control plane
     (the code location reloads; its rollout sensor backfills, then serves the version)."""
+    from featureplane.access.admin import acting_principal
     from featureplane.online_store import open_store
     from featureplane.rollout import cut_over, rolled_out, work
 
@@ -306,10 +338,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if plan.breaking and not args.allow_breaking:
         print("error: the plan breaks consumers; apply it with --allow-breaking", file=sys.stderr)
         return 1
+    by = acting_principal(store, os.environ.get("FEATUREPLANE_API_KEY"))
     if not _confirmed(args.yes):
         return 1
     serving = rolled_out(store, store.latest())  # what the rollout sensor compares with
-    applied = store.apply(desired, plan.applied_version, plan.change_list())
+    applied = store.apply(desired, plan.applied_version, plan.change_list(), applied_by=by)
     print(f"Applied registry version {applied.version} to {store.location}.")
     with closing(open_store(desired["online_store"])) as online:
         online.ensure_table()
@@ -318,7 +351,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if args.no_backfill or not needed:
         if needed:
             print(f"Not recomputing {', '.join(needed.names())} (--no-backfill).")
-        cut_over(store, applied.version)
+        cut_over(store, applied.version, by)
         print(f"Registry version {applied.version} serves.")
         return 0
     print(
@@ -459,29 +492,75 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    """The versions, oldest first; a corrupt one is a line in place and its one-line error
-    at the end (exit 1), so the readable history is still shown."""
+    """The versions, oldest first, then the access changes; a corrupt version is a line in
+    place and its one-line error at the end (exit 1), so the readable history is still
+    shown."""
+    from featureplane.access.admin import history_lines
     from featureplane.catalog import history, serving_line
 
     store = _store()
-    if not store.versions():
+    access = history_lines(store, args.name)
+    if not store.versions() and not access:
         print("error: nothing applied yet; run `featureplane apply` first", file=sys.stderr)
         return 1
-    entries = history(store, args.name)
-    if not entries:
-        print(f"error: no applied version changed {args.name!r}", file=sys.stderr)
+    entries = history(store, args.name) if store.versions() else []
+    if not entries and not access:
+        print(f"error: no applied version or access change named {args.name!r}", file=sys.stderr)
         return 1
     for entry in entries:
         print("\n".join(entry.lines()))
-    print(serving_line(store))
+    if store.versions():
+        print(serving_line(store))
+    for lines in access:
+        print(lines)
     unreadable = [entry.corrupt for entry in entries if entry.corrupt]
     for corrupt in unreadable:
         print(f"error: {type(corrupt).__name__}: {corrupt}", file=sys.stderr)
     return 1 if unreadable else 0
 
 
+def cmd_access(args: argparse.Namespace) -> int:
+    """`featureplane access create|list|rotate|revoke`: a change is a new access document of
+    the registry store, which servers following it take up on their next look."""
+    from featureplane.access.admin import acting_principal, change_keys, listing
+    from featureplane.durations import in_words
+    from featureplane.rollout import write_serving_file
+
+    store = _store()
+    if args.action == "list":
+        print("\n".join(listing(store)))
+        return 0
+    by = acting_principal(store, os.environ.get("FEATUREPLANE_API_KEY"))
+    now = datetime.now(UTC)
+
+    def edit(principals):
+        if args.action == "create":
+            kind = "user" if args.user else "service_account"
+            limits = (args.requests_per_second, args.rows_per_second)
+            changed, key = principals.create(
+                args.name, now, kind, args.group, args.identity, *limits
+            )
+            first = changed.by_name[args.name].keys[-1].id
+            return changed, key, f"principal {args.name} created with key {first}"
+        if args.action == "rotate":
+            changed, key = principals.rotate(args.name, now, args.grace)
+            new = changed.by_name[args.name].keys[-1].id
+            ends = in_words(args.grace) if args.grace else "now"
+            return changed, key, f"key {new} of {args.name} made; its other keys end in {ends}"
+        keys = f"key {args.key}" if args.key else "every key"
+        return principals.revoke(args.name, now, args.key), None, f"{keys} of {args.name} revoked"
+
+    change, key = change_keys(store, edit, by)
+    write_serving_file(store)
+    print(f"{change.meta['change']} (access change {change.number} at {store.location}).")
+    if key:
+        print(f"API key (shown only now; servers take it up within their refresh):\n{key}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from featureplane.registry_store import is_store_location
+    from featureplane.serving.server import AUTH_OFF
     from featureplane.settings import registry_location
 
     registry = args.registry or registry_location()
@@ -492,6 +571,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.as_of:
         os.environ["FEATUREPLANE_AS_OF"] = args.as_of
+    if args.no_auth:
+        os.environ["FEATUREPLANE_NO_AUTH"] = "1"
+        print(f"WARNING: {AUTH_OFF}", file=sys.stderr)
     serve(registry, args.host, args.port, args.workers)
     return 0
 
@@ -602,19 +684,72 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve as of this fixed ISO 8601 time, e.g. to replay history "
         "(default: now; sets $FEATUREPLANE_AS_OF)",
     )
+    serve.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve every request without an API key (local work only; logged loudly)",
+    )
     serve.set_defaults(run=cmd_serve)
+
+    access = commands.add_parser("access", help="principals, their API keys and what they read")
+    actions = access.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every principal, its keys and what it may read")
+    create = actions.add_parser("create", help="a new principal, and its first API key")
+    create.add_argument("name")
+    create.add_argument("--user", action="store_true", help="a person, not a service account")
+    create.add_argument("--group", action="append", default=[], help="a group (repeatable)")
+    create.add_argument(
+        "--identity",
+        action="append",
+        default=[],
+        help="a caller API Gateway or IAM establishes that stands for it: an IAM ARN, a JWT "
+        "subject, a Lambda authorizer's principal id (repeatable)",
+    )
+    create.add_argument("--requests-per-second", type=float, help="its request budget")
+    create.add_argument("--rows-per-second", type=float, help="its budget of entity rows")
+    rotate = actions.add_parser("rotate", help="a new API key; the old ones end after --grace")
+    rotate.add_argument("name")
+    rotate.add_argument(
+        "--grace",
+        type=_duration,
+        default=timedelta(hours=24),
+        help="how long the old keys stay valid, e.g. 24h, 30m, 0 (default 24h)",
+    )
+    revoke = actions.add_parser("revoke", help="end a principal's keys now")
+    revoke.add_argument("name")
+    revoke.add_argument("--key", help="only this key (its id); default every key")
+    access.set_defaults(run=cmd_access)
     return parser
+
+
+def _duration(text: str) -> timedelta:
+    """`24h`, `30m`, `45s`, `2d` or `0`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 24h or 30m") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return timedelta(seconds=seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.path.insert(0, os.getcwd())
-    from featureplane.errors import DefinitionError, MaterializationFailed, RegistryCorrupt
+    from featureplane.errors import (
+        AccessError,
+        DefinitionError,
+        MaterializationFailed,
+        RegistryCorrupt,
+    )
     from featureplane.registry_store import CutOverRefused, RegistryConflict
 
     try:
         return args.run(args)
     except (
+        AccessError,
         DefinitionError,
         RegistryConflict,
         RegistryCorrupt,

@@ -72,3 +72,12 @@ class RegistryCorrupt(ValueError):
 class ManifestCorrupt(ValueError):
     """A training dataset manifest that is not readable: maintenance then deletes nothing, since
     it cannot know which versions the dataset needs."""
+
+
+class AccessPolicyError(DefinitionError):
+    """An access policy definition is invalid."""
+
+
+class AccessError(ValueError):
+    """An access change that cannot be made as asked: an unknown or existing principal, an
+    unknown key, a principal name or limit that is not valid."""

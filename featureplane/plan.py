@@ -32,6 +32,7 @@ KINDS: tuple[tuple[str, str], ...] = (
     ("on_demand_view", "on_demand_views"),
     ("feature_service", "feature_services"),
     ("training_dataset", "training_datasets"),
+    ("access_policy", "access_policies"),
 )
 """(kind, registry section), in dependency order: the order of a plan."""
 
@@ -169,6 +170,9 @@ def _details(kind: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
             lines += _feature_lines(before or [], after or [])
         elif key == "features" and kind == "feature_service":
             lines += _selection_lines(before or [], after or [])
+        elif kind == "access_policy" and key in ("members", "read"):
+            lines += [f"+ {key}: {name}" for name in after if name not in before]
+            lines += [f"- {key}: {name}" for name in before if name not in after]
         elif key == "quality":
             lines += [f"+ quality: {line}" for line in after or [] if line not in (before or [])]
             lines += [f"- quality: {line}" for line in before or [] if line not in (after or [])]

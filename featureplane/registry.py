@@ -38,6 +38,11 @@ ignores: views' `feature_start_time`, `batch_schedule_seconds`, `offline`, `enti
      "training_datasets": [{"name", "version", "spine", "service", "timestamp_column",
                             "full_feature_names", "description", "owner", "tags"}]
 
+Two sections are optional (registries applied before access existed lack them):
+`"access_policies": [{"name", "members", "read", "apply", "description", "owner"}]`
+(`featureplane.access.policy`), and in a registry file served alone `"access"`, the
+principals with their key digests (`featureplane.access.principals`).
+
 A join key's type is null when its entity does not declare it. A service's selection names a
 feature view or an on-demand view. An on-demand view's function travels as source text and is
 rebuilt at load (`featureplane.on_demand.function_from_source`, builtins plus a few modules in
@@ -49,12 +54,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from featureplane.access.gate import PolicySpec
+from featureplane.access.principals import Principals
 from featureplane.aggregation import Aggregation, approx_count_distinct, last_n
 from featureplane.errors import RegistryCorrupt
 from featureplane.on_demand import function_from_source
@@ -131,6 +138,9 @@ class ServingRegistry:
     views: Mapping[str, ViewSpec]
     services: Mapping[str, ServiceSpec]
     on_demand: Mapping[str, OnDemandSpec]
+    policies: tuple[PolicySpec, ...] = ()
+    principals: Principals = field(default_factory=Principals.none)
+    """Who holds API keys: the registry store's access document, or a file's copy of one."""
 
 
 def seconds(span: timedelta | None) -> int | float | None:
@@ -288,10 +298,19 @@ def _dataset_json(dataset: TrainingDataset) -> dict[str, Any]:
     }
 
 
-def build_registry(repository: Repository, online_store: Mapping[str, Any]) -> dict[str, Any]:
-    """The registry of a repository served from the store of `online_store` settings."""
+def build_registry(
+    repository: Repository,
+    online_store: Mapping[str, Any],
+    principals: Principals | None = None,
+) -> dict[str, Any]:
+    """The registry of a repository served from the store of `online_store` settings; a
+    registry file to serve alone carries the `principals` too (a registry store keeps them
+    apart: `featureplane.access.principals`)."""
+    access = {} if principals is None else {"access": principals.to_json()}
     return {
+        **access,
         "format": FORMAT,
+        "access_policies": [p.to_json() for _, p in sorted(repository.access_policies.items())],
         "online_store": dict(online_store),
         "entities": [_entity_json(e) for _, e in sorted(repository.entities.items())],
         "sources": [_source_json(s) for _, s in sorted(repository.sources.items())],
@@ -415,4 +434,8 @@ def load_registry(
         views=MappingProxyType(_specs(registry, "feature_views", _view, origin)),
         services=MappingProxyType(_specs(registry, "feature_services", _service, origin)),
         on_demand=MappingProxyType(_specs(registry, "on_demand_views", _on_demand, origin)),
+        policies=tuple(map(PolicySpec.from_json, registry.get("access_policies", []))),
+        principals=Principals.from_json(registry["access"])
+        if "access" in registry
+        else Principals.none(),
     )

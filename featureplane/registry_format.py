@@ -169,6 +169,46 @@ REGISTRY: dict[str, Any] = {
 """The shape of every section: an object is a dict of its required keys (others are allowed),
 a list `[item shape]`, a tuple alternatives, a type or None a JSON value of that type."""
 
+RATE = Check("a positive number", lambda v: _is_number(v) and v > 0)
+PRINCIPALS: dict[str, Any] = {
+    "format": Check("access format 1", lambda v: type(v) is int and v == 1),
+    "principals": [
+        {
+            "name": str,
+            "kind": Check("service_account or user", lambda v: v in ("service_account", "user")),
+            "groups": [str],
+            "identities": [str],
+            "created_at": TIME,
+            "requests_per_second": (RATE, None),
+            "rows_per_second": (RATE, None),
+            "keys": [
+                {
+                    "id": str,
+                    "digest": str,
+                    "created_at": TIME,
+                    "expires_at": (TIME, None),
+                    "revoked_at": (TIME, None),
+                }
+            ],
+        }
+    ],
+}
+"""An access document: principals and their keys' digests (`featureplane.access.principals`)."""
+OPTIONAL: dict[str, Any] = {
+    "access_policies": [
+        {
+            "name": NAME,
+            "members": [str],
+            "read": [str],
+            "apply": bool,
+            "description": str,
+            "owner": OWNER,
+        }
+    ],
+    "access": PRINCIPALS,
+}
+"""Sections a registry may lack (one applied before they existed), checked when present."""
+
 
 def parse_registry_json(data: bytes, origin: str) -> Any:
     """The JSON document in a registry file's bytes; RegistryCorrupt naming `origin` if none."""
@@ -199,7 +239,12 @@ def registry_problem(document: Any) -> str | None:
     found = document["format"]
     if type(found) is not int or found != FORMAT:
         return f"format {found!r} is not supported (this build of featureplane reads {FORMAT})"
-    return shape_problem(document, REGISTRY) or next(_reference_problems(document), None)
+    optional = {key: shape for key, shape in OPTIONAL.items() if key in document}
+    return (
+        shape_problem(document, REGISTRY)
+        or shape_problem(document, optional)
+        or next(_reference_problems(document), None)
+    )
 
 
 def shape_problem(value: Any, shape: Any, where: str = "") -> str | None:
@@ -332,6 +377,11 @@ def _reference_problems(registry: Mapping[str, Any]) -> Iterator[str]:
             yield f"{where}.service: {dataset['service']!r} is not defined in feature_services"
         if dataset["spine"] not in names["sources"] | names["feature_views"]:
             yield f"{where}.spine: {dataset['spine']!r} is neither a source nor a feature view"
+    for policy in registry.get("access_policies", []):
+        for service in policy["read"]:
+            if service != "*" and service not in names["feature_services"]:
+                where = f"access_policies[{policy['name']}].read"
+                yield f"{where}: {service!r} is not defined in feature_services"
 
 
 def _aggregate_view_problems(where: str, view: Mapping[str, Any]) -> Iterator[str]:

@@ -18,6 +18,12 @@ the one serving is refused (`CutOverRefused`), so the newer is never lost. `appl
 version that serves before it writes a new one (a store written before the pointer existed
 serves its latest version), so an apply alone never changes what servers load.
 
+Access. Who holds API keys changes apart from the definitions, at once and without a
+rollout: each change of the principals is a new file `access-000003.json` (the principals
+with their key digests, `featureplane.access.principals`, and who changed what, when),
+created exclusively after the last one read; a change that loses a race is made again on the
+winner's document. Servers following the store read the highest.
+
 Every read is checked (`featureplane.registry_format`, and the `meta` block against its file):
 a corrupt version or serving pointer raises RegistryCorrupt naming its file. A corrupt latest
 version stops plan and apply until it is restored from a backup or set aside: renamed with a
@@ -37,17 +43,19 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from featureplane.access.principals import Principals
 from featureplane.errors import RegistryCorrupt
 from featureplane.registry import registry_text
 from featureplane.registry_format import (
     INTEGER,
+    PRINCIPALS,
     TIME,
     parse_registry_json,
     registry_problem,
@@ -65,6 +73,9 @@ CUT_OVER = {
     "cut_over_at": TIME,
     "cut_over_by": str,
 }
+ACCESS_FILE = re.compile(r"access-(\d{6})\.json")
+"""One change of the principals and their keys; the highest number is the one in force."""
+ACCESS_META = {"number": INTEGER, "changed_at": TIME, "changed_by": str, "change": str}
 CUT_OVER_ATTEMPTS = 50
 """Cut-overs lost to racing ones before giving up; each loss is another's win."""
 META = {
@@ -110,6 +121,15 @@ class AppliedRegistry:
 
     version: int
     registry: dict[str, Any]
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AccessVersion:
+    """One access document: the principals from change `number` on, and its `meta` block."""
+
+    number: int
+    principals: Principals
     meta: dict[str, Any]
 
 
@@ -390,6 +410,61 @@ class RegistryStore:
             raise RegistryConflict(version, self._meta_if_readable(version))
         return AppliedRegistry(version, dict(registry), meta)
 
+    def access(self) -> AccessVersion | None:
+        """The access document in force, or None before the first principal is created;
+        RegistryCorrupt, with the repair, when it is unreadable (a server must not guess
+        who holds keys)."""
+        numbers = self._numbers(ACCESS_FILE)
+        return self._access(numbers[-1], in_force=True) if numbers else None
+
+    def access_history(self) -> list[dict[str, Any]]:
+        """The `meta` block of every access change, oldest first."""
+        numbers = self._numbers(ACCESS_FILE)
+        return [self._access(n, in_force=n == numbers[-1]).meta for n in numbers]
+
+    def change_access(
+        self, edit: Callable[[Principals], tuple[Principals, str]], by: str | None = None
+    ) -> AccessVersion:
+        """Append the access document `edit` makes of the one in force (with the description
+        of the change it returns). A change racing another is made again on the winner's
+        document, so neither is lost; `edit` may raise AccessError to refuse."""
+        for _ in range(CUT_OVER_ATTEMPTS):
+            current = self.access()
+            principals, change = edit(current.principals if current else Principals.none())
+            number = 1 if current is None else current.number + 1
+            meta = {
+                "number": number,
+                "changed_at": _now(),
+                "changed_by": _user(by),
+                "change": change,
+            }
+            document = {**principals.to_json(), "meta": meta}
+            if self._files.create(_access_file(number), registry_text(document).encode()):
+                return AccessVersion(number, principals, meta)
+            time.sleep(random.uniform(0, 0.05))
+        raise RuntimeError(
+            f"{CUT_OVER_ATTEMPTS} racing access changes at {self.location} won over this one; "
+            "try again"
+        )
+
+    def _access(self, number: int, in_force: bool) -> AccessVersion:
+        name = _access_file(number)
+        path = self._files.where(name)
+        repair = (
+            f"restore it from a backup, or set it aside as {name}.corrupt "
+            f"({'the change before it then holds' if in_force else 'history only'})"
+        )
+        try:
+            document = parse_registry_json(self._files.read(name), path)
+        except RegistryCorrupt as corrupt:
+            raise RegistryCorrupt(path, corrupt.problem, repair) from None
+        problem = shape_problem(document, {**PRINCIPALS, "meta": ACCESS_META})
+        if not problem and document["meta"]["number"] != number:
+            problem = f"meta.number is {document['meta']['number']}, but the file is {number}"
+        if problem:
+            raise RegistryCorrupt(path, problem, repair)
+        return AccessVersion(number, Principals.from_json(document), document["meta"])
+
     def _meta_if_readable(self, version: int) -> dict[str, Any] | None:
         """The winner's meta; None while its write is still in flight (an S3 409)."""
         try:
@@ -400,6 +475,10 @@ class RegistryStore:
 
 def _file_name(version: int) -> str:
     return f"v{version:06d}.json"
+
+
+def _access_file(number: int) -> str:
+    return f"access-{number:06d}.json"
 
 
 def _pointer_file(number: int) -> str:

@@ -15,12 +15,14 @@ import os
 import pkgutil
 import traceback
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 
 from featureplane._location import relative_path
+from featureplane.access.policy import ALL_SERVICES, AccessPolicy
 from featureplane.entity import Entity
 from featureplane.errors import (
+    AccessPolicyError,
     DefinitionError,
     FeatureServiceError,
     FeatureViewError,
@@ -42,6 +44,7 @@ DEFINITION_TYPES = (
     OnDemandFeatureView,
     FeatureService,
     TrainingDataset,
+    AccessPolicy,
 )
 SKIPPED_MODULES = frozenset({"definitions"})
 
@@ -73,6 +76,7 @@ class Repository:
     on_demand_views: dict[str, OnDemandFeatureView]
     feature_services: dict[str, FeatureService]
     training_datasets: dict[str, TrainingDataset]
+    access_policies: dict[str, AccessPolicy] = field(default_factory=dict)
 
     @classmethod
     def from_objects(cls, objects: list[object]) -> Repository:
@@ -108,7 +112,10 @@ class Repository:
             name: _resolve_dataset(dataset, sources, views, services)
             for name, dataset in by_kind[TrainingDataset].items()
         }
-        return cls(by_kind[Entity], sources, views, on_demand, services, datasets)  # type: ignore[arg-type]
+        policies: dict[str, AccessPolicy] = by_kind[AccessPolicy]  # type: ignore[assignment]
+        for policy in policies.values():
+            _check_policy(policy, services)
+        return cls(by_kind[Entity], sources, views, on_demand, services, datasets, policies)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, package: str | ModuleType = "feature_assets") -> Repository:
@@ -278,3 +285,14 @@ def _resolve_dataset(
             f"(known: {_known([*sources, *views])})",
         )
     return replace(dataset, spine=spine, features=services[dataset.features.name])
+
+
+def _check_policy(policy: AccessPolicy, services: Mapping[str, FeatureService]) -> None:
+    """A policy reads services of the repository only."""
+    unknown = [name for name in policy.read if name != ALL_SERVICES and name not in services]
+    if unknown:
+        raise AccessPolicyError(
+            policy.name,
+            policy.location,
+            f"reads {unknown}, which are no feature services (known: {_known(services)})",
+        )

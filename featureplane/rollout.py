@@ -63,12 +63,22 @@ def replaced(serving: AppliedRegistry | None, latest: AppliedRegistry) -> list[t
     return sorted(held - kept)
 
 
-def cut_over(store: RegistryStore, version: int) -> None:
+def cut_over(store: RegistryStore, version: int, by: str | None = None) -> None:
     """Serve `version`: move the store's pointer, and rewrite the serving registry file."""
-    store.cut_over(version)
+    store.cut_over(version, by)
+    write_serving_file(store)
+
+
+def write_serving_file(store: RegistryStore) -> None:
+    """When servers load a registry file (`$FEATUREPLANE_REGISTRY` names no store), write it:
+    the serving version with the principals in force, which a file carries itself."""
     location = registry_location()
-    if not is_store_location(location):
-        write_registry(store.serving().registry, location)
+    serving = store.serving()
+    if is_store_location(location) or serving is None:
+        return
+    access = store.access()
+    extra = {} if access is None else {"access": access.principals.to_json()}
+    write_registry({**serving.registry, **extra}, location)
 
 
 def rolled_out(store: RegistryStore, latest: AppliedRegistry | None) -> AppliedRegistry | None:

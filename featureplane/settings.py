@@ -96,3 +96,28 @@ def alert_log() -> str | None:
     """A JSON lines file every alert is appended to: `$FEATUREPLANE_ALERT_LOG`; unset, alerts
     reach only the sensors' logs."""
     return os.environ.get("FEATUREPLANE_ALERT_LOG") or None
+
+
+def audit_sink() -> str:
+    """Where serving's audit lines go: `$FEATUREPLANE_AUDIT_LOG`, `stdout` (the default), a
+    file path, or `off`."""
+    return os.environ.get("FEATUREPLANE_AUDIT_LOG") or "stdout"
+
+
+def audit_sample() -> float:
+    """The share of answered requests the audit log keeps: `$FEATUREPLANE_AUDIT_SAMPLE`, 0 to
+    1, default 1 (refusals and errors are always kept)."""
+    value = os.environ.get("FEATUREPLANE_AUDIT_SAMPLE", "1")
+    try:
+        share = float(value)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"FEATUREPLANE_AUDIT_SAMPLE must be a number from 0 to 1, got {value!r}")
+    return share
+
+
+def auth_disabled() -> bool:
+    """Whether serving lets every request in unauthenticated: `$FEATUREPLANE_NO_AUTH=1`, which
+    only `featureplane serve --no-auth` sets, for local work."""
+    return os.environ.get("FEATUREPLANE_NO_AUTH") == "1"

@@ -6,13 +6,15 @@ beyond 64 bits, which orjson refuses, is read exactly by `json`. Reusing the con
 a TCP handshake per call. A connection the server closed while idle is reopened once, and a
 429 or 503 is retried with backoff, waiting at least what its `Retry-After` asks (every call
 is a read, safe to repeat). A response over `max_response_bytes` or not in the server's format
-raises `MalformedResponse`. Not thread-safe: use one client per thread.
+raises `MalformedResponse`. An API key (`api_key`, or `$FEATUREPLANE_API_KEY`) goes with
+every request as a bearer token. Not thread-safe: use one client per thread.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -104,10 +106,14 @@ class FeatureClient:
         retries: int = 3,
         backoff: float = 0.1,
         max_response_bytes: int = 64 * 2**20,
+        api_key: str | None = None,
     ):
         """`retries` of a 429 or 503, the first after `backoff` seconds (doubling, and never
-        sooner than the answer's Retry-After, of at most 30 s)."""
+        sooner than the answer's Retry-After, of at most 30 s). `api_key` (default
+        `$FEATUREPLANE_API_KEY`) is sent as `Authorization: Bearer <key>` with every request."""
         self.retries, self.backoff = retries, backoff
+        api_key = api_key or os.environ.get("FEATUREPLANE_API_KEY")
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.max_response_bytes = max_response_bytes
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -175,6 +181,7 @@ class FeatureClient:
     def _request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         payload = None if body is None else _encoded(body)
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        headers.update(self._auth)
         for attempt in range(self.retries + 1):
             status, retry_after, text = self._send(method, path, payload, headers)
             if status not in RETRIED or attempt == self.retries:

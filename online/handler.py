@@ -26,19 +26,23 @@ import base64
 import binascii
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
+from featureplane.access import Principals
 from featureplane.errors import RegistryCorrupt
-from featureplane.registry import load_registry
+from featureplane.registry import ServingRegistry, load_registry
 from featureplane.registry_store import RegistryStore, is_store_location
 from featureplane.serving import FeatureServer, Response, encode_json, internal_error
-from featureplane.settings import registry_location, registry_refresh_seconds
+from featureplane.settings import auth_disabled, registry_location, registry_refresh_seconds
 
 logger = logging.getLogger(__name__)
 _server: FeatureServer | None = None
 _store: RegistryStore | None = None
 """Set when `$FEATUREPLANE_REGISTRY` names a registry store: the server follows its versions."""
 _version: int | None = None
+_access: int | None = None
+"""The number of the store's access document served (None: the store has none)."""
 _checked_at = 0.0
 _skipped: dict[int, str] = {}
 """Corrupt versions of the store already logged, with their problem: each is logged once."""
@@ -51,7 +55,7 @@ def server() -> FeatureServer:
     if _server is None and _store is None:
         location = registry_location()
         if not is_store_location(location):
-            _server = FeatureServer(load_registry(location))
+            _server = _built(load_registry(location))
             return _server
         _store = RegistryStore(location)
     if _store is None:
@@ -69,14 +73,21 @@ def server() -> FeatureServer:
 
 
 def _follow(store: RegistryStore) -> None:
-    """Serve the store's serving version, or the newest readable one before it; the online
-    store client is kept while its settings are. Corrupt versions are skipped and logged."""
-    global _server, _version, _checked_at
+    """Serve the store's serving version, or the newest readable one before it, with the
+    principals of its access document in force; the online store client is kept while its
+    settings are. Corrupt versions are skipped and logged."""
+    global _server, _version, _access, _checked_at
     _checked_at = time.monotonic()
     serving = store.serving_version()
     if serving is None:
         raise RuntimeError(f"no registry applied at {store.location}: run `featureplane apply`")
+    access = store.access()
+    number = None if access is None else access.number
+    principals = Principals.none() if access is None else access.principals
     if serving == _version:
+        if number != _access and _server is not None:
+            _server = _built(replace(_server.registry, principals=principals), _server)
+            _access = number
         return
     newest: RegistryCorrupt | None = None
     for version in reversed([version for version in store.versions() if version <= serving]):
@@ -88,9 +99,8 @@ def _follow(store: RegistryStore) -> None:
             newest = newest or corrupt
             _skip(version, corrupt)
             continue
-        same_store = _server is not None and _server.registry.online_store == registry.online_store
-        _server = FeatureServer(registry, store=_server.store if same_store else None)
-        _version = version
+        _server = _built(replace(registry, principals=principals), _server)
+        _version, _access = version, number
         if version != serving:
             logger.warning(
                 "serving registry version %s, the newest readable one up to %s", version, serving
@@ -99,6 +109,18 @@ def _follow(store: RegistryStore) -> None:
     raise RegistryCorrupt(
         store.location, f"no readable registry version; the newest, {newest}"
     ) from newest
+
+
+def _built(registry: ServingRegistry, previous: FeatureServer | None = None) -> FeatureServer:
+    """A server of `registry`, keeping the `previous` one's audit log, and its online store
+    client while the settings are the same."""
+    same = previous is not None and previous.registry.online_store == registry.online_store
+    return FeatureServer(
+        registry,
+        store=previous.store if same else None,  # type: ignore[union-attr]
+        authenticate=not auth_disabled(),
+        audit=None if previous is None else previous.audit,
+    )
 
 
 def _skip(version: int, corrupt: RegistryCorrupt) -> None:
@@ -112,7 +134,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     event is a 400, a registry that cannot be loaded a logged 503, anything else a logged 500
     with a request id."""
     try:
-        method, path, body, headers = parse_event(event)
+        method, path, body, headers, caller = parse_event(event)
     except ValueError as error:
         response = Response(400, encode_json({"error": str(error)}))
     else:
@@ -121,7 +143,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - a corrupt or unreachable registry: logged, retried
             response = internal_error(f"{method[:10]} {path[:100]}: the registry", status=503)
         else:
-            response = feature_server.respond(method, path, body, headers)
+            response = feature_server.respond(method, path, body, headers, caller)
     return {
         "statusCode": response.status,
         "headers": dict(response.headers),
@@ -130,9 +152,11 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     }
 
 
-def parse_event(event: Any) -> tuple[str, str, bytes | str | None, dict[str, str]]:
-    """(method, path, body, headers by lower-case name) of a v1 or v2 (HTTP API, function
-    URL) proxy event.
+def parse_event(
+    event: Any,
+) -> tuple[str, str, bytes | str | None, dict[str, str], str | None]:
+    """(method, path, body, headers by lower-case name, caller) of a v1 or v2 (HTTP API,
+    function URL) proxy event; the caller is who API Gateway or IAM established, if anyone.
 
     A v2 path carries the stage unless it is `$default`; it is removed so routes match.
     """
@@ -162,7 +186,7 @@ def parse_event(event: Any) -> tuple[str, str, bytes | str | None, dict[str, str
             body = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("the body is marked base64 but is not valid base64") from None
-    return method, path, body, _headers(event.get("headers"))
+    return method, path, body, _headers(event.get("headers")), _caller(context)
 
 
 def _headers(headers: Any) -> dict[str, str]:
@@ -174,3 +198,26 @@ def _headers(headers: Any) -> dict[str, str]:
         for name, value in headers.items()
         if isinstance(name, str) and isinstance(value, str)
     }
+
+
+CALLERS = (
+    ("authorizer", "principalId"),  # REST API, Lambda authorizer
+    ("authorizer", "claims", "sub"),  # REST API, Cognito user pool
+    ("authorizer", "jwt", "claims", "sub"),  # HTTP API, JWT authorizer
+    ("authorizer", "lambda", "principalId"),  # HTTP API, Lambda authorizer's context
+    ("authorizer", "iam", "userArn"),  # HTTP API or function URL, IAM auth
+    ("identity", "userArn"),  # REST API, IAM auth
+)
+"""Where API Gateway puts the caller it established, per kind of authorizer."""
+
+
+def _caller(context: Any) -> str | None:
+    """The caller API Gateway or IAM established for the event, if any: only API Gateway
+    writes `requestContext`, so a client cannot claim one (over HTTP there is none)."""
+    for path in CALLERS:
+        value = context
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    return None

@@ -25,6 +25,7 @@ from featureplane import (
     last_n,
     on_demand_feature_view,
 )
+from featureplane.access import AccessPolicy, Principals
 from featureplane.aggregation import TILES, floor_time, pack_tiles
 from featureplane.online_store import Record, expiry, open_store
 from featureplane.registry import build_registry, load_registry
@@ -140,12 +141,18 @@ users = FeatureService("users", features=[user_stats], description="Per user.", 
 context = FeatureService("context", features=[ad_stats[["ctr"]], purchase_context])
 
 
+readers = AccessPolicy("tests_read_every_service", members=["tester"], read=["*"])
+PRINCIPALS, KEY = Principals.none().create("tester", START)
+HEADERS = {"x-api-key": KEY, "content-type": "application/json"}
+"""What a request of the tests' one principal, who may read every service, sends."""
+
+
 def repository() -> Repository:
-    return Repository.from_objects([checkout, users, context])
+    return Repository.from_objects([checkout, users, context, readers])
 
 
 def registry(store_path: Path) -> dict:
-    return build_registry(repository(), {"type": "sqlite", "path": str(store_path)})
+    return build_registry(repository(), {"type": "sqlite", "path": str(store_path)}, PRINCIPALS)
 
 
 class Clock:

@@ -20,6 +20,7 @@ import online.handler as lambda_handler
 from bench.harness import moto_server
 from conftest import TINY, read_delta, view_table
 from featureplane import Repository
+from featureplane.access import Principals
 from featureplane.dagster import build_definitions
 from featureplane.dagster.definitions import resources_for
 from featureplane.dagster.materialize import materialize_range
@@ -31,6 +32,8 @@ from resources import OfflineStoreResource, OnlineStoreResource, SparkResource
 
 DAY = timedelta(days=1)
 END = TINY.start + TINY.days * DAY
+PRINCIPALS, KEY = Principals.none().create("demo-client", TINY.start)
+"""The demo's client, which its policies let read every service."""
 REQUEST = {"entities": {"user_id": 17, "ad_id": 4}, "request_data": {"request_ts": END.isoformat()}}
 
 
@@ -65,6 +68,7 @@ def demo(tmp_path, monkeypatch, aws_credentials):
         registry = RegistryStore(str(root / "registry"))
         registry.apply(build_registry(repo, online.settings()), None, ["first"])
         registry.apply(build_registry(repo, online.settings()), 1, ["second"])
+        registry.change_access(lambda _: (PRINCIPALS, "demo-client created"))
         monkeypatch.setenv("FEATUREPLANE_REGISTRY", str(root / "registry"))
         monkeypatch.setenv("FEATUREPLANE_AS_OF", END.isoformat())
         cold_start(monkeypatch)
@@ -74,7 +78,7 @@ def demo(tmp_path, monkeypatch, aws_credentials):
 
 def cold_start(monkeypatch) -> None:
     """The next request finds a process with no registry or store loaded (a new instance)."""
-    for name in ("_server", "_store", "_version"):
+    for name in ("_server", "_store", "_version", "_access"):
         monkeypatch.setattr(lambda_handler, name, None)
     monkeypatch.setattr(lambda_handler, "_skipped", {})
 
@@ -85,6 +89,7 @@ def served() -> dict:
             "http": {"method": "POST", "path": "/v1/feature-services/ctr/get-features"}
         },
         "rawPath": "/v1/feature-services/ctr/get-features",
+        "headers": {"x-api-key": KEY},
         "body": json.dumps(REQUEST),
     }
     response = lambda_handler.handler(event)

@@ -25,6 +25,7 @@ from tests import serving_repo
 from tests.serving_repo import (
     AGGREGATIONS,
     HOUR,
+    KEY,
     NOW,
     Clock,
     ad_stats,
@@ -50,7 +51,7 @@ def v1_event(method, path, body=None):
         "resource": "/{proxy+}",
         "path": path,
         "httpMethod": method,
-        "headers": {"Content-Type": "application/json"},
+        "headers": {"Content-Type": "application/json", "x-api-key": KEY},
         "requestContext": {"stage": "prod", "path": f"/prod{path}"},
         "body": body,
         "isBase64Encoded": False,
@@ -64,6 +65,7 @@ def v2_event(method, path, body=None):
         "version": "2.0",
         "routeKey": "$default",
         "rawPath": f"/prod{path}",
+        "headers": {"authorization": f"Bearer {KEY}"},
         "requestContext": {"http": {"method": method, "path": f"/prod{path}"}, "stage": "prod"},
         "body": encoded,
         "isBase64Encoded": body is not None,
@@ -74,6 +76,7 @@ def url_event(method, path, body=None):
     return {
         "version": "2.0",
         "rawPath": path,
+        "headers": {"x-api-key": KEY},
         "requestContext": {
             "domainName": "abc.lambda-url.eu-west-1.on.aws",
             "http": {"method": method, "path": path},
@@ -437,7 +440,7 @@ def test_a_function_changing_its_array_inputs_changes_nothing_else(store_path, c
 def test_health_and_the_list_of_services(serve):
     assert serve("GET", "/health") == (
         200,
-        {"status": "ok", "registry_format": 1, "feature_services": 3},
+        {"status": "ok", "registry_format": 1, "feature_services": 3, "auth": "on"},
     )
     status, body = serve("GET", "/v1/feature-services/", kind="v2")
     assert status == 200

@@ -13,7 +13,7 @@ import online.handler
 from featureplane.serving import FeatureServer
 from online.handler import handler
 from online.server import serving_process
-from tests.serving_repo import Clock, feature_server, registry
+from tests.serving_repo import KEY, Clock, feature_server, registry
 
 ROUTE = "/v1/feature-services/{}/get-features"
 PURCHASE = {"amount": 12.5, "requested_at": "2026-03-10T09:15:00+01:00"}
@@ -21,7 +21,7 @@ CONTEXT = {"user_id": 1, "ad_id": "a1"}
 
 
 def event(method: str, path: str, body: str | None = None, **extra) -> dict:
-    headers = extra.pop("headers", {"Content-Type": "application/json"})
+    headers = {"x-api-key": KEY, **extra.pop("headers", {"Content-Type": "application/json"})}
     return {"httpMethod": method, "path": path, "headers": headers, "body": body, **extra}
 
 
@@ -140,7 +140,7 @@ def test_a_damaged_store_is_503_and_health_says_so(served):
 def test_a_registry_that_does_not_load_is_a_logged_503(tmp_path, monkeypatch, caplog):
     (tmp_path / "registry.json").write_text("{")
     monkeypatch.setenv("FEATUREPLANE_REGISTRY", str(tmp_path / "registry.json"))
-    for name in ("_server", "_store", "_version"):
+    for name in ("_server", "_store", "_version", "_access"):
         monkeypatch.setattr(online.handler, name, None)
     with caplog.at_level(logging.ERROR):
         response = handler(event("GET", "/health"))

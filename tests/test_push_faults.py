@@ -29,7 +29,7 @@ from dagster import (
     build_output_context,
 )
 from faulty_dynamodb import Faults, FaultyDynamoDB
-from serving_repo import Clock, repository
+from serving_repo import HEADERS, PRINCIPALS, Clock, repository
 from test_online_push import END, ROW_LEVEL, checks, expected_records, push_metadata
 from test_online_push import push as materialize_and_push
 
@@ -258,10 +258,10 @@ def test_an_unreachable_endpoint_is_store_unavailable_quickly(unreachable):
 
 def test_serving_answers_503_when_the_store_is_unavailable(unreachable):
     settings = {"type": "dynamodb", "table": "features", "region": REGION}
-    registry = build_registry(repository(), settings | {"endpoint_url": unreachable})
+    registry = build_registry(repository(), settings | {"endpoint_url": unreachable}, PRINCIPALS)
     server = FeatureServer(load_registry(registry), clock=Clock())
     response = server.respond(
-        "POST", "/v1/feature-services/users/get-features", '{"entities": {"user_id": 1}}'
+        "POST", "/v1/feature-services/users/get-features", '{"entities": {"user_id": 1}}', HEADERS
     )
     server.close()
     assert response.status == 503

@@ -88,13 +88,14 @@ def test_output_is_deterministic_and_sorted(demo):
         *demo.feature_services.values(),
         *demo.feature_views.values(),
         *demo.training_datasets.values(),
+        *demo.access_policies.values(),
     ]
     reordered = Repository.from_objects(list(reversed(objects)))
     assert registry_text(build_registry(reordered, STORE)) == first
     registry = json.loads(first)
     assert list(registry) == sorted(registry)
     kinds = ("entities", "sources", "feature_views", "feature_services", "on_demand_views")
-    for kind in (*kinds, "training_datasets"):
+    for kind in (*kinds, "training_datasets", "access_policies"):
         names = [item["name"] for item in registry[kind]]
         assert names == sorted(names)
     assert [view["name"] for view in registry["on_demand_views"]] == ["ctr_features"]

@@ -372,7 +372,7 @@ def fresh_handler(tmp_path, monkeypatch):
     that what `serve` sets is undone) and refreshing on every request."""
     monkeypatch.setenv("FEATUREPLANE_REGISTRY", str(tmp_path / "registry.json"))
     monkeypatch.setenv("FEATUREPLANE_REGISTRY_REFRESH_SECONDS", "0")
-    for name in ("_server", "_store", "_version"):
+    for name in ("_server", "_store", "_version", "_access"):
         monkeypatch.setattr(online.handler, name, None)
     monkeypatch.setattr(online.handler, "_skipped", {})
 

@@ -294,7 +294,7 @@ def applied_store(tmp_path, monkeypatch) -> RegistryStore:
     """A registry store the handler follows, checking for new versions on every request."""
     monkeypatch.setenv("FEATUREPLANE_REGISTRY", str(tmp_path / "registry"))
     monkeypatch.setenv("FEATUREPLANE_REGISTRY_REFRESH_SECONDS", "0")
-    for name in ("_server", "_store", "_version"):
+    for name in ("_server", "_store", "_version", "_access"):
         monkeypatch.setattr(online.handler, name, None)
     store = RegistryStore(str(tmp_path / "registry"))
     registry = build_registry(serving_repo.repository(), {**STORE, "path": str(tmp_path / "db")})
@@ -353,7 +353,7 @@ def test_a_corrupt_pointer_keeps_a_warm_server_on_its_version_and_fails_a_cold_o
     assert health()["feature_services"] == 3
     assert "serving version 1" in caplog.text and f"RegistryCorrupt: {pointer}" in caplog.text
     online.handler.server().close()
-    for name in ("_server", "_store", "_version"):
+    for name in ("_server", "_store", "_version", "_access"):
         monkeypatch.setattr(online.handler, name, None)
     with pytest.raises(RegistryCorrupt, match="serving-000001.json: not valid JSON .* set it"):
         online.handler.server()
@@ -362,7 +362,7 @@ def test_a_corrupt_pointer_keeps_a_warm_server_on_its_version_and_fails_a_cold_o
 def test_the_handler_refuses_an_empty_registry_store(tmp_path, monkeypatch):
     (tmp_path / "registry").mkdir()
     monkeypatch.setenv("FEATUREPLANE_REGISTRY", str(tmp_path / "registry"))
-    for name in ("_server", "_store", "_version"):
+    for name in ("_server", "_store", "_version", "_access"):
         monkeypatch.setattr(online.handler, name, None)
     with pytest.raises(RuntimeError, match="no registry applied at .*featureplane apply"):
         online.handler.server()

@@ -9,7 +9,7 @@ import pytest
 from featureplane.registry import write_registry
 from online.client import FeatureClient, FeatureServerError
 from online.server import serving_process
-from tests.serving_repo import ad_stats, registry, user_stats, write_row
+from tests.serving_repo import KEY, ad_stats, registry, user_stats, write_row
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def server(tmp_path_factory):
     path = write_registry(registry(store), root / "registry.json")
     with (
         serving_process(path, env={"FEATUREPLANE_MAX_BATCH_ROWS": "50"}, timeout=30) as url,
-        FeatureClient(url) as client,
+        FeatureClient(url, api_key=KEY) as client,
     ):
         yield client
 

@@ -70,11 +70,11 @@ def cut(text: str, limit: int = SHOWN_PATH) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
-def internal_error(request: str, status: int = 500) -> Response:
+def internal_error(request: str, status: int = 500, request_id: str | None = None) -> Response:
     """A 500 for an unexpected error (503: nothing to serve with, such as a registry that does
     not load), logged with its traceback under a request id, which the answer gives instead of
     the error: it may hold what a client must not see."""
-    request_id = os.urandom(16).hex()
+    request_id = request_id or os.urandom(8).hex()
     logger.exception("request %s failed, request id %s", request, request_id)
     retry = (("retry-after", "5"),) if status == 503 else ()
     error = "internal server error" if status == 500 else "service unavailable, retry later"

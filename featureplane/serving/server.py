@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from featureplane.access import AccessDenied, Gate, Principal
 from featureplane.errors import OnDemandFeatureViewError
 from featureplane.online_store import EntityKeyError, StoreThrottled, StoreUnavailable, open_store
 from featureplane.online_store.encoding import (
@@ -23,6 +26,7 @@ from featureplane.online_store.encoding import (
 )
 from featureplane.online_store.store import OnlineStore
 from featureplane.registry import ServingRegistry
+from featureplane.serving.audit import AuditLog
 from featureplane.serving.columns import response_columns
 from featureplane.serving.plans import ServicePlan, service_plan
 from featureplane.serving.request import (
@@ -52,6 +56,13 @@ logger = logging.getLogger(__name__)
 SUBSET_CACHE = 256
 """Feature subsets whose plans are kept per service (requests usually repeat a few)."""
 REQUEST_FIELDS = frozenset({"entities", "request_data", "features"})
+CHALLENGE = ("www-authenticate", 'Bearer realm="featureplane"')
+AUTH_OFF = (
+    "AUTHENTICATION IS OFF: every request is served to anyone who reaches this server "
+    "(featureplane serve --no-auth); never expose it"
+)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+"""A request id a client or API Gateway sent, kept when it is safe to log and echo."""
 
 
 def clock_from_env() -> Callable[[], datetime]:
@@ -79,13 +90,19 @@ class Admitted:
     """Entity rows asked for: the request's cost."""
     principal: str | None = None
     """Who asks: the authenticated principal's name (None while authentication is off)."""
+    request_id: str = ""
+    started: float = 0.0
+    """`time.monotonic()` at the door (one clock for every process of the machine)."""
 
 
 class FeatureServer:
     """Serves a registry's feature services from an online store; see the module docstring.
 
     `clock` gives the request time (UTC), which decides expiry, ages and aggregation windows
-    (default: `clock_from_env`).
+    (default: `clock_from_env`). `authenticate=False` lets every request in as nobody (for
+    `featureplane serve --no-auth`, and loud about it: logged, and in `/health`); the
+    programmatic `get_features` never asks. `audit` writes a line per request (default:
+    `AuditLog.from_env`).
     """
 
     def __init__(
@@ -94,24 +111,32 @@ class FeatureServer:
         store: OnlineStore | None = None,
         limits: Limits | None = None,
         clock: Callable[[], datetime] | None = None,
+        authenticate: bool = True,
+        audit: AuditLog | None = None,
     ):
         self.registry = registry
         self.store = store if store is not None else _open(registry.online_store)
         self.limits = limits or Limits.from_env()
         self.clock = clock or clock_from_env()
+        self.gate = Gate(registry.principals, registry.policies) if authenticate else None
+        self.audit = audit or AuditLog.from_env()
         self.plans = {
             name: service_plan(service, registry) for name, service in registry.services.items()
         }
         self._subsets: dict[tuple[str, tuple[str, ...]], ServicePlan] = {}
-        self._listing = {"feature_services": [self._describe(name) for name in sorted(self.plans)]}
+        self._descriptions = {name: self._describe(name) for name in sorted(self.plans)}
         self._health = {
             "status": "ok",
             "registry_format": registry.format,
             "feature_services": len(self.plans),
+            "auth": "on" if authenticate else "off",
         }
+        if not authenticate:
+            logger.warning(AUTH_OFF)
 
     def close(self) -> None:
         self.store.close()
+        self.audit.close()
 
     # ---- HTTP-shaped entry point ---------------------------------------------------------------
 
@@ -121,11 +146,13 @@ class FeatureServer:
         path: str,
         body: bytes | str | None,
         headers: Mapping[str, str] | None = None,
+        caller: str | None = None,
     ) -> Response:
-        """The response to one HTTP request (`headers` by lower-case name): `admit`, then
+        """The response to one HTTP request (`headers` by lower-case name; `caller`, the
+        identity API Gateway or IAM established, from a Lambda event only): `admit`, then
         `finish`. Client errors become 4xx, a store that does not answer 503, anything
         unexpected a logged 500 with a request id (never an exception)."""
-        admitted = self.admit(method, path, body, headers)
+        admitted = self.admit(method, path, body, headers, caller)
         return admitted if isinstance(admitted, Response) else self.finish(admitted)
 
     def admit(
@@ -134,50 +161,115 @@ class FeatureServer:
         path: str,
         body: bytes | str | None,
         headers: Mapping[str, str] | None = None,
+        caller: str | None = None,
     ) -> Admitted | Response:
-        """What is decided at the door, cheaply: the route, the body's parse and the request's
-        size. A serving request comes back `Admitted`, for `finish` (here or in a worker
-        process); every other request is answered here. A body sent with a content type
-        other than JSON is refused (415): browsers send cross-origin `text/plain` posts
-        without asking."""
-        content_type = (headers or {}).get("content-type")
-        return self._guarded(
-            method, path, lambda: self._route(method.upper(), path, body, content_type)
+        """What is decided at the door, cheaply: the route, who asks and whether they may
+        (401, 403), the body's parse and the request's size. A serving request comes back
+        `Admitted`, for `finish` (here or in a worker process); every other request is
+        answered, and audited, here. A body sent with a content type other than JSON is
+        refused (415): browsers send cross-origin `text/plain` posts without asking."""
+        started = time.monotonic()
+        headers = headers or {}
+        request_id = _request_id(headers.get("x-request-id"))
+        seen: dict[str, Any] = {}
+        answer = self._guarded(
+            method,
+            path,
+            lambda: self._route(method.upper(), path, body, headers, caller, seen),
+            request_id,
         )
+        if isinstance(answer, Admitted):
+            return replace(answer, request_id=request_id, started=started)
+        if seen.get("audited", True):
+            self._record(answer, request_id, started, method, path, **seen)
+        return answer
 
     def finish(self, admitted: Admitted) -> Response:
-        """The response to an admitted serving request."""
-        return self._guarded(
+        """The response to an admitted serving request, audited."""
+        name, request, _ = admitted.served
+        response = self._guarded(
             "POST",
             admitted.path,
             lambda: Response(200, encode_json(self._serve(*admitted.served))),
+            admitted.request_id,
+        )
+        features = request.get("features")
+        self._record(
+            response,
+            admitted.request_id,
+            admitted.started,
+            "POST",
+            admitted.path,
+            principal=admitted.principal,
+            service=name,
+            rows=admitted.rows,
+            features=len(features) if type(features) is list else _count(self.plans.get(name)),
+        )
+        return response
+
+    def _record(
+        self,
+        response: Response,
+        request_id: str,
+        started: float,
+        method: str,
+        path: str,
+        **fields: Any,
+    ) -> None:
+        self.audit.record(
+            response.status,
+            request_id=request_id,
+            principal=fields.get("principal"),
+            method=method[:10],
+            path=cut(path),
+            service=fields.get("service"),
+            rows=fields.get("rows", 0),
+            features=fields.get("features", 0),
+            latency_ms=round((time.monotonic() - started) * 1000, 3),
         )
 
-    def _guarded(self, method: str, path: str, answer: Callable[[], Any]) -> Any:
-        """`answer()`, or the error response of what it raised."""
+    def _guarded(self, method: str, path: str, answer: Callable[[], Any], request_id: str) -> Any:
+        """`answer()`, or the error response of what it raised; responses carry the request
+        id."""
         try:
-            return answer()
+            result = answer()
         except RequestError as error:
-            return error_response(error.status, str(error))
+            result = error_response(error.status, str(error))
+        except AccessDenied as error:
+            result = error_response(error.status, str(error))
+            if error.status == 401:
+                result = replace(result, headers=(*result.headers, CHALLENGE))
         except EntityKeyError as error:
-            return error_response(400, str(error))
+            result = error_response(400, str(error))
         except OnDemandFeatureViewError as error:
-            return error_response(422, f"cannot compute the request's on-demand features: {error}")
+            result = error_response(
+                422, f"cannot compute the request's on-demand features: {error}"
+            )
         except StoreThrottled as error:  # StoreUnavailable too: no answer, or no connection
             state = "unavailable" if isinstance(error, StoreUnavailable) else "throttled"
-            return Response(
+            result = Response(
                 503,
                 encode_json({"error": f"online store {state}, retry later: {error}"}),
                 (*JSON_HEADERS, ("retry-after", "1")),
             )
         except Exception:  # noqa: BLE001 - a server error is logged and answered, never raised
-            return internal_error(f"{method[:10]} {path[:SHOWN_PATH]}")
+            return internal_error(f"{method[:10]} {path[:SHOWN_PATH]}", request_id=request_id)
+        if isinstance(result, Response):
+            return replace(result, headers=(*result.headers, ("x-request-id", request_id)))
+        return result
 
     def _route(
-        self, method: str, path: str, body: bytes | str | None, content_type: str | None
+        self,
+        method: str,
+        path: str,
+        body: bytes | str | None,
+        headers: Mapping[str, str],
+        caller: str | None,
+        seen: dict[str, Any],
     ) -> Admitted | Response:
         parts = path.strip("/").split("/")
         if parts == ["health"]:
+            seen["audited"] = False  # load balancers ask every few seconds
             allow_method(method, "GET", path)
             self.store.read_items([HEALTH_PROBE])  # raises when the store does not answer
             return Response(200, encode_json(self._health))
@@ -185,9 +277,22 @@ class FeatureServer:
             raise RequestError(404, f"no route {cut(path)!r}")
         if len(parts) == 2:
             allow_method(method, "GET", path)
-            return Response(200, encode_json(self._listing))
+            principal = self._principal(headers, caller, seen)
+            listing = {
+                "feature_services": [
+                    description
+                    for name, description in self._descriptions.items()
+                    if principal is None or self.gate.may_read(principal, name)  # type: ignore[union-attr]
+                ]
+            }
+            return Response(200, encode_json(listing))
         if len(parts) == 4 and parts[3] in ("get-features", "get-features-batch"):
             allow_method(method, "POST", path)
+            principal = self._principal(headers, caller, seen)
+            seen["service"] = name = parts[2]
+            if principal is not None:
+                self.gate.check_read(principal, name)  # type: ignore[union-attr]
+            content_type = headers.get("content-type")
             if body and content_type and not is_json(content_type):
                 raise RequestError(
                     415, f"send the body as application/json, not {content_type[:60]!r}"
@@ -196,8 +301,23 @@ class FeatureServer:
             batch = parts[3] == "get-features-batch"
             entities = request.get("entities")
             rows = len(entities) if batch and type(entities) is list else 1
-            return Admitted(path=path, served=(parts[2], request, batch), rows=rows)
+            return Admitted(
+                path=path,
+                served=(name, request, batch),
+                rows=rows,
+                principal=None if principal is None else principal.name,
+            )
         raise RequestError(404, f"no route {cut(path)!r}")
+
+    def _principal(
+        self, headers: Mapping[str, str], caller: str | None, seen: dict[str, Any]
+    ) -> Principal | None:
+        """Who asks (None while authentication is off); AccessDenied (401) if nobody known."""
+        if self.gate is None:
+            return None
+        principal = self.gate.authenticate(headers, caller)
+        seen["principal"] = principal.name
+        return principal
 
     # ---- programmatic entry point ---------------------------------------------------------------
 
@@ -318,3 +438,12 @@ def _open(settings: Mapping[str, Any]) -> OnlineStore:
     if settings.get("type", "sqlite") == "sqlite":
         store.ensure_table()
     return store
+
+
+def _request_id(sent: str | None) -> str:
+    """The request's id: the one sent in `x-request-id` when it is safe to echo, else new."""
+    return sent if sent is not None and REQUEST_ID.fullmatch(sent) else os.urandom(8).hex()
+
+
+def _count(plan: ServicePlan | None) -> int:
+    return 0 if plan is None else len(plan.outputs)
