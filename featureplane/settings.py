@@ -121,3 +121,42 @@ def auth_disabled() -> bool:
     """Whether serving lets every request in unauthenticated: `$FEATUREPLANE_NO_AUTH=1`, which
     only `featureplane serve --no-auth` sets, for local work."""
     return os.environ.get("FEATUREPLANE_NO_AUTH") == "1"
+
+
+def header_timeout_seconds() -> float:
+    """How long the HTTP server waits for a request's line and headers, from the connection or
+    the previous response: `$FEATUREPLANE_HEADER_TIMEOUT_SECONDS`, default 10."""
+    return _positive("FEATUREPLANE_HEADER_TIMEOUT_SECONDS", 10.0)
+
+
+def body_timeout_seconds() -> float:
+    """How long the HTTP server waits for a request's whole body once its headers are in:
+    `$FEATUREPLANE_BODY_TIMEOUT_SECONDS`, default 30 (a 1 MiB body at 35 KB/s)."""
+    return _positive("FEATUREPLANE_BODY_TIMEOUT_SECONDS", 30.0)
+
+
+def max_connections() -> int:
+    """Open connections an HTTP server process holds at most (more are answered 503 and
+    closed), which bounds its memory and file descriptors: `$FEATUREPLANE_MAX_CONNECTIONS`,
+    default 512."""
+    return int(_positive("FEATUREPLANE_MAX_CONNECTIONS", 512, whole=True))
+
+
+def max_head_bytes() -> int:
+    """Bytes a request's line and headers may take (more are answered 431):
+    `$FEATUREPLANE_MAX_HEAD_BYTES`, default 65536."""
+    return int(_positive("FEATUREPLANE_MAX_HEAD_BYTES", 65536, whole=True))
+
+
+def _positive(name: str, default: float, whole: bool = False) -> float:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value) if whole else float(value)
+    except ValueError:
+        number = 0
+    if not number > 0 or number == float("inf"):
+        kind = "a whole number" if whole else "a number of seconds"
+        raise ValueError(f"{name} must be {kind} above 0, got {value!r}")
+    return number

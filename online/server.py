@@ -6,6 +6,8 @@ to the dispatch itself. Uvicorn runs it on uvloop and httptools, production-grad
 pinned through dagster-webserver. SQLite reads take microseconds and run on the event loop;
 other stores' reads block on the network and run in a thread. Several `workers` are separate
 processes, each with its own registry and store client, as Lambda instances would have.
+Connections go through `online.protocol`, which times out slow heads and bodies and bounds
+open connections.
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ def serve(
     """
     import uvicorn
 
+    from online.protocol import connection_limits
+
+    connection_limits()  # a bad limit in the environment fails here, not in a connection
     location = str(registry)
     os.environ["FEATUREPLANE_REGISTRY"] = (
         location if "://" in location else str(Path(location).resolve())
@@ -118,6 +123,7 @@ def serve(
         workers=workers,
         access_log=False,
         lifespan="on",
+        http="online.protocol:LimitedProtocol",
     )
 
 

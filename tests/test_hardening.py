@@ -162,3 +162,33 @@ def test_a_websocket_upgrade_to_the_server_is_refused_with_a_4xx(tmp_path):
             )
             status_line = connection.recv(4096).split(b"\r\n", 1)[0]
     assert status_line.split()[1] == b"403", status_line
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ('{"entities": {"user_id": 1, "user_id": 2}}', "user_id"),
+        ('{"entities": {"user_id": 1}, "entities": {"user_id": 2}}', "entities"),
+        ('{"entities": {"user_id": 1, "u\\u0073er_id": 2}}', "user_id"),
+        ('{"entities": {"user_id" : 1, "user_id":2}}', "user_id"),
+        ('{"entities": {"user_id": 1}, "x": [[{"k": "a:b", "k": 1}]]}', "k"),
+        (
+            '{"entities": {"user_id": 1}, "x": ' + "[" * 300 + '{"d": 1, "d": 2}' + "]" * 300 + "}",
+            "d",
+        ),
+    ],
+)
+def test_a_key_twice_in_one_object_is_400_naming_it(served, body, key):
+    status, error, _ = answer(handler(event("POST", ROUTE.format("users"), body)))
+    assert (status, error["error"]) == (400, f'key "{key}" appears twice in one object of the body')
+
+
+@pytest.mark.parametrize(
+    "entities",
+    ['{"user_id": 1}', '{"user_id" : 1}', '{"user_id": 1, "other": {"user_id": 2}}'],
+)
+def test_the_same_key_in_different_objects_or_strings_is_no_duplicate(served, entities):
+    body = f'{{"entities": {entities}, "features": ["user_stats__clicks"], "x": "\\":\\" : :"}}'
+    status, error, _ = answer(handler(event("POST", ROUTE.format("users"), body)))
+    assert status == 400 and "appears twice" not in error["error"]
+    assert "unexpected fields ['x']" in error["error"] or "unexpected keys" in error["error"]

@@ -9,6 +9,8 @@ Routes (`FeatureServer.respond(method, path, body, headers)`):
   `{"entities": {"user_id": 1, "ad_id": 7}, "request_data": {...}, "features": [...]}`
 - `POST /v1/feature-services/{name}/get-features-batch` with `{"entities": [{...}, ...], ...}`
   (one object per row, at most `Limits.max_batch_rows`).
+- `GET /openapi.json` → the OpenAPI 3.1 document of these routes for the loaded registry
+  (`serving.openapi`): each service's request and response schemas, and every status.
 
 `entities` must hold exactly the service's join keys, of their declared types (an Int64 key
 takes a JSON integer, not `"12"` nor `true`; bodies are parsed with 64-bit integers, and a
@@ -43,9 +45,11 @@ tiles at request time for the current time; an entity without a record is `missi
 value of an empty window (counts 0, others null), which is what training data holds for it. The
 event time of aggregates is the end of their latest tile.
 
-Errors are `{"error": message}`: 400 for malformed JSON, missing, extra or mistyped join keys,
-unknown features or too many rows; 404 for an unknown route or service; 405 for a wrong
-method; 413 for a body over `Limits.max_body_bytes`; 503 when the store stays throttled.
+Errors are `{"error": message}`: 400 for malformed JSON, a key twice in one object (orjson
+would keep the last), missing, extra or mistyped join keys, unknown features or too many rows;
+404 for an unknown route or service; 405 for a wrong method; 413 for a body over
+`Limits.max_body_bytes`; 503 when the store stays throttled. The HTTP server also answers
+408 and 431 for slow or oversized requests (`online.protocol`).
 
 """
 

@@ -26,6 +26,8 @@ RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|
 """Timestamps requests may send: RFC 3339 date-times (no offset means UTC), nothing else
 `datetime.fromisoformat` would read (`"11111111"`, `"2026-W42-3"`)."""
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+TOKENS = re.compile(rb'"([^"\\]*(?:\\.[^"\\]*)*)"[ \t\n\r]*(:?)|([{}\[\]])')
+"""The strings (with whether a colon follows: a key) and brackets of JSON text, in order."""
 
 
 class RequestError(ValueError):
@@ -207,7 +209,42 @@ def parse_body(body: bytes | str | None, limits: Limits) -> dict[str, Any]:
         raise RequestError(400, f"body is not valid JSON: {error}") from None
     if type(request) is not dict:
         raise RequestError(400, "body must be a JSON object with an 'entities' field")
+    key = None if _keys_unique(body, request) else _duplicate_key(body)
+    if key is not None:
+        raise RequestError(400, f"key {shown(key)} appears twice in one object of the body")
     return request
+
+
+def _keys_unique(body: bytes, request: dict[str, Any]) -> bool:
+    """Whether the body's objects name each key once, cheaply. orjson keeps the last of a
+    repeated key, so the parsed request re-encoded has fewer members, each one colon outside
+    strings; a body without escapes holds its strings as orjson writes them, colons included,
+    so the two have as many colons exactly when no key repeats. False when unsure (escapes, or
+    nesting deeper than orjson writes): `_duplicate_key` then decides."""
+    if b"\\" in body:
+        return False
+    try:
+        return orjson.dumps(request).count(b":") == body.count(b":")
+    except orjson.JSONEncodeError:
+        return False
+
+
+def _duplicate_key(body: bytes) -> str | None:
+    """The first key a body's object names twice (escapes decoded), by a scan of its tokens;
+    the body is valid JSON, so every quote outside a string opens one."""
+    objects: list[set[str]] = []  # per open bracket, the keys seen (none in an array)
+    for text, colon, bracket in TOKENS.findall(body):
+        if bracket:
+            if bracket in b"{[":
+                objects.append(set())
+            else:
+                objects.pop()
+        elif colon:
+            key = orjson.loads(b'"%s"' % text) if b"\\" in text else text.decode()
+            if key in objects[-1]:
+                return key
+            objects[-1].add(key)
+    return None
 
 
 def entity_rows(entities: Any, batch: bool, limits: Limits) -> list[Any]:

@@ -28,6 +28,7 @@ from featureplane.online_store.store import OnlineStore
 from featureplane.registry import ServingRegistry
 from featureplane.serving.audit import AuditLog
 from featureplane.serving.columns import response_columns
+from featureplane.serving.openapi import openapi_body
 from featureplane.serving.plans import ServicePlan, service_plan
 from featureplane.serving.request import (
     Limits,
@@ -47,6 +48,7 @@ from featureplane.serving.responses import (
     encode_json,
     error_response,
     internal_error,
+    names_shown,
 )
 
 HEALTH_PROBE = "_health#probe"
@@ -273,6 +275,9 @@ class FeatureServer:
             allow_method(method, "GET", path)
             self.store.read_items([HEALTH_PROBE])  # raises when the store does not answer
             return Response(200, encode_json(self._health))
+        if parts == ["openapi.json"]:
+            allow_method(method, "GET", path)
+            return Response(200, openapi_body(self))
         if parts[:2] != ["v1", "feature-services"]:
             raise RequestError(404, f"no route {cut(path)!r}")
         if len(parts) == 2:
@@ -401,7 +406,7 @@ class FeatureServer:
         if unknown:
             raise RequestError(
                 400,
-                f"unknown features {unknown[:10]} for service {plan.name!r} "
+                f"unknown features {names_shown(unknown)} for service {plan.name!r} "
                 f"(features: {', '.join(plan.outputs)})",
             )
         if len(set(wanted)) != len(wanted):
