@@ -161,7 +161,7 @@ def _print_served_vector(
     entity of `row` over HTTP with the Python client and print them; the server always stops."""
     from featureplane.registry import build_registry, write_registry
     from featureplane.repository import Repository
-    from featureplane.settings import online_store_settings, registry_path
+    from featureplane.settings import data_dir, online_store_settings, registry_path
     from online.client import FeatureClient
     from online.server import serving_process
 
@@ -181,7 +181,10 @@ def _print_served_vector(
         request_data = {field["name"]: asked.isoformat() for field in spec["request_data"]}
         result = client.get_features(service, entities, request_data)
     when = f"as of {as_of}" if as_of else f"at {asked:%Y-%m-%d %H:%M:%S} UTC"
-    print(f"\n{service} served over HTTP at {url} {when} for {entities} (registry {path}):")
+    print(
+        f"\n{service} served over HTTP at {url} {when} for {entities} (registry {path}; "
+        f"as {DEMO_CLIENT}, whose key is in {data_dir() / f'{DEMO_CLIENT}.key'}):"
+    )
     width = max(map(len, result["values"]))
     for feature, value in result["values"].items():
         age = result["age_seconds"][feature]

@@ -24,7 +24,16 @@ from featureplane.registry import write_registry
 from featureplane.serving.request import RFC3339
 from online.server import serving_process
 from tests.api_document import ApiDocument
-from tests.serving_repo import NOW, Clock, ad_stats, feature_server, registry, user_stats, write_row
+from tests.serving_repo import (
+    KEY,
+    NOW,
+    Clock,
+    ad_stats,
+    feature_server,
+    registry,
+    user_stats,
+    write_row,
+)
 
 USERS = {  # user_id → event time of its user_stats record: fresh, or past the 2-day ttl
     1: NOW - timedelta(minutes=5),
@@ -233,11 +242,10 @@ def hostile_requests(draw, api: ApiDocument) -> tuple[str, str, str, dict, str]:
     """(method, path, body, headers, kind of change): a valid request with one hostile
     change."""
     service, path, request, batch = draw(valid_requests(api))
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", "x-api-key": KEY}
     method = "POST"
-    kind = draw(
-        st.sampled_from(["value", "duplicate", "unexpected", "path", "method", "type", "surrogate"])
-    )
+    kinds = ["value", "duplicate", "unexpected", "path", "method", "type", "surrogate", "key"]
+    kind = draw(st.sampled_from(kinds))
     rows = request["entities"] if batch else [request["entities"]]
     if kind == "value":
         target = draw(st.sampled_from(["key", "data", "top", "features"]))
@@ -266,7 +274,11 @@ def hostile_requests(draw, api: ApiDocument) -> tuple[str, str, str, dict, str]:
         method = draw(st.sampled_from(["GET", "PUT", "DELETE", "PATCH", "OPTIONS"]))
         body = json.dumps(request)
     elif kind == "type":
-        headers = {"content-type": draw(st.sampled_from(["text/plain", "application/xml", "x"]))}
+        headers["content-type"] = draw(st.sampled_from(["text/plain", "application/xml", "x"]))
+        body = json.dumps(request)
+    elif kind == "key":
+        forged = st.sampled_from(["", KEY[:-1] + ("A" if KEY[-1] != "A" else "B"), "Bearer x"])
+        headers = {"content-type": "application/json", "x-api-key": draw(forged | HOSTILE)}
         body = json.dumps(request)
     else:
         body = json.dumps(request, ensure_ascii=False)[:-1] + ', "\ud800": 1}'
@@ -301,7 +313,7 @@ PROPERTIES = settings(max_examples=150, deadline=None, suppress_health_check=[He
 @given(data=st.data())
 def test_valid_requests_are_served_as_the_store_holds(server, api, data):
     generated = data.draw(valid_requests(api))
-    response = server.respond("POST", generated[1], json.dumps(generated[2]), {})
+    response = server.respond("POST", generated[1], json.dumps(generated[2]), {"x-api-key": KEY})
     _assert_served(server, api, generated, response.status, response.body)
 
 
@@ -353,7 +365,8 @@ def handled(server):
 @given(data=st.data(), kind=EVENT_KINDS)
 def test_the_lambda_handler_serves_valid_requests(handled, server, api, data, kind):
     generated = data.draw(valid_requests(api))
-    response = handled(event(kind, "POST", generated[1], json.dumps(generated[2]), {}))
+    body = json.dumps(generated[2])
+    response = handled(event(kind, "POST", generated[1], body, {"x-api-key": KEY}))
     _assert_served(server, api, generated, response["statusCode"], response["body"].encode())
 
 
@@ -406,7 +419,7 @@ def test_over_http_valid_requests_are_served(http_server, server, api, data):
         "POST",
         generated[1],
         json.dumps(generated[2]),
-        {"content-type": "application/json"},
+        {"content-type": "application/json", "x-api-key": KEY},
     )
     _assert_served(server, api, generated, status, body)
 

@@ -11,9 +11,7 @@ from openapi_spec_validator import validate
 
 from featureplane.serving.openapi import openapi_document
 from tests.api_document import ApiDocument
-from tests.serving_repo import NOW, Clock, feature_server, user_stats, write_row
-
-HEADERS = {"content-type": "application/json"}
+from tests.serving_repo import HEADERS, NOW, Clock, feature_server, user_stats, write_row
 
 
 @pytest.fixture(scope="module")

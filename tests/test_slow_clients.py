@@ -14,7 +14,7 @@ import pytest
 from featureplane.registry import write_registry
 from online.client import FeatureClient
 from online.server import serving_process
-from tests.serving_repo import registry
+from tests.serving_repo import KEY, registry
 
 TIMEOUT = 1.5
 LIMITS = {
@@ -22,7 +22,9 @@ LIMITS = {
     "FEATUREPLANE_BODY_TIMEOUT_SECONDS": str(TIMEOUT),
     "FEATUREPLANE_MAX_CONNECTIONS": "150",
 }
-REQUEST = b"POST /v1/feature-services/users/get-features HTTP/1.1\r\nHost: x\r\n"
+REQUEST = (
+    f"POST /v1/feature-services/users/get-features HTTP/1.1\r\nHost: x\r\nx-api-key: {KEY}\r\n"
+).encode()
 BODY = b'{"entities": {"user_id": 1}}'
 
 
@@ -51,7 +53,7 @@ def answer(connection: socket.socket) -> bytes:
 
 def latencies(url: str, count: int = 200) -> list[float]:
     timings = []
-    with FeatureClient(url) as client:
+    with FeatureClient(url, api_key=KEY) as client:
         for _ in range(count):
             began = time.perf_counter()
             client.get_features("users", {"user_id": 1})
@@ -105,7 +107,7 @@ def test_a_body_trickled_slower_than_the_timeout_is_408_and_the_server_keeps_ser
     assert status_line.split()[1] == b"408", received
     assert "request body not received" in json.loads(rest.split(b"\r\n\r\n", 1)[1])["error"]
     assert time.monotonic() - began < TIMEOUT + 1.0
-    with FeatureClient(url) as client:
+    with FeatureClient(url, api_key=KEY) as client:
         assert client.get_features("users", {"user_id": 1})["status"]["user_stats__clicks"]
 
 
@@ -133,5 +135,5 @@ def test_connections_past_the_bound_are_503(url):
         for connection in held:
             connection.close()
     time.sleep(0.2)
-    with FeatureClient(url) as client:
+    with FeatureClient(url, api_key=KEY) as client:
         assert client.health()["status"] == "ok"

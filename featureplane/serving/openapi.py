@@ -240,6 +240,7 @@ def _shared_schemas() -> dict[str, Schema]:
                 "status": {"const": "ok"},
                 "registry_format": {"type": "integer"},
                 "feature_services": {"type": "integer", "minimum": 0},
+                "auth": {"enum": ["on", "off"]},
             }
         ),
         "OpenAPI": {
