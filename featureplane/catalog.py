@@ -59,6 +59,8 @@ def edges(registry: Mapping[str, Any]) -> list[tuple[Ref, Ref]]:
             reads = [selection["view"] for selection in obj["features"]]
         elif kind == "training_dataset":
             reads = [obj["spine"], obj["service"]]
+        elif kind == "access_policy":
+            reads = [service for service in obj["read"] if service in kinds]
         else:
             reads = []
         pairs += [((kinds[name], name), me) for name in dict.fromkeys(reads)]

@@ -357,5 +357,7 @@ def test_the_command_line_makes_keys_and_guards_applying(cli, data_dir, monkeypa
     code, out, _ = cli("history")
     assert "by ci" in out and "access 3" in out and "key" in out
     assert re.search(r"version 2 .* by ci", out)
+    code, out, _ = cli("describe", "readers", "--repository", widened)
+    assert code == 0 and "feature_service checkout" in out, out
     code, out, _ = cli("history", "ranker")
     assert "ranker created" in out and "ci created" not in out
