@@ -250,7 +250,8 @@ def test_the_platform_runs_itself(dagster_dev, receiver):
     assert "registry version 1 serves" in applied.stdout
     assert "[------------------------]   0%  0/3" in applied.stdout  # three landed days
 
-    with serving_process(project.env["FEATUREPLANE_REGISTRY"], env=project.env) as url:
+    unauthenticated = {**project.env, "FEATUREPLANE_NO_AUTH": "1"}  # this test is about automation
+    with serving_process(project.env["FEATUREPLANE_REGISTRY"], env=unauthenticated) as url:
         client = FeatureClient(url)
         first = served(client)
         assert first["status"]["user_click_totals__clicks_2d"] == "present"
