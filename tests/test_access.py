@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import online.handler
 from featureplane.access import AccessDenied, AccessPolicy, Gate, PolicySpec, Principals
 from featureplane.access.keys import digest
-from featureplane.errors import AccessError, AccessPolicyError, RepositoryError
+from featureplane.errors import AccessError, AccessPolicyError, DefinitionError
 from featureplane.registry import build_registry, load_registry, write_registry
 from featureplane.registry_store import RegistryStore
 from featureplane.serving import FeatureServer
@@ -272,9 +272,7 @@ def test_principal_and_policy_mistakes_are_one_line_errors():
     with pytest.raises(AccessPolicyError, match="grants nothing"):
         AccessPolicy("empty", members=["ranker"])
     unknown = AccessPolicy("reads_nothing_real", members=["ranker"], read=["nowhere"])
-    with pytest.raises(
-        RepositoryError.__base__, match=r"reads \['nowhere'\], which are no feature"
-    ):
+    with pytest.raises(DefinitionError, match=r"reads \['nowhere'\], which are no feature"):
         repository(unknown)
 
 

@@ -177,12 +177,14 @@ class FeatureServer:
         answer = self._guarded(
             method,
             path,
-            lambda: self._route(method.upper(), path, body, headers, caller, seen),
+            lambda: self._route(
+                method.upper(), path, body, headers, caller, seen, request_id, started
+            ),
             request_id,
         )
         if isinstance(answer, Admitted):
-            return replace(answer, request_id=request_id, started=started)
-        if seen.get("audited", True):
+            return answer
+        if seen.pop("audited", True):
             self._record(answer, request_id, started, method, path, **seen)
         return answer
 
@@ -257,7 +259,9 @@ class FeatureServer:
         except Exception:  # noqa: BLE001 - a server error is logged and answered, never raised
             return internal_error(f"{method[:10]} {path[:SHOWN_PATH]}", request_id=request_id)
         if isinstance(result, Response):
-            return replace(result, headers=(*result.headers, ("x-request-id", request_id)))
+            return Response(
+                result.status, result.body, (*result.headers, ("x-request-id", request_id))
+            )
         return result
 
     def _route(
@@ -268,6 +272,8 @@ class FeatureServer:
         headers: Mapping[str, str],
         caller: str | None,
         seen: dict[str, Any],
+        request_id: str,
+        started: float,
     ) -> Admitted | Response:
         parts = path.strip("/").split("/")
         if parts == ["health"]:
@@ -311,6 +317,8 @@ class FeatureServer:
                 served=(name, request, batch),
                 rows=rows,
                 principal=None if principal is None else principal.name,
+                request_id=request_id,
+                started=started,
             )
         raise RequestError(404, f"no route {cut(path)!r}")
 
