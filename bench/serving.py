@@ -1,6 +1,7 @@
 """Online serving of the demo service `ctr` over HTTP, from SQLite and from DynamoDB (moto_server).
 
-    python -m bench.serving [--quick] [--data-dir DIR] [--engines sqlite dynamodb] [--workers 1 2]
+    python -m bench.serving [--quick] [--data-dir DIR] [--engines sqlite dynamodb]
+        [--servers 'one loop' default]
 
 One run reports, per store and server worker count: p50/p95/p99 latency and requests/s of 1-row
 and 100-row requests from 1 and 8 clients; the raw store read (`read_items`) of the same keys and
@@ -44,7 +45,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,16 @@ SERVICE = "ctr"
 STORES = {"sqlite": "SQLite file", "dynamodb": "DynamoDB on moto_server"}
 CASES = ((1, 1), (1, 8), (100, 1), (100, 8))
 """(rows per request, concurrent clients)."""
+HEAVY = (1_000, 20)
+FAIR_CASE = "1x1 with 20x1000"
+"""One client's 1-row requests while 20 other clients (another principal) send 1,000-row
+batches: the fairness case."""
+SERVERS = {"one loop": (1, 0), "default": (None, None)}
+"""(server processes, compute workers each): serving as it was (one process computing every
+request on its event loop) and `featureplane serve`'s defaults (a process per core, compute
+workers for big requests)."""
+FAIRNESS_GOAL, THROUGHPUT_GOAL = 3.0, 2.0
+"""Loaded over idle 1-row p99 at most; default over one-loop 8-client 1-row req/s at least."""
 GOALS = {("sqlite", 1, 1): 1.5, ("sqlite", 1, 8): 10.0, ("sqlite", 100, 1): 8.0}
 """p99 milliseconds the issue asks of the SQLite store over HTTP."""
 REFERENCE = {(1, 1): 3.9, (1, 8): 33.0, (100, 1): 23.0}
@@ -107,12 +119,25 @@ def demo_data(data: Path) -> None:
     )
 
 
-def demo_registry(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The demo repository's registry, served from the store of `settings`."""
+def demo_registry(settings: Mapping[str, Any], principals: Any = None) -> dict[str, Any]:
+    """The demo repository's registry, served from the store of `settings` (to `principals`)."""
     from featureplane.registry import build_registry
     from featureplane.repository import Repository
 
-    return build_registry(Repository.load("feature_assets"), settings)
+    return build_registry(Repository.load("feature_assets"), settings, principals)
+
+
+def bench_principals() -> tuple[Any, dict[str, str]]:
+    """Two principals with new keys, as every request is authenticated in production: the
+    demo's client (`light`) and a batch scorer of the ranking group (`heavy`), both of whom
+    `ranking_reads_ctr` lets read the service."""
+    from featureplane.access import Principals
+    from featureplane.cli import DEMO_CLIENT
+
+    now = datetime.now(UTC)
+    principals, light = Principals.none().create(DEMO_CLIENT, now)
+    principals, heavy = principals.create("batch-scorer", now, groups=["ranking"])
+    return principals, {"light": light, "heavy": heavy}
 
 
 def demo_end() -> datetime:
@@ -271,7 +296,7 @@ def client(job: dict[str, Any]) -> dict[str, Any]:
 
     requests, rows, extra = job["requests"], job["rows"], job["request_data"] or None
     latencies = []
-    with FeatureClient(job["url"]) as feature_client:
+    with FeatureClient(job["url"], api_key=job["api_key"]) as feature_client:
 
         def send(index: int) -> None:
             batch = requests[index % len(requests)]
@@ -291,39 +316,62 @@ def client(job: dict[str, Any]) -> dict[str, Any]:
     return {"latencies": latencies, "started": started, "finished": time.time()}
 
 
+@dataclass(frozen=True)
+class Clients:
+    """Client processes that send requests of `size` rows with one principal's key."""
+
+    api_key: str
+    size: int
+    clients: int
+
+
 def load(
     pool: Any,
     url: str,
     rows: list[dict],
     extra: dict[str, Any],
-    size: int,
-    clients: int,
+    groups: Sequence[Clients],
     limits: dict[str, Any],
-) -> dict[str, Any]:
-    """Run `clients` client processes against the server; pooled latencies and requests/s."""
-    requests = [rows[i : i + size] for i in range(0, len(rows) - size + 1, size)]
+) -> list[dict[str, Any]]:
+    """Run the client processes of every group together against the server; each group's
+    pooled latencies and requests/s."""
     start_at = time.time() + limits["start_delay"]
     jobs = [
         {
             "url": url,
-            "requests": requests,
-            "rows": size,
+            "api_key": group.api_key,
+            "requests": [
+                rows[i : i + group.size] for i in range(0, len(rows) - group.size + 1, group.size)
+            ],
+            "rows": group.size,
             "request_data": extra,
             "start_at": start_at,
             "seconds": limits["seconds"],
             "max_requests": limits["max_requests"],
             "offset": index * 997,
+            "group": number,
         }
-        for index in range(clients)
+        for number, group in enumerate(groups)
+        for index in range(group.clients)
     ]
     reports = pool.map(client, jobs)
-    latencies = [s for report in reports for s in report["latencies"]]
-    elapsed = max(r["finished"] for r in reports) - min(r["started"] for r in reports)
-    return {
-        **percentiles(latencies),
-        "requests": len(latencies),
-        "requests_per_s": round(len(latencies) / elapsed, 1),
-    }
+    figures = []
+    for number in range(len(groups)):
+        mine = [r for r, job in zip(reports, jobs, strict=True) if job["group"] == number]
+        latencies = [s for report in mine for s in report["latencies"]]
+        elapsed = max(r["finished"] for r in mine) - min(r["started"] for r in mine)
+        figures.append(
+            {
+                **(
+                    percentiles(latencies)
+                    if len(latencies) > 1
+                    else {"p50": None, "p95": None, "p99": None}
+                ),
+                "requests": len(latencies),
+                "requests_per_s": round(len(latencies) / elapsed, 1),
+            }
+        )
+    return figures
 
 
 # ---- in process ---------------------------------------------------------------------------------
@@ -347,15 +395,24 @@ class TimedStore:
 
 
 def in_process(
-    registry: ServingRegistry, rows: list[dict], extra: dict[str, Any], size: int, count: int
+    registry: ServingRegistry,
+    rows: list[dict],
+    extra: dict[str, Any],
+    size: int,
+    count: int,
+    api_key: str,
+    audit: Path,
 ) -> dict[str, Any]:
-    """Raw `read_items` and `FeatureServer.respond` of the same requests, in this process; the
-    handler's overhead is respond minus its read, request by request."""
+    """Raw `read_items` and `FeatureServer.respond` of the same requests (authenticated and
+    audited to the file `audit`), in this process; the handler's overhead is respond minus
+    its read, request by request."""
     from featureplane.serving import FeatureServer
+    from featureplane.serving.audit import AuditLog
 
     store = TimedStore(open_store(registry.online_store))
     as_of = demo_end()
-    server = FeatureServer(registry, store, clock=lambda: as_of)
+    server = FeatureServer(registry, store, clock=lambda: as_of, audit=AuditLog(str(audit)))
+    headers = {"x-api-key": api_key, "content-type": "application/json"}
     route = "get-features" if size == 1 else "get-features-batch"
     path = f"/v1/feature-services/{SERVICE}/{route}"
     bodies = [
@@ -367,7 +424,7 @@ def in_process(
     totals = []
     for index in range(count + count // 10):
         began = time.perf_counter()
-        response = server.respond("POST", path, bodies[index % len(bodies)])
+        response = server.respond("POST", path, bodies[index % len(bodies)], headers)
         totals.append(time.perf_counter() - began)
         if response.status != 200:
             raise RuntimeError(f"in-process request failed: {response.body[:300]!r}")
@@ -458,10 +515,11 @@ def bench_store(
     result: dict[str, Any] = {"store": STORES[kind]}
     with (
         store_settings(kind, data) as settings,
-        multiprocessing.get_context("spawn").Pool(8) as pool,
+        multiprocessing.get_context("spawn").Pool(1 + HEAVY[1]) as pool,
     ):
         os.environ.update(FAKE_AWS)
-        registry_json = demo_registry(settings)
+        principals, keys_of = bench_principals()
+        registry_json = demo_registry(settings, principals)
         path = write_registry(registry_json, data / f"registry_bench_{kind}.json")
         registry = load_registry(path)
         served = registry.services[SERVICE]
@@ -484,36 +542,77 @@ def bench_store(
             f"  {kind}: pushed {result['push']['rows']:,} rows, "
             f"{result['push']['rows_per_s']:,} rows/s"
         )
+        audit = data / "audit_bench.jsonl"
         result["in_process"] = {
             str(size): in_process(
-                registry, rows, extra, size, max(limits["in_process"] // size, 20)
+                registry,
+                rows,
+                extra,
+                size,
+                max(limits["in_process"] // size, 20),
+                keys_of["light"],
+                audit,
             )
             for size in (1, 100)
         }
-        result["http"] = {}
-        for workers in args.workers:
-            env = {**FAKE_AWS, "FEATUREPLANE_AS_OF": demo_end().isoformat()}
-            with serving_process(path, workers, env) as url:
-                rounds: dict[str, list[dict[str, Any]]] = {f"{s}x{c}": [] for s, c in CASES}
-                for round_ in range(limits["repeats"]):
-                    for size, clients in CASES:
-                        figures = load(pool, url, rows, extra, size, clients, limits)
-                        rounds[f"{size}x{clients}"].append(figures)
-                        print(
-                            f"  {kind} workers={workers} round {round_ + 1} {size}-row "
-                            f"x{clients}: {figures}"
-                        )
-                result["http"][str(workers)] = {
-                    case: medians(runs) for case, runs in rounds.items()
-                }
+        env = {
+            **FAKE_AWS,
+            "FEATUREPLANE_AS_OF": demo_end().isoformat(),
+            "FEATUREPLANE_AUDIT_LOG": str(audit),
+        }
+        with ExitStack() as servers:
+            urls = {
+                name: servers.enter_context(
+                    serving_process(path, SERVERS[name][0], env, compute=SERVERS[name][1])
+                )
+                for name in args.servers
+            }
+            result["http"] = http_load(kind, pool, urls, keys_of, rows, extra, limits)
     return result
 
 
+def http_load(
+    kind: str,
+    pool: Any,
+    urls: Mapping[str, str],
+    keys_of: Mapping[str, str],
+    rows: list[dict],
+    extra: dict[str, Any],
+    limits: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Every load case against every server, interleaved in `repeats` rounds; the medians."""
+    cases = {
+        **{f"{s}x{c}": [Clients(keys_of["light"], s, c)] for s, c in CASES},
+        FAIR_CASE: [Clients(keys_of["light"], 1, 1), Clients(keys_of["heavy"], *HEAVY)],
+    }
+    rounds: dict[tuple[str, str], list[list[dict[str, Any]]]] = {
+        (server, case): [] for server in urls for case in cases
+    }
+    for round_ in range(limits["repeats"]):
+        for case, groups in cases.items():
+            for server, url in urls.items():
+                figures = load(pool, url, rows, extra, groups, limits)
+                rounds[server, case].append(figures)
+                shown = figures[0] if len(figures) == 1 else figures
+                print(f"  {kind} {server} round {round_ + 1} {case}: {shown}")
+    return {
+        server: {
+            case: [medians([run[g] for run in rounds[server, case]]) for g in range(len(groups))]
+            for case, groups in cases.items()
+        }
+        for server in urls
+    }
+
+
 def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """A load case's figures over its rounds: the median of each, and every round's."""
+    """A load case's figures over its rounds: the median of each (of the rounds that had
+    one: a starved client may have too few requests for percentiles), and every round's."""
     figures = ("p50", "p95", "p99", "requests_per_s")
     return {
-        **{name: statistics.median(run[name] for run in runs) for name in figures},
+        **{
+            name: statistics.median([run[name] for run in runs if run[name] is not None] or [0])
+            for name in figures
+        },
         "requests": sum(run["requests"] for run in runs),
         "rounds": runs,
     }
@@ -527,29 +626,37 @@ def print_tables(report: dict[str, Any]) -> None:
         if "error" in result:
             print(f"\n{result['store']}: failed, {result['error']}")
             continue
-        for workers, cases in result["http"].items():
+        for server, cases in result["http"].items():
             print(
                 f"\n{result['store']}, service {SERVICE} ({result['views']} views, "
-                f"{result['features']} features), {workers} server worker(s); "
-                f"medians of {report['method']['repeats']} rounds"
+                f"{result['features']} features), server {server!r} "
+                f"(processes, compute workers: {SERVERS[server]}); medians of "
+                f"{report['method']['repeats']} rounds"
             )
             print(
-                f"{'request':<16} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'req/s':>8} "
+                f"{'request':<18} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'req/s':>8} "
                 f"{'goal p99':>8} {'ref p99':>7} {'ref/ours':>8}  verdict  p99 of each round"
             )
             for size, clients in CASES:
-                f = cases[f"{size}x{clients}"]
+                f = cases[f"{size}x{clients}"][0]
                 goal, ref = GOALS.get((kind, size, clients)), REFERENCE.get((size, clients))
                 verdict = "" if goal is None else ("PASS" if f["p99"] <= goal else "MISS")
                 ratio = f"{ref / f['p99']:.1f}x" if ref and kind == "sqlite" else ""
                 print(
-                    f"{size:>3}-row/{clients} client{'s' if clients > 1 else ' '} "
+                    f"{size:>3}-row/{clients} client{'s' if clients > 1 else ' '}   "
                     f"{f['p50']:>7.2f} {f['p95']:>7.2f} {f['p99']:>7.2f} "
                     f"{f['requests_per_s']:>8,.0f} "
                     f"{'' if goal is None else f'<= {goal:g}':>8} "
                     f"{ref if ref and kind == 'sqlite' else '':>7} {ratio:>8}  {verdict:<7}  "
-                    + " ".join(f"{run['p99']:.2f}" for run in f["rounds"])
+                    + " ".join(f"{run['p99'] or 0:.2f}" for run in f["rounds"])
                 )
+            light, heavy = cases[FAIR_CASE]
+            print(
+                f"1-row/1 client while 20 clients send 1,000-row batches: p50 {light['p50']:.2f} "
+                f"p99 {light['p99']:.2f} ms ({light['requests']} requests); batches "
+                f"{heavy['requests_per_s']:,.1f}/s, p99 {heavy['p99']:.0f} ms"
+            )
+        print_goals(kind, result["http"])
         for size, figures in result["in_process"].items():
             overhead = figures["overhead_p50_ms"]
             goal = "PASS" if overhead <= OVERHEAD_GOAL_MS else "MISS"
@@ -580,14 +687,52 @@ def print_tables(report: dict[str, Any]) -> None:
     )
 
 
+def print_goals(kind: str, http: Mapping[str, Mapping[str, Any]]) -> None:
+    """The issue's serving goals, from the default server against the one-loop one."""
+    if "default" not in http:
+        return
+    ours = http["default"]
+    idle, loaded = ours["1x1"][0]["p99"], ours[FAIR_CASE][0]["p99"]
+    print(f"\n{STORES[kind]}, goals (default server):")
+    print(f"{'goal':<58} {'ours':>9} {'target':>9}  verdict")
+    rows = [("1-row p99, 1 client, authenticated and audited (ms)", idle, 1.5, idle <= 1.5)]
+    ratio = loaded / idle
+    rows.append(
+        (
+            "1-row p99 under 20 x 1,000-row clients / idle p99",
+            ratio,
+            FAIRNESS_GOAL,
+            ratio <= FAIRNESS_GOAL,
+        )
+    )
+    if "one loop" in http:
+        before = http["one loop"]["1x8"][0]["requests_per_s"]
+        gain = ours["1x8"][0]["requests_per_s"] / before
+        rows.append(
+            (
+                f"1-row req/s, 8 clients / one loop's ({before:,.0f})",
+                gain,
+                THROUGHPUT_GOAL,
+                gain >= THROUGHPUT_GOAL,
+            )
+        )
+        starved = http["one loop"][FAIR_CASE][0]["p99"]
+        rows.append(("(one loop: 1-row p99 under the batches, ms)", starved, None, None))
+    for name, value, target, passed in rows:
+        verdict = "" if passed is None else ("PASS" if passed else "MISS")
+        print(f"{name:<58} {value:>9.2f} {'' if target is None else target:>9}  {verdict}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("python -m bench.serving", __doc__, STORES, DEFAULT_OUT)
-    parser.add_argument("--workers", type=int, nargs="+", help="server workers to try (1 2)")
+    parser.add_argument(
+        "--servers", nargs="+", choices=SERVERS, help="servers to compare (all of them)"
+    )
     parser.add_argument("--seconds", type=float, help="seconds per load case (5)")
     parser.add_argument("--dynamodb-rows", type=int, help="extra rows per view pushed to moto")
     args = parser.parse_args(argv)
     quick = args.quick
-    args.workers = args.workers or ([1] if quick else [1, 2])
+    args.servers = args.servers or list(SERVERS)
     limits = {
         "keys": 2_000 if quick else 20_000,
         "seconds": args.seconds or (1.0 if quick else 5.0),
@@ -612,7 +757,11 @@ def main(argv: list[str] | None = None) -> int:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "data": {"dir": str(data), "records": {name: len(k) for name, k in keys.items()}},
-        "method": {**limits, "workers": args.workers, "cases": [f"{s}x{c}" for s, c in CASES]},
+        "method": {
+            **limits,
+            "servers": {name: SERVERS[name] for name in args.servers},
+            "cases": [f"{s}x{c}" for s, c in CASES],
+        },
         "goals_p99_ms": {f"{k}:{s}x{c}": g for (k, s, c), g in GOALS.items()},
         "reference_p99_ms": {f"{s}x{c}": g for (s, c), g in REFERENCE.items()},
         "stores": {},

@@ -577,7 +577,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.no_auth:
         os.environ["FEATUREPLANE_NO_AUTH"] = "1"
         print(f"WARNING: {AUTH_OFF}", file=sys.stderr)
-    serve(registry, args.host, args.port, args.workers)
+    serve(registry, args.host, args.port, args.workers, args.compute_workers)
     return 0
 
 
@@ -681,7 +681,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--registry", help="registry file or store (default: $FEATUREPLANE_REGISTRY)"
     )
-    serve.add_argument("--workers", type=int, default=1, help="server processes")
+    serve.add_argument(
+        "--workers", type=int, help="server processes, sharing the port (default: one per core)"
+    )
+    serve.add_argument(
+        "--compute-workers",
+        type=int,
+        help="processes per server process that compute requests of more than "
+        "$FEATUREPLANE_INLINE_ROWS rows, in fair order by principal (default: the cores shared "
+        "out, at least 1; 0: compute every request on the event loop)",
+    )
     serve.add_argument(
         "--as-of",
         help="serve as of this fixed ISO 8601 time, e.g. to replay history "

@@ -148,6 +148,54 @@ def max_head_bytes() -> int:
     return int(_positive("FEATUREPLANE_MAX_HEAD_BYTES", 65536, whole=True))
 
 
+def default_requests_per_second() -> float | None:
+    """Requests per second a principal without its own budget may send (`featureplane access
+    create --requests-per-second` sets one): `$FEATUREPLANE_REQUESTS_PER_SECOND`; unset, no
+    limit."""
+    return _budget("FEATUREPLANE_REQUESTS_PER_SECOND")
+
+
+def default_rows_per_second() -> float | None:
+    """Entity rows per second a principal without its own budget may ask for:
+    `$FEATUREPLANE_ROWS_PER_SECOND`; unset, no limit."""
+    return _budget("FEATUREPLANE_ROWS_PER_SECOND")
+
+
+def rate_burst_seconds() -> float:
+    """How many seconds of its budget a principal may spend at once after a pause:
+    `$FEATUREPLANE_RATE_BURST_SECONDS`, default 1."""
+    return _positive("FEATUREPLANE_RATE_BURST_SECONDS", 1.0)
+
+
+def rate_state() -> str | None:
+    """The file of rate-limit buckets that the processes of one `featureplane serve` share
+    (`$FEATUREPLANE_RATE_STATE`, which `serve` sets); unset, the buckets are the process's."""
+    return os.environ.get("FEATUREPLANE_RATE_STATE") or None
+
+
+def inline_rows() -> int:
+    """Requests of at most this many entity rows are computed by the HTTP server process that
+    received them; larger ones by its compute workers, in fair order by principal:
+    `$FEATUREPLANE_INLINE_ROWS`, default 10."""
+    return int(_positive("FEATUREPLANE_INLINE_ROWS", 10, whole=True))
+
+
+def compute_workers() -> int:
+    """Compute worker processes per HTTP server process, which finish requests above
+    `inline_rows` (0: every request is computed on the event loop):
+    `$FEATUREPLANE_COMPUTE_WORKERS`, default 1 (`featureplane serve` sets it from the cores)."""
+    value = os.environ.get("FEATUREPLANE_COMPUTE_WORKERS", "1")
+    if not value.strip().isdigit():
+        raise ValueError(
+            f"FEATUREPLANE_COMPUTE_WORKERS must be a whole number (0 or more), got {value!r}"
+        )
+    return int(value)
+
+
+def _budget(name: str) -> float | None:
+    return _positive(name, 0.0) if os.environ.get(name) else None
+
+
 def _positive(name: str, default: float, whole: bool = False) -> float:
     value = os.environ.get(name)
     if value is None:

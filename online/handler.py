@@ -112,14 +112,15 @@ def _follow(store: RegistryStore) -> None:
 
 
 def _built(registry: ServingRegistry, previous: FeatureServer | None = None) -> FeatureServer:
-    """A server of `registry`, keeping the `previous` one's audit log, and its online store
-    client while the settings are the same."""
+    """A server of `registry`, keeping the `previous` one's audit log and rate-limit buckets,
+    and its online store client while the settings are the same."""
     same = previous is not None and previous.registry.online_store == registry.online_store
     return FeatureServer(
         registry,
         store=previous.store if same else None,  # type: ignore[union-attr]
         authenticate=not auth_disabled(),
         audit=None if previous is None else previous.audit,
+        rate_limits=None if previous is None else previous.rate_limits,
     )
 
 

@@ -1,13 +1,18 @@
 """The local HTTP server: the Lambda handler's dispatch as a raw ASGI app, served by uvicorn.
 
 No web framework: `app` reads the body (refusing one over the limit before reading it all),
-calls `FeatureServer.respond` and writes the response, which keeps the per-request overhead
-to the dispatch itself. Uvicorn runs it on uvloop and httptools, production-grade and already
-pinned through dagster-webserver. SQLite reads take microseconds and run on the event loop;
-other stores' reads block on the network and run in a thread. Several `workers` are separate
-processes, each with its own registry and store client, as Lambda instances would have.
-Connections go through `online.protocol`, which times out slow heads and bodies and bounds
-open connections.
+lets `FeatureServer.admit` decide at the door, and writes the response, which keeps the
+per-request overhead to the dispatch itself. Uvicorn runs it on uvloop and httptools,
+production-grade and already pinned through dagster-webserver.
+
+Where a request is computed: one of at most `$FEATUREPLANE_INLINE_ROWS` rows (10) on the event
+loop, at once (SQLite reads take microseconds; other stores' reads block on the network and
+run in a thread); a bigger one by the process's compute workers (`online.workers`), in fair
+order by principal, so that big batches never hold up small requests. `serve` starts one server
+process per core (`workers`), each with its own registry, store client and compute workers, as
+Lambda instances would have; they share the listening socket and the principals' rate-limit
+buckets (`featureplane.serving.rate_limits`). Connections go through `online.protocol`, which
+times out slow heads and bodies and bounds open connections.
 """
 
 from __future__ import annotations
@@ -25,9 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from featureplane.serving import Response, encode_json
+from featureplane.serving.rate_limits import RateLimits
+from featureplane.serving.server import Admitted
+from featureplane.settings import compute_workers, inline_rows
 from online.handler import server
+from online.workers import ComputePool
 
 Scope = dict[str, Any]
+_pool: ComputePool | None = None
+"""The compute workers of this server process (None: every request is computed inline)."""
+_inline_rows = inline_rows()
 
 
 async def app(scope: Scope, receive: Any, send: Any) -> None:
@@ -49,16 +61,29 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         headers = {
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
-        request = (scope["method"], scope["path"], body, headers)
-        if feature_server.registry.online_store.get("type", "sqlite") == "sqlite":
-            response = feature_server.respond(*request)
-        else:
-            loop = asyncio.get_running_loop()
-            response = await loop.run_in_executor(None, feature_server.respond, *request)
+        response = await _answer(feature_server, (scope["method"], scope["path"], body, headers))
     headers = [(name.encode(), value.encode()) for name, value in response.headers]
     headers.append((b"content-length", str(len(response.body)).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
+
+
+async def _answer(feature_server: Any, request: tuple) -> Response:
+    """Admit the request, then compute it here, in a thread (a store over the network) or by
+    a compute worker (a big one)."""
+    local = feature_server.registry.online_store.get("type", "sqlite") == "sqlite"
+    loop = asyncio.get_running_loop()
+    if local:
+        admitted = feature_server.admit(*request)
+    else:
+        admitted = await loop.run_in_executor(None, feature_server.admit, *request)
+    if not isinstance(admitted, Admitted):
+        return admitted
+    if _pool is not None and admitted.rows > _inline_rows:
+        return await _pool.finish(admitted)
+    if local:
+        return feature_server.finish(admitted)
+    return await loop.run_in_executor(None, feature_server.finish, admitted)
 
 
 async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes | None:
@@ -81,27 +106,42 @@ async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes | None:
 
 
 async def _lifespan(receive: Any, send: Any) -> None:
-    """Load the registry and open the store at startup, close the store at shutdown."""
+    """Load the registry, open the store and start the compute workers at startup; stop them
+    and close the store at shutdown."""
+    global _pool
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             try:
                 server()
+                workers = compute_workers()
+                if workers:
+                    _pool = ComputePool(workers)
+                    await _pool.start()
             except Exception as error:  # noqa: BLE001 - reported to uvicorn, which exits
                 await send({"type": "lifespan.startup.failed", "message": str(error)})
                 return
             gc.freeze()  # a full collection mid-request then skips everything startup made
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            if _pool is not None:
+                _pool.close()
             server().close()
             await send({"type": "lifespan.shutdown.complete"})
             return
 
 
 def serve(
-    registry: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1
+    registry: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int | None = None,
+    compute: int | None = None,
 ) -> None:
-    """Serve the feature services of a registry file or store over HTTP until interrupted.
+    """Serve the feature services of a registry file or store over HTTP until interrupted:
+    `workers` server processes (default: one per core), each with `compute` compute workers
+    (default: the cores shared out among them, at least one; 0 computes every request on the
+    event loop).
 
     The registry is loaded before the port is bound, so one that cannot be served (a corrupt
     file, a store without a readable version) raises its one-line error here, not in a worker.
@@ -110,21 +150,30 @@ def serve(
 
     from online.protocol import connection_limits
 
+    cores = os.cpu_count() or 1
+    workers = workers or cores
+    compute = max(1, cores // workers) if compute is None else compute
     connection_limits()  # a bad limit in the environment fails here, not in a connection
+    RateLimits.from_env().close()  # and so does a bad default budget
     location = str(registry)
     os.environ["FEATUREPLANE_REGISTRY"] = (
         location if "://" in location else str(Path(location).resolve())
     )
-    server()
-    uvicorn.run(
-        "online.server:app",
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=False,
-        lifespan="on",
-        http="online.protocol:LimitedProtocol",
-    )
+    os.environ["FEATUREPLANE_COMPUTE_WORKERS"] = str(compute)
+    state = os.environ["FEATUREPLANE_RATE_STATE"] = RateLimits.create_state()
+    try:
+        server()
+        uvicorn.run(
+            "online.server:app",
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,
+            lifespan="on",
+            http="online.protocol:LimitedProtocol",
+        )
+    finally:
+        os.unlink(state)
 
 
 def free_port() -> int:
@@ -137,12 +186,14 @@ def free_port() -> int:
 @contextmanager
 def serving_process(
     registry: str | Path,
-    workers: int = 1,
+    workers: int | None = 1,
     env: Mapping[str, str] | None = None,
     timeout: float = 60.0,
+    compute: int | None = None,
 ) -> Iterator[str]:
-    """`featureplane serve` in a subprocess on a free 127.0.0.1 port; yields its base URL once
-    `/health` answers and always stops it, for demos and benchmarks that talk HTTP to it."""
+    """`featureplane serve` in a subprocess on a free 127.0.0.1 port, with `workers` server
+    processes and `compute` compute workers each (None: serve's defaults); yields its base
+    URL once `/health` answers and always stops it, for demos, tests and benchmarks."""
     from online.client import FeatureClient
 
     port = free_port()
@@ -150,7 +201,9 @@ def serving_process(
     environment = {**os.environ, **(env or {})}
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [root, environment.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "featureplane.cli", "serve", "--registry", str(registry)]
-    command += ["--port", str(port), "--workers", str(workers)]
+    command += ["--port", str(port)]
+    command += [] if workers is None else ["--workers", str(workers)]
+    command += [] if compute is None else ["--compute-workers", str(compute)]
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -30,6 +30,7 @@ from featureplane.serving.audit import AuditLog
 from featureplane.serving.columns import response_columns
 from featureplane.serving.openapi import openapi_body
 from featureplane.serving.plans import ServicePlan, service_plan
+from featureplane.serving.rate_limits import Budget, RateLimited, RateLimits
 from featureplane.serving.request import (
     Limits,
     RequestError,
@@ -104,7 +105,8 @@ class FeatureServer:
     (default: `clock_from_env`). `authenticate=False` lets every request in as nobody (for
     `featureplane serve --no-auth`, and loud about it: logged, and in `/health`); the
     programmatic `get_features` never asks. `audit` writes a line per request (default:
-    `AuditLog.from_env`).
+    `AuditLog.from_env`). `rate_limits` holds every principal's buckets (default:
+    `RateLimits.from_env`); a server rebuilt for a new registry takes over the previous one's.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class FeatureServer:
         clock: Callable[[], datetime] | None = None,
         authenticate: bool = True,
         audit: AuditLog | None = None,
+        rate_limits: RateLimits | None = None,
     ):
         self.registry = registry
         self.store = store if store is not None else _open(registry.online_store)
@@ -122,6 +125,8 @@ class FeatureServer:
         self.clock = clock or clock_from_env()
         self.gate = Gate(registry.principals, registry.policies) if authenticate else None
         self.audit = audit or AuditLog.from_env()
+        self.rate_limits = rate_limits or RateLimits.from_env()
+        self._budgets: dict[str, Budget] = {}
         self.plans = {
             name: service_plan(service, registry) for name, service in registry.services.items()
         }
@@ -139,6 +144,7 @@ class FeatureServer:
     def close(self) -> None:
         self.store.close()
         self.audit.close()
+        self.rate_limits.close()
 
     # ---- HTTP-shaped entry point ---------------------------------------------------------------
 
@@ -243,6 +249,11 @@ class FeatureServer:
             result = error_response(error.status, str(error))
             if error.status == 401:
                 result = replace(result, headers=(*result.headers, CHALLENGE))
+        except RateLimited as error:
+            result = error_response(429, str(error))
+            result = replace(
+                result, headers=(*result.headers, ("retry-after", str(error.retry_after)))
+            )
         except EntityKeyError as error:
             result = error_response(400, str(error))
         except OnDemandFeatureViewError as error:
@@ -289,6 +300,7 @@ class FeatureServer:
         if len(parts) == 2:
             allow_method(method, "GET", path)
             principal = self._principal(headers, caller, seen)
+            self._charge(principal, 0)
             listing = {
                 "feature_services": [
                     description
@@ -311,7 +323,8 @@ class FeatureServer:
             request = parse_body(body, self.limits)
             batch = parts[3] == "get-features-batch"
             entities = request.get("entities")
-            rows = len(entities) if batch and type(entities) is list else 1
+            seen["rows"] = rows = len(entities) if batch and type(entities) is list else 1
+            self._charge(principal, rows)
             return Admitted(
                 path=path,
                 served=(name, request, batch),
@@ -331,6 +344,18 @@ class FeatureServer:
         principal = self.gate.authenticate(headers, caller)
         seen["principal"] = principal.name
         return principal
+
+    def _charge(self, principal: Principal | None, rows: int) -> None:
+        """Take a request of `rows` rows from the principal's budget; RateLimited (429) if
+        it is spent. Nobody (authentication off) has no budget."""
+        if principal is None:
+            return
+        budget = self._budgets.get(principal.name)
+        if budget is None:
+            budget = self._budgets[principal.name] = self.rate_limits.budget(
+                principal.requests_per_second, principal.rows_per_second
+            )
+        self.rate_limits.take(principal.name, budget, rows)
 
     # ---- programmatic entry point ---------------------------------------------------------------
 
