@@ -68,6 +68,8 @@ CASES = ((1, 1), (1, 8), (100, 1), (100, 8))
 """(rows per request, concurrent clients)."""
 HEAVY = (1_000, 20)
 FAIR_CASE = "1x1 with 20x1000"
+STDLIB_CASE = "1x8 stdlib client"
+"""8 clients of 1-row requests through `http.client`, as clients were before."""
 """One client's 1-row requests while 20 other clients (another principal) send 1,000-row
 batches: the fairness case."""
 SERVERS = {"one loop": (1, 0), "default": (None, None)}
@@ -290,13 +292,47 @@ def push_at_scale(
 # ---- load ---------------------------------------------------------------------------------------
 
 
+class StdlibClient:
+    """The same calls through `http.client` and orjson: how a client was written before
+    `online.connection` (the serving stack's baseline for throughput, where clients share
+    the machine's cores with the server)."""
+
+    def __init__(self, url: str, api_key: str):
+        from http.client import HTTPConnection
+        from urllib.parse import urlsplit
+
+        where = urlsplit(url)
+        self.connection = HTTPConnection(where.hostname, where.port, timeout=10)
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
+
+    def request(self, service: str, entities: Any, extra: Any) -> dict[str, Any]:
+        import orjson
+
+        route = "get-features" if isinstance(entities, dict) else "get-features-batch"
+        body = orjson.dumps({"entities": entities, "request_data": extra})
+        path = f"/v1/feature-services/{service}/{route}"
+        self.connection.request("POST", path, body, self.headers)
+        response = self.connection.getresponse()
+        text = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{response.status}: {text[:200]!r}")
+        return orjson.loads(text)
+
+    def __enter__(self) -> StdlibClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.connection.close()
+
+
 def client(job: dict[str, Any]) -> dict[str, Any]:
     """One client process: warm up until the common start, then time requests."""
     from online.client import FeatureClient
 
     requests, rows, extra = job["requests"], job["rows"], job["request_data"] or None
     latencies = []
-    with FeatureClient(job["url"], api_key=job["api_key"]) as feature_client:
+    kind = StdlibClient if job["client"] == "stdlib" else FeatureClient
+    with kind(job["url"], api_key=job["api_key"]) as feature_client:
 
         def send(index: int) -> None:
             batch = requests[index % len(requests)]
@@ -318,11 +354,13 @@ def client(job: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Clients:
-    """Client processes that send requests of `size` rows with one principal's key."""
+    """Client processes that send requests of `size` rows with one principal's key, by
+    `online.client.FeatureClient` or by `StdlibClient` (`kind="stdlib"`)."""
 
     api_key: str
     size: int
     clients: int
+    kind: str = "featureplane"
 
 
 def load(
@@ -340,6 +378,7 @@ def load(
         {
             "url": url,
             "api_key": group.api_key,
+            "client": group.kind,
             "requests": [
                 rows[i : i + group.size] for i in range(0, len(rows) - group.size + 1, group.size)
             ],
@@ -583,6 +622,7 @@ def http_load(
     """Every load case against every server, interleaved in `repeats` rounds; the medians."""
     cases = {
         **{f"{s}x{c}": [Clients(keys_of["light"], s, c)] for s, c in CASES},
+        STDLIB_CASE: [Clients(keys_of["light"], 1, 8, "stdlib")],
         FAIR_CASE: [Clients(keys_of["light"], 1, 1), Clients(keys_of["heavy"], *HEAVY)],
     }
     rounds: dict[tuple[str, str], list[list[dict[str, Any]]]] = {
@@ -706,16 +746,24 @@ def print_goals(kind: str, http: Mapping[str, Mapping[str, Any]]) -> None:
         )
     )
     if "one loop" in http:
-        before = http["one loop"]["1x8"][0]["requests_per_s"]
-        gain = ours["1x8"][0]["requests_per_s"] / before
+        rate = {
+            (server, case): http[server][case][0]["requests_per_s"]
+            for server in ("one loop", "default")
+            for case in ("1x8", STDLIB_CASE)
+        }
+        before = rate["one loop", STDLIB_CASE]
+        gain = rate["default", "1x8"] / before
         rows.append(
             (
-                f"1-row req/s, 8 clients / one loop's ({before:,.0f})",
+                f"1-row req/s, 8 clients / before's ({before:,.0f}: one loop, http.client)",
                 gain,
                 THROUGHPUT_GOAL,
                 gain >= THROUGHPUT_GOAL,
             )
         )
+        for case, client in (("1x8", "FeatureClient"), (STDLIB_CASE, "http.client")):
+            server_only = rate["default", case] / rate["one loop", case]
+            rows.append((f"(default / one loop, both with {client})", server_only, None, None))
         starved = http["one loop"][FAIR_CASE][0]["p99"]
         rows.append(("(one loop: 1-row p99 under the batches, ms)", starved, None, None))
     for name, value, target, passed in rows:
