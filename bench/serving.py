@@ -3,8 +3,15 @@
     python -m bench.serving [--quick] [--data-dir DIR] [--engines sqlite dynamodb]
         [--servers 'one loop' default]
 
-One run reports, per store and server worker count: p50/p95/p99 latency and requests/s of 1-row
-and 100-row requests from 1 and 8 clients; the raw store read (`read_items`) of the same keys and
+One run reports, per store and server (`SERVERS`: "one loop", serving as it was, one process
+computing every request on its event loop; "default", `featureplane serve`'s defaults, a
+process per core with compute workers for big requests): p50/p95/p99 latency and requests/s of
+1-row and 100-row requests from 1 and 8 clients, of 1-row requests from 8 `http.client`
+clients (`StdlibClient`, how clients were written before), and of one client's 1-row
+requests while 20 clients of another principal send 1,000-row batches (fairness); then the
+issue's goals: 1-row p99, loaded over idle 1-row p99, and 8-client 1-row requests/s over
+before's (one loop, http.client clients). Every request is authenticated (two principals'
+keys) and audited to a file. Also: the raw store read (`read_items`) of the same keys and
 the handler's overhead over it; the cold import of the Lambda handler; online push rows/s into
 each store: the demo's every online view, and into SQLite at scale (`SCALED_PUSH`: a row-level
 view at a million rows, an aggregate view at 200,000 entities). JSON goes to
@@ -19,14 +26,16 @@ the store, 5% of them unknown (served as `missing`). The server serves as of the
 demo's data (`FEATUREPLANE_AS_OF`): values are fresh and aggregate windows full, as on a live
 server, not expired and empty as the demo's past data would be today.
 
-Server: `featureplane serve` (uvicorn) in a subprocess per store and worker count; each client
-is its own process (threads would measure the GIL), holds one kept-alive connection
-(`online.client.FeatureClient`), and sends requests for a bounded time and count after a
-warm-up; all clients start together. Latency is per request at the client, up to its JSON
-parse of the response (`FeatureClient.request`: a column per feature, no mapping per row). The
-load cases run in `--repeats` rounds (3), one case after the other in each round, and each
-figure is the median over the rounds: this machine has slow phases of seconds, in which
-everything takes up to 1.8 times as long, and rounds spread a case over more of them.
+Server: `featureplane serve` (uvicorn) in a subprocess per store and server, all running at
+once (an idle one costs nothing); each client is its own process (threads would measure the
+GIL) on the same two cores as the server, holds one kept-alive connection
+(`online.client.FeatureClient`, or `StdlibClient`), and sends requests for a bounded time and
+count after a warm-up; all clients start together. Latency is per request at the client, up to
+its JSON parse of the response (`FeatureClient.request`: a column per feature, no mapping per
+row). The load cases run in `--repeats` rounds (3), one case and server after the other in
+each round, and each figure is the median over the rounds: this machine has slow phases of
+seconds, in which everything takes up to 1.8 times as long, and rounds spread a case over more
+of them.
 
 Reference: the issue's figures of a popular Python feature server measured on this machine on
 SQLite (quoted, not rerun: it is not installed here).
