@@ -577,7 +577,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.no_auth:
         os.environ["FEATUREPLANE_NO_AUTH"] = "1"
         print(f"WARNING: {AUTH_OFF}", file=sys.stderr)
-    serve(registry, args.host, args.port, args.workers, args.compute_workers)
+    try:
+        serve(registry, args.host, args.port, args.workers, args.compute_workers)
+    except ValueError as error:  # a setting of the environment that cannot be
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -193,10 +193,12 @@ def compute_workers() -> int:
 
 
 def _budget(name: str) -> float | None:
-    return _positive(name, 0.0) if os.environ.get(name) else None
+    return _positive(name, 0.0, kind="a number") if os.environ.get(name) else None
 
 
-def _positive(name: str, default: float, whole: bool = False) -> float:
+def _positive(
+    name: str, default: float, whole: bool = False, kind: str = "a number of seconds"
+) -> float:
     value = os.environ.get(name)
     if value is None:
         return default
@@ -205,6 +207,6 @@ def _positive(name: str, default: float, whole: bool = False) -> float:
     except ValueError:
         number = 0
     if not number > 0 or number == float("inf"):
-        kind = "a whole number" if whole else "a number of seconds"
+        kind = "a whole number" if whole else kind
         raise ValueError(f"{name} must be {kind} above 0, got {value!r}")
     return number

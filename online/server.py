@@ -39,7 +39,8 @@ from online.workers import ComputePool
 Scope = dict[str, Any]
 _pool: ComputePool | None = None
 """The compute workers of this server process (None: every request is computed inline)."""
-_inline_rows = inline_rows()
+_inline_rows = 0
+"""Rows a request may have to be computed on the event loop (read at startup)."""
 
 
 async def app(scope: Scope, receive: Any, send: Any) -> None:
@@ -108,12 +109,13 @@ async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes | None:
 async def _lifespan(receive: Any, send: Any) -> None:
     """Load the registry, open the store and start the compute workers at startup; stop them
     and close the store at shutdown."""
-    global _pool
+    global _pool, _inline_rows
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             try:
                 server()
+                _inline_rows = inline_rows()
                 workers = compute_workers()
                 if workers:
                     _pool = ComputePool(workers)
@@ -154,7 +156,8 @@ def serve(
     workers = workers or cores
     compute = max(1, cores // workers) if compute is None else compute
     connection_limits()  # a bad limit in the environment fails here, not in a connection
-    RateLimits.from_env().close()  # and so does a bad default budget
+    RateLimits.from_env().close()  # and so does a bad default budget,
+    inline_rows()  # or a bad inline size
     location = str(registry)
     os.environ["FEATUREPLANE_REGISTRY"] = (
         location if "://" in location else str(Path(location).resolve())

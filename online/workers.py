@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import pickle
+import signal
 import socket
 import struct
 import subprocess
@@ -176,6 +177,7 @@ def main(fd: int) -> None:
     from online.handler import server
 
     os.nice(NICE)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the server stops us
     with socket.socket(fileno=fd) as connection, connection.makefile("rwb") as stream:
         server()
         stream.write(FRAME.pack(len(READY)) + READY)

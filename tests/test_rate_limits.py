@@ -3,6 +3,9 @@ server's defaults, and one budget shared by every process of a server."""
 
 import json
 import multiprocessing
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -238,3 +241,15 @@ def test_over_http_two_server_processes_hold_one_budget_and_the_client_waits_it_
         assert "values" in patient.get_features("users", {"user_id": 1})
         for client in [*clients, patient]:
             client.close()
+
+
+def test_serve_refuses_a_bad_budget_in_one_line(tmp_path):
+    path = tmp_path / "registry.json"
+    write_registry(build_registry(repository(), store(tmp_path)), path)
+    env = {**os.environ, "FEATUREPLANE_ROWS_PER_SECOND": "-5"}
+    command = [sys.executable, "-m", "featureplane.cli", "serve", "--registry", str(path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: FEATUREPLANE_ROWS_PER_SECOND must be a number above 0, got '-5'"
+    ]
