@@ -245,7 +245,7 @@ def test_over_http_two_server_processes_hold_one_budget_and_the_client_waits_it_
 
 def test_serve_refuses_a_bad_budget_in_one_line(tmp_path):
     path = tmp_path / "registry.json"
-    write_registry(build_registry(repository(), store(tmp_path)), path)
+    write_registry(build_registry(repository("ranker"), store(tmp_path)), path)
     env = {**os.environ, "FEATUREPLANE_ROWS_PER_SECOND": "-5"}
     command = [sys.executable, "-m", "featureplane.cli", "serve", "--registry", str(path)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
