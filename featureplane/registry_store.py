@@ -24,6 +24,11 @@ with their key digests, `featureplane.access.principals`, and who changed what, 
 created exclusively after the last one read; a change that loses a race is made again on the
 winner's document. Servers following the store read the highest.
 
+Integrity. Every file is signed as it is created, the signature inside it, and verified as it
+is read (`featureplane.signing`): an unsigned or altered version, pointer or access document
+raises RegistryUntrusted naming its file, so nobody who can only write the store's directory
+or bucket decides what servers run or which keys they take.
+
 Every read is checked (`featureplane.registry_format`, and the `meta` block against its file):
 a corrupt version or serving pointer raises RegistryCorrupt naming its file. A corrupt latest
 version stops plan and apply until it is restored from a backup or set aside: renamed with a
@@ -52,15 +57,16 @@ from urllib.parse import urlparse
 
 from featureplane.access.principals import Principals
 from featureplane.errors import RegistryCorrupt
-from featureplane.registry import registry_text
 from featureplane.registry_format import (
     INTEGER,
     PRINCIPALS,
     TIME,
     parse_registry_json,
     registry_problem,
+    registry_text,
     shape_problem,
 )
+from featureplane.signing import signed, verified
 
 VERSION_FILE = re.compile(r"v(\d{6})\.json")
 SET_ASIDE_FILE = re.compile(r"v(\d{6})\.json\..+")
@@ -259,6 +265,7 @@ class RegistryStore:
         problem = _version_problem(document, version)
         if problem:
             raise RegistryCorrupt(path, problem)
+        document = verified(document, path)
         meta = document.pop("meta")
         return AppliedRegistry(version, document, meta)
 
@@ -361,6 +368,7 @@ class RegistryStore:
         problem = shape_problem(document, CUT_OVER)
         if problem:
             raise RegistryCorrupt(path, problem, _pointer_repair(number, in_force))
+        document = verified(document, path)
         return CutOver(
             number,
             document["serving"],
@@ -406,7 +414,7 @@ class RegistryStore:
         }
         self._pin(meta["applied_by"])
         document = {**registry, "meta": meta}
-        if not self._files.create(_file_name(version), registry_text(document).encode()):
+        if not self._files.create(_file_name(version), _signed_text(document)):
             raise RegistryConflict(version, self._meta_if_readable(version))
         return AppliedRegistry(version, dict(registry), meta)
 
@@ -439,7 +447,7 @@ class RegistryStore:
                 "change": change,
             }
             document = {**principals.to_json(), "meta": meta}
-            if self._files.create(_access_file(number), registry_text(document).encode()):
+            if self._files.create(_access_file(number), _signed_text(document)):
                 return AccessVersion(number, principals, meta)
             time.sleep(random.uniform(0, 0.05))
         raise RuntimeError(
@@ -463,6 +471,7 @@ class RegistryStore:
             problem = f"meta.number is {document['meta']['number']}, but the file is {number}"
         if problem:
             raise RegistryCorrupt(path, problem, repair)
+        document = verified(document, path)
         return AccessVersion(number, Principals.from_json(document), document["meta"])
 
     def _meta_if_readable(self, version: int) -> dict[str, Any] | None:
@@ -492,7 +501,12 @@ def _pointer_text(cut_over: CutOver) -> bytes:
         "cut_over_at": cut_over.at,
         "cut_over_by": cut_over.by,
     }
-    return registry_text(document).encode()
+    return _signed_text(document)
+
+
+def _signed_text(document: Mapping[str, Any]) -> bytes:
+    """What a file of the store holds: the document's canonical text, signed."""
+    return registry_text(signed(document)).encode()
 
 
 def _now() -> str:

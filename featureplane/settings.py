@@ -117,6 +117,33 @@ def audit_sample() -> float:
     return share
 
 
+def signing_key() -> str | None:
+    """The private key `apply` signs registry files with: `$FEATUREPLANE_SIGNING_KEY`
+    (`featureplane.signing`); unset, the local key pair in `<data dir>/keys/`."""
+    return os.environ.get("FEATUREPLANE_SIGNING_KEY") or None
+
+
+def verify_keys() -> list[str]:
+    """The public keys servers trust registry files signed by: `$FEATUREPLANE_VERIFY_KEYS`,
+    comma-separated (several while keys rotate)."""
+    return [
+        key.strip()
+        for key in os.environ.get("FEATUREPLANE_VERIFY_KEYS", "").split(",")
+        if key.strip()
+    ]
+
+
+def keys_dir() -> Path:
+    """The local signing key pair, used while neither signing variable is set."""
+    return data_dir() / "keys"
+
+
+def unsigned_registry_allowed() -> bool:
+    """Whether an unsigned or untrusted registry file is loaded anyway, with a warning:
+    `$FEATUREPLANE_ALLOW_UNSIGNED_REGISTRY=1`, for a store written before signing."""
+    return os.environ.get("FEATUREPLANE_ALLOW_UNSIGNED_REGISTRY") == "1"
+
+
 def auth_disabled() -> bool:
     """Whether serving lets every request in unauthenticated: `$FEATUREPLANE_NO_AUTH=1`, which
     only `featureplane serve --no-auth` sets, for local work."""
