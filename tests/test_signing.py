@@ -206,6 +206,7 @@ def test_a_forged_access_document_is_refused_and_the_server_keeps_its_principals
 def test_a_tampered_registry_file_stops_serve_and_the_handler_at_start(
     cli, data_dir, fresh_handler, monkeypatch
 ):
+    monkeypatch.setattr("uvicorn.run", lambda *_, **__: pytest.fail("an untrusted registry served"))
     path = write_registry(registry(data_dir), data_dir / "registry.json")
     tamper(path, *CHANGED_CODE)
     assert cli("serve", "--registry", str(path)) == (
