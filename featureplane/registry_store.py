@@ -11,12 +11,12 @@ highest number listed.
 
 Serving. The latest version is not necessarily the one servers load: a view's new version
 serves only once it is pushed, so the store keeps a serving pointer, appended the same way.
-Each cut-over is a new file `serving-000007.json` (which version serves, which served before,
-when and by whom), created exclusively with the number after the last one it read: of two
-racing cut-overs one wins and the other reads again, and a cut-over to a version older than
-the one serving is refused (`CutOverRefused`), so the newer is never lost. `apply` pins the
-version that serves before it writes a new one (a store written before the pointer existed
-serves its latest version), so an apply alone never changes what servers load.
+Each cut-over is a new file `serving-000007.json` (its number, which version serves, which
+served before, when and by whom), created exclusively with the number after the last one it
+read: of two racing cut-overs one wins and the other reads again, and a cut-over to a version
+older than the one serving is refused (`CutOverRefused`), so the newer is never lost. `apply`
+pins the version that serves before it writes a new one (a store written before the pointer
+existed serves its latest version), so an apply alone never changes what servers load.
 
 Access. Who holds API keys changes apart from the definitions, at once and without a
 rollout: each change of the principals is a new file `access-000003.json` (the principals
@@ -366,6 +366,10 @@ class RegistryStore:
                 path, corrupt.problem, _pointer_repair(number, in_force)
             ) from None
         problem = shape_problem(document, CUT_OVER)
+        if not problem and "number" in document:
+            problem = shape_problem(document["number"], INTEGER, "number")
+            if not problem and document["number"] != number:
+                problem = f"number is {document['number']}, but the file is {number}"
         if problem:
             raise RegistryCorrupt(path, problem, _pointer_repair(number, in_force))
         document = verified(document, path)
@@ -495,7 +499,10 @@ def _pointer_file(number: int) -> str:
 
 
 def _pointer_text(cut_over: CutOver) -> bytes:
+    """A cut-over's file; its number is signed with it, so a signed pointer copied to a later
+    number (to serve an older version again) is refused (pointers before signing lack it)."""
     document = {
+        "number": cut_over.number,
         "serving": cut_over.serving,
         "previous": cut_over.previous,
         "cut_over_at": cut_over.at,

@@ -16,7 +16,7 @@ import pytest
 
 import online.handler
 from featureplane.access import AccessPolicy, Principals
-from featureplane.errors import RegistryUntrusted
+from featureplane.errors import RegistryCorrupt, RegistryUntrusted
 from featureplane.registry import build_registry, load_registry, registry_text, write_registry
 from featureplane.registry_store import RegistryStore
 from featureplane.settings import registry_store_location
@@ -149,6 +149,19 @@ def test_a_signature_removed_or_made_by_another_key_is_refused(tmp_path):
     assert str(raised.value) == (
         f"{path}: signed by unknown key {intruder.key_id} (trusted: {signer().key_id})"
     )
+
+
+def test_a_signed_pointer_copied_to_a_later_number_does_not_roll_servers_back(tmp_path):
+    store = RegistryStore(str(tmp_path))
+    store.apply(registry(tmp_path), None, [])
+    store.apply(registry(tmp_path), 1, [])
+    store.cut_over(2)
+    copy = tmp_path / "serving-000003.json"
+    copy.write_bytes((tmp_path / "serving-000001.json").read_bytes())
+    with pytest.raises(
+        RegistryCorrupt, match="serving-000003.json: number is 1, but the file is 3"
+    ):
+        store.serving_version()
 
 
 def test_verify_keys_rotate_old_and_new_trusted_then_the_old_dropped(tmp_path, monkeypatch):
