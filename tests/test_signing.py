@@ -16,6 +16,7 @@ import pytest
 
 import online.handler
 from featureplane.access import AccessPolicy, Principals
+from featureplane.cli import main
 from featureplane.errors import RegistryCorrupt, RegistryUntrusted
 from featureplane.registry import build_registry, load_registry, registry_text, write_registry
 from featureplane.registry_store import RegistryStore
@@ -307,3 +308,15 @@ def test_racing_processes_make_one_local_key_pair_readable_by_its_owner_only(tmp
     )
     assert result.stdout == printed.pop(), "`featureplane keys` prints that public key"
     assert str(keys / KEY_FILE) in result.stderr
+
+
+def test_keys_prints_the_public_key_to_give_servers_or_a_new_private_key(capsys):
+    assert main(["keys"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{os.environ['FEATUREPLANE_VERIFY_KEYS']}\n"
+    assert f"key {signer().key_id} (FEATUREPLANE_SIGNING_KEY)" in err
+    assert main(["keys", "--generate"]) == 0
+    out, err = capsys.readouterr()
+    made = Ed25519Signer(decode_key(out, "the printed key"))
+    assert made.key_id != signer().key_id
+    assert err.endswith(f"its public key: {made.public_key_text}\n")
