@@ -7,7 +7,9 @@ the applied versions (`v000042.json`), the serving pointers (`serving-000007.jso
 documents (`access-000003.json`) and the served registry file (`registry.json`) — carries
 `"signature": {"key_id": ..., "value": ...}`: Ed25519 over the canonical text
 (`registry_text`) of the document without it. Being inside the document, written by the same
-exclusive create or atomic rename, a signature is never out of step with its file.
+exclusive create or atomic rename, a signature is never out of step with its file. A store's
+file signs its own number too (`meta.version`, `meta.number`, a pointer's `number`), so a
+signed file copied to another name is refused.
 
 Keys. Whatever writes those files — `featureplane apply`, `access`, `registry`, and the rollout
 sensor, which cuts over — signs with `$FEATUREPLANE_SIGNING_KEY`, the base64 of a raw 32-byte
