@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featureplane.durations import field_in_words, in_words
-from featureplane.errors import RegistryCorrupt
+from featureplane.errors import RegistryCorrupt, RegistryUntrusted
 from featureplane.plan import KINDS, diff
 from featureplane.registry_store import CutOver, RegistryStore
 
@@ -181,19 +181,20 @@ def serving_line(store: RegistryStore) -> str:
 @dataclass(frozen=True)
 class HistoryEntry:
     """One applied version (that changed `name`, when asked about one), what it changed and
-    the cut-overs that made it serve, or one that cannot be read (`corrupt`: what it changed
-    is unknown)."""
+    the cut-overs that made it serve, or one that cannot be read or is not trusted
+    (`corrupt`: what it changed is unknown)."""
 
     version: int
     meta: Mapping[str, Any] = field(default_factory=dict)
     changes: tuple[str, ...] = ()
-    corrupt: RegistryCorrupt | None = None
+    corrupt: RegistryCorrupt | RegistryUntrusted | None = None
     cut_overs: tuple[CutOver, ...] = ()
 
     def lines(self) -> list[str]:
         served = [f"  {cut_over_line(cut_over)}" for cut_over in self.cut_overs]
         if self.corrupt is not None:
-            return [f"version {self.version}  unreadable: {self.corrupt.path}", *served]
+            state = "untrusted" if isinstance(self.corrupt, RegistryUntrusted) else "unreadable"
+            return [f"version {self.version}  {state}: {self.corrupt.path}", *served]
         meta = self.meta
         head = f"version {meta['version']}  {meta['applied_at']}  by {meta['applied_by']}"
         return [head, *(f"  {change}" for change in self.changes), *served]
@@ -202,8 +203,8 @@ class HistoryEntry:
 def history(store: RegistryStore, name: str | None = None) -> list[HistoryEntry]:
     """Every applied version, oldest first, or those that changed `name`, with the plan lines
     of the change (its details when asked about one object) and its cut-overs. Unreadable
-    versions are always listed; a version after one is compared with the last readable
-    version before it. RegistryCorrupt for a corrupt serving pointer."""
+    or untrusted versions are always listed; a version after one is compared with the last
+    readable version before it. RegistryCorrupt for a corrupt serving pointer."""
     entries = []
     parent = None
     moves = store.cut_overs()
@@ -211,7 +212,7 @@ def history(store: RegistryStore, name: str | None = None) -> list[HistoryEntry]
         cut_overs = tuple(cut_over for cut_over in moves if cut_over.serving == version)
         try:
             applied = store.get(version)
-        except RegistryCorrupt as corrupt:
+        except (RegistryCorrupt, RegistryUntrusted) as corrupt:
             entries.append(HistoryEntry(version, corrupt=corrupt, cut_overs=cut_overs))
             continue
         if name is None:

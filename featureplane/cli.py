@@ -16,6 +16,8 @@
 - `featureplane status`: the latest applied version's rollout, its backfill's progress.
 - `featureplane list|describe|history`: the applied registry as a catalog.
 - `featureplane serve`: serve feature services over HTTP with the Lambda handler's dispatch.
+- `featureplane keys`: the public key that servers verify registry files with
+  (`featureplane.signing`); `--generate` makes a new private key to sign them with.
 """
 
 from __future__ import annotations
@@ -577,11 +579,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.no_auth:
         os.environ["FEATUREPLANE_NO_AUTH"] = "1"
         print(f"WARNING: {AUTH_OFF}", file=sys.stderr)
-    try:
-        serve(registry, args.host, args.port, args.workers, args.compute_workers)
-    except ValueError as error:  # a setting of the environment that cannot be
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    serve(registry, args.host, args.port, args.workers, args.compute_workers)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Print the public key to give servers (stdout: nothing else, to pipe), or a new private
+    key and its public key with --generate."""
+    from featureplane.settings import signing_key
+    from featureplane.signing import (
+        Ed25519Signer,
+        decode_key,
+        generate_key,
+        local_key_path,
+        signer,
+    )
+
+    if args.generate:
+        key = generate_key()
+        public = Ed25519Signer(decode_key(key, "the new key")).public_key_text
+        print(key)
+        print(
+            f"the private key for FEATUREPLANE_SIGNING_KEY; its public key: {public}",
+            file=sys.stderr,
+        )
+        return 0
+    current = signer()
+    source = "FEATUREPLANE_SIGNING_KEY" if signing_key() else str(local_key_path())
+    print(current.public_key_text)
+    print(
+        f"key {current.key_id} ({source}): give servers FEATUREPLANE_VERIFY_KEYS with it",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -735,6 +764,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("name")
     revoke.add_argument("--key", help="only this key (its id); default every key")
     access.set_defaults(run=cmd_access)
+
+    keys = commands.add_parser("keys", help="the public key servers verify the registry with")
+    keys.add_argument(
+        "--generate",
+        action="store_true",
+        help="print a new private key for FEATUREPLANE_SIGNING_KEY instead",
+    )
+    keys.set_defaults(run=cmd_keys)
     return parser
 
 
@@ -759,6 +796,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         DefinitionError,
         MaterializationFailed,
         RegistryCorrupt,
+        RegistryUntrusted,
+        SettingError,
+        SigningKeyError,
     )
     from featureplane.registry_store import CutOverRefused, RegistryConflict
 
@@ -769,6 +809,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         DefinitionError,
         RegistryConflict,
         RegistryCorrupt,
+        RegistryUntrusted,
+        SettingError,
+        SigningKeyError,
         MaterializationFailed,
         CutOverRefused,
     ) as exc:

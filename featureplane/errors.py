@@ -69,6 +69,27 @@ class RegistryCorrupt(ValueError):
         super().__init__(f"{path}: {problem}" + (f"; {remedy}" if remedy else ""))
 
 
+class SettingError(ValueError):
+    """A setting of the environment (`featureplane.settings`) that cannot be; names the
+    variable and what it must be."""
+
+
+class SigningKeyError(ValueError):
+    """A signing or verify key in the environment that is not one (`featureplane.signing`);
+    names the variable."""
+
+
+class RegistryUntrusted(ValueError):
+    """A registry file servers would trust (a version, serving pointer, access document or
+    served registry) that is not signed by a trusted key: it carries code and API key digests,
+    so it is refused. Names the file and why: not signed, the signature does not match, or
+    signed by a key the reader does not trust (`featureplane.signing`)."""
+
+    def __init__(self, path: str, problem: str):
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: {problem}")
+
+
 class ManifestCorrupt(ValueError):
     """A training dataset manifest that is not readable: maintenance then deletes nothing, since
     it cannot know which versions the dataset needs."""

@@ -46,12 +46,12 @@ principals with their key digests (`featureplane.access.principals`).
 A join key's type is null when its entity does not declare it. A service's selection names a
 feature view or an on-demand view. An on-demand view's function travels as source text and is
 rebuilt at load (`featureplane.on_demand.function_from_source`, builtins plus a few modules in
-scope): a registry is deployed code, to be written only by `featureplane registry`/`apply`.
+scope): a registry is deployed code, to be written only by `featureplane registry`/`apply`,
+which sign it; a registry file is verified before any of it is built (`featureplane.signing`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +66,13 @@ from featureplane.aggregation import Aggregation, approx_count_distinct, last_n
 from featureplane.errors import RegistryCorrupt
 from featureplane.on_demand import function_from_source
 from featureplane.quality import quality_lines
-from featureplane.registry_format import FORMAT, parse_registry_json, registry_problem
+from featureplane.registry_format import (
+    FORMAT,
+    parse_registry_json,
+    registry_problem,
+    registry_text,
+)
+from featureplane.signing import signed, verified
 from featureplane.types import DType, Field, dtype_named
 
 if TYPE_CHECKING:
@@ -327,17 +333,13 @@ def build_registry(
     }
 
 
-def registry_text(registry: Mapping[str, Any]) -> str:
-    """The registry's canonical text: sorted keys, two-space indent, final newline."""
-    return json.dumps(registry, sort_keys=True, indent=2) + "\n"
-
-
 def write_registry(registry: Mapping[str, Any], path: str | Path) -> Path:
-    """Write the registry atomically (a process loading it never sees half a file)."""
+    """Write the registry signed (servers run its code: `featureplane.signing`) and atomically
+    (a process loading it never sees half a file, nor a file and another's signature)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(registry_text(registry))
+    partial.write_text(registry_text(signed(registry)))
     partial.replace(path)
     return path
 
@@ -418,7 +420,9 @@ def load_registry(
 
     Anything that is not a registry of this format — truncated, not JSON, another format, a
     part missing, mistyped or naming what is not there — raises RegistryCorrupt naming the
-    file and the part, checked before any spec is built (`featureplane.registry_format`).
+    file and the part, checked before any spec is built (`featureplane.registry_format`). A
+    file not signed by a trusted key then raises RegistryUntrusted (`featureplane.signing`);
+    a dict is the caller's to have verified (`RegistryStore` reads do) or built.
     """
     if isinstance(source, Mapping):
         registry, origin = source, origin or "<registry>"
@@ -428,6 +432,8 @@ def load_registry(
     problem = registry_problem(registry)
     if problem:
         raise RegistryCorrupt(origin, problem)
+    if not isinstance(source, Mapping):
+        registry = verified(registry, origin)
     return ServingRegistry(
         format=FORMAT,
         online_store=MappingProxyType(dict(registry["online_store"])),

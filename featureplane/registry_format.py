@@ -210,6 +210,17 @@ OPTIONAL: dict[str, Any] = {
 """Sections a registry may lack (one applied before they existed), checked when present."""
 
 
+SIGNATURE = {"key_id": str, "value": str}
+"""The signature every file servers trust carries beside its content, checked apart from the
+format by `featureplane.signing` (the format stays 1: readers before signing ignore it)."""
+
+
+def registry_text(document: Mapping[str, Any]) -> str:
+    """A registry file's canonical text: sorted keys, two-space indent, final newline (what
+    is signed, and how the same registry always gives the same bytes)."""
+    return json.dumps(document, sort_keys=True, indent=2) + "\n"
+
+
 def parse_registry_json(data: bytes, origin: str) -> Any:
     """The JSON document in a registry file's bytes; RegistryCorrupt naming `origin` if none."""
     if not data.strip():

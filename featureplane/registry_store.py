@@ -11,18 +11,23 @@ highest number listed.
 
 Serving. The latest version is not necessarily the one servers load: a view's new version
 serves only once it is pushed, so the store keeps a serving pointer, appended the same way.
-Each cut-over is a new file `serving-000007.json` (which version serves, which served before,
-when and by whom), created exclusively with the number after the last one it read: of two
-racing cut-overs one wins and the other reads again, and a cut-over to a version older than
-the one serving is refused (`CutOverRefused`), so the newer is never lost. `apply` pins the
-version that serves before it writes a new one (a store written before the pointer existed
-serves its latest version), so an apply alone never changes what servers load.
+Each cut-over is a new file `serving-000007.json` (its number, which version serves, which
+served before, when and by whom), created exclusively with the number after the last one it
+read: of two racing cut-overs one wins and the other reads again, and a cut-over to a version
+older than the one serving is refused (`CutOverRefused`), so the newer is never lost. `apply`
+pins the version that serves before it writes a new one (a store written before the pointer
+existed serves its latest version), so an apply alone never changes what servers load.
 
 Access. Who holds API keys changes apart from the definitions, at once and without a
 rollout: each change of the principals is a new file `access-000003.json` (the principals
 with their key digests, `featureplane.access.principals`, and who changed what, when),
 created exclusively after the last one read; a change that loses a race is made again on the
 winner's document. Servers following the store read the highest.
+
+Integrity. Every file is signed as it is created, the signature inside it, and verified as it
+is read (`featureplane.signing`): an unsigned or altered version, pointer or access document
+raises RegistryUntrusted naming its file, so nobody who can only write the store's directory
+or bucket decides what servers run or which keys they take.
 
 Every read is checked (`featureplane.registry_format`, and the `meta` block against its file):
 a corrupt version or serving pointer raises RegistryCorrupt naming its file. A corrupt latest
@@ -52,15 +57,16 @@ from urllib.parse import urlparse
 
 from featureplane.access.principals import Principals
 from featureplane.errors import RegistryCorrupt
-from featureplane.registry import registry_text
 from featureplane.registry_format import (
     INTEGER,
     PRINCIPALS,
     TIME,
     parse_registry_json,
     registry_problem,
+    registry_text,
     shape_problem,
 )
+from featureplane.signing import signed, verified
 
 VERSION_FILE = re.compile(r"v(\d{6})\.json")
 SET_ASIDE_FILE = re.compile(r"v(\d{6})\.json\..+")
@@ -259,6 +265,7 @@ class RegistryStore:
         problem = _version_problem(document, version)
         if problem:
             raise RegistryCorrupt(path, problem)
+        document = verified(document, path)
         meta = document.pop("meta")
         return AppliedRegistry(version, document, meta)
 
@@ -359,8 +366,13 @@ class RegistryStore:
                 path, corrupt.problem, _pointer_repair(number, in_force)
             ) from None
         problem = shape_problem(document, CUT_OVER)
+        if not problem and "number" in document:
+            problem = shape_problem(document["number"], INTEGER, "number")
+            if not problem and document["number"] != number:
+                problem = f"number is {document['number']}, but the file is {number}"
         if problem:
             raise RegistryCorrupt(path, problem, _pointer_repair(number, in_force))
+        document = verified(document, path)
         return CutOver(
             number,
             document["serving"],
@@ -406,7 +418,7 @@ class RegistryStore:
         }
         self._pin(meta["applied_by"])
         document = {**registry, "meta": meta}
-        if not self._files.create(_file_name(version), registry_text(document).encode()):
+        if not self._files.create(_file_name(version), _signed_text(document)):
             raise RegistryConflict(version, self._meta_if_readable(version))
         return AppliedRegistry(version, dict(registry), meta)
 
@@ -439,7 +451,7 @@ class RegistryStore:
                 "change": change,
             }
             document = {**principals.to_json(), "meta": meta}
-            if self._files.create(_access_file(number), registry_text(document).encode()):
+            if self._files.create(_access_file(number), _signed_text(document)):
                 return AccessVersion(number, principals, meta)
             time.sleep(random.uniform(0, 0.05))
         raise RuntimeError(
@@ -463,6 +475,7 @@ class RegistryStore:
             problem = f"meta.number is {document['meta']['number']}, but the file is {number}"
         if problem:
             raise RegistryCorrupt(path, problem, repair)
+        document = verified(document, path)
         return AccessVersion(number, Principals.from_json(document), document["meta"])
 
     def _meta_if_readable(self, version: int) -> dict[str, Any] | None:
@@ -486,13 +499,21 @@ def _pointer_file(number: int) -> str:
 
 
 def _pointer_text(cut_over: CutOver) -> bytes:
+    """A cut-over's file; its number is signed with it, so a signed pointer copied to a later
+    number (to serve an older version again) is refused (pointers before signing lack it)."""
     document = {
+        "number": cut_over.number,
         "serving": cut_over.serving,
         "previous": cut_over.previous,
         "cut_over_at": cut_over.at,
         "cut_over_by": cut_over.by,
     }
-    return registry_text(document).encode()
+    return _signed_text(document)
+
+
+def _signed_text(document: Mapping[str, Any]) -> bytes:
+    """What a file of the store holds: the document's canonical text, signed."""
+    return registry_text(signed(document)).encode()
 
 
 def _now() -> str:

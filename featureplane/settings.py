@@ -13,6 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from featureplane.errors import SettingError
+
 
 def data_dir() -> Path:
     """The data directory: `$FEATUREPLANE_DATA_DIR`, or `data/` under the working directory."""
@@ -66,7 +68,7 @@ def sensor_interval_seconds() -> int:
     work: `$FEATUREPLANE_SENSOR_INTERVAL_SECONDS`, default 30."""
     value = os.environ.get("FEATUREPLANE_SENSOR_INTERVAL_SECONDS", "30")
     if not value.strip().isdigit() or int(value) < 1:
-        raise ValueError(
+        raise SettingError(
             "FEATUREPLANE_SENSOR_INTERVAL_SECONDS must be a whole number of seconds (1 or more), "
             f"got {value!r}"
         )
@@ -113,8 +115,35 @@ def audit_sample() -> float:
     except ValueError:
         share = -1.0
     if not 0.0 <= share <= 1.0:
-        raise ValueError(f"FEATUREPLANE_AUDIT_SAMPLE must be a number from 0 to 1, got {value!r}")
+        raise SettingError(f"FEATUREPLANE_AUDIT_SAMPLE must be a number from 0 to 1, got {value!r}")
     return share
+
+
+def signing_key() -> str | None:
+    """The private key `apply` signs registry files with: `$FEATUREPLANE_SIGNING_KEY`
+    (`featureplane.signing`); unset, the local key pair in `<data dir>/keys/`."""
+    return os.environ.get("FEATUREPLANE_SIGNING_KEY") or None
+
+
+def verify_keys() -> list[str]:
+    """The public keys servers trust registry files signed by: `$FEATUREPLANE_VERIFY_KEYS`,
+    comma-separated (several while keys rotate)."""
+    return [
+        key.strip()
+        for key in os.environ.get("FEATUREPLANE_VERIFY_KEYS", "").split(",")
+        if key.strip()
+    ]
+
+
+def keys_dir() -> Path:
+    """The local signing key pair, used while neither signing variable is set."""
+    return data_dir() / "keys"
+
+
+def unsigned_registry_allowed() -> bool:
+    """Whether an unsigned or untrusted registry file is loaded anyway, with a warning:
+    `$FEATUREPLANE_ALLOW_UNSIGNED_REGISTRY=1`, for a store written before signing."""
+    return os.environ.get("FEATUREPLANE_ALLOW_UNSIGNED_REGISTRY") == "1"
 
 
 def auth_disabled() -> bool:
@@ -186,7 +215,7 @@ def compute_workers() -> int:
     `$FEATUREPLANE_COMPUTE_WORKERS`, default 1 (`featureplane serve` sets it from the cores)."""
     value = os.environ.get("FEATUREPLANE_COMPUTE_WORKERS", "1")
     if not value.strip().isdigit():
-        raise ValueError(
+        raise SettingError(
             f"FEATUREPLANE_COMPUTE_WORKERS must be a whole number (0 or more), got {value!r}"
         )
     return int(value)
@@ -208,5 +237,5 @@ def _positive(
         number = 0
     if not number > 0 or number == float("inf"):
         kind = "a whole number" if whole else kind
-        raise ValueError(f"{name} must be {kind} above 0, got {value!r}")
+        raise SettingError(f"{name} must be {kind} above 0, got {value!r}")
     return number

@@ -16,6 +16,12 @@ pointer leaves nothing to choose by, so a cold start fails with it, as with a re
 given alone: a corrupt one fails the first request (and `featureplane serve` at start) with its
 one-line RegistryCorrupt.
 
+Every file read is verified (`featureplane.signing`): one not signed by a trusted key, a
+version, pointer or access document, is never served. A warm server logs the refusal and keeps
+serving the version and principals it has; a cold start fails with the one-line
+RegistryUntrusted, as `featureplane serve` does at start (an untrusted version is not skipped
+for an older one: a store someone could write to is not to be guessed from).
+
 Cold import cost matters here: this module imports only the Spark-, Dagster- and pandas-free
 serving core, and the store backend on first use.
 """
@@ -30,7 +36,7 @@ from dataclasses import replace
 from typing import Any
 
 from featureplane.access import Principals
-from featureplane.errors import RegistryCorrupt
+from featureplane.errors import RegistryCorrupt, RegistryUntrusted
 from featureplane.registry import ServingRegistry, load_registry
 from featureplane.registry_store import RegistryStore, is_store_location
 from featureplane.serving import FeatureServer, Response, encode_json, internal_error
@@ -65,6 +71,8 @@ def server() -> FeatureServer:
     elif time.monotonic() - _checked_at >= registry_refresh_seconds():
         try:
             _follow(_store)
+        except RegistryUntrusted as untrusted:
+            logger.error("refused %s; serving version %s", untrusted, _version)
         except Exception:  # noqa: BLE001 - requests the version at hand answers must not fail
             logger.exception(
                 "registry refresh from %s failed; serving version %s", _store.location, _version
@@ -75,7 +83,8 @@ def server() -> FeatureServer:
 def _follow(store: RegistryStore) -> None:
     """Serve the store's serving version, or the newest readable one before it, with the
     principals of its access document in force; the online store client is kept while its
-    settings are. Corrupt versions are skipped and logged."""
+    settings are. Corrupt versions are skipped and logged; an untrusted document raises
+    RegistryUntrusted before anything changes."""
     global _server, _version, _access, _checked_at
     _checked_at = time.monotonic()
     serving = store.serving_version()

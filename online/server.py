@@ -177,6 +177,7 @@ def serve(
         )
     finally:
         os.unlink(state)
+        del os.environ["FEATUREPLANE_RATE_STATE"]
 
 
 def free_port() -> int:

@@ -1,7 +1,8 @@
 """Shared fixtures: one Sail Spark session and one small demo data set per test session, and
-the `featureplane` command line run in-process on small repositories. Hypothesis neither times
-examples nor their generation: the machines are shared and stall, and speed is the
-benchmarks' business."""
+the `featureplane` command line run in-process on small repositories. Every registry file the
+tests write is signed, and verified when read, with one session key pair set as production sets
+it (`featureplane.signing`). Hypothesis neither times examples nor their generation: the
+machines are shared and stall, and speed is the benchmarks' business."""
 
 import textwrap
 from collections.abc import Iterator
@@ -20,11 +21,25 @@ from featureplane import FeatureStore, Repository
 from featureplane.cli import main
 from featureplane.compute.transform import run_transformation
 from featureplane.compute.window import TimeWindow
+from featureplane.signing import Ed25519Signer, decode_key, generate_key
 from featureplane.spark_session import spark_session
 from featureplane.synthetic import DemoScale, generate
 
 settings.register_profile("shared", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("shared")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_key() -> Iterator[str]:
+    """The session's private registry signing key, set with its public key in the environment
+    (servers started as processes inherit both)."""
+    key = generate_key()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEATUREPLANE_SIGNING_KEY", key)
+        public = Ed25519Signer(decode_key(key, "the session key")).public_key_text
+        patch.setenv("FEATUREPLANE_VERIFY_KEYS", public)
+        patch.delenv("FEATUREPLANE_ALLOW_UNSIGNED_REGISTRY", raising=False)
+        yield key
 
 
 @pytest.fixture(scope="session")

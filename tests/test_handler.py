@@ -440,7 +440,13 @@ def test_a_function_changing_its_array_inputs_changes_nothing_else(store_path, c
 def test_health_and_the_list_of_services(serve):
     assert serve("GET", "/health") == (
         200,
-        {"status": "ok", "registry_format": 1, "feature_services": 3, "auth": "on"},
+        {
+            "status": "ok",
+            "registry_format": 1,
+            "feature_services": 3,
+            "auth": "on",
+            "registry_signatures": "required",
+        },
     )
     status, body = serve("GET", "/v1/feature-services/", kind="v2")
     assert status == 200

@@ -251,5 +251,5 @@ def test_serve_refuses_a_bad_budget_in_one_line(tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "error: FEATUREPLANE_ROWS_PER_SECOND must be a number above 0, got '-5'"
+        "error: SettingError: FEATUREPLANE_ROWS_PER_SECOND must be a number above 0, got '-5'"
     ]

@@ -19,6 +19,7 @@ from featureplane.errors import RegistryCorrupt
 from featureplane.registry import build_registry, load_registry, registry_text
 from featureplane.registry_store import CutOverRefused, RegistryConflict, RegistryStore
 from featureplane.settings import registry_store_location
+from featureplane.signing import signed
 from online.client import FeatureClient
 from online.handler import handler
 from online.server import serving_process
@@ -94,11 +95,11 @@ def test_versions_append_with_history(location):
     assert history[0]["applied_at"].endswith("+00:00")
 
 
-def test_a_version_file_is_the_canonical_registry_text_plus_meta(tmp_path):
+def test_a_version_file_is_the_canonical_registry_text_plus_meta_signed(tmp_path):
     store = RegistryStore(str(tmp_path))
     applied = store.apply(FULL, None, [], applied_by="ana")
     text = (tmp_path / "v000001.json").read_text()
-    assert text == registry_text({**FULL, "meta": applied.meta})
+    assert text == registry_text(signed({**FULL, "meta": applied.meta}))  # Ed25519: deterministic
     assert [p.name for p in tmp_path.iterdir()] == ["v000001.json"]
 
 
@@ -206,9 +207,13 @@ def test_an_unreadable_version_is_never_cut_over_to(tmp_path):
     [
         ('{"serving": 2, "previous"', "not valid JSON"),
         ('{"serving": "2", "previous": 1, "cut_over_at": "x", "cut_over_by": "a"}', "serving"),
-        (
-            '{"serving": 7, "previous": 1, "cut_over_at": "2026-01-01T00:00:00+00:00", '
-            '"cut_over_by": "a"}',
+        (  # a dict: signed, as a pointer written by a cut-over is
+            {
+                "serving": 7,
+                "previous": 1,
+                "cut_over_at": "2026-01-01T00:00:00+00:00",
+                "cut_over_by": "a",
+            },
             "serving is version 7, which is not applied",
         ),
     ],
@@ -218,6 +223,7 @@ def test_a_corrupt_pointer_is_reported_and_stops_cut_overs_until_set_aside(locat
     store.apply(FULL, None, [])
     store.apply(USERS_ONLY, 1, [])
     store.cut_over(2)
+    text = registry_text(signed(text)) if isinstance(text, dict) else text
     put(location, "serving-000002.json", text)
     path = f"{location}/serving-000002.json"
     for read in (store.serving_version, store.serving, lambda: store.cut_over(2)):

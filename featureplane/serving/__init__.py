@@ -2,7 +2,8 @@
 Lambda handler, the local HTTP server and `FeatureStore.get_online_features`.
 
 Routes (`FeatureServer.respond(method, path, body, headers)`):
-- `GET /health` → `{"status": "ok", "registry_format": 1, "feature_services": 2}`
+- `GET /health` → `{"status": "ok", "registry_format": 1, "feature_services": 2, "auth": "on",
+  "registry_signatures": "required"}`
 - `GET /v1/feature-services` → `{"feature_services": [{"name", "description", "owner", "tags",
   "join_keys": [{"name", "type"}], "request_data": [{"name", "type"}], "features": [...]}]}`
 - `POST /v1/feature-services/{name}/get-features` with

@@ -241,6 +241,10 @@ def _shared_schemas() -> dict[str, Schema]:
                 "registry_format": {"type": "integer"},
                 "feature_services": {"type": "integer", "minimum": 0},
                 "auth": {"enum": ["on", "off"]},
+                "registry_signatures": {
+                    "enum": ["required", "optional"],
+                    "description": "optional: FEATUREPLANE_ALLOW_UNSIGNED_REGISTRY is set.",
+                },
             }
         ),
         "OpenAPI": {

@@ -51,6 +51,7 @@ from featureplane.serving.responses import (
     internal_error,
     names_shown,
 )
+from featureplane.settings import unsigned_registry_allowed
 
 HEALTH_PROBE = "_health#probe"
 """A key no record has: `/health` reads it, so the store must answer for health to be ok."""
@@ -103,7 +104,8 @@ class FeatureServer:
 
     `clock` gives the request time (UTC), which decides expiry, ages and aggregation windows
     (default: `clock_from_env`). `authenticate=False` lets every request in as nobody (for
-    `featureplane serve --no-auth`, and loud about it: logged, and in `/health`); the
+    `featureplane serve --no-auth`, and loud about it: logged, and in `/health`, as is
+    `$FEATUREPLANE_ALLOW_UNSIGNED_REGISTRY`, `registry_signatures: optional`); the
     programmatic `get_features` never asks. `audit` writes a line per request (default:
     `AuditLog.from_env`). `rate_limits` holds every principal's buckets (default:
     `RateLimits.from_env`); a server rebuilt for a new registry takes over the previous one's.
@@ -137,6 +139,7 @@ class FeatureServer:
             "registry_format": registry.format,
             "feature_services": len(self.plans),
             "auth": "on" if authenticate else "off",
+            "registry_signatures": "optional" if unsigned_registry_allowed() else "required",
         }
         if not authenticate:
             logger.warning(AUTH_OFF)
