@@ -7,7 +7,7 @@ One run reports, per store and server (`SERVERS`: "one loop", serving as it was,
 computing every request on its event loop; "default", `featureplane serve`'s defaults, a
 process per core with compute workers for big requests): p50/p95/p99 latency and requests/s of
 1-row and 100-row requests from 1 and 8 clients, of 1-row requests from 8 `http.client`
-clients (`StdlibClient`, how clients were written before), and of one client's 1-row
+clients (`StdlibClient`, the calls as `FeatureClient` made them before), and of one client's 1-row
 requests while 20 clients of another principal send 1,000-row batches (fairness); then the
 issue's goals: 1-row p99, loaded over idle 1-row p99, and 8-client 1-row requests/s over
 before's (one loop, http.client clients). Every request is authenticated (two principals'
@@ -47,6 +47,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import sqlite3
 import statistics
 import subprocess
@@ -77,8 +78,8 @@ CASES = ((1, 1), (1, 8), (100, 1), (100, 8))
 """(rows per request, concurrent clients)."""
 HEAVY = (1_000, 20)
 FAIR_CASE = "1x1 with 20x1000"
-STDLIB_CASE = "1x8 stdlib client"
-"""8 clients of 1-row requests through `http.client`, as clients were before."""
+STDLIB_CASE = "1x8 client before"
+"""8 clients of 1-row requests through `http.client`, as `FeatureClient` made them before."""
 """One client's 1-row requests while 20 other clients (another principal) send 1,000-row
 batches: the fairness case."""
 SERVERS = {"one loop": (1, 0), "default": (None, None)}
@@ -302,9 +303,12 @@ def push_at_scale(
 
 
 class StdlibClient:
-    """The same calls through `http.client` and orjson: how a client was written before
-    `online.connection` (the serving stack's baseline for throughput, where clients share
-    the machine's cores with the server)."""
+    """The same calls as `FeatureClient` made them before `online.connection`: through
+    `http.client`, and a regular expression looking for integers beyond 64 bits before orjson
+    parses (the baseline of the stack for throughput, where clients share the machine's cores
+    with the server)."""
+
+    LONG_INTEGER = re.compile(rb"(?<![.\deE])\d{19,}")
 
     def __init__(self, url: str, api_key: str):
         from http.client import HTTPConnection
@@ -325,7 +329,7 @@ class StdlibClient:
         text = response.read()
         if response.status != 200:
             raise RuntimeError(f"{response.status}: {text[:200]!r}")
-        return orjson.loads(text)
+        return (json.loads if self.LONG_INTEGER.search(text) else orjson.loads)(text)
 
     def __enter__(self) -> StdlibClient:
         return self
@@ -632,7 +636,10 @@ def http_load(
     cases = {
         **{f"{s}x{c}": [Clients(keys_of["light"], s, c)] for s, c in CASES},
         STDLIB_CASE: [Clients(keys_of["light"], 1, 8, "stdlib")],
-        FAIR_CASE: [Clients(keys_of["light"], 1, 1), Clients(keys_of["heavy"], *HEAVY)],
+        FAIR_CASE: [
+            Clients(keys_of["light"], 1, 1),
+            Clients(keys_of["heavy"], *HEAVY),
+        ],
     }
     rounds: dict[tuple[str, str], list[list[dict[str, Any]]]] = {
         (server, case): [] for server in urls for case in cases

@@ -41,6 +41,8 @@ _pool: ComputePool | None = None
 """The compute workers of this server process (None: every request is computed inline)."""
 _inline_rows = 0
 """Rows a request may have to be computed on the event loop (read at startup)."""
+CHUNK = 256 * 1024
+"""Bytes of a response body written at a time."""
 
 
 async def app(scope: Scope, receive: Any, send: Any) -> None:
@@ -66,7 +68,13 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     headers = [(name.encode(), value.encode()) for name, value in response.headers]
     headers.append((b"content-length", str(len(response.body)).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": response.body})
+    body, start = response.body, 0
+    while len(body) - start > CHUNK:  # a big body goes out a piece at a time: on loopback one
+        piece = body[start : start + CHUNK]  # write of megabytes holds the loop for milliseconds
+        await send({"type": "http.response.body", "body": piece, "more_body": True})
+        start += CHUNK
+        await asyncio.sleep(0)  # the requests that came meanwhile go first
+    await send({"type": "http.response.body", "body": body[start:] if start else body})
 
 
 async def _answer(feature_server: Any, request: tuple) -> Response:

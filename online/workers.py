@@ -6,10 +6,12 @@ Why: one event loop reads all of a server process's connections, and a 1,000-row
 clients sending such batches kept a 1-row request waiting for seconds. So a request of more
 than `$FEATUREPLANE_INLINE_ROWS` rows (10) is admitted on the loop (who asks, may they, their
 budget, the body's parse) and finished by a worker process, while the loop goes on answering
-small requests at once. Workers run at a lower CPU priority (nice 10): when both kinds want a
-core, the kernel gives it to the small request. Waiting big requests queue in start-time fair
-order by principal and rows (`featureplane.serving.fair_queue`), so one client's flood of
-batches gets its share of the workers, not all of them.
+small requests at once. Workers run at the idle scheduling policy (`SCHED_IDLE`): when both
+kinds want a core, the kernel gives it to the small request at once, and the workers have the
+cores whenever nothing else wants them. (So a flood of small requests that keeps every core
+busy holds big ones back: per-principal rate limits bound such floods.) Waiting big requests
+queue in start-time fair order by principal and rows (`featureplane.serving.fair_queue`), so
+one client's flood of batches gets its share of the workers, not all of them.
 
 A worker is `python -m online.workers FD`, with one end of a socket pair to its server
 process. Frames are a length and a pickle: `Admitted` one way, `Response` the other, both plain
@@ -172,11 +174,22 @@ async def _frame(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(size)
 
 
+def _yield_the_cpu() -> None:
+    """Run this process at the idle scheduling policy, where the kernel preempts it at once for
+    any normal process that wakes, as a server process does for a small request (a nice level
+    alone left that request waiting for the worker's time slice, up to 4 ms); nice where the
+    policy is not to be had."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(NICE)
+
+
 def main(fd: int) -> None:
     """A worker's life: load the registry, say ready, then finish requests until end of file."""
     from online.handler import server
 
-    os.nice(NICE)
+    _yield_the_cpu()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the server stops us
     with socket.socket(fileno=fd) as connection, connection.makefile("rwb") as stream:
         server()
