@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -172,6 +173,9 @@ def serve(
     )
     os.environ["FEATUREPLANE_COMPUTE_WORKERS"] = str(compute)
     state = os.environ["FEATUREPLANE_RATE_STATE"] = RateLimits.create_state()
+    # uvicorn ends a graceful SIGTERM shutdown by raising the signal again: as SystemExit, it
+    # unwinds through the `finally` below, which removes the state file
+    previous = signal.signal(signal.SIGTERM, _exit)
     try:
         server()
         uvicorn.run(
@@ -184,8 +188,13 @@ def serve(
             http="online.protocol:LimitedProtocol",
         )
     finally:
+        signal.signal(signal.SIGTERM, previous)
         os.unlink(state)
         del os.environ["FEATUREPLANE_RATE_STATE"]
+
+
+def _exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def free_port() -> int:

@@ -60,12 +60,15 @@ class _Worker:
         return pickle.loads(await _frame(self.reader))
 
     def close(self) -> None:
-        self.writer.close()
+        """Stop the worker at once (a server stops once its requests are answered, so the
+        worker is idle): closing its socket would take effect only when the loop runs again."""
+        self.process.terminate()
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self.writer.close()
 
 
 class ComputePool:

@@ -187,3 +187,18 @@ def test_a_worker_killed_costs_its_request_a_503_and_is_replaced(tmp_path, caplo
             )
         (replacement,) = workers_of(pid)
         assert replacement != worker
+
+
+def test_a_stopped_server_leaves_no_worker_and_no_rate_file_behind(tmp_path):
+    """SIGTERM stops the server gracefully within seconds: its compute workers exit and the
+    rate-limit file it made is removed (uvicorn ends by raising the signal again)."""
+    path, _ = serving(tmp_path)
+    files = set(Path("/dev/shm").glob("featureplane-rates-*"))
+    with serving_process(path, workers=1, compute=2) as url:
+        workers = workers_of(server_pid(url))
+        assert len(workers) == 2
+        assert len(set(Path("/dev/shm").glob("featureplane-rates-*")) - files) == 1
+        began = time.monotonic()
+    assert time.monotonic() - began < 5, "stopped gracefully, not killed after 10 s"
+    assert set(Path("/dev/shm").glob("featureplane-rates-*")) == files
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
