@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-from online.server import free_port, stop
+from online.processes import stop
+from online.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2  # DuckDB threads; Sail uses every core, and the machine this was written for has 2

@@ -35,6 +35,7 @@ from featureplane.serving.rate_limits import RateLimits
 from featureplane.serving.server import Admitted
 from featureplane.settings import compute_workers, inline_rows
 from online.handler import server
+from online.processes import child_environment, stop
 from online.workers import ComputePool
 
 Scope = dict[str, Any]
@@ -218,9 +219,7 @@ def serving_process(
     from online.client import FeatureClient
 
     port = free_port()
-    root = str(Path(__file__).resolve().parents[1])
-    environment = {**os.environ, **(env or {})}
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [root, environment.get("PYTHONPATH")]))
+    environment = child_environment(env)
     command = [sys.executable, "-m", "featureplane.cli", "serve", "--registry", str(registry)]
     command += ["--port", str(port)]
     command += [] if workers is None else ["--workers", str(workers)]
@@ -243,13 +242,3 @@ def serving_process(
         yield url
     finally:
         stop(process)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a server process: terminate, and kill it if it has not exited in 10 seconds."""
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()

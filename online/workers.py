@@ -32,19 +32,18 @@ import struct
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from featureplane.serving import Response
 from featureplane.serving.fair_queue import FairQueue
 from featureplane.serving.responses import error_response
 from featureplane.serving.server import Admitted
+from online.processes import child_environment, stop
 
 logger = logging.getLogger(__name__)
 FRAME = struct.Struct("<Q")
 NICE = 10
 READY = b"ready"
 START_TIMEOUT = 60.0
-ROOT = str(Path(__file__).resolve().parents[1])
 
 
 @dataclass
@@ -62,12 +61,7 @@ class _Worker:
     def close(self) -> None:
         """Stop the worker at once (a server stops once its requests are answered, so the
         worker is idle): closing its socket would take effect only when the loop runs again."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process, 5.0)
         self.writer.close()
 
 
@@ -143,20 +137,16 @@ class ComputePool:
 
 def unavailable(problem: str, request_id: str) -> Response:
     """A 503 to retry: the request was not computed."""
-    response = error_response(503, f"{problem}; retry (request id {request_id})")
-    return Response(
-        503, response.body, (*response.headers, ("retry-after", "1"), ("x-request-id", request_id))
-    )
+    response = error_response(503, f"{problem}; retry (request id {request_id})", retry_after=1)
+    return Response(503, response.body, (*response.headers, ("x-request-id", request_id)))
 
 
 async def _start() -> _Worker:
     ours, theirs = socket.socketpair()
-    env = {**os.environ}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     process = subprocess.Popen(
         [sys.executable, "-m", "online.workers", str(theirs.fileno())],
         pass_fds=(theirs.fileno(),),
-        env=env,
+        env=child_environment(),
     )
     theirs.close()
     reader, writer = await asyncio.open_unix_connection(sock=ours)
@@ -164,8 +154,7 @@ async def _start() -> _Worker:
         ready = await asyncio.wait_for(_frame(reader), START_TIMEOUT)
     except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError) as error:
         writer.close()
-        process.kill()
-        process.wait()
+        stop(process, 0.0)
         raise RuntimeError(f"a compute worker did not start: {error!r}") from error
     if ready != READY:
         raise RuntimeError(f"a compute worker said {ready[:80]!r}, not ready")

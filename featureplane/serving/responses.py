@@ -85,8 +85,12 @@ def internal_error(request: str, status: int = 500, request_id: str | None = Non
     )
 
 
-def error_response(status: int, message: str) -> Response:
-    return Response(status, encode_json({"error": message}))
+def error_response(status: int, message: str, retry_after: int | None = None) -> Response:
+    """`{"error": message}`; with `retry_after`, the seconds a client should wait (429, 503)."""
+    if retry_after is None:
+        return Response(status, encode_json({"error": message}))
+    headers = (*JSON_HEADERS, ("retry-after", str(retry_after)))
+    return Response(status, encode_json({"error": message}), headers)
 
 
 def names_shown(names: list[str]) -> str:

@@ -30,7 +30,7 @@ from featureplane.serving.audit import AuditLog
 from featureplane.serving.columns import response_columns
 from featureplane.serving.openapi import openapi_body
 from featureplane.serving.plans import ServicePlan, service_plan
-from featureplane.serving.rate_limits import Budget, RateLimited, RateLimits
+from featureplane.serving.rate_limits import RateLimited, RateLimits
 from featureplane.serving.request import (
     Limits,
     RequestError,
@@ -42,7 +42,6 @@ from featureplane.serving.request import (
     row_key_parts,
 )
 from featureplane.serving.responses import (
-    JSON_HEADERS,
     SHOWN_PATH,
     Response,
     cut,
@@ -128,7 +127,10 @@ class FeatureServer:
         self.gate = Gate(registry.principals, registry.policies) if authenticate else None
         self.audit = audit or AuditLog.from_env()
         self.rate_limits = rate_limits or RateLimits.from_env()
-        self._budgets: dict[str, Budget] = {}
+        self._budgets = {
+            name: self.rate_limits.budget(p.requests_per_second, p.rows_per_second)
+            for name, p in registry.principals.by_name.items()
+        }
         self.plans = {
             name: service_plan(service, registry) for name, service in registry.services.items()
         }
@@ -253,10 +255,7 @@ class FeatureServer:
             if error.status == 401:
                 result = replace(result, headers=(*result.headers, CHALLENGE))
         except RateLimited as error:
-            result = error_response(429, str(error))
-            result = replace(
-                result, headers=(*result.headers, ("retry-after", str(error.retry_after)))
-            )
+            result = error_response(429, str(error), error.retry_after)
         except EntityKeyError as error:
             result = error_response(400, str(error))
         except OnDemandFeatureViewError as error:
@@ -265,11 +264,7 @@ class FeatureServer:
             )
         except StoreThrottled as error:  # StoreUnavailable too: no answer, or no connection
             state = "unavailable" if isinstance(error, StoreUnavailable) else "throttled"
-            result = Response(
-                503,
-                encode_json({"error": f"online store {state}, retry later: {error}"}),
-                (*JSON_HEADERS, ("retry-after", "1")),
-            )
+            result = error_response(503, f"online store {state}, retry later: {error}", 1)
         except Exception:  # noqa: BLE001 - a server error is logged and answered, never raised
             return internal_error(f"{method[:10]} {path[:SHOWN_PATH]}", request_id=request_id)
         if isinstance(result, Response):
@@ -351,14 +346,8 @@ class FeatureServer:
     def _charge(self, principal: Principal | None, rows: int) -> None:
         """Take a request of `rows` rows from the principal's budget; RateLimited (429) if
         it is spent. Nobody (authentication off) has no budget."""
-        if principal is None:
-            return
-        budget = self._budgets.get(principal.name)
-        if budget is None:
-            budget = self._budgets[principal.name] = self.rate_limits.budget(
-                principal.requests_per_second, principal.rows_per_second
-            )
-        self.rate_limits.take(principal.name, budget, rows)
+        if principal is not None:
+            self.rate_limits.take(principal.name, self._budgets[principal.name], rows)
 
     # ---- programmatic entry point ---------------------------------------------------------------
 
