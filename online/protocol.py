@@ -13,7 +13,8 @@ up to a body's worth of memory, for as long as they like. Here, per process:
 - at most `max_connections` are open; another is answered 503 and closed.
 
 The answers are JSON error bodies, as the feature server's, and so is that of a request the
-parser refuses (400).
+parser refuses (400). The request's scope carries the connection's transport (`TRANSPORT`), so
+that a compute worker can write a big body straight into the connection (`online.server`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from featureplane import settings
 from featureplane.serving import encode_json
+
+TRANSPORT = "featureplane.transport"
+"""The scope's extension that holds the connection's transport."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class LimitedProtocol(HttpToolsProtocol):
             super().data_received(data[room:])
 
     def on_headers_complete(self) -> None:
+        self.scope["extensions"] = {TRANSPORT: self.transport}
         super().on_headers_complete()
         self._head = None
         if self.parser.should_upgrade() and self._should_upgrade():

@@ -8,7 +8,8 @@ production-grade and already pinned through dagster-webserver.
 Where a request is computed: one of at most `$FEATUREPLANE_INLINE_ROWS` rows (10) on the event
 loop, at once (SQLite reads take microseconds; other stores' reads block on the network and
 run in a thread); a bigger one by the process's compute workers (`online.workers`), in fair
-order by principal, so that big batches never hold up small requests. `serve` starts one server
+order by principal, so that big batches never hold up small requests (a worker writes a big
+body into the connection itself, `_Connection`). `serve` starts one server
 process per core (`workers`), each with its own registry, store client and compute workers, as
 Lambda instances would have; they share the listening socket and the principals' rate-limit
 buckets (`featureplane.serving.rate_limits`). Connections go through `online.protocol`, which
@@ -36,7 +37,8 @@ from featureplane.serving.server import Admitted
 from featureplane.settings import compute_workers, inline_rows
 from online.handler import server
 from online.processes import child_environment, stop
-from online.workers import ComputePool
+from online.protocol import TRANSPORT
+from online.workers import WRITE_TIMEOUT, ComputePool
 
 Scope = dict[str, Any]
 _pool: ComputePool | None = None
@@ -66,8 +68,11 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         headers = {
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
-        response = await _answer(feature_server, (scope["method"], scope["path"], body, headers))
-    headers = [(name.encode(), value.encode()) for name, value in response.headers]
+        request = (scope["method"], scope["path"], body, headers)
+        response = await _answer(feature_server, request, _Connection(scope, send))
+        if response is None:  # a compute worker wrote it
+            return
+    headers = _encoded(response)
     headers.append((b"content-length", str(len(response.body)).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     body, start = response.body, 0
@@ -79,9 +84,50 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body[start:] if start else body})
 
 
-async def _answer(feature_server: Any, request: tuple) -> Response:
+def _encoded(response: Response) -> list[tuple[bytes, bytes]]:
+    return [(name.encode(), value.encode()) for name, value in response.headers]
+
+
+class _Connection:
+    """The request's connection, for a compute worker to write a body into (`online.workers`):
+    the head goes out through uvicorn, which frames the body in chunks when no length is given
+    and ends it, and the worker writes the body between the two as one chunk."""
+
+    def __init__(self, scope: Scope, send: Any):
+        self._scope = scope
+        self._send = send
+        self._transport = scope.get("extensions", {}).get(TRANSPORT)
+        self.started = False
+
+    def socket(self) -> socket.socket | None:
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._scope["http_version"] != "1.1":
+            return None
+        return transport.get_extra_info("socket")
+
+    async def start(self, head: Response) -> bool:
+        self.started = True
+        await self._send(
+            {"type": "http.response.start", "status": head.status, "headers": _encoded(head)}
+        )
+        transport, waited = self._transport, 0.0
+        while transport.get_write_buffer_size() and not transport.is_closing():
+            if waited > WRITE_TIMEOUT:  # the client takes nothing: the worker gives up
+                return False
+            await asyncio.sleep(0.001)  # a client that is slow to read the previous answer
+            waited += 0.001
+        return not transport.is_closing()
+
+    async def end(self, written: bool) -> None:
+        if written:
+            await self._send({"type": "http.response.body", "body": b""})
+        else:
+            self._transport.close()
+
+
+async def _answer(feature_server: Any, request: tuple, connection: _Connection) -> Response | None:
     """Admit the request, then compute it here, in a thread (a store over the network) or by
-    a compute worker (a big one)."""
+    a compute worker (a big one; None when the worker wrote the response)."""
     local = feature_server.registry.online_store.get("type", "sqlite") == "sqlite"
     loop = asyncio.get_running_loop()
     if local:
@@ -91,7 +137,7 @@ async def _answer(feature_server: Any, request: tuple) -> Response:
     if not isinstance(admitted, Admitted):
         return admitted
     if _pool is not None and admitted.rows > _inline_rows:
-        return await _pool.finish(admitted)
+        return await _pool.finish(admitted, connection)
     if local:
         return feature_server.finish(admitted)
     return await loop.run_in_executor(None, feature_server.finish, admitted)

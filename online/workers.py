@@ -13,25 +13,38 @@ busy holds big ones back: per-principal rate limits bound such floods.) Waiting 
 queue in start-time fair order by principal and rows (`featureplane.serving.fair_queue`), so
 one client's flood of batches gets its share of the workers, not all of them.
 
-A worker is `python -m online.workers FD`, with one end of a socket pair to its server
-process. Frames are a length and a pickle: `Admitted` one way, `Response` the other, both plain
-data made by our own code (no byte from a client is unpickled). A worker follows the registry
-as its server process does (`online.handler.server`). One that dies answers its request 503
-and is started again; when the server process goes, its workers read end-of-file and exit.
+A big body goes from the worker straight into the client's connection: its server process
+passes the connection's socket with the request, and when the answer is a body of at least
+`DIRECT_BYTES`, the worker sends back only its head (`Head`), the server process writes that
+(with chunked framing), and the worker then writes the body as one chunk. So the megabytes of a
+batch's answer are copied once, by a process at the idle policy, not twice more by the server
+process that small requests wait for (through the socket pair, then into the connection).
+
+A worker is `python -m online.workers FD FDS`, with one end of each of two socket pairs to its
+server process: frames on the first, a length and a pickle (`Admitted` one way, `Response` or
+`Head` the other, all plain data made by our own code: no byte from a client is unpickled), and
+the connections' sockets on the second. A worker follows the registry as its server process
+does (`online.handler.server`). One that dies answers its request 503 (or closes the
+connection, when the head has gone) and is started again; when the server process goes, its
+workers read end-of-file and exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from featureplane.serving import Response
 from featureplane.serving.fair_queue import FairQueue
@@ -44,6 +57,36 @@ FRAME = struct.Struct("<Q")
 NICE = 10
 READY = b"ready"
 START_TIMEOUT = 60.0
+DIRECT_BYTES = 64 * 1024
+"""A body at least this long is written by the worker into the client's connection."""
+WRITE_TIMEOUT = 30.0
+"""Seconds a worker waits for a client to take a body's bytes before it gives up."""
+GO, STOP = b"go", b"stop"
+
+
+class Stream(Protocol):
+    """The client's connection, as the worker's server process writes a response into it."""
+
+    started: bool
+    """Whether the response's head has been written (no other answer can be given then)."""
+
+    def socket(self) -> socket.socket | None:
+        """The connection's socket, or None when the body cannot go into it directly."""
+
+    async def start(self, head: Response) -> bool:
+        """Write the head of a response whose body follows in chunks; whether the body may
+        now be written into the socket (everything before it has left the server process)."""
+
+    async def end(self, written: bool) -> None:
+        """End the response whose body was written, or close the connection if it was not."""
+
+
+@dataclass(frozen=True)
+class Head:
+    """A worker's answer whose body it writes into the connection itself: the response less
+    its body."""
+
+    response: Response
 
 
 @dataclass
@@ -51,18 +94,38 @@ class _Worker:
     process: subprocess.Popen
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    sockets: socket.socket
+    """The server process's end of the pair the connections' sockets go through."""
 
-    async def finish(self, admitted: Admitted) -> Response:
-        data = pickle.dumps(admitted, protocol=pickle.HIGHEST_PROTOCOL)
-        self.writer.write(FRAME.pack(len(data)) + data)
+    async def finish(self, admitted: Admitted, stream: Stream | None) -> Response | None:
+        """The response, or None when the worker wrote it into `stream`'s connection."""
+        connection = None if stream is None else stream.socket()
+        if connection is not None:  # sent at once: the socket is the request's connection's
+            socket.send_fds(self.sockets, [b"s"], [connection.fileno()])
+        self._send(pickle.dumps((admitted, connection is not None), pickle.HIGHEST_PROTOCOL))
         await self.writer.drain()
-        return pickle.loads(await _frame(self.reader))
+        answer = pickle.loads(await _frame(self.reader))
+        if not isinstance(answer, Head):
+            return answer
+        assert stream is not None
+        go = await stream.start(answer.response)
+        self._send(GO if go else STOP)
+        await self.writer.drain()
+        await stream.end(await _frame(self.reader) == GO)
+        return None
+
+    def _send(self, data: bytes) -> None:
+        self.writer.write(FRAME.pack(len(data)) + data)
 
     def close(self) -> None:
         """Stop the worker at once (a server stops once its requests are answered, so the
         worker is idle): closing its socket would take effect only when the loop runs again."""
         stop(self.process, 5.0)
         self.writer.close()
+        self.sockets.close()
+
+
+Waiting = tuple[Admitted, "Stream | None", "asyncio.Future[Response | None]"]
 
 
 class ComputePool:
@@ -72,7 +135,7 @@ class ComputePool:
         self.size = size
         self._idle: list[_Worker] = []
         self._all: list[_Worker] = []
-        self._waiting: FairQueue[tuple[Admitted, asyncio.Future[Response]]] = FairQueue()
+        self._waiting: FairQueue[Waiting] = FairQueue()
 
     async def start(self) -> None:
         """Start the workers and wait until each has loaded the registry."""
@@ -80,38 +143,46 @@ class ComputePool:
         self._all += workers
         self._idle += workers
 
-    async def finish(self, admitted: Admitted) -> Response:
+    async def finish(self, admitted: Admitted, stream: Stream | None = None) -> Response | None:
         """The response to `admitted`, from the next worker free in fair order (503 when no
-        worker could be started again)."""
+        worker could be started again), or None when the worker wrote it into `stream`."""
         if not self._all:
             return unavailable("the server has no compute worker", admitted.request_id)
-        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self._waiting.put(admitted.principal or "", admitted.rows, (admitted, future))
+        future: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
+        self._waiting.put(admitted.principal or "", admitted.rows, (admitted, stream, future))
         self._dispatch()
         return await future
 
     def _dispatch(self) -> None:
         while self._idle and len(self._waiting):
-            admitted, future = self._waiting.get()
+            admitted, stream, future = self._waiting.get()
             if not future.cancelled():
-                asyncio.ensure_future(self._run(self._idle.pop(), admitted, future))
+                asyncio.ensure_future(self._run(self._idle.pop(), admitted, stream, future))
 
     async def _run(
-        self, worker: _Worker, admitted: Admitted, future: asyncio.Future[Response]
+        self,
+        worker: _Worker,
+        admitted: Admitted,
+        stream: Stream | None,
+        future: asyncio.Future[Response | None],
     ) -> None:
         replacement: _Worker | None = worker
+        response: Response | None
         try:
-            response = await worker.finish(admitted)
-        except (OSError, EOFError, asyncio.IncompleteReadError, pickle.UnpicklingError):
+            response = await worker.finish(admitted, stream)
+        except Exception:  # noqa: BLE001 - the worker's state is unknown: it is replaced
             self._all.remove(worker)
             worker.close()
-            logger.error(
-                "compute worker %s died (exit code %s) on request %s; starting another",
+            logger.exception(
+                "compute worker %s failed (exit code %s) on request %s; starting another",
                 worker.process.pid,
                 worker.process.returncode,
                 admitted.request_id,
             )
             response = unavailable("the server's compute worker died", admitted.request_id)
+            if stream is not None and stream.started:  # too late for an answer
+                await stream.end(False)
+                response = None
             replacement = await self._replacement()
         if not future.done():
             future.set_result(response)
@@ -143,22 +214,26 @@ def unavailable(problem: str, request_id: str) -> Response:
 
 async def _start() -> _Worker:
     ours, theirs = socket.socketpair()
+    sockets, their_sockets = socket.socketpair()
+    fds = (theirs.fileno(), their_sockets.fileno())
     process = subprocess.Popen(
-        [sys.executable, "-m", "online.workers", str(theirs.fileno())],
-        pass_fds=(theirs.fileno(),),
+        [sys.executable, "-m", "online.workers", *map(str, fds)],
+        pass_fds=fds,
         env=child_environment(),
     )
     theirs.close()
+    their_sockets.close()
     reader, writer = await asyncio.open_unix_connection(sock=ours)
     try:
         ready = await asyncio.wait_for(_frame(reader), START_TIMEOUT)
     except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError) as error:
         writer.close()
+        sockets.close()
         stop(process, 0.0)
         raise RuntimeError(f"a compute worker did not start: {error!r}") from error
     if ready != READY:
         raise RuntimeError(f"a compute worker said {ready[:80]!r}, not ready")
-    return _Worker(process, reader, writer)
+    return _Worker(process, reader, writer, sockets)
 
 
 async def _frame(reader: asyncio.StreamReader) -> bytes:
@@ -177,25 +252,89 @@ def _yield_the_cpu() -> None:
         os.nice(NICE)
 
 
-def main(fd: int) -> None:
+def _write_chunk(connection: socket.socket, body: bytes) -> bool:
+    """Write `body` as one HTTP chunk into the client's connection, whether it all went. The
+    socket is the server process's, non-blocking: wait for room, at most `WRITE_TIMEOUT`."""
+    pieces = [memoryview(b"%x\r\n" % len(body)), memoryview(body), memoryview(b"\r\n")]
+    poller = select.poll()
+    poller.register(connection, select.POLLOUT)
+    deadline = time.monotonic() + WRITE_TIMEOUT
+    try:
+        while pieces:
+            try:
+                sent = connection.sendmsg(pieces)
+            except BlockingIOError:
+                sent = 0
+            while pieces and sent >= len(pieces[0]):
+                sent -= len(pieces.pop(0))
+            if pieces:
+                pieces[0] = pieces[0][sent:]
+                left = deadline - time.monotonic()
+                if left <= 0 or not poller.poll(left * 1000):
+                    return False
+    except OSError:  # the client went
+        return False
+    return True
+
+
+def _answer(frames: io.BufferedRWPair, sockets: socket.socket, request: bytes) -> None:
+    """Finish one request and answer it: the response, or its head and then its body straight
+    into the client's connection."""
+    from online.handler import server
+
+    admitted, direct = pickle.loads(request)
+    connection = None
+    if direct:
+        _, (fd,), _, _ = socket.recv_fds(sockets, 1, 1)
+        connection = socket.socket(fileno=fd)
+    try:
+        response = server().finish(admitted)
+        if connection is None or response.status != 200 or len(response.body) < DIRECT_BYTES:
+            _write_frame(frames, pickle.dumps(response, pickle.HIGHEST_PROTOCOL))
+            return
+        head = Head(Response(response.status, b"", response.headers))
+        _write_frame(frames, pickle.dumps(head, pickle.HIGHEST_PROTOCOL))
+        go = _read_frame(frames) == GO
+        _write_frame(frames, GO if go and _write_chunk(connection, response.body) else STOP)
+    finally:
+        if connection is not None:
+            connection.close()
+
+
+def _write_frame(frames: io.BufferedRWPair, data: bytes) -> None:
+    frames.write(FRAME.pack(len(data)))
+    frames.write(data)
+    frames.flush()
+
+
+def _read_frame(frames: io.BufferedRWPair) -> bytes | None:
+    """The next frame, or None at end of file."""
+    head = frames.read(FRAME.size)
+    if len(head) < FRAME.size:
+        return None
+    (size,) = FRAME.unpack(head)
+    return frames.read(size)
+
+
+def main(fd: int, fds: int) -> None:
     """A worker's life: load the registry, say ready, then finish requests until end of file."""
     from online.handler import server
 
     _yield_the_cpu()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the server stops us
-    with socket.socket(fileno=fd) as connection, connection.makefile("rwb") as stream:
+    with (
+        socket.socket(fileno=fd) as connection,
+        socket.socket(fileno=fds) as sockets,
+        connection.makefile("rwb") as frames,
+    ):
         server()
-        stream.write(FRAME.pack(len(READY)) + READY)
-        stream.flush()
-        while head := stream.read(FRAME.size):
-            (size,) = FRAME.unpack(head)
-            admitted = pickle.loads(stream.read(size))
-            data = pickle.dumps(server().finish(admitted), protocol=pickle.HIGHEST_PROTOCOL)
-            stream.write(FRAME.pack(len(data)))
-            stream.write(data)
-            stream.flush()
+        _write_frame(frames, READY)
+        while (request := _read_frame(frames)) is not None:
+            _answer(frames, sockets, request)
     server().close()
 
 
-if __name__ == "__main__":
-    main(int(sys.argv[1]))
+if __name__ == "__main__":  # as online.workers, so that what it pickles names its module
+    from online import workers
+
+    workers.main(int(sys.argv[1]), int(sys.argv[2]))

@@ -155,7 +155,7 @@ def test_a_response_that_is_not_http_is_a_malformed_response_to_the_client(raw):
     body=st.binary(max_size=3000),
     cuts=st.lists(st.integers(1, 500), max_size=8),
     fields=st.dictionaries(
-        st.from_regex(r"X-[A-Za-z]{1,8}", fullmatch=True),
+        st.from_regex(r"X-[a-z]{1,8}", fullmatch=True),  # names differ in more than case
         st.from_regex(r"[ -~]{0,30}", fullmatch=True).map(str.strip),
         max_size=5,
     ),

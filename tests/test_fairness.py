@@ -1,9 +1,11 @@
 """Fairness under load: big requests are computed by compute workers in start-time fair order
 by principal, small ones at once on the event loop, and a worker that dies costs one 503."""
 
+import http.client
 import json
 import os
 import signal
+import socket
 import statistics
 import threading
 import time
@@ -85,6 +87,9 @@ def serving(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 BATCH = [{"user_id": n} for n in range(BATCH_ROWS)]
+STALLED_ROWS = 100_000
+"""Rows of an answer (9 MB) bigger than the socket buffers between a server and a client."""
+ROUTE = "/v1/feature-services/users/get-features-batch"
 
 
 def test_a_flood_of_batches_neither_holds_up_small_requests_nor_another_principal(tmp_path):
@@ -122,19 +127,77 @@ def test_a_flood_of_batches_neither_holds_up_small_requests_nor_another_principa
         assert took["other"][0] < typical / 2, (took["other"], typical)
 
 
+def post(connection: http.client.HTTPConnection, key: str, rows: list) -> tuple[str, dict]:
+    """POST `rows` to the users service: how the body was framed, and the body."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    connection.request("POST", ROUTE, json.dumps({"entities": rows}), headers)
+    response = connection.getresponse()
+    assert response.status == 200
+    framing = "chunked" if response.getheader("transfer-encoding") == "chunked" else "length"
+    answer = json.loads(response.read())
+    answer["metadata"].pop("served_at")
+    return framing, answer
+
+
 def test_a_batch_computed_by_a_worker_is_the_batch_computed_inline(tmp_path):
+    """Inline, framed back through the server process (200 rows), written by the worker into
+    the connection (1,000 rows, chunked): the same answers, and the connection serves on."""
     path, keys = serving(tmp_path)
-    bodies = []
+    answers = {}
     for compute in (0, 1):
-        with (
-            serving_process(path, workers=1, env=AS_OF, compute=compute) as url,
-            FeatureClient(url, api_key=keys["other"]) as client,
-        ):
-            response = client.request("users", BATCH[:200])
-        response["metadata"].pop("served_at")
-        bodies.append(json.dumps(response, sort_keys=True))
-    assert bodies[0] == bodies[1]
-    assert '"present"' in bodies[0] and '"missing"' in bodies[0]
+        with serving_process(path, workers=1, env=AS_OF, compute=compute) as url:
+            connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+            for rows in (BATCH[:200], BATCH, BATCH[:1], BATCH):  # one kept-alive connection
+                answers[compute, len(rows)] = post(connection, keys["other"], rows)
+            connection.close()
+    for rows in (1, 200, BATCH_ROWS):
+        assert answers[0, rows][1] == answers[1, rows][1]
+        assert answers[0, rows][0] == "length"
+    assert answers[1, BATCH_ROWS][0] == "chunked" and answers[1, 200][0] == "length"
+    text = json.dumps(answers[0, BATCH_ROWS][1])
+    assert '"present"' in text and '"missing"' in text
+
+
+def test_a_worker_killed_while_writing_into_a_connection_closes_only_that_one(tmp_path):
+    """A client that reads slowly holds a worker in its write of a big body; killing the
+    worker then closes that connection (its head has gone: no answer can follow), and the
+    next request is served by a worker started again."""
+    path, keys = serving(tmp_path)
+    rows = [{"user_id": n % BATCH_ROWS} for n in range(STALLED_ROWS)]
+    env = {
+        **AS_OF,
+        "FEATUREPLANE_MAX_BATCH_ROWS": str(STALLED_ROWS),
+        "FEATUREPLANE_MAX_BODY_BYTES": str(4 << 20),
+    }
+    with serving_process(path, workers=1, env=env, compute=1) as url:
+        pid = server_pid(url)
+        host, port = url.removeprefix("http://").split(":")
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect((host, int(port)))
+        body = json.dumps({"entities": rows})
+        stalled.sendall(
+            (
+                f"POST {ROUTE} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys['flood']}"
+                f"\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body.encode()
+        )
+        stalled.settimeout(30)
+        received = stalled.recv(1024)  # the head: the worker is writing the body
+        time.sleep(0.5)
+        (worker,) = workers_of(pid)
+        os.kill(worker, signal.SIGKILL)
+        while chunk := stalled.recv(65536):  # read to the end: the server closed it
+            received += chunk
+        stalled.close()
+        head, _, rest = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head
+        assert not rest.endswith(b"0\r\n\r\n"), "the body was cut, never ended as if whole"
+        with FeatureClient(url, api_key=keys["other"]) as client:
+            assert len(client.get_features_batch("users", BATCH)) == BATCH_ROWS
+        (replacement,) = workers_of(pid)
+        assert replacement != worker
 
 
 def workers_of(server_pid: int) -> list[int]:
