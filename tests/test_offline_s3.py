@@ -2,6 +2,7 @@
 tables and training datasets of the local run, concurrent writers of one table lose no commit,
 and a missing bucket is one clear line."""
 
+import json
 import os
 import subprocess
 import sys
@@ -15,13 +16,15 @@ import pytest
 from dagster import DagsterInstance
 from deltalake import DeltaTable
 
+from bench.harness import moto_server
 from conftest import TINY, canonical
 from featureplane import FeatureService, FeatureStore, Repository
+from featureplane.compute.materialization import sweep
 from featureplane.compute.window import TimeWindow
 from featureplane.dagster.definitions import build_definitions, resources_for
 from featureplane.dagster.materialize import materialize_range, materialize_training
 from featureplane.errors import SettingError
-from featureplane.offline_store import OfflineStore, StoreUnreachable
+from featureplane.offline_store import OfflineStore, StoreUnreachable, files_at
 from featureplane.training_dataset import TrainingDataset
 from resources import OfflineStoreResource, SparkResource
 
@@ -96,6 +99,8 @@ WRITER = """
 import sys
 from datetime import UTC, datetime, timedelta
 from pyspark.sql import functions as F
+from bench.harness import moto_server
+from featureplane.compute.materialization import sweep
 from featureplane.compute.window import TimeWindow
 from featureplane.offline_store import OfflineStore
 from featureplane.spark_session import spark_session
@@ -184,3 +189,41 @@ def test_settings_that_would_make_s3_commits_unsafe_are_refused(monkeypatch, nam
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingError, match=name):
         OfflineStore("s3://lake/offline")
+
+
+def test_a_killed_run_s_staged_output_on_s3_is_swept_by_its_age(s3, spark):
+    """S3 has no directories, so a staged output's age is its newest file's."""
+    staging = OfflineStore(f"s3://{s3.bucket('staging-lake')}/offline").table_uri("_staging", "v")
+    spark.range(10).write.parquet(f"{staging}/killed-run")
+    assert sweep(staging, older_than=timedelta(hours=1)) == 0
+    assert files_at(f"{staging}/killed-run") > 0
+    assert sweep(staging, older_than=timedelta(0)) == 1
+    assert files_at(staging) == 0
+
+
+def test_wrong_credentials_are_one_clear_line(monkeypatch):
+    """moto's server checking signatures (after the calls that create a user, its key, its
+    policy and the bucket): the right key reads the bucket, a wrong secret is refused."""
+    monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "5")
+    with moto_server() as url:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+        iam = boto3.client("iam", region_name="us-east-1")
+        iam.create_user(UserName="writer")
+        key = iam.create_access_key(UserName="writer")["AccessKey"]
+        document = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
+        arn = iam.create_policy(PolicyName="lake", PolicyDocument=json.dumps(document))
+        iam.attach_user_policy(UserName="writer", PolicyArn=arn["Policy"]["Arn"])
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="locked-lake")
+        store = OfflineStore("s3://locked-lake/offline")
+        uri = store.table_uri("features", "t")
+        assert store.exists(uri) is False
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        with pytest.raises(StoreUnreachable) as raised:
+            store.exists(uri)
+    message = str(raised.value)
+    assert "\n" not in message and "'locked-lake'" in message and "403" in message
