@@ -24,6 +24,7 @@ from featureplane.compute.window import TimeWindow
 from featureplane.dagster.definitions import build_definitions, resources_for
 from featureplane.dagster.materialize import materialize_range, materialize_training
 from featureplane.errors import SettingError
+from featureplane.maintenance import maintain
 from featureplane.offline_store import OfflineStore, StoreUnreachable, files_at
 from featureplane.training_dataset import TrainingDataset
 from resources import OfflineStoreResource, SparkResource
@@ -92,6 +93,12 @@ def test_a_pipeline_on_s3_writes_what_it_writes_locally(s3, demo_data, spark, tm
     assert first.equals(canonical(local.get_training_dataset("s3_training", 0)))
     assert second.equals(canonical(local.get_training_dataset("s3_training", 1)))
     assert canonical(remote.rebuild("s3_training", 0)).equals(first)  # time travel on S3
+    reports = [maintain(s.offline, min_retention=timedelta(0)) for s in (local, remote)]
+    done = [
+        [(t.compacted_files, len(t.removed_files), t.skipped) for t in r.tables] for r in reports
+    ]
+    assert done[0] == done[1] and any(removed for _, removed, _ in done[1])  # delta-rs on S3
+    assert canonical(remote.rebuild("s3_training", 0)).equals(first), "recorded files kept"
     assert remote.manifest("s3_training", 1)["features"][0]["uri"].startswith("s3://")
 
 
@@ -102,6 +109,7 @@ from pyspark.sql import functions as F
 from bench.harness import moto_server
 from featureplane.compute.materialization import sweep
 from featureplane.compute.window import TimeWindow
+from featureplane.maintenance import maintain
 from featureplane.offline_store import OfflineStore
 from featureplane.spark_session import spark_session
 
