@@ -16,6 +16,9 @@
 - `featureplane status`: the latest applied version's rollout, its backfill's progress.
 - `featureplane list|describe|history`: the applied registry as a catalog.
 - `featureplane serve`: serve feature services over HTTP with the Lambda handler's dispatch.
+- `featureplane package lambda`: the AWS Lambda zip of the serving handler, with the serving
+  registry and the pinned wheels it needs (`featureplane.lambda_package`); prints its size and
+  times its cold start.
 - `featureplane keys`: the public key that servers verify registry files with
   (`featureplane.signing`); `--generate` makes a new private key to sign them with.
 """
@@ -32,11 +35,10 @@ from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from featureplane.access import Principals
     from featureplane.feature_view import FeatureView
     from featureplane.repository import Repository
@@ -583,6 +585,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    """Build the Lambda zip, print its size and environment, then time its cold start."""
+    from featureplane import lambda_package as package
+    from featureplane.registry_store import is_store_location
+    from featureplane.settings import registry_location, registry_store_location
+
+    store = registry_store_location()
+    registry = args.registry or (store if is_store_location(store) else registry_location())
+    began = time.perf_counter()
+    built = package.build(args.out, registry, follow=args.follow)
+    size = built.size / 2**20
+    print(f"wrote {built.path}: {size:.1f} MiB in {time.perf_counter() - began:.0f}s")
+    print(f"  serving {registry}" + (" (followed)" if args.follow else " (embedded)"))
+    print(f"  and {built.path.with_name('Dockerfile')}: the same package as a container image")
+    print("handler online.handler.handler, runtime python3.11 on x86_64, environment:")
+    for name, value in built.environment.items():
+        print(f"  {name}={value}")
+    if args.cold_starts:
+        event = package.sample_event(built.registry)
+        starts = package.cold_starts(built, event, args.cold_starts, {"FEATUREPLANE_NO_AUTH": "1"})
+        print(
+            f"cold start, median of {len(starts)} fresh interpreters on the unzipped package "
+            f"({event['httpMethod']} {event['path']}, without auth): "
+            f"import {package.median_ms([s.import_seconds for s in starts]):.0f} ms, "
+            f"first answer {package.median_ms([s.answer_seconds for s in starts]):.0f} ms, "
+            f"status {', '.join(sorted({str(s.status) for s in starts}))}"
+        )
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     """Print the public key to give servers (stdout: nothing else, to pipe), or a new private
     key and its public key with --generate."""
@@ -736,6 +768,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=cmd_serve)
 
+    package = commands.add_parser("package", help="build a deployable artifact")
+    artifacts = package.add_subparsers(dest="artifact", required=True)
+    lambda_ = artifacts.add_parser("lambda", help="the AWS Lambda zip of the serving handler")
+    lambda_.add_argument(
+        "--out", type=Path, default=Path("dist/featureplane-lambda.zip"), help="the zip to write"
+    )
+    lambda_.add_argument(
+        "--registry",
+        help="the registry store or file whose serving version is embedded (default: the "
+        "applied registry, <offline root>/registry)",
+    )
+    lambda_.add_argument(
+        "--follow",
+        action="store_true",
+        help="embed nothing: the function follows the --registry store (s3://) as it changes",
+    )
+    lambda_.add_argument(
+        "--cold-starts", type=int, default=5, help="cold starts to time (0: none; default 5)"
+    )
+    package.set_defaults(run=cmd_package)
+
     access = commands.add_parser("access", help="principals, their API keys and what they read")
     actions = access.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="every principal, its keys and what it may read")
@@ -800,6 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         SettingError,
         SigningKeyError,
     )
+    from featureplane.lambda_package import PackageError
     from featureplane.registry_store import CutOverRefused, RegistryConflict
 
     try:
@@ -814,6 +868,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         SigningKeyError,
         MaterializationFailed,
         CutOverRefused,
+        PackageError,
     ) as exc:
         if args.verbose:
             traceback.print_exception(exc, file=sys.stderr)

@@ -9,11 +9,16 @@ A table is created by its own commit (an empty table with the rows' schema) and 
 location holds nothing: a location with data files but no readable Delta log (a deleted or
 damaged `_delta_log`) is refused, never taken for a new table, since overwriting it would orphan
 every stored window. Two writers racing for the same commit: the loser writes again once (its
-window replacement is idempotent), then gives up with `ConcurrentWriteError`.
+window replacement is idempotent) a few times, then gives up with `ConcurrentWriteError`. Sail
+never commits an overwrite again itself (only blind appends), so this is what keeps runs writing
+different windows of one table at once from failing. On S3 commits are conditional writes, so
+racing writers (Sail or delta-rs, in any process) are as safe there (`featureplane.s3`).
 """
 
 from __future__ import annotations
 
+import random
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +31,7 @@ from pyspark.sql import functions as F
 
 from featureplane.compute.transform import PARTITION_COLUMN
 from featureplane.compute.window import TimeWindow, utc_from_micros
+from featureplane.s3 import configure_s3, unreachable
 
 ORDERABLE = ("string", "int", "bigint", "float", "double", "boolean", "timestamp", "date")
 
@@ -46,10 +52,16 @@ class TableLogMissing(RuntimeError):
         )
 
 
+class StoreUnreachable(RuntimeError):
+    """The offline store's bucket cannot be read: missing, or the credentials are wrong."""
+
+
 class ConcurrentWriteError(RuntimeError):
-    """Another writer committed to the table at the same time, twice in a row: rerun the run."""
+    """Other writers won every commit race of a write, WRITE_ATTEMPTS in a row: rerun the run."""
 
 
+WRITE_ATTEMPTS = 5
+"""Commits of one window replacement that may lose a race before the write gives up."""
 TIME_TRAVEL_PROPERTIES = {"delta.checkpointInterval": "1000000"}
 """Table properties of every table featureplane creates: no checkpoints. Sail 0.7.2 cannot read
 a version older than a table's latest checkpoint (`Missing commit file: expected version 0`),
@@ -98,6 +110,10 @@ class OfflineStore:
 
     root: str
 
+    def __post_init__(self) -> None:
+        if self.root.startswith("s3://"):
+            configure_s3()
+
     def table_uri(self, *path: str) -> str:
         """Location of the table at an asset-key-like path, e.g. ("training", "ctr")."""
         return "/".join([self.root.rstrip("/"), *path])
@@ -111,8 +127,13 @@ class OfflineStore:
 
     def exists(self, uri: str) -> bool:
         """Whether a Delta table is at `uri`; TableLogMissing where files stand without one."""
-        if DeltaTable.is_deltatable(uri):
-            return True
+        try:
+            if DeltaTable.is_deltatable(uri):
+                return True
+        except OSError as error:
+            if not uri.startswith("s3://"):
+                raise
+            raise StoreUnreachable(unreachable(uri, error)) from None
         files = files_at(uri)
         if files:
             raise TableLogMissing(uri, files)
@@ -145,21 +166,20 @@ class OfflineStore:
             .partitionBy(PARTITION_COLUMN)
             .option("replaceWhere", window.sql(timestamp_field, PARTITION_COLUMN))
         )
-        try:
-            writer.save(uri)
-        except PySparkException as error:
-            if not lost_commit_race(error):
-                raise
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 writer.save(uri)
-            except PySparkException as again:
-                if not lost_commit_race(again):
+                break
+            except PySparkException as error:
+                if not lost_commit_race(error):
                     raise
-                raise ConcurrentWriteError(
-                    f"{uri}: another writer committed at the same time, twice; nothing of this "
-                    f"write to {window.start:%Y-%m-%d %H:%M}..{window.end:%Y-%m-%d %H:%M} was "
-                    "committed: rerun it"
-                ) from again
+                if attempt == WRITE_ATTEMPTS:
+                    raise ConcurrentWriteError(
+                        f"{uri}: another writer committed at the same time, {attempt} times in "
+                        f"a row; nothing of this write to {window.start:%Y-%m-%d %H:%M}.."
+                        f"{window.end:%Y-%m-%d %H:%M} was committed: rerun it"
+                    ) from error
+                time.sleep(random.uniform(0, 0.2 * 2**attempt))  # the winners' commits land
         written = columns_of(spark.read.format("delta").load(uri))
         if written != columns_of(df):
             raise SchemaChangedError(

@@ -311,6 +311,18 @@ class RegistryStore:
         version = self.serving_version()
         return None if version is None else self.get(version)
 
+    def serving_files(self) -> dict[str, bytes]:
+        """The files a copy of this store needs to serve what serves here, verbatim (signed):
+        the serving version, and the serving pointer and access document in force."""
+        version = self.serving_version()
+        if version is None:
+            return {}
+        names = [_file_name(version)]
+        pointer, access = self.cut_over_in_force(), self.access()
+        names += [] if pointer is None else [_pointer_file(pointer.number)]
+        names += [] if access is None else [_access_file(access.number)]
+        return {name: self._files.read(name) for name in names}
+
     def cut_over(self, version: int, by: str | None = None) -> CutOver:
         """Make `version` the one that serves, and return the cut-over in force (the one that
         already made it serve, if one did). CutOverRefused if it is not applied or older

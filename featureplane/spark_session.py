@@ -17,6 +17,8 @@ from typing import Literal
 
 from pyspark.sql import SparkSession
 
+from featureplane.s3 import configure_s3
+
 SparkMode = Literal["local", "connect", "classic"]
 BASE_CONF = {"spark.sql.session.timeZone": "UTC"}
 SESSION_TIMEOUT_SECS = 7 * 24 * 3600
@@ -47,6 +49,7 @@ def spark_session(
         # Sail ends a session idle for a few minutes; this server belongs to one notebook,
         # process or test run, which may idle far longer and still expect its session.
         os.environ.setdefault("SAIL_SPARK__SESSION_TIMEOUT_SECS", str(SESSION_TIMEOUT_SECS))
+        configure_s3()  # Sail's S3 client reads this process's environment
         from pysail.spark import SparkConnectServer
 
         server = SparkConnectServer("127.0.0.1", 0)

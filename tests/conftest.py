@@ -4,11 +4,14 @@ tests write is signed, and verified when read, with one session key pair set as 
 it (`featureplane.signing`). Hypothesis neither times examples nor their generation: the
 machines are shared and stall, and speed is the benchmarks' business."""
 
+import os
 import textwrap
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import boto3
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,6 +20,7 @@ from deltalake import DeltaTable, write_deltalake
 from hypothesis import HealthCheck, settings
 from pyspark.sql import SparkSession
 
+from bench.harness import moto_server
 from featureplane import FeatureStore, Repository
 from featureplane.cli import main
 from featureplane.compute.transform import run_transformation
@@ -199,3 +203,45 @@ def read_delta(path: Path | str) -> pd.DataFrame:
     """
     files = DeltaTable(str(path)).file_uris()
     return pq.ParquetDataset(files).read().to_pandas() if files else pd.DataFrame()
+
+
+@dataclass(frozen=True)
+class S3:
+    """moto's S3 server of a test module (`tests.atomic_s3_server`): its URL, and the file of
+    the conditional PUTs it refused."""
+
+    url: str
+    refused: Path
+
+    def bucket(self, name: str) -> str:
+        boto3.client("s3").create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory) -> Iterator[S3]:
+    """moto's S3 server over HTTP on 127.0.0.1, holding Delta commits 0.2 s so writers race,
+    and only the standard AWS variables pointing at it (featureplane derives the rest); the
+    environment is restored afterwards."""
+    saved = dict(os.environ)
+    refused = tmp_path_factory.mktemp("s3") / "refused"
+    os.environ.update(S3_COMMIT_DELAY_SECONDS="0.2", S3_REFUSALS_LOG=str(refused))
+    try:
+        with moto_server(module="tests.atomic_s3_server") as url:
+            for name in (
+                "AWS_REGION",
+                "AWS_ALLOW_HTTP",
+                "AWS_CONDITIONAL_PUT",
+                "AWS_SESSION_TOKEN",
+            ):
+                os.environ.pop(name, None)
+            os.environ.update(
+                AWS_ENDPOINT_URL=url,
+                AWS_ACCESS_KEY_ID="testing",
+                AWS_SECRET_ACCESS_KEY="testing",
+                AWS_DEFAULT_REGION="us-east-1",
+            )
+            yield S3(url, refused)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -143,14 +143,23 @@ def sweep(location: str, older_than: timedelta = STALE) -> int:
     files, path = filesystem(location)
     infos = files.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     cutoff = datetime.now(UTC) - older_than
-    stale = [
-        info.path
-        for info in infos
-        if info.type == pafs.FileType.Directory and info.mtime and info.mtime < cutoff
-    ]
+    stale = []
+    for info in infos:
+        written = _written(files, info) if info.type == pafs.FileType.Directory else None
+        if written and written < cutoff:
+            stale.append(info.path)
     for stale_path in stale:
         files.delete_dir(stale_path)
     return len(stale)
+
+
+def _written(files: pafs.FileSystem, directory: pafs.FileInfo) -> datetime | None:
+    """When a staged output was last written: its directory's time or, on an object store,
+    where a directory is only a key prefix and has none, its newest file's."""
+    if directory.mtime is not None:
+        return directory.mtime
+    found = files.get_file_info(pafs.FileSelector(directory.path, recursive=True))
+    return max((info.mtime for info in found if info.mtime is not None), default=None)
 
 
 @contextmanager
