@@ -74,6 +74,9 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             return
     headers = _encoded(response)
     headers.append((b"content-length", str(len(response.body)).encode()))
+    transport = scope.get("extensions", {}).get(TRANSPORT)
+    if transport is not None and scope["method"] != "HEAD":  # uvicorn writes no HEAD's body
+        transport.hold()  # the head goes with the body's first bytes, in one write
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     body, start = response.body, 0
     while len(body) - start > CHUNK:  # a big body goes out a piece at a time: on loopback one

@@ -1,6 +1,8 @@
 """`featureplane serve` in a subprocess, called end to end through `online.client`."""
 
+import json
 import math
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -13,8 +15,8 @@ from tests.serving_repo import KEY, ad_stats, registry, user_stats, write_row
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A served registry over a SQLite store with two users and one ad; yields a client."""
+def url(tmp_path_factory):
+    """A served registry over a SQLite store with two users and one ad; yields its URL."""
     root = tmp_path_factory.mktemp("serve")
     store = root / "online.sqlite"
     now = datetime.now(UTC)
@@ -23,11 +25,49 @@ def server(tmp_path_factory):
         write_row(store, user_stats, (user_id,), now - timedelta(minutes=5), values)
     write_row(store, ad_stats, ("a1",), now - timedelta(hours=1), {"ctr": 0.5, "title": "Shoes"})
     path = write_registry(registry(store), root / "registry.json")
-    with (
-        serving_process(path, env={"FEATUREPLANE_MAX_BATCH_ROWS": "50"}, timeout=30) as url,
-        FeatureClient(url, api_key=KEY) as client,
-    ):
+    with serving_process(path, env={"FEATUREPLANE_MAX_BATCH_ROWS": "50"}, timeout=30) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def server(url):
+    with FeatureClient(url, api_key=KEY) as client:
         yield client
+
+
+def responses(data: bytes, methods: list[str]) -> list[tuple[bytes, bytes]]:
+    """The (status line, body) of each response in `data`, framed by content-length."""
+    found = []
+    for method in methods:
+        head, _, data = data.partition(b"\r\n\r\n")
+        status, *fields = head.split(b"\r\n")
+        length = next(
+            int(f.split(b":")[1]) for f in fields if f.lower().startswith(b"content-length")
+        )
+        length = 0 if method == "HEAD" else length
+        found.append((status, data[:length]))
+        data = data[length:]
+    assert data == b"", "nothing but the responses"
+    return found
+
+
+def test_pipelined_and_head_requests_are_answered_whole_and_in_order(url):
+    """Three requests in one packet, the middle one HEAD (answered by a head alone): three
+    whole answers in order, the HEAD one's head not held back for a body that never comes."""
+    host, port = url.removeprefix("http://").split(":")
+    methods = ["GET", "HEAD", "GET"]
+    ask = b"".join(f"{m} /health HTTP/1.1\r\nHost: x\r\n\r\n".encode() for m in methods[:2])
+    ask += b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(ask)
+        data = b""
+        while chunk := connection.recv(65536):
+            data += chunk
+    answers = responses(data, methods)
+    statuses = [status for status, _ in answers]
+    assert statuses == [b"HTTP/1.1 200 OK", b"HTTP/1.1 405 Method Not Allowed", b"HTTP/1.1 200 OK"]
+    assert json.loads(answers[0][1])["status"] == "ok" and answers[1][1] == b""
+    assert answers[2][1] == answers[0][1]
 
 
 def test_health_and_services(server):
