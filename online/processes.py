@@ -11,10 +11,14 @@ from pathlib import Path
 ROOT = str(Path(__file__).resolve().parents[1])
 
 
-def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment with `extra`, and the project importable (`PYTHONPATH`)."""
+def child_environment(
+    extra: Mapping[str, str] | None = None, project: str = ROOT
+) -> dict[str, str]:
+    """This process's environment with `extra`, and the project (this one, or the tree of
+    another version of it) importable first (`PYTHONPATH`)."""
     environment = {**os.environ, **(extra or {})}
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, environment.get("PYTHONPATH")]))
+    path = [project, environment.get("PYTHONPATH")]
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, path))
     return environment
 
 

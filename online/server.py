@@ -36,7 +36,7 @@ from featureplane.serving.rate_limits import RateLimits
 from featureplane.serving.server import Admitted
 from featureplane.settings import compute_workers, inline_rows
 from online.handler import server
-from online.processes import child_environment, stop
+from online.processes import ROOT, child_environment, stop
 from online.protocol import TRANSPORT
 from online.workers import WRITE_TIMEOUT, ComputePool
 
@@ -261,19 +261,21 @@ def serving_process(
     env: Mapping[str, str] | None = None,
     timeout: float = 60.0,
     compute: int | None = None,
+    project: Path | None = None,
 ) -> Iterator[str]:
     """`featureplane serve` in a subprocess on a free 127.0.0.1 port, with `workers` server
     processes and `compute` compute workers each (None: serve's defaults); yields its base
-    URL once `/health` answers and always stops it, for demos, tests and benchmarks."""
+    URL once `/health` answers and always stops it, for demos, tests and benchmarks. The code
+    is this project's, or that of the tree at `project` (another version of it)."""
     from online.client import FeatureClient
 
     port = free_port()
-    environment = child_environment(env)
+    environment = child_environment(env, str(project) if project else ROOT)
     command = [sys.executable, "-m", "featureplane.cli", "serve", "--registry", str(registry)]
     command += ["--port", str(port)]
     command += [] if workers is None else ["--workers", str(workers)]
     command += [] if compute is None else ["--compute-workers", str(compute)]
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(command, env=environment, cwd=project, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
