@@ -794,6 +794,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from featureplane.errors import (
         AccessError,
         DefinitionError,
+        InstanceError,
         MaterializationFailed,
         RegistryCorrupt,
         RegistryUntrusted,
@@ -807,6 +808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (
         AccessError,
         DefinitionError,
+        InstanceError,
         RegistryConflict,
         RegistryCorrupt,
         RegistryUntrusted,
