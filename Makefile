@@ -5,8 +5,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# The PostgreSQL that deploy/dagster/dagster.yaml reads: by default the project's cluster, which
+# `make postgres` starts and the tests of Dagster on Postgres use.
+export DAGSTER_PG_HOST ?= 127.0.0.1
+export DAGSTER_PG_PORT ?= 55432
+export DAGSTER_PG_USER ?= dagster
+export DAGSTER_PG_PASSWORD ?= dagster
+export DAGSTER_PG_DB ?= dagster
 
-.PHONY: demo test ui lint
+.PHONY: demo test ui lint postgres postgres-stop
 
 $(BIN)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,3 +35,10 @@ ui: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# The project's PostgreSQL cluster (.postgres/), installed from Debian's packages when missing.
+postgres:
+	deploy/postgres.sh start
+
+postgres-stop:
+	deploy/postgres.sh stop

@@ -847,6 +847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from featureplane.errors import (
         AccessError,
         DefinitionError,
+        InstanceError,
         MaterializationFailed,
         RegistryCorrupt,
         RegistryUntrusted,
@@ -861,6 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (
         AccessError,
         DefinitionError,
+        InstanceError,
         RegistryConflict,
         RegistryCorrupt,
         RegistryUntrusted,

@@ -74,6 +74,11 @@ class SettingError(ValueError):
     variable and what it must be."""
 
 
+class InstanceError(RuntimeError):
+    """The Dagster instance of $DAGSTER_HOME cannot open its storage (Postgres down, wrong
+    credentials); names the folder and the cause."""
+
+
 class SigningKeyError(ValueError):
     """A signing or verify key in the environment that is not one (`featureplane.signing`);
     names the variable."""

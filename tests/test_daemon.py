@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -191,14 +192,21 @@ class Project:
 @pytest.fixture
 def dagster_dev(tmp_path, receiver) -> Iterator[Project]:
     """`dagster dev` of a fresh project on free ports, stopped after the test."""
-    project = Project(tmp_path, receiver)
+    with running_dagster_dev(Project(tmp_path, receiver)) as project:
+        yield project
+
+
+@contextmanager
+def running_dagster_dev(project: Project) -> Iterator[Project]:
+    """`dagster dev` of a project on a free port (its URL in the project's environment), until
+    the block ends."""
     port = free_port()
     project.env["FEATUREPLANE_DAGSTER_URL"] = f"http://127.0.0.1:{port}"
     command = [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1"]
-    log = open(tmp_path / "dagster_dev.log", "w")  # noqa: SIM115 (closed after the process)
+    log = open(project.root / "dagster_dev.log", "w")  # noqa: SIM115 (closed after the process)
     process = subprocess.Popen(
         [*command, "-p", str(port)],
-        cwd=tmp_path,
+        cwd=project.root,
         env=project.env,
         stdout=log,
         stderr=log,

@@ -41,7 +41,7 @@ from featureplane.compute.window import TimeWindow
 from featureplane.dagster.automation import feature_condition, push_condition, training_condition
 from featureplane.dagster.keys import feature_key, online_key, service_key, source_key, training_key
 from featureplane.dagster.partitions import partitions_for
-from featureplane.dagster.policies import freshness_policy
+from featureplane.dagster.policies import concurrency_pool, freshness_policy
 from featureplane.dagster.quality import quality_check_spec, quality_result
 from featureplane.durations import in_words
 from featureplane.feature_service import FeatureService, served_name
@@ -175,7 +175,8 @@ def _tile_metadata(view: FeatureView) -> dict[str, object]:
 
 def _view_asset_args(view: FeatureView, condition: AutomationCondition) -> dict[str, Any]:
     """What the assets of a view share: its partitions, one-run backfills, version, owners,
-    and, unless its batch trigger is manual, the automation condition of the asset."""
+    concurrency pool, and, unless its batch trigger is manual, the automation condition of the
+    asset."""
     scheduled = view.batch_trigger == "scheduled"
     return {
         "automation_condition": condition if scheduled else None,
@@ -184,6 +185,7 @@ def _view_asset_args(view: FeatureView, condition: AutomationCondition) -> dict[
         "code_version": view.version,
         "owners": [view.owner] if view.owner else None,
         "tags": dict(view.tags),
+        "pool": concurrency_pool(view),
     }
 
 

@@ -8,7 +8,8 @@ Dagster creates and stamps its SQLite databases on first use without a lock betw
 two commands opening a fresh instance at once can each create the tables and stamp their own
 schema revision, leaving a database that every later command refuses ("more than one head").
 So the first opening and the storage migration run under an exclusive lock on the DAGSTER_HOME
-folder, held by one process at a time.
+folder, held by one process at a time. An instance whose Postgres storage cannot be reached
+(deploy/dagster/dagster.yaml) is one line saying why, not Dagster's retries' traceback.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from dagster import DagsterInstance
+from dagster_postgres.utils import DagsterPostgresException
 
 from featureplane.dagster.dead_runs import fail_dead_runs
+from featureplane.errors import InstanceError
 
 HOME = ".dagster_home"
 """DAGSTER_HOME's default, relative to the project folder (the working directory)."""
@@ -49,8 +52,15 @@ def exclusive(folder: str) -> Iterator[None]:
 def project_instance() -> DagsterInstance:
     """The instance of $DAGSTER_HOME, opened under the lock (opening creates, stamps and
     migrates the SQLite storage); runs that died in-process on this host are failed
-    (`dead_runs`) before it is handed out."""
-    with exclusive(dagster_home()):
-        instance = DagsterInstance.get()
+    (`dead_runs`) before it is handed out; storage that cannot be reached raises
+    `InstanceError`."""
+    home = dagster_home()
+    with exclusive(home):
+        try:
+            instance = DagsterInstance.get()
+        except DagsterPostgresException as error:
+            cause = getattr(error.__cause__, "orig", error.__cause__) or error
+            reason = str(cause).splitlines()[0]
+            raise InstanceError(f"{home}/dagster.yaml: its Postgres storage: {reason}") from error
     fail_dead_runs(instance)
     return instance
