@@ -24,7 +24,9 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 demo: $(BIN)/.installed
 	$(BIN)/featureplane demo
 
-test: $(BIN)/.installed
+# The tests of Dagster on Postgres use the project's cluster: it is started (and left running,
+# for the next run; `make postgres-stop` stops it).
+test: $(BIN)/.installed postgres
 	$(BIN)/python -m pytest
 
 # The UI, with synthetic events appended to the demo's sources every few minutes while it runs.
