@@ -167,7 +167,7 @@ def _environment(home: Path) -> dict[str, str]:
     }
 
 
-def _spawn(command: list[str], log: Path, env: dict[str, str]) -> int:
+def _spawn(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     with log.open("ab") as out:
         process = subprocess.Popen(
             command,
@@ -177,13 +177,13 @@ def _spawn(command: list[str], log: Path, env: dict[str, str]) -> int:
             env=env,
             start_new_session=True,  # the cluster outlives the command that started it
         )
-    return process.pid
+    return process
 
 
-def _wait(ready, what: str, log: Path, pid: int, home: Path, timeout: float) -> None:
+def _wait(ready, what: str, log: Path, process: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
-        if not _ours(pid, str(home)):
+        if process.poll() is not None:
             raise ClusterError(f"the {what} exited while starting: see {log}")
         if time.monotonic() > deadline:
             raise ClusterError(f"the {what} was not ready after {timeout:.0f}s: see {log}")
@@ -228,24 +228,24 @@ def start(
     pids = cluster.pids
     try:
         log = home / "logs" / "master.log"
-        pids["master"] = _spawn(
+        master = _spawn(
             [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1"]
             + ["--port", str(master_port), "--webui-port", str(ui_port)],
             log,
             env,
         )
-        _wait(lambda: _listening(master_port), "master", log, pids["master"], home, timeout)
+        pids["master"] = master.pid
+        _wait(lambda: _listening(master_port), "master", log, master, timeout)
         for i in range(1, workers + 1):
             worker = [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1"]
             worker += ["--cores", "1", "--memory", worker_memory]
             worker += ["--webui-port", str(_free_port()), master_url]
-            pids[f"worker-{i}"] = _spawn(worker, home / "logs" / f"worker-{i}.log", env)
+            pids[f"worker-{i}"] = _spawn(worker, home / "logs" / f"worker-{i}.log", env).pid
         log = home / "logs" / "connect.log"
-        pids["connect"] = _spawn(_connect_command(master_url, connect_port, jars), log, env)
-        _wait(
-            lambda: _listening(connect_port), "Connect server", log, pids["connect"], home, timeout
-        )
-        _wait(lambda: cluster.workers() == workers, "workers", log, pids["connect"], home, timeout)
+        connect = _spawn(_connect_command(master_url, connect_port, jars), log, env)
+        pids["connect"] = connect.pid
+        _wait(lambda: _listening(connect_port), "Connect server", log, connect, timeout)
+        _wait(lambda: cluster.workers() == workers, "workers", log, connect, timeout)
     except BaseException:
         _stop_processes(cluster)
         raise
@@ -267,7 +267,11 @@ def _connect_command(master_url: str, port: int, jars: Path) -> list[str]:
         "spark.connect.grpc.binding.port": str(port),
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": "4",  # two per core, as Sail's default
+        "spark.default.parallelism": "2",
         "spark.databricks.delta.snapshotPartitions": "2",  # 50 tasks per table read otherwise
+        "spark.locality.wait": "0s",  # every executor is on this machine: never wait for one
+        # UTC-adjusted microseconds, as Sail and delta-rs write them, not legacy INT96
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         **delta_conf(jars),
     }
     command = [str(SPARK_HOME / "bin" / "spark-submit"), "--class", CONNECT_SERVER]
