@@ -18,6 +18,7 @@ from deltalake import DeltaTable
 
 from conftest import TINY
 from featureplane import FeatureStore, Repository, cluster
+from featureplane.cli import main
 from featureplane.dagster import build_definitions
 from featureplane.dagster.definitions import resources_for
 from featureplane.dagster.materialize import materialize_range, materialize_training
@@ -171,3 +172,10 @@ def test_delta_is_written_by_spark_s_delta_on_the_cluster(runs):
     root = runs["cluster"][0]
     history = DeltaTable(str(root / tables(root)[0])).history()
     assert all("Delta-Lake/" in (h.get("engineInfo") or "") for h in history), history
+
+
+def test_the_command_line_says_when_no_cluster_was_started(data_dir, capsys):
+    assert main(["cluster", "status"]) == 1
+    assert main(["cluster", "stop"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(f"no cluster was started from {data_dir / 'cluster'}") == 2
