@@ -12,9 +12,12 @@ Options: `--events N [N ...]` cases to run (default 1M and 10M events), `--spine
 untimed ones (default 3 and 1), `--out` the JSON report (default
 `bench/results/aggregations.json`), `--data-dir` where data and results go (default a temp dir,
 deleted at the end unless `--keep`; data generated with the same parameters is reused),
-`--engines tiles ours duckdb duckdb_frames`, `--explain` (print our Spark plan and the DuckDB SQL
-first), `--analyze` (run Sail's EXPLAIN ANALYZE on our retrieval once, untimed, and keep the
-per-operator rows and compute times in the report and in `<data>/analyze_<events>.txt`).
+`--engines tiles ours duckdb duckdb_frames`, `--engine sail|cluster|both` (where tiles and ours
+run: Sail in-process by default, the local JVM Spark cluster of `featureplane.cluster`, or both
+in one run, with Sail's time over the JVM's printed and kept as `sail_over_jvm_*`),
+`--explain` (print our Spark plan and the DuckDB SQL first), `--analyze` (run Sail's EXPLAIN
+ANALYZE on our retrieval once, untimed, and keep the per-operator rows and compute times in
+the report and in `<data>/analyze_<events>.txt`).
 
 Data (numpy, seeded, identical on every run): events (user_id, ts, value) with user_id uniform
 over `--entities` users (default 100k; uniform, not Zipf: the range-join oracle costs spine rows
@@ -74,6 +77,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,9 +90,12 @@ from bench.harness import (
     base_parser,
     cpu_seconds,
     machine_info,
+    ours_key,
+    ours_session,
     peak_rss_mib,
     run_engine,
     scaling,
+    spark_engines,
     time_writes,
     worker,
 )
@@ -288,7 +295,6 @@ def run_tiles(job: dict) -> dict:
     from featureplane.compute.transform import run_transformation
     from featureplane.compute.window import TimeWindow
     from featureplane.offline_store import OfflineStore
-    from featureplane.spark_session import spark_session
 
     data = Path(job["data"])
     view = feature_view(events_uri(data, job["events"]))
@@ -296,7 +302,7 @@ def run_tiles(job: dict) -> dict:
     uri = offline.view_table_uri(VIEW, view.version)
     window = TimeWindow(START, START + timedelta(days=job["params"]["days"]))
     timings = []
-    with spark_session() as spark:
+    with ours_session(job) as spark:
         baseline = peak_rss_mib()
         for run in _runs(job):
             shutil.rmtree(uri, ignore_errors=True)
@@ -330,7 +336,6 @@ def _summarize_analyze(text: str) -> list[str]:
 def run_ours(job: dict) -> dict:
     """`get_historical_features` over the tiles table, written to a new Delta table."""
     from featureplane.feature_store import FeatureStore
-    from featureplane.spark_session import spark_session
 
     data, out = Path(job["data"]), Path(job["out"])
     root = tiles_root(data, job["events"])
@@ -340,7 +345,7 @@ def run_ours(job: dict) -> dict:
         raise SystemExit(f"no tiles in {root}: run the tiles engine first")
     spine = spine_uri(data, job["spine_rows"])
     extra = {}
-    with spark_session() as spark:
+    with ours_session(job) as spark:
         store = FeatureStore(repository, spark, root)
         baseline = peak_rss_mib()
 
@@ -610,7 +615,18 @@ def _ratio(case: dict, seconds: float | None, engine: str) -> float | None:
 
 
 def add_ratios_and_checks(case: dict) -> None:
-    """Ratios of ours (with and without the tiling) to each DuckDB query, and the checks."""
+    """Ratios of ours (with and without the tiling) to each DuckDB query, Sail's times over the
+    JVM cluster's where both ran, and the checks."""
+    jvm = case.get("ours_cluster", {}).get("median_s")
+    case["ratio_ours_cluster_join"] = _ratio(case, jvm, "duckdb")
+    for engine in ("tiles", "ours"):
+        if case.get(engine) and case.get(f"{engine}_cluster"):
+            sail_jvm = _ratio(case, case[engine]["median_s"], f"{engine}_cluster")
+            case[f"sail_over_jvm_{engine}"] = sail_jvm
+            print(
+                f"  {engine} on Sail {case[engine]['median_s']:.2f}s, on the JVM cluster "
+                f"{case[f'{engine}_cluster']['median_s']:.2f}s: Sail/JVM {sail_jvm:.2f}"
+            )
     ours = case.get("ours", {}).get("median_s")
     case["ratio_ours_join"] = _ratio(case, ours, "duckdb")
     case["ratio_ours_frames"] = _ratio(case, ours, "duckdb_frames")
@@ -622,7 +638,7 @@ def add_ratios_and_checks(case: dict) -> None:
     if not case.get(ORACLE):
         return
     case["checks"] = {}
-    for engine in ("ours", "duckdb_frames"):
+    for engine in ("ours", ours_key("cluster"), "duckdb_frames"):
         if not case.get(engine):
             continue
         check = compare(case[engine]["result"], case[ORACLE]["result"], case["spine_rows"])
@@ -747,19 +763,29 @@ def main(argv: list[str] | None = None) -> int:
         events=tuple(args.events or params.events),
         spine_rows=args.spine_rows or params.spine_rows,
     )
-    engines = [engine for engine in ENGINES if engine in args.engines]  # tiles before ours
+    stack = ExitStack()  # the local cluster, when --engine runs ours on it
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="fp-aggregations-"))
     data.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
         rows = generate(data, params)
         cases = []
+        sparks = stack.enter_context(spark_engines(args.engine, data))
+        runs = [  # on each Spark engine its tiles, then ours over them; DuckDB's after
+            (engine, spark_engine, remote)
+            for spark_engine, remote in sparks.items()
+            for engine in ("tiles", "ours")
+            if engine in args.engines
+        ] + [
+            (engine, None, None) for engine in ("duckdb", "duckdb_frames") if engine in args.engines
+        ]
         for events in params.events:
             print(f"case: {events:,} events, {params.spine_rows:,} spine rows")
             case: dict = {"events": events, "spine_rows": params.spine_rows}
             results = data / "results" / str(events)
             shutil.rmtree(results, ignore_errors=True)
-            for engine in engines:
+            for engine, spark_engine, remote in runs:
+                key = engine if spark_engine in (None, "sail") else f"{engine}_{spark_engine}"
                 job = {
                     "params": {**asdict(params), "events": list(params.events)},
                     "data": str(data),
@@ -770,9 +796,11 @@ def main(argv: list[str] | None = None) -> int:
                     "repeats": repeats,
                     "explain": args.explain,
                     "analyze": args.analyze,
+                    "remote": remote,
                 }
+                job["out"] = str(results / key)
                 report = run_engine("bench.aggregations", engine, job)
-                case[engine] = summarize(engine, report, args.warmup, events, params.spine_rows)
+                case[key] = summarize(engine, report, args.warmup, events, params.spine_rows)
             add_ratios_and_checks(case)
             if not args.keep:
                 shutil.rmtree(results, ignore_errors=True)
@@ -808,6 +836,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}")
         return 0 if report["all_equal"] else 1
     finally:
+        stack.close()
         if not args.keep:
             shutil.rmtree(data / "tiles", ignore_errors=True)
             if args.data_dir is None:

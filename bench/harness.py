@@ -65,7 +65,48 @@ def base_parser(
     parser.add_argument("--keep", action="store_true", help="keep the data dir and results")
     parser.add_argument("--engines", nargs="+", choices=list(engines), default=list(engines))
     parser.add_argument("--explain", action="store_true", help="print the plans before timing")
+    parser.add_argument(
+        "--engine",
+        choices=["sail", "cluster", "both"],
+        default="sail",
+        help="where ours runs: Sail in-process, the local JVM Spark cluster, or both (sail)",
+    )
     return parser
+
+
+OURS_ON = {"sail": ["sail"], "cluster": ["cluster"], "both": ["sail", "cluster"]}
+"""The Spark engines that `--engine` runs ours on."""
+
+
+@contextmanager
+def spark_engines(choice: str, data: Path) -> Iterator[dict[str, str | None]]:
+    """{engine: Connect URL (None for Sail in-process)} for `--engine`, with the local JVM
+    cluster (`featureplane.cluster`, jars from the project's `.jars/`) running when chosen."""
+    from featureplane import cluster
+
+    engines = OURS_ON[choice]
+    if "cluster" not in engines:
+        yield {"sail": None}
+        return
+    began = time.perf_counter()
+    with cluster.running(data / "cluster", ROOT / ".jars", connect_port=0) as started:
+        print(f"local Spark cluster started in {time.perf_counter() - began:.1f}s")
+        yield {engine: started.connect_url if engine == "cluster" else None for engine in engines}
+
+
+def ours_key(engine: str) -> str:
+    """The report key of ours on an engine: `ours` on Sail (as before), `ours_cluster`."""
+    return "ours" if engine == "sail" else f"ours_{engine}"
+
+
+@contextmanager
+def ours_session(job: dict):
+    """The Spark session of a job: the Connect server at `job["remote"]`, else Sail."""
+    from featureplane.spark_session import spark_session
+
+    remote = job.get("remote")
+    with spark_session("connect", remote) if remote else spark_session("local") as spark:
+        yield spark
 
 
 def time_writes(label: str, runs: range, result: Callable, out: Path) -> tuple[list[dict], str]:

@@ -11,7 +11,10 @@ Options: `--spine-rows N [N ...]` cases to run (default 1M and 10M), `--repeats`
 engine and case after `--warmup` untimed ones (default 3 and 1), `--out` the JSON report (default
 `bench/results/pit_join.json`), `--data-dir` where data and results go (default a temp dir,
 deleted at the end unless `--keep`; an existing data dir generated with the same parameters is
-reused), `--engines ours duckdb`, `--explain` (print our Spark plan and the DuckDB SQL first).
+reused), `--engines ours duckdb`, `--explain` (print our Spark plan and the DuckDB SQL first),
+`--engine sail|cluster|both` where ours runs: Sail in-process (default), the local JVM Spark
+cluster (`featureplane.cluster`, started for the run, two workers of one core), or both in the
+same run, which prints Sail's time over the JVM cluster's (`sail_over_jvm` in the JSON).
 
 Data (numpy, seeded, identical on every run): 3 feature views with `--feature-rows` rows each
 (default 3M) over `--entities` entities (default 100k), event times uniform over 30 days from
@@ -61,6 +64,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,9 +77,12 @@ from bench.harness import (
     base_parser,
     cpu_seconds,
     machine_info,
+    ours_key,
+    ours_session,
     peak_rss_mib,
     run_engine,
     scaling,
+    spark_engines,
     time_writes,
     worker,
 )
@@ -279,14 +286,13 @@ def output_columns() -> list[str]:
 
 def run_ours(job: dict) -> dict:
     from featureplane.feature_store import FeatureStore
-    from featureplane.spark_session import spark_session
 
     params = DataParams(**{**job["params"], "spine_rows": tuple(job["params"]["spine_rows"])})
     data, out = Path(job["data"]), Path(job["out"])
     repository = Repository.from_objects(feature_views(params))
     views = [repository.feature_views[spec.name] for spec in VIEW_SPECS]
     spine = spine_uri(data, job["spine_rows"])
-    with spark_session() as spark:
+    with ours_session(job) as spark:
         store = FeatureStore(repository, spark, str(data / "offline"))
         baseline = peak_rss_mib()
         if job.get("explain"):
@@ -424,6 +430,32 @@ def compare(ours: str, theirs: str, spine_rows: int) -> dict:
     }
 
 
+def add_ratios_and_checks(case: dict, spine_rows: int) -> None:
+    """Each run of ours against DuckDB (time ratio, values check), and Sail's time over the
+    JVM cluster's where both ran."""
+    for key in ("ours", "ours_cluster"):
+        if not (case.get(key) and case.get("duckdb")):
+            continue
+        suffix = key.removeprefix("ours")
+        case[f"ratio{suffix}"] = round(case[key]["median_s"] / case["duckdb"]["median_s"], 2)
+        check = case[f"check{suffix}"] = compare(
+            case[key]["result"], case["duckdb"]["result"], spine_rows
+        )
+        print(
+            f"  check {key} {spine_rows:,}: {'PASS' if check['equal'] else 'FAIL'} "
+            f"(rows {check['rows']:,}, unmatched {check['unmatched']}, "
+            f"differing {check['differing_values']})"
+        )
+    if case.get("ours") and case.get("ours_cluster"):
+        case["sail_over_jvm"] = round(
+            case["ours"]["median_s"] / case["ours_cluster"]["median_s"], 2
+        )
+        print(
+            f"  ours on Sail {case['ours']['median_s']:.2f}s, on the JVM cluster "
+            f"{case['ours_cluster']['median_s']:.2f}s: Sail/JVM {case['sail_over_jvm']:.2f}"
+        )
+
+
 def _median(report: dict, key: str = "seconds") -> float:
     return statistics.median(t[key] for t in report["timings"][report["warmup"] :])
 
@@ -477,31 +509,40 @@ def main(argv: list[str] | None = None) -> int:
         seed=params.seed,
         spine_rows=tuple(args.spine_rows or params.spine_rows),
     )
+    stack = ExitStack()  # the local cluster, when --engine runs ours on it
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="fp-pit-join-"))
     data.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
         rows = generate(data, params)
         cases = []
+        sparks = stack.enter_context(spark_engines(args.engine, data))
+        runs = [
+            (engine, spark_engine, remote)
+            for engine in args.engines
+            for spark_engine, remote in (sparks.items() if engine == "ours" else [(None, None)])
+        ]
         for spine_rows in params.spine_rows:
             print(f"case: {spine_rows:,} spine rows")
             case: dict = {"spine_rows": spine_rows}
             results = data / "results" / str(spine_rows)
             shutil.rmtree(results, ignore_errors=True)
-            for engine in args.engines:
+            for engine, spark_engine, remote in runs:
+                key = ours_key(spark_engine) if engine == "ours" else engine
                 job = {
                     "params": {**asdict(params), "spine_rows": list(params.spine_rows)},
                     "data": str(data),
-                    "out": str(results / engine),
+                    "out": str(results / key),
                     "spine_rows": spine_rows,
                     "warmup": args.warmup,
                     "repeats": repeats,
                     "explain": args.explain,
+                    "remote": remote,
                 }
                 report = run_engine("bench.pit_join", engine, job)
                 report["warmup"] = args.warmup
                 median = _median(report)
-                case[engine] = {
+                case[key] = {
                     "median_s": round(median, 3),
                     "runs_s": [round(t["seconds"], 3) for t in report["timings"]],
                     "rows_per_s": round(spine_rows / median),
@@ -511,19 +552,9 @@ def main(argv: list[str] | None = None) -> int:
                     "result": report["result"],
                 }
                 if engine == "ours":
-                    case[engine]["median_call_s"] = round(_median(report, "call"), 3)
-                    case[engine]["median_write_s"] = round(_median(report, "write"), 3)
-            if case.get("ours") and case.get("duckdb"):
-                case["ratio"] = round(case["ours"]["median_s"] / case["duckdb"]["median_s"], 2)
-                case["check"] = compare(
-                    case["ours"]["result"], case["duckdb"]["result"], spine_rows
-                )
-                check = case["check"]
-                verdict = "PASS" if check["equal"] else "FAIL"
-                print(
-                    f"  check {spine_rows:,}: {verdict} (rows {check['rows']:,}, "
-                    f"unmatched {check['unmatched']}, differing {check['differing_values']})"
-                )
+                    case[key]["median_call_s"] = round(_median(report, "call"), 3)
+                    case[key]["median_write_s"] = round(_median(report, "write"), 3)
+            add_ratios_and_checks(case, spine_rows)
             if not args.keep:
                 shutil.rmtree(results, ignore_errors=True)
             cases.append(case)
@@ -574,7 +605,11 @@ def main(argv: list[str] | None = None) -> int:
             },
             "cases": cases,
             "scaling": growth,
-            "all_equal": all(c.get("check", {}).get("equal", True) for c in cases),
+            "all_equal": all(
+                c.get(check, {}).get("equal", True)
+                for c in cases
+                for check in ("check", "check_cluster")
+            ),
             "total_seconds": round(time.perf_counter() - started, 1),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -582,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}")
         return 0 if report["all_equal"] else 1
     finally:
+        stack.close()
         if not args.keep and args.data_dir is None:
             shutil.rmtree(data, ignore_errors=True)
 

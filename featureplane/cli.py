@@ -19,6 +19,9 @@
 - `featureplane package lambda`: the AWS Lambda zip of the serving handler, with the serving
   registry and the pinned wheels it needs (`featureplane.lambda_package`); prints its size and
   times its cold start.
+- `featureplane cluster start|stop|status`: a local Spark standalone cluster (a master, two
+  workers) with a Spark Connect server and Delta Lake (`featureplane.cluster`); commands compute
+  on it with `FEATUREPLANE_SPARK_REMOTE` set to the URL that `start` prints.
 - `featureplane keys`: the public key that servers verify registry files with
   (`featureplane.signing`); `--generate` makes a new private key to sign them with.
 """
@@ -615,6 +618,33 @@ def cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """Start, stop or describe the local Spark cluster (`featureplane.cluster`)."""
+    from featureplane import cluster
+    from featureplane.settings import cluster_dir
+
+    home = cluster_dir()
+    if args.action == "start":
+        print(f"starting a Spark master, {args.workers} workers and a Connect server ...")
+        started = cluster.start(home, workers=args.workers, connect_port=args.port)
+        print(f"started in {started.started_seconds:.1f}s; logs in {home / 'logs'}")
+        print(f"master UI {started.master_ui}")
+        print(f"export FEATUREPLANE_SPARK_REMOTE={started.connect_url}")
+        return 0
+    if args.action == "stop":
+        print("stopped" if cluster.stop(home) else f"no cluster was started from {home}")
+        return 0
+    running = cluster.Cluster.load(home)
+    if running is None:
+        print(f"no cluster was started from {home}")
+        return 1
+    alive = running.alive()
+    for name, pid in running.pids.items():
+        print(f"{name:<10} pid {pid:<8} {'running' if alive[name] else 'gone'}")
+    print(f"workers registered: {running.workers()}; Connect {running.connect_url}")
+    return 0 if all(alive.values()) else 1
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     """Print the public key to give servers (stdout: nothing else, to pipe), or a new private
     key and its public key with --generate."""
@@ -818,6 +848,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--key", help="only this key (its id); default every key")
     access.set_defaults(run=cmd_access)
 
+    spark_cluster = commands.add_parser(
+        "cluster", help="a local Spark standalone cluster with Spark Connect and Delta"
+    )
+    spark_cluster.add_argument("action", choices=["start", "stop", "status"])
+    spark_cluster.add_argument("--workers", type=int, default=2, help="workers of one core each")
+    spark_cluster.add_argument(
+        "--port", type=int, default=15002, help="the Connect server's port (0: a free one)"
+    )
+    spark_cluster.set_defaults(run=cmd_cluster)
+
     keys = commands.add_parser("keys", help="the public key servers verify the registry with")
     keys.add_argument(
         "--generate",
@@ -846,6 +886,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.path.insert(0, os.getcwd())
     from featureplane.errors import (
         AccessError,
+        ClusterError,
         DefinitionError,
         InstanceError,
         MaterializationFailed,
@@ -861,6 +902,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except (
         AccessError,
+        ClusterError,
         DefinitionError,
         InstanceError,
         RegistryConflict,

@@ -107,3 +107,7 @@ class AccessPolicyError(DefinitionError):
 class AccessError(ValueError):
     """An access change that cannot be made as asked: an unknown or existing principal, an
     unknown key, a principal name or limit that is not valid."""
+
+
+class ClusterError(RuntimeError):
+    """The local Spark cluster did not start (the log to read is named), or cannot be."""

@@ -29,7 +29,7 @@ from featureplane.errors import RetrievalError
 from featureplane.feature_service import FeatureSelection, FeatureService, served_name
 from featureplane.feature_view import FeatureView
 from featureplane.manifest import manifest_uri, read_manifest, recorded_view, retrieval_definition
-from featureplane.offline_store import TIME_TRAVEL_PROPERTIES, OfflineStore
+from featureplane.offline_store import TIME_TRAVEL_PROPERTIES, OfflineStore, plain_strings
 from featureplane.on_demand import OnDemandFeatureView, stored_views
 from featureplane.registry import build_registry, load_registry
 from featureplane.repository import Repository
@@ -342,7 +342,12 @@ class FeatureStore:
             spine_df, selections, dataset.spine_timestamp, dataset.full_feature_names
         )
         uri = self.training_uri(name)
-        writer = joined.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+        writer = (
+            plain_strings(joined)
+            .write.format("delta")
+            .mode("overwrite")
+            .option("overwriteSchema", "true")
+        )
         writer.options(**TIME_TRAVEL_PROPERTIES).save(uri)
         version = DeltaTable(uri).version()
         manifest = {

@@ -104,6 +104,20 @@ def columns_of(df: DataFrame) -> list[tuple[str, str]]:
     return [(f.name, f.dataType.simpleString()) for f in df.schema.fields]
 
 
+def plain_strings(df: DataFrame) -> DataFrame:
+    """`df` with its string columns cast to plain `string`. Through Spark Connect, a schema that
+    the client parsed (mapInArrow's) reaches JVM Spark with an explicit collation, which its
+    Delta then records as `string collate UTF8_BINARY`, a type delta-rs cannot read."""
+    return df.select(
+        *(
+            F.col(f"`{f.name}`").cast("string").alias(f.name, metadata=f.metadata)
+            if f.dataType.simpleString() == "string"
+            else F.col(f"`{f.name}`")
+            for f in df.schema.fields
+        )
+    )
+
+
 @dataclass(frozen=True)
 class OfflineStore:
     """Delta tables under `root` (a local path or an `s3://` URI)."""

@@ -31,6 +31,21 @@ def online_store_path() -> Path:
     return data_dir() / "online_store.sqlite"
 
 
+def spark_remote() -> str | None:
+    """The Spark Connect server that the CLI, the demo and Dagster compute on:
+    `$FEATUREPLANE_SPARK_REMOTE` (`sc://host:port`, e.g. what `featureplane cluster start`
+    prints); unset, Sail in-process."""
+    url = os.environ.get("FEATUREPLANE_SPARK_REMOTE") or None
+    if url is not None and not url.startswith("sc://"):
+        raise SettingError(f"FEATUREPLANE_SPARK_REMOTE must be an sc:// URL, got {url!r}")
+    return url
+
+
+def cluster_dir() -> Path:
+    """Where `featureplane cluster` keeps its state, logs and work files: `<data dir>/cluster`."""
+    return data_dir() / "cluster"
+
+
 def online_store_settings() -> dict[str, Any]:
     """`open_store` settings: `$FEATUREPLANE_ONLINE_STORE` as JSON (e.g.
     `{"type": "dynamodb", "table": "features"}`), else SQLite in the data directory."""

@@ -4,7 +4,8 @@
   Sail reads and writes Delta natively and starts in well under a second. Shuffles by key use
   two partitions per core unless the conf says otherwise (`featureplane.compute.shuffle`).
 - `connect`: any Spark Connect endpoint (`sc://host:port`, Databricks, OSS Spark 4).
-- `classic`: JVM PySpark with the given conf (e.g. `spark.jars.packages` for delta-spark).
+- `classic`: JVM PySpark with the given conf (`featureplane.cluster.delta_conf` gives it Delta).
+Without a mode, the settings choose: `$FEATUREPLANE_SPARK_REMOTE` (connect) or Sail (local).
 Every session computes in UTC: event times, windows and partitions are all UTC.
 """
 
@@ -18,6 +19,7 @@ from typing import Literal
 from pyspark.sql import SparkSession
 
 from featureplane.s3 import configure_s3
+from featureplane.settings import spark_remote
 
 SparkMode = Literal["local", "connect", "classic"]
 BASE_CONF = {"spark.sql.session.timeZone": "UTC"}
@@ -37,12 +39,21 @@ def _builder(conf: Mapping[str, str]) -> SparkSession.Builder:
     return builder
 
 
+def configured_mode() -> tuple[SparkMode, str | None]:
+    """The mode and URL of the settings: `connect` to `$FEATUREPLANE_SPARK_REMOTE`, else Sail."""
+    url = spark_remote()
+    return ("connect", url) if url else ("local", None)
+
+
 @contextmanager
 def spark_session(
-    mode: SparkMode = "local", url: str | None = None, conf: Mapping[str, str] | None = None
+    mode: SparkMode | None = None, url: str | None = None, conf: Mapping[str, str] | None = None
 ) -> Iterator[SparkSession]:
-    """Open a Spark session in `mode`, and close it (and any server it started) on exit."""
+    """Open a Spark session in `mode` (default: the settings'), and close it (and any server
+    it started) on exit."""
     conf = dict(conf or {})
+    if mode is None:
+        mode, url = configured_mode()
     if mode == "local":
         conf = {"spark.sql.shuffle.partitions": str(local_shuffle_partitions()), **conf}
         os.environ.setdefault("RUST_LOG", "error")  # Sail logs each session and shutdown

@@ -6,7 +6,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 from pyspark.sql import SparkSession
 
-from featureplane.spark_session import SparkMode, spark_session
+from featureplane.spark_session import SparkMode, configured_mode, spark_session
 
 
 class SparkResource(ConfigurableResource):
@@ -22,6 +22,12 @@ class SparkResource(ConfigurableResource):
 
     _stack: ExitStack | None = PrivateAttr(default=None)
     _session: SparkSession | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_settings(cls) -> "SparkResource":
+        """The session the settings choose: `$FEATUREPLANE_SPARK_REMOTE`, else Sail."""
+        mode, url = configured_mode()
+        return cls(mode=mode, url=url)
 
     def open(self) -> AbstractContextManager[SparkSession]:
         """A context manager yielding a session configured like this resource."""

@@ -21,13 +21,16 @@ from hypothesis import HealthCheck, settings
 from pyspark.sql import SparkSession
 
 from bench.harness import moto_server
-from featureplane import FeatureStore, Repository
+from featureplane import FeatureStore, Repository, cluster
 from featureplane.cli import main
+from featureplane.cluster import Cluster
 from featureplane.compute.transform import run_transformation
 from featureplane.compute.window import TimeWindow
 from featureplane.signing import Ed25519Signer, decode_key, generate_key
 from featureplane.spark_session import spark_session
 from featureplane.synthetic import DemoScale, generate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 settings.register_profile("shared", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("shared")
@@ -51,6 +54,17 @@ def spark() -> Iterator[SparkSession]:
     """Sail's Spark Connect server in-process, as the `local` mode starts it."""
     with spark_session("local") as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory) -> Iterator[Cluster]:
+    """A Spark standalone cluster (a master, two workers of one core) with a Connect server and
+    Delta, started once per test session as `featureplane cluster start` starts it; its jars come
+    from the project's jar cache (`.jars/`, fetched when missing). Stopping it leaves no process."""
+    home = tmp_path_factory.mktemp("spark_cluster")
+    with cluster.running(home, ROOT / ".jars", connect_port=0, worker_memory="768m") as started:
+        yield started
+    assert cluster.processes(home) == [], "the cluster left processes behind"
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 from dagster import asset, materialize
 from pysail.spark import SparkConnectServer
 
+from featureplane.errors import SettingError
 from resources import SparkResource
 
 
@@ -83,3 +84,15 @@ def test_an_idle_local_session_lives_as_long_as_its_owner(timeout, outcome):
         [sys.executable, "-c", IDLE_SESSION], env=env, capture_output=True, text=True, timeout=120
     )
     assert ran.stdout.strip().splitlines()[-1] == outcome, ran.stderr[-2000:]
+
+
+def test_the_settings_choose_the_connect_server_or_sail(monkeypatch):
+    monkeypatch.delenv("FEATUREPLANE_SPARK_REMOTE", raising=False)
+    assert SparkResource.from_settings() == SparkResource(mode="local")
+    monkeypatch.setenv("FEATUREPLANE_SPARK_REMOTE", "sc://127.0.0.1:15002")
+    assert SparkResource.from_settings() == SparkResource(
+        mode="connect", url="sc://127.0.0.1:15002"
+    )
+    monkeypatch.setenv("FEATUREPLANE_SPARK_REMOTE", "http://127.0.0.1:15002")
+    with pytest.raises(SettingError, match="must be an sc:// URL, got 'http://127.0.0.1:15002'"):
+        SparkResource.from_settings()

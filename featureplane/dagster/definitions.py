@@ -45,11 +45,12 @@ def resources_for(
 
 
 def default_resources() -> dict[str, Any]:
-    """Embedded defaults: Sail in-process, the Delta offline store under the data directory, and
+    """Embedded defaults: Sail in-process (or the Connect server of
+    `$FEATUREPLANE_SPARK_REMOTE`), the Delta offline store under the data directory, and
     the online store that `featureplane serve` reads (`$FEATUREPLANE_ONLINE_STORE`, else SQLite
     in the data directory)."""
     return resources_for(
-        SparkResource(),
+        SparkResource.from_settings(),
         OfflineStoreResource(root=offline_root()),
         OnlineStoreResource(**online_store_settings()),
     )
