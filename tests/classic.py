@@ -74,8 +74,9 @@ def _kill(entries: list[str]) -> None:
             os.kill(int(entry.split()[0]), signal.SIGKILL)
 
 
-def run_on_classic(producer: str, out: Path, timeout: float = 300) -> Results:
-    """The producer's outputs computed on classic PySpark, in a subprocess.
+def run_on_classic(producer: str, out: Path, timeout: float = 300, delta: bool = False) -> Results:
+    """The producer's outputs computed on classic PySpark, in a subprocess (with Delta Lake's
+    jars from the project's cache when `delta`, as `featureplane.cluster.delta_conf` gives).
 
     Raises AssertionError with the subprocess's log if it fails, times out or leaves processes.
     """
@@ -84,7 +85,7 @@ def run_on_classic(producer: str, out: Path, timeout: float = 300) -> Results:
     tests = str(Path(__file__).parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), tests, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), producer, str(out)],
+        [sys.executable, str(Path(__file__).resolve()), producer, str(out), "delta" * delta],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -120,14 +121,16 @@ def run_on_classic(producer: str, out: Path, timeout: float = 300) -> Results:
     }
 
 
-def main(producer: str, out_dir: str) -> None:
+def main(producer: str, out_dir: str, delta: str = "") -> None:
     from pyspark import SparkContext
 
+    from featureplane.cluster import delta_conf, jars_dir
     from featureplane.spark_session import spark_session
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with spark_session("classic", conf=CLASSIC_CONF) as spark:
+    conf = {**CLASSIC_CONF, **(delta_conf(jars_dir()) if delta else {})}
+    with spark_session("classic", conf=conf) as spark:
         spark.sparkContext.setLogLevel("ERROR")
         computed = results(_producer(producer)(spark))
         info = {"spark": spark.version, "session": type(spark).__module__}
