@@ -13,9 +13,8 @@ up to a body's worth of memory, for as long as they like. Here, per process:
 - at most `max_connections` are open; another is answered 503 and closed.
 
 The answers are JSON error bodies, as the feature server's, and so is that of a request the
-parser refuses (400). The request's scope carries the connection's transport (`TRANSPORT`, a
-`HeldHead`), so that a response's head can go out with its body in one write, and a compute
-worker can write a big body straight into the connection (`online.server`).
+parser refuses (400). The request's scope carries the connection's transport (`TRANSPORT`), so
+that a compute worker can write a big body straight into the connection (`online.server`).
 """
 
 from __future__ import annotations
@@ -32,46 +31,6 @@ from featureplane.serving import encode_json
 
 TRANSPORT = "featureplane.transport"
 """The scope's extension that holds the connection's transport."""
-
-
-class HeldHead:
-    """A connection's transport that can hold a response's head back until the first bytes of
-    its body, to write both at once. Uvicorn writes the head as soon as the application starts
-    the response: two sends per answer, each a segment that wakes the client, where one does."""
-
-    def __init__(self, transport: asyncio.Transport):
-        self.transport = transport
-        self._holding = False
-        self._held: bytes | None = None
-
-    def hold(self) -> None:
-        """Hold the next write (the head) until the one after it (the body), or `flush`."""
-        self._holding = True
-
-    def write(self, data: bytes) -> None:
-        if self._holding:
-            self._holding, self._held = False, data
-            return
-        held, self._held = self._held, None
-        if held is None:
-            self.transport.write(data)
-        elif len(data) < 65536:
-            self.transport.write(held + data)
-        else:  # one vectored write, without copying the body
-            self.transport.writelines([held, data])
-
-    def flush(self) -> None:
-        """Write what is held."""
-        self._holding = False
-        if self._held is not None:
-            self.write(b"")
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
 
 
 @dataclass(frozen=True)
@@ -133,12 +92,8 @@ class LimitedProtocol(HttpToolsProtocol):
             super().data_received(data[room:])
 
     def on_headers_complete(self) -> None:
-        transport = HeldHead(self.transport)
-        self.scope["extensions"] = {TRANSPORT: transport}
-        previous = self.cycle
+        self.scope["extensions"] = {TRANSPORT: self.transport}
         super().on_headers_complete()
-        if self.cycle is not previous:  # the request's: it writes the response through ours
-            self.cycle.transport = transport
         self._head = None
         if self.parser.should_upgrade() and self._should_upgrade():
             self._cancel()  # the WebSocket protocol takes the connection over

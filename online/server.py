@@ -69,14 +69,11 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
         request = (scope["method"], scope["path"], body, headers)
-        response = await _answer(feature_server, request, _Connection(scope, send))
+        response = await _answer(feature_server, request, scope, send)
         if response is None:  # a compute worker wrote it
             return
     headers = _encoded(response)
     headers.append((b"content-length", str(len(response.body)).encode()))
-    transport = scope.get("extensions", {}).get(TRANSPORT)
-    if transport is not None and scope["method"] != "HEAD":  # uvicorn writes no HEAD's body
-        transport.hold()  # the head goes with the body's first bytes, in one write
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     body, start = response.body, 0
     while len(body) - start > CHUNK:  # a big body goes out a piece at a time: on loopback one
@@ -113,12 +110,12 @@ class _Connection:
         await self._send(
             {"type": "http.response.start", "status": head.status, "headers": _encoded(head)}
         )
-        transport, waited = self._transport, 0.0
+        transport, loop = self._transport, asyncio.get_running_loop()
+        deadline = loop.time() + WRITE_TIMEOUT
         while transport.get_write_buffer_size() and not transport.is_closing():
-            if waited > WRITE_TIMEOUT:  # the client takes nothing: the worker gives up
+            if loop.time() > deadline:  # the client takes nothing: the worker gives up
                 return False
             await asyncio.sleep(0.001)  # a client that is slow to read the previous answer
-            waited += 0.001
         return not transport.is_closing()
 
     async def end(self, written: bool) -> None:
@@ -128,9 +125,9 @@ class _Connection:
             self._transport.close()
 
 
-async def _answer(feature_server: Any, request: tuple, connection: _Connection) -> Response | None:
+async def _answer(feature_server: Any, request: tuple, scope: Scope, send: Any) -> Response | None:
     """Admit the request, then compute it here, in a thread (a store over the network) or by
-    a compute worker (a big one; None when the worker wrote the response)."""
+    a compute worker (a big one; None when the worker wrote the response into the connection)."""
     local = feature_server.registry.online_store.get("type", "sqlite") == "sqlite"
     loop = asyncio.get_running_loop()
     if local:
@@ -140,7 +137,7 @@ async def _answer(feature_server: Any, request: tuple, connection: _Connection) 
     if not isinstance(admitted, Admitted):
         return admitted
     if _pool is not None and admitted.rows > _inline_rows:
-        return await _pool.finish(admitted, connection)
+        return await _pool.finish(admitted, _Connection(scope, send))
     if local:
         return feature_server.finish(admitted)
     return await loop.run_in_executor(None, feature_server.finish, admitted)

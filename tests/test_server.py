@@ -53,7 +53,7 @@ def responses(data: bytes, methods: list[str]) -> list[tuple[bytes, bytes]]:
 
 def test_pipelined_and_head_requests_are_answered_whole_and_in_order(url):
     """Three requests in one packet, the middle one HEAD (answered by a head alone): three
-    whole answers in order, the HEAD one's head not held back for a body that never comes."""
+    whole answers in order, none waiting for a body that never comes."""
     host, port = url.removeprefix("http://").split(":")
     methods = ["GET", "HEAD", "GET"]
     ask = b"".join(f"{m} /health HTTP/1.1\r\nHost: x\r\n\r\n".encode() for m in methods[:2])
