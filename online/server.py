@@ -1,8 +1,10 @@
 """The local HTTP server: the Lambda handler's dispatch as a raw ASGI app, served by uvicorn.
 
-No web framework: `app` reads the body (refusing one over the limit before reading it all),
-lets `FeatureServer.admit` decide at the door, and writes the response, which keeps the
-per-request overhead to the dispatch itself. Uvicorn runs it on uvloop and httptools,
+No web framework: `decide` lets `FeatureServer.admit` decide at the door and computes the
+request, and `ServingProtocol` writes its response as soon as the request is read (the ASGI
+`app` serves what the protocol hands over and the requests it leaves to uvicorn, reading the
+body and refusing one over the limit before reading it all), which keeps the per-request
+overhead to the dispatch itself. Uvicorn runs it on uvloop and httptools,
 production-grade and already pinned through dagster-webserver.
 
 Where a request is computed: one of at most `$FEATUREPLANE_INLINE_ROWS` rows (10) on the event
@@ -37,7 +39,7 @@ from featureplane.serving.server import Admitted
 from featureplane.settings import compute_workers, inline_rows
 from online.handler import server
 from online.processes import ROOT, child_environment, stop
-from online.protocol import TRANSPORT
+from online.protocol import HANDED_OVER, TRANSPORT, LimitedProtocol
 from online.workers import WRITE_TIMEOUT, ComputePool
 
 Scope = dict[str, Any]
@@ -45,6 +47,8 @@ _pool: ComputePool | None = None
 """The compute workers of this server process (None: every request is computed inline)."""
 _inline_rows = 0
 """Rows a request may have to be computed on the event loop (read at startup)."""
+_local = False
+"""Whether the store is a local file (SQLite), read on the event loop (read at startup)."""
 CHUNK = 256 * 1024
 """Bytes of a response body written at a time."""
 
@@ -59,19 +63,16 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         return
     if scope["type"] != "http":
         return
-    feature_server = server()
-    limit = feature_server.limits.max_body_bytes
-    body = await _read_body(scope, receive, limit)
-    if body is None:
-        response = Response(413, encode_json({"error": f"body is over {limit} bytes"}))
+    handed_over = scope["extensions"].get(HANDED_OVER)
+    if handed_over is not None:  # read and admitted by ServingProtocol, for a compute worker
+        response = await _pool.finish(handed_over, _Connection(scope, send))  # type: ignore[union-attr]
     else:
-        headers = {
-            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
-        }
-        request = (scope["method"], scope["path"], body, headers)
-        response = await _answer(feature_server, request, scope, send)
-        if response is None:  # a compute worker wrote it
-            return
+        response = await _answer(scope, receive, send)
+    if response is not None:  # else a compute worker wrote it
+        await _write(response, send)
+
+
+async def _write(response: Response, send: Any) -> None:
     headers = _encoded(response)
     headers.append((b"content-length", str(len(response.body)).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -86,6 +87,20 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
 
 def _encoded(response: Response) -> list[tuple[bytes, bytes]]:
     return [(name.encode(), value.encode()) for name, value in response.headers]
+
+
+class ServingProtocol(LimitedProtocol):
+    """The server's connections: a request whose store is local is answered as soon as it is
+    read, by `decide` and one write, without the ASGI application and its task, messages and
+    second write (`LimitedProtocol.answer`); one for a compute worker goes on to `app`."""
+
+    @property
+    def answers_directly(self) -> bool:  # type: ignore[override]
+        return _local
+
+    def answer(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Any:
+        limit = server().limits.max_body_bytes
+        return too_big(limit) if len(body) > limit else decide(method, path, body, headers)
 
 
 class _Connection:
@@ -125,22 +140,37 @@ class _Connection:
             self._transport.close()
 
 
-async def _answer(feature_server: Any, request: tuple, scope: Scope, send: Any) -> Response | None:
-    """Admit the request, then compute it here, in a thread (a store over the network) or by
-    a compute worker (a big one; None when the worker wrote the response into the connection)."""
-    local = feature_server.registry.online_store.get("type", "sqlite") == "sqlite"
-    loop = asyncio.get_running_loop()
-    if local:
-        admitted = feature_server.admit(*request)
+async def _answer(scope: Scope, receive: Any, send: Any) -> Response | None:
+    """Read the body and `decide`, here or in a thread (a store over the network); a request
+    for a compute worker is computed there (None when the worker wrote the response into the
+    connection)."""
+    limit = server().limits.max_body_bytes
+    body = await _read_body(scope, receive, limit)
+    if body is None:
+        return too_big(limit)
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    request = (scope["method"], scope["path"], body, headers)
+    if _local:
+        decided = decide(*request)
     else:
-        admitted = await loop.run_in_executor(None, feature_server.admit, *request)
-    if not isinstance(admitted, Admitted):
+        decided = await asyncio.get_running_loop().run_in_executor(None, decide, *request)
+    if isinstance(decided, Admitted):
+        return await _pool.finish(decided, _Connection(scope, send))  # type: ignore[union-attr]
+    return decided
+
+
+def decide(method: str, path: str, body: bytes, headers: dict[str, str]) -> Response | Admitted:
+    """The response to a request, or, for one with more rows than are computed here, its
+    admission, for a compute worker."""
+    feature_server = server()
+    admitted = feature_server.admit(method, path, body, headers)
+    if not isinstance(admitted, Admitted) or (_pool is not None and admitted.rows > _inline_rows):
         return admitted
-    if _pool is not None and admitted.rows > _inline_rows:
-        return await _pool.finish(admitted, _Connection(scope, send))
-    if local:
-        return feature_server.finish(admitted)
-    return await loop.run_in_executor(None, feature_server.finish, admitted)
+    return feature_server.finish(admitted)
+
+
+def too_big(limit: int) -> Response:
+    return Response(413, encode_json({"error": f"body is over {limit} bytes"}))
 
 
 async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes | None:
@@ -165,12 +195,12 @@ async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes | None:
 async def _lifespan(receive: Any, send: Any) -> None:
     """Load the registry, open the store and start the compute workers at startup; stop them
     and close the store at shutdown."""
-    global _pool, _inline_rows
+    global _pool, _inline_rows, _local
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             try:
-                server()
+                _local = server().registry.online_store.get("type", "sqlite") == "sqlite"
                 _inline_rows = inline_rows()
                 workers = compute_workers()
                 if workers:
@@ -232,7 +262,7 @@ def serve(
             workers=workers,
             access_log=False,
             lifespan="on",
-            http="online.protocol:LimitedProtocol",
+            http="online.server:ServingProtocol",
         )
     finally:
         signal.signal(signal.SIGTERM, previous)

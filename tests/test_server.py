@@ -1,5 +1,6 @@
 """`featureplane serve` in a subprocess, called end to end through `online.client`."""
 
+import contextlib
 import json
 import math
 import socket
@@ -51,23 +52,62 @@ def responses(data: bytes, methods: list[str]) -> list[tuple[bytes, bytes]]:
     return found
 
 
+def exchange(url: str, data: bytes) -> bytes:
+    """Send `data` on a new connection to the server at `url` in one packet; what comes back
+    until the server closes (or resets) the connection."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(data)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := connection.recv(65536):
+                received += chunk
+    return received
+
+
 def test_pipelined_and_head_requests_are_answered_whole_and_in_order(url):
     """Three requests in one packet, the middle one HEAD (answered by a head alone): three
     whole answers in order, none waiting for a body that never comes."""
-    host, port = url.removeprefix("http://").split(":")
     methods = ["GET", "HEAD", "GET"]
     ask = b"".join(f"{m} /health HTTP/1.1\r\nHost: x\r\n\r\n".encode() for m in methods[:2])
     ask += b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    with socket.create_connection((host, int(port)), timeout=10) as connection:
-        connection.sendall(ask)
-        data = b""
-        while chunk := connection.recv(65536):
-            data += chunk
-    answers = responses(data, methods)
+    answers = responses(exchange(url, ask), methods)
     statuses = [status for status, _ in answers]
     assert statuses == [b"HTTP/1.1 200 OK", b"HTTP/1.1 405 Method Not Allowed", b"HTTP/1.1 200 OK"]
     assert json.loads(answers[0][1])["status"] == "ok" and answers[1][1] == b""
     assert answers[2][1] == answers[0][1]
+
+
+def timeless(response: dict) -> list[dict]:
+    """A response's results without their ages, which move with the clock."""
+    return [{k: v for k, v in result.items() if "age" not in k} for result in response["results"]]
+
+
+def test_a_batch_for_a_compute_worker_and_requests_after_it_in_one_packet_keep_their_order(
+    url, server
+):
+    """A 20-row batch (more than the 10 rows computed on the event loop: the protocol reads
+    and admits it, then hands it to a compute worker), a 1-row request answered at once but
+    behind it, and a listing: three answers in order, equal to those asked one at a time."""
+    rows = [{"user_id": 1 + i % 3} for i in range(20)]
+    asks = [
+        ("/v1/feature-services/users/get-features-batch", {"entities": rows}),
+        ("/v1/feature-services/users/get-features", {"entities": {"user_id": 2}}),
+    ]
+    data = b""
+    for path, payload in asks:
+        body = json.dumps(payload).encode()
+        data += f"POST {path} HTTP/1.1\r\nHost: x\r\nx-api-key: {KEY}\r\n".encode()
+        data += b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
+        data += body
+    data += f"GET /v1/feature-services HTTP/1.1\r\nx-api-key: {KEY}\r\n".encode()
+    data += b"connection: close\r\n\r\n"
+    answers = responses(exchange(url, data), ["POST", "POST", "GET"])
+    assert [status for status, _ in answers] == [b"HTTP/1.1 200 OK"] * 3
+    batch, one, listing = (json.loads(body) for _, body in answers)
+    assert timeless(batch) == timeless(server.request("users", rows))
+    assert timeless(one) == timeless(server.request("users", {"user_id": 2}))
+    assert [s["name"] for s in listing["feature_services"]] == ["checkout", "context", "users"]
 
 
 def test_health_and_services(server):
