@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 from pyspark.sql import SparkSession
 
@@ -24,6 +24,11 @@ from featureplane.settings import spark_remote
 SparkMode = Literal["local", "connect", "classic"]
 BASE_CONF = {"spark.sql.session.timeZone": "UTC"}
 SESSION_TIMEOUT_SECS = 7 * 24 * 3600
+UNCOMPRESSED = [("grpc.compression_enabled_algorithms_bitset", 1)]
+"""Spark Connect channel options: gRPC without compression (bit 0, identity, alone). The Python
+client otherwise offers gzip, and Sail gzips every response with it at well under 100 MB/s on
+one core: a 62 MB Arrow result took 0.80 s to collect instead of 0.11 s on this machine.
+Uncompressed is faster over any link of a gigabit or more, which a Spark cluster has."""
 
 
 def local_shuffle_partitions() -> int:
@@ -32,11 +37,22 @@ def local_shuffle_partitions() -> int:
     return 2 * max(os.cpu_count() or 1, 2)
 
 
-def _builder(conf: Mapping[str, str]) -> SparkSession.Builder:
-    builder = SparkSession.builder
+def _configured(builder: Any, conf: Mapping[str, str]) -> Any:
+    """A session builder (classic or Spark Connect) with `conf` and the base conf set."""
     for key, value in {**conf, **BASE_CONF}.items():
         builder = builder.config(key, value)
     return builder
+
+
+def _connect(url: str, conf: Mapping[str, str]) -> SparkSession:
+    """A Spark Connect session to `url`, over a channel without compression."""
+    from pyspark.sql.connect.client import DefaultChannelBuilder
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    channel = DefaultChannelBuilder(url, channelOptions=UNCOMPRESSED)
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"  # as `builder.remote` sets it: functions
+    # such as `F.col` build Spark Connect columns from then on, not classic ones
+    return _configured(ConnectSession.builder.channelBuilder(channel), conf).create()
 
 
 def configured_mode() -> tuple[SparkMode, str | None]:
@@ -66,7 +82,7 @@ def spark_session(
         server = SparkConnectServer("127.0.0.1", 0)
         server.start(background=True)
         host, port = server.listening_address
-        session = _builder(conf).remote(f"sc://{host}:{port}").create()
+        session = _connect(f"sc://{host}:{port}", conf)
         # Reattaching survives a lost network link, which an in-process server has none of;
         # its asynchronous releases would only fail noisily once the server has stopped.
         session.client.disable_reattachable_execute()
@@ -78,14 +94,14 @@ def spark_session(
     elif mode == "connect":
         if not url or not url.startswith("sc://"):
             raise ValueError(f"connect mode needs an sc:// url, got {url!r}")
-        session = _builder(conf).remote(url).create()
+        session = _connect(url, conf)
         try:
             yield session
         finally:
             session.stop()
     elif mode == "classic":
         conf.setdefault("spark.master", "local[*]")
-        session = _builder(conf).getOrCreate()
+        session = _configured(SparkSession.builder, conf).getOrCreate()
         try:
             yield session
         finally:
