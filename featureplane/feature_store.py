@@ -8,6 +8,7 @@ dataset's manifest names exactly what was read, and `rebuild` reproduces it by t
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pyarrow import fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from featureplane.compute.materialization import STAGING, staged, sweep
 from featureplane.compute.on_demand import apply_on_demand
 from featureplane.compute.point_in_time import Lookup, point_in_time_join
 from featureplane.compute.tiles import AggregateLookup, aggregate_join
@@ -39,6 +41,8 @@ from featureplane.source import BatchSource
 from featureplane.spark_session import spark_session
 
 HIDDEN = "__on_demand__"
+SPINES = "spines"
+"""The staging folder of pandas spines (`FeatureStore._spine`)."""
 """Prefix of the working columns of on-demand views, dropped before results are returned."""
 
 FeatureReference = FeatureService | FeatureView | OnDemandFeatureView | FeatureSelection | str
@@ -67,6 +71,7 @@ class FeatureStore:
         self.offline = OfflineStore(offline_root_uri or offline_root())
         self._resources = ExitStack()
         self._online: FeatureServer | None = None
+        self._swept = False
 
     @classmethod
     def from_repo(
@@ -185,8 +190,20 @@ class FeatureStore:
         return view
 
     def _spine(self, spine: SpineInput) -> DataFrame:
+        """The spine as a Spark DataFrame. A pandas spine is written once to Parquet under the
+        offline store's staging area and read from there: as a local relation it would travel
+        inside each of the retrieval's requests (schema look-ups, the bounds, the final query),
+        about ten times its size in all; staged, twice (the write, and its schema). Its files
+        stay until the store is closed (or are swept a day later, after a crash)."""
         if isinstance(spine, pd.DataFrame):
-            return self.spark.createDataFrame(spine)
+            staging = self.offline.table_uri(STAGING, SPINES)
+            if not self._swept:
+                sweep(staging)
+                self._swept = True
+            location = f"{staging}/{uuid.uuid4().hex}"
+            return self._resources.enter_context(
+                staged(self.spark.createDataFrame(spine), location)
+            )
         if isinstance(spine, str):
             return self.spark.read.format("delta").load(spine)
         if isinstance(spine, DataFrame):

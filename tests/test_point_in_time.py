@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -24,8 +25,10 @@ import pit_cases as pit
 import pyarrow as pa
 import pytest
 from classic import run_on_classic
+from counting_proxy import CountingProxy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pysail.spark import SparkConnectServer
 from pyspark.sql import functions as F
 
 from featureplane import (
@@ -39,6 +42,7 @@ from featureplane import (
     RetrievalError,
     batch_feature_view,
 )
+from featureplane.compute.materialization import STAGING
 from featureplane.compute.point_in_time import (
     KIND,
     SPINE_ROW,
@@ -48,8 +52,9 @@ from featureplane.compute.point_in_time import (
     point_in_time_join,
 )
 from featureplane.compute.window import TimeWindow
-from featureplane.feature_store import FeatureStore
+from featureplane.feature_store import SPINES, FeatureStore
 from featureplane.offline_store import OfflineStore
+from featureplane.spark_session import spark_session
 
 T0, H, US = pit.T0, pit.H, pit.US
 
@@ -597,6 +602,40 @@ def test_full_feature_names_from_a_pandas_spine(store):
     assert result.columns == [*SPINE.columns, *EXPECTED.columns]
     assert dict(result.dtypes)["ts"] == "timestamp"
     assert_features(in_spine_order(result), EXPECTED)
+
+
+def test_a_pandas_spine_travels_to_the_server_once_and_its_staged_copy_goes_with_the_store(
+    store,
+):
+    """A 5 MB pandas spine, retrieved through a byte-counting proxy to a Sail server: under
+    2.5 times its size goes up (its write and a schema look-up; as a local relation it went
+    with each of the retrieval's requests, about ten times), the rows equal the oracle's, and
+    closing the store removes the copy it staged in the offline store."""
+    rows = 50_000
+    spine = pd.concat([SPINE] * (rows // len(SPINE)), ignore_index=True)
+    spine["label"] = spine["rid"].astype(str).str.pad(80, fillchar="x")
+    spine["rid"] = range(len(spine))
+    size = pa.Table.from_pandas(spine).nbytes
+    server = SparkConnectServer("127.0.0.1", 0)
+    server.start(background=True)
+    proxy = CountingProxy(server.listening_address[1])
+    staging = Path(store.offline.table_uri(STAGING, SPINES))
+    before = set(staging.iterdir()) if staging.exists() else set()
+    try:
+        with spark_session("connect", proxy.url) as spark:
+            remote = FeatureStore(store.repository, spark, store.offline.root)
+            result = remote.get_historical_features(spine, [USER_STATS, AD_STATS]).toPandas()
+            ours = set(staging.iterdir()) - before
+            assert len(ours) == 1, "staged under the offline store"
+            remote.close()
+            assert not ours & set(staging.iterdir())
+    finally:
+        proxy.close()
+        server.stop()
+    assert size > 5_000_000 and proxy.sent < 2.5 * size
+    result = result.sort_values("rid").reset_index(drop=True)
+    expected = pd.concat([EXPECTED] * (rows // len(SPINE)), ignore_index=True)
+    assert_features(result[list(EXPECTED.columns)], expected)
 
 
 def test_plain_names_selections_and_strings(store):

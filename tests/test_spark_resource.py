@@ -1,13 +1,12 @@
 """The Spark resource's modes, outside Dagster (notebooks, CLI) and inside a Dagster run."""
 
-import contextlib
 import os
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
+from counting_proxy import CountingProxy
 from dagster import asset, materialize
 from pysail.spark import SparkConnectServer
 from pyspark.sql import SparkSession
@@ -100,41 +99,6 @@ def test_the_settings_choose_the_connect_server_or_sail(monkeypatch):
     monkeypatch.setenv("FEATUREPLANE_SPARK_REMOTE", "http://127.0.0.1:15002")
     with pytest.raises(SettingError, match="must be an sc:// URL, got 'http://127.0.0.1:15002'"):
         SparkResource.from_settings()
-
-
-class CountingProxy:
-    """A TCP proxy on 127.0.0.1 that counts the bytes coming back from `port`."""
-
-    def __init__(self, port: int):
-        self.port, self.received = port, 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"sc://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:  # closed
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.port))
-            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(1 << 16):
-                self.received += len(data) if counted else 0
-                sink.sendall(data)
-        for end in (source, sink):
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def test_results_come_uncompressed_where_sail_would_gzip_them():
