@@ -31,7 +31,9 @@ from pathlib import Path
 
 import pyspark
 
+from featureplane import s3a
 from featureplane.errors import ClusterError
+from featureplane.settings import offline_root
 
 SPARK_HOME = Path(pyspark.__file__).parent
 DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
@@ -72,13 +74,22 @@ def jars_dir() -> Path:
     return Path(os.environ.get("FEATUREPLANE_JARS_DIR", ".jars")).resolve()
 
 
-def delta_conf(jars: Path) -> dict[str, str]:
-    """The conf that gives a JVM Spark application Delta Lake, its jars from the cache."""
+def delta_conf(jars: Path, s3: bool | None = None) -> dict[str, str]:
+    """The conf that gives a JVM Spark application Delta Lake, its jars from the cache, and
+    with `s3` (by default: when the offline root is an `s3://` URI) S3A and Delta's commits on
+    S3 as `featureplane.s3a` configures them."""
+    if s3 is None:
+        s3 = offline_root().startswith("s3://")
+    packages, excludes = [DELTA_PACKAGE], [*PROVIDED]
+    if s3:
+        packages += s3a.PACKAGES
+        excludes += s3a.EXCLUDES
     return {
-        "spark.jars.packages": DELTA_PACKAGE,
-        "spark.jars.excludes": ",".join(PROVIDED),
+        "spark.jars.packages": ",".join(packages),
+        "spark.jars.excludes": ",".join(excludes),
         "spark.jars.ivy": str(jars),
         **DELTA_CONF,
+        **(s3a.spark_conf(jars, DELTA_PACKAGE.rsplit(":", 1)[1]) if s3 else {}),
     }
 
 

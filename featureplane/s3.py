@@ -14,6 +14,9 @@ the two things they would otherwise leave to chance:
   unsafe renames, which these engines no longer honour) is refused.
 - A plain-HTTP endpoint is allowed when it is on this machine (moto, MinIO on 127.0.0.1);
   a remote one must be HTTPS, or `AWS_ALLOW_HTTP=true` set deliberately.
+
+JVM Spark takes the same environment through S3A, and commits to Delta on S3 the same way, with
+a log store of featureplane's (`featureplane.s3a`).
 """
 
 from __future__ import annotations

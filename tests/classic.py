@@ -34,6 +34,7 @@ CLASSIC_CONF = {
     "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
     "spark.driver.memory": "512m",
     "spark.driver.extraJavaOptions": "-XX:+UseSerialGC -XX:TieredStopAtLevel=1",
+    "spark.databricks.delta.snapshotPartitions": "2",  # 50 tasks per table read otherwise
 }
 Results = dict[str, tuple[list, pa.Table]]
 
@@ -76,7 +77,8 @@ def _kill(entries: list[str]) -> None:
 
 def run_on_classic(producer: str, out: Path, timeout: float = 300, delta: bool = False) -> Results:
     """The producer's outputs computed on classic PySpark, in a subprocess (with Delta Lake's
-    jars from the project's cache when `delta`, as `featureplane.cluster.delta_conf` gives).
+    jars from the project's cache when `delta`, as `featureplane.cluster.delta_conf` gives: with
+    S3A too where `FEATUREPLANE_OFFLINE_ROOT` is an `s3://` URI).
 
     Raises AssertionError with the subprocess's log if it fails, times out or leaves processes.
     """
