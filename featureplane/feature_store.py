@@ -41,9 +41,9 @@ from featureplane.source import BatchSource
 from featureplane.spark_session import spark_session
 
 HIDDEN = "__on_demand__"
+"""Prefix of the working columns of on-demand views, dropped before results are returned."""
 SPINES = "spines"
 """The staging folder of pandas spines (`FeatureStore._spine`)."""
-"""Prefix of the working columns of on-demand views, dropped before results are returned."""
 
 FeatureReference = FeatureService | FeatureView | OnDemandFeatureView | FeatureSelection | str
 SpineInput = DataFrame | pd.DataFrame | str

@@ -50,6 +50,11 @@ DIRECT_BODY = 64 * 1024
 batches for the compute workers, and their bodies are streamed through the application)."""
 
 
+def header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """A request's headers (lower-case names, as uvicorn gives them) by name, as text."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
     header_timeout: float
@@ -180,7 +185,7 @@ class LimitedProtocol(HttpToolsProtocol):
         """`answer` the request and write its response in one write, or hand it over."""
         method = self.parser.get_method().decode("ascii")
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in self.headers}
+        headers = header_map(self.headers)
         try:
             path = httptools.parse_url(self.url).path.decode("ascii")
             path = unquote(path) if "%" in path else path
@@ -193,15 +198,8 @@ class LimitedProtocol(HttpToolsProtocol):
             self.cycle.more_body = False  # read whole: the application takes it from here
             self.cycle.message_event.set()
             return
-        head = [STATUS_LINE[response.status]]
-        head += [
-            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
-        ]
-        head += [f"{name}: {value}\r\n".encode() for name, value in response.headers]
-        head.append(b"content-length: %d\r\n" % len(response.body))
-        if not keep_alive:
-            head.append(b"connection: close\r\n")
-        self.transport.write(b"".join([*head, b"\r\n", response.body]))
+        fields = "".join(f"{name}: {value}\r\n" for name, value in response.headers).encode()
+        self.transport.write(self._message(response.status, fields, response.body, keep_alive))
         self.server_state.total_requests += 1
         if not keep_alive:
             self.transport.close()
@@ -254,10 +252,18 @@ class LimitedProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         body = encode_json({"error": message})
+        fields = b"content-type: application/json\r\n" + headers
+        self.transport.write(self._message(status, fields, body, keep_alive=False))
+        self.transport.close()
+
+    def _message(self, status: int, fields: bytes, body: bytes, keep_alive: bool) -> bytes:
+        """A whole response: status line, the server's default headers, `fields` (header
+        lines), the body's length and, unless kept alive, `connection: close`."""
         head = [STATUS_LINE[status]]
         head += [
             name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
         ]
-        head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
-        self.transport.write(b"".join([*head, headers, b"connection: close\r\n\r\n", body]))
-        self.transport.close()
+        head += [fields, b"content-length: %d\r\n" % len(body)]
+        if not keep_alive:
+            head.append(b"connection: close\r\n")
+        return b"".join([*head, b"\r\n", body])

@@ -39,7 +39,7 @@ from featureplane.serving.server import Admitted
 from featureplane.settings import compute_workers, inline_rows
 from online.handler import server
 from online.processes import ROOT, child_environment, stop
-from online.protocol import HANDED_OVER, TRANSPORT, LimitedProtocol
+from online.protocol import HANDED_OVER, TRANSPORT, LimitedProtocol, header_map
 from online.workers import WRITE_TIMEOUT, ComputePool
 
 Scope = dict[str, Any]
@@ -148,8 +148,7 @@ async def _answer(scope: Scope, receive: Any, send: Any) -> Response | None:
     body = await _read_body(scope, receive, limit)
     if body is None:
         return too_big(limit)
-    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
-    request = (scope["method"], scope["path"], body, headers)
+    request = (scope["method"], scope["path"], body, header_map(scope["headers"]))
     if _local:
         decided = decide(*request)
     else:

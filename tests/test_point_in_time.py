@@ -638,6 +638,24 @@ def test_a_pandas_spine_travels_to_the_server_once_and_its_staged_copy_goes_with
     assert_features(result[list(EXPECTED.columns)], expected)
 
 
+def test_a_spine_a_crashed_process_left_staged_is_swept_a_day_later(store, spark):
+    """Staged spines of a process killed before it closed its store: one two days old is
+    removed by the next store's first pandas retrieval, one an hour old (a live notebook's)
+    is kept, and the retrieval's rows are the oracle's."""
+    staging = Path(store.offline.table_uri(STAGING, SPINES))
+    stale, live = staging / "killed", staging / "live"
+    for folder, age in ((stale, 2 * DAY), (live, timedelta(hours=1))):
+        folder.mkdir(parents=True)
+        (folder / "part-0.parquet").write_bytes(b"left by a killed process")
+        then = (datetime.now(UTC) - age).timestamp()
+        os.utime(folder, (then, then))
+    fresh = FeatureStore(store.repository, spark, store.offline.root)
+    result = fresh.get_historical_features(SPINE, [USER_STATS, AD_STATS])
+    assert_features(in_spine_order(result), EXPECTED)
+    assert not stale.exists() and live.exists()
+    fresh.close()
+
+
 def test_plain_names_selections_and_strings(store):
     result = store.get_historical_features(
         store.spark.createDataFrame(SPINE),
