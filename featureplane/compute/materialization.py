@@ -197,12 +197,16 @@ def _new_counts(
     if view.aggregations:
         interval = view.interval // timedelta(microseconds=1)
         stored_time = F.floor(F.unix_micros(ts) / F.lit(interval))
-    counts = (
-        valid.groupBy(_bucket(ts, window, view.batch_schedule).alias(BUCKET))
-        .agg(
-            F.count_distinct(F.struct(*view.join_keys, stored_time)).alias("rows"),
-            F.count(F.lit(1)).alias("valid"),
+    counts = (  # distinct rows as groups, not count_distinct: Sail runs that beside another
+        # aggregate 10x slower
+        valid.groupBy(
+            _bucket(ts, window, view.batch_schedule).alias(BUCKET),
+            *view.join_keys,
+            stored_time.alias("__fp_time"),
         )
+        .agg(F.count(F.lit(1)).alias("copies"))
+        .groupBy(BUCKET)
+        .agg(F.count(F.lit(1)).alias("rows"), F.sum("copies").alias("valid"))
         .collect()
     )
     new = {window.start + row[BUCKET] * view.batch_schedule: row["rows"] for row in counts}

@@ -25,6 +25,7 @@ from dagster import (
 )
 from deltalake import DeltaTable
 
+from featureplane.dagster.event_log import report_materializations
 from featureplane.dagster.keys import source_key
 from featureplane.dagster.partitions import source_partitions
 from featureplane.feature_view import FeatureView, schedule_cron
@@ -128,8 +129,7 @@ def report_landed(instance: DagsterInstance, repository: Repository, now: dateti
         if partitions is None or state is None:
             continue
         events = unreported_landed(instance, source_key(source), source, partitions, *state, now)
-        for event in events:
-            instance.report_runless_asset_event(event)
+        report_materializations(instance, events)
         reported += len(events)
     return reported
 

@@ -1,7 +1,7 @@
-"""Run quality rules over a window's rows: one Spark aggregation, then examples of what failed.
+"""Run quality rules over a window's rows: one Spark query, then examples of what failed.
 
-The aggregation counts the rows, each row rule's failing rows and each uniqueness rule's
-distinct combinations; only a failing rule costs another query, for its example rows (a few,
+The query counts the rows, each row rule's failing rows and each uniqueness rule's distinct
+combinations; only a failing rule costs another query, for its example rows (a few,
 `limit`ed in Spark: nothing else reaches the driver). Rules pandera runs cost a job each.
 """
 
@@ -71,13 +71,21 @@ class QualityReport:
 
 def evaluate(df: DataFrame, rules: Sequence[Rule], examples: int = EXAMPLES) -> QualityReport:
     """Every rule over `df`: counts in one aggregation, examples of failing rules."""
-    aggregates = [F.count(F.lit(1)).alias(COUNT)]
+    counted = df.agg(
+        F.count(F.lit(1)).alias(COUNT),
+        *(
+            F.sum(F.when(rule.fails(), 1).otherwise(0)).alias(f"r{i}")
+            for i, rule in enumerate(rules)
+            if rule.fails is not None
+        ),
+    )
     for i, rule in enumerate(rules):
-        if rule.fails is not None:
-            aggregates.append(F.sum(F.when(rule.fails(), 1).otherwise(0)).alias(f"r{i}"))
-        elif rule.unique:
-            aggregates.append(F.count_distinct(F.struct(*rule.unique)).alias(f"r{i}"))
-    counts = df.agg(*aggregates).collect()[0].asDict()
+        if rule.fails is None and rule.unique:
+            # an aggregation of its own: beside other aggregates, Sail plans a distinct count
+            # as a slow expansion (1.5 s for 334k rows, against 0.03 s alone)
+            distinct = F.count_distinct(F.struct(*rule.unique)).alias(f"r{i}")
+            counted = counted.crossJoin(df.agg(distinct))
+    counts = counted.collect()[0].asDict()
     rows = counts[COUNT]
     results = []
     for i, rule in enumerate(rules):
