@@ -5,6 +5,7 @@ it (`featureplane.signing`). Hypothesis neither times examples nor their generat
 machines are shared and stall, and speed is the benchmarks' business."""
 
 import os
+import shutil
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from featureplane.spark_session import spark_session
 from featureplane.synthetic import DemoScale, generate
 
 ROOT = Path(__file__).resolve().parents[1]
+PROJECT_INSTANCE = ROOT / ".dagster_home" / "dagster.yaml"
+"""The project's Dagster instance set-up (the range event log), copied into test instances."""
 
 settings.register_profile("shared", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("shared")
@@ -139,7 +142,7 @@ def cli(data_dir, monkeypatch, capsys):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FEATUREPLANE_DAGSTER_URL", "http://127.0.0.1:9")  # no webserver there
     (data_dir / "dagster_home").mkdir()
-    (data_dir / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    shutil.copy(PROJECT_INSTANCE, data_dir / "dagster_home")  # set up as the project's
     monkeypatch.setenv("DAGSTER_HOME", str(data_dir / "dagster_home"))
 
     def run(*args: str) -> tuple[int, str, str]:

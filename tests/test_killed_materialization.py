@@ -2,6 +2,7 @@
 rerun writes the new rows, and the staged files the killed run left are swept a day later."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
-from conftest import TINY, read_delta, view_table
+from conftest import PROJECT_INSTANCE, TINY, read_delta, view_table
 from featureplane.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ VIEW = "user_daily_page_views"
 def materialize(data: Path) -> subprocess.Popen:
     home = data / "dagster_home"
     home.mkdir(exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    shutil.copy(PROJECT_INSTANCE, home)
     env = {**os.environ, "FEATUREPLANE_DATA_DIR": str(data), "DAGSTER_HOME": str(home)}
     env.pop("FEATUREPLANE_OFFLINE_ROOT", None)
     command = [sys.executable, "-m", "featureplane.cli", "materialize", VIEW]

@@ -22,13 +22,12 @@ from dagster._core.events import EngineEventData
 from dagster._core.storage.dagster_run import ACTIVE_RUN_STATUSES
 from dagster._core.test_utils import create_run_for_test
 
-from conftest import TINY
+from conftest import PROJECT_INSTANCE, TINY
 from featureplane.dagster.dead_runs import HOST_TAG, PID_TAG
 from featureplane.synthetic import generate
 from sensors.dead_runs import dead_runs_sensor
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_INSTANCE = ROOT / ".dagster_home" / "dagster.yaml"
 
 
 def instance_home(tmp_path: Path) -> Path:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as db
+import yaml
 from dagster import AssetKey, AssetMaterialization, DagsterEvent, DagsterEventType, DagsterInstance
 from dagster._core.events import (
     DagsterEventBatchMetadata,
@@ -34,8 +35,8 @@ from dagster._core.events import (
 from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.instance.utils import RUNLESS_JOB_NAME, RUNLESS_RUN_ID
-from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster._core.storage.event_log.schema import (
     AssetCheckExecutionsTable,
     SqlEventLogStorageTable,
@@ -68,7 +69,28 @@ class BatchingInstance(DagsterInstance):
 
     @staticmethod
     def config_defaults(base_dir: str) -> Mapping[str, ConfigurableClassData | None]:
-        return InstanceRef.config_defaults(base_dir)
+        """Dagster's defaults, with `SqliteEventLog` where Dagster keeps its SQLite event log."""
+        defaults = dict(InstanceRef.config_defaults(base_dir))
+        events = ConfigurableClassData(
+            __name__,
+            SqliteEventLog.__name__,
+            yaml.dump({"base_dir": os.path.join(base_dir, "history", "runs")}),
+        )
+        parts = {"run_storage": defaults["run_storage"], "event_log_storage": events}
+        parts["schedule_storage"] = defaults["schedule_storage"]
+        composite = {
+            name: {
+                "module_name": d.module_name,
+                "class_name": d.class_name,
+                "config_yaml": d.config_yaml,
+            }
+            for name, d in parts.items()
+        }
+        defaults["event_log_storage"] = events
+        defaults["storage"] = ConfigurableClassData(
+            "dagster._core.storage.legacy_storage", "CompositeStorage", yaml.dump(composite)
+        )
+        return defaults
 
     def _get_event_batch_size(self) -> int:
         return int(os.getenv("DAGSTER_EVENT_BATCH_SIZE", str(BATCH_SIZE)))
@@ -152,26 +174,17 @@ class RangePlanning:
 
 
 class SqliteEventLog(RangePlanning, SqliteEventLogStorage):
-    """Dagster's SQLite event log (a database per run, and an index), by default in
-    `$DAGSTER_HOME/history/runs` where Dagster keeps it."""
+    """Dagster's SQLite event log (a database per run, and an index in `base_dir`)."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
         self._engines: OrderedDict[str, db.engine.Engine] = OrderedDict()
         super().__init__(base_dir, inst_data)
 
     @classmethod
-    def config_type(cls) -> dict:
-        from dagster import Field, StringSource
-
-        return {"base_dir": Field(StringSource, is_required=False)}
-
-    @classmethod
     def from_config_value(
         cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
     ) -> SqliteEventLog:
-        home = os.environ.get("DAGSTER_HOME", ".")
-        base_dir = config_value.get("base_dir") or os.path.join(home, "history", "runs")
-        return cls(base_dir, inst_data)
+        return cls(inst_data=inst_data, **config_value)
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[db.Connection]:
