@@ -119,6 +119,7 @@ class ViewSpec:
     ttl: timedelta | None
     features: tuple[tuple[str, DType], ...]
     nullable: str | None = None  # a feature with ~2% nulls
+    rows: int | None = None  # drawn rows (before de-duplication); default `--feature-rows`
 
 
 VIEW_SPECS = (
@@ -143,7 +144,25 @@ VIEW_SPECS = (
         nullable="ctr_1d",
     ),
 )
-SPINE_COLUMNS = ("row_id", "user_id", "ad_id", "ts", "label")
+MIDSIZE_SPECS = (
+    ViewSpec(
+        "member_profile",
+        "member_id",
+        None,
+        (("tenure_days", Int64), ("score", Float64), ("segment", Int32)),
+        rows=25_000,
+    ),
+    ViewSpec(
+        "member_orders",
+        "member_id",
+        timedelta(days=30),
+        (("amount", Float64), ("items", Int32), ("discount", Float32)),
+        nullable="amount",
+        rows=300_000,
+    ),
+)
+"""The mid-size shape: what a data scientist iterates on (String keys, a year of days)."""
+SHAPES = {"large": VIEW_SPECS, "midsize": MIDSIZE_SPECS}
 
 
 @dataclass(frozen=True)
@@ -155,6 +174,30 @@ class DataParams:
     days: int = 30
     seed: int = 20250101
     spine_rows: tuple[int, ...] = (1_000_000, 10_000_000)
+    shape: str = "large"
+
+    @property
+    def specs(self) -> tuple[ViewSpec, ...]:
+        return SHAPES[self.shape]
+
+    @property
+    def keys(self) -> list[str]:
+        """The spine's join keys: every view's, in order."""
+        return list(dict.fromkeys(spec.key for spec in self.specs))
+
+    @property
+    def spine_columns(self) -> tuple[str, ...]:
+        return ("row_id", *self.keys, "ts", "label")
+
+    def key_array(self, ids: np.ndarray) -> pa.Array:
+        """Entity ids as the shape's join keys: integers, or Strings (`m0000042`) mid-size."""
+        if self.shape == "large":
+            return pa.array(ids)
+        return pa.array(np.char.add("m", np.char.zfill(ids.astype(str), 7)))
+
+
+MIDSIZE = DataParams(entities=20_000, days=365, spine_rows=(300_000,), shape="midsize")
+"""The mid-size case (`--shape midsize`): a 300k-row spine, views of 25k and 300k rows."""
 
 
 # ---- definitions ---------------------------------------------------------------------------
@@ -167,10 +210,7 @@ def _identity(rows):
 
 def feature_views(params: DataParams) -> list:
     """FeatureViews matching the generated tables (the transformation is irrelevant here)."""
-    entities = {
-        "user_id": Entity("user", join_keys=["user_id"]),
-        "ad_id": Entity("ad", join_keys=["ad_id"]),
-    }
+    entities = {key: Entity(key.removesuffix("_id"), join_keys=[key]) for key in params.keys}
     source = BatchSource("bench_events", path="/nonexistent/bench_events", timestamp_field="ts")
     return [
         batch_feature_view(
@@ -182,7 +222,7 @@ def feature_views(params: DataParams) -> list:
             ttl=spec.ttl,
             name=spec.name,
         )(_identity)
-        for spec in VIEW_SPECS
+        for spec in params.specs
     ]
 
 
@@ -192,18 +232,20 @@ def feature_views(params: DataParams) -> list:
 def _feature_table(params: DataParams, index: int, spec: ViewSpec) -> pa.Table:
     rng = np.random.default_rng([params.seed, 1, index])
     span = params.days * DAY_US
-    if span >= 1 << 42 or params.entities >= 1 << 21:
+    shift = 63 - params.entities.bit_length()  # (key, offset) packed in one int64
+    if span >= 1 << shift:
         raise ValueError("days or entities too large for the (key, ts) uniqueness encoding")
-    keys = rng.integers(0, params.entities, params.feature_rows, dtype=np.int64)
-    offsets = rng.integers(0, span, params.feature_rows, dtype=np.int64)
-    unique = np.unique((keys << 42) | offsets)  # event times unique per entity: no ASOF ties
-    keys, offsets = unique >> 42, unique & ((1 << 42) - 1)
+    rows = spec.rows or params.feature_rows
+    keys = rng.integers(0, params.entities, rows, dtype=np.int64)
+    offsets = rng.integers(0, span, rows, dtype=np.int64)
+    unique = np.unique((keys << shift) | offsets)  # times unique per entity: no ASOF ties
+    keys, offsets = unique >> shift, unique & ((1 << shift) - 1)
     order = np.argsort(offsets, kind="stable")  # stored in time order, as daily windows append
     keys, offsets = keys[order], offsets[order]
     n = len(keys)
     start_us = int(START.timestamp()) * 1_000_000
     ts = pa.array(start_us + offsets, TS)
-    columns: dict[str, pa.Array] = {spec.key: pa.array(keys), "ts": ts}
+    columns: dict[str, pa.Array] = {spec.key: params.key_array(keys), "ts": ts}
     for name, dtype in spec.features:
         if dtype in (Int64, Int32):
             values = rng.poisson(20, n)
@@ -219,20 +261,23 @@ def _spine_table(params: DataParams, rows: int) -> pa.Table:
     rng = np.random.default_rng([params.seed, 2, rows])
     start_us = int(START.timestamp()) * 1_000_000
     ts = np.sort(start_us + rng.integers(0, params.days * DAY_US, rows, dtype=np.int64))
+    keys = {
+        key: params.key_array(rng.integers(0, params.entities, rows, dtype=np.int64))
+        for key in params.keys
+    }
     return pa.table(
         {
             "row_id": pa.array(np.arange(rows, dtype=np.int64)),
-            "user_id": pa.array(rng.integers(0, params.entities, rows, dtype=np.int64)),
-            "ad_id": pa.array(rng.integers(0, params.entities, rows, dtype=np.int64)),
+            **keys,
             "ts": pa.array(ts, TS),
             "label": pa.array((rng.random(rows) < 0.05).astype(np.int32)),
         }
     )
 
 
-def feature_uri(data: Path, view: str) -> str:
+def feature_uri(data: Path, view: str, params: DataParams) -> str:
     """The view's table where the offline store keeps it: `features/<name>/<version>`."""
-    [version] = [v.version for v in feature_views(DataParams()) if v.name == view]
+    [version] = [v.version for v in feature_views(params) if v.name == view]
     return str(data / "offline" / "features" / view / version)
 
 
@@ -256,9 +301,10 @@ def generate(data: Path, params: DataParams) -> dict:
     else:
         shutil.rmtree(data / "offline", ignore_errors=True)
         rows = {}
-        for index, spec in enumerate(VIEW_SPECS):
+        for index, spec in enumerate(params.specs):
             table = _feature_table(params, index, spec)
-            write_deltalake(feature_uri(data, spec.name), table, partition_by=["event_date"])
+            uri = feature_uri(data, spec.name, params)
+            write_deltalake(uri, table, partition_by=["event_date"])
             rows[spec.name] = table.num_rows
         marker.write_text(json.dumps({"params": features, "rows": rows}, indent=2))
     spine_params = {k: features[k] for k in ("entities", "days", "seed")}
@@ -280,18 +326,26 @@ def _local_paths(uris: list[str]) -> list[str]:
     return [uri.removeprefix("file://") for uri in uris]
 
 
-def output_columns() -> list[str]:
-    return [f"{spec.name}__{name}" for spec in VIEW_SPECS for name, _ in spec.features]
+def output_columns(params: DataParams) -> list[str]:
+    return [f"{spec.name}__{name}" for spec in params.specs for name, _ in spec.features]
+
+
+def job_params(job: dict) -> DataParams:
+    return DataParams(**{**job["params"], "spine_rows": tuple(job["params"]["spine_rows"])})
 
 
 def run_ours(job: dict) -> dict:
     from featureplane.feature_store import FeatureStore
 
-    params = DataParams(**{**job["params"], "spine_rows": tuple(job["params"]["spine_rows"])})
+    params = job_params(job)
     data, out = Path(job["data"]), Path(job["out"])
     repository = Repository.from_objects(feature_views(params))
-    views = [repository.feature_views[spec.name] for spec in VIEW_SPECS]
+    views = [repository.feature_views[spec.name] for spec in params.specs]
     spine = spine_uri(data, job["spine_rows"])
+    if job.get("spine") == "pandas":  # read before the timing, as a notebook holds it
+        from deltalake import DeltaTable
+
+        spine = DeltaTable(spine).to_pandas()
     with ours_session(job) as spark:
         store = FeatureStore(repository, spark, str(data / "offline"))
         baseline = peak_rss_mib()
@@ -310,19 +364,19 @@ def run_ours(job: dict) -> dict:
     }
 
 
-def duckdb_sql(data: Path, spine_rows: int, target: Path) -> str:
+def duckdb_sql(data: Path, spine_rows: int, target: Path, params: DataParams) -> str:
     from deltalake import DeltaTable
 
     def files(uri: str) -> str:
         return repr(_local_paths(DeltaTable(uri).file_uris()))
 
     selects, joins = [], []
-    for index, spec in enumerate(VIEW_SPECS):
+    for index, spec in enumerate(params.specs):
         alias = f"v{index}"
         names = ", ".join(name for name, _ in spec.features)
         joins.append(
             f"ASOF LEFT JOIN (SELECT {spec.key}, ts AS __ts, {names} "
-            f"FROM read_parquet({files(feature_uri(data, spec.name))})) AS {alias}\n"
+            f"FROM read_parquet({files(feature_uri(data, spec.name, params))})) AS {alias}\n"
             f"  ON s.{spec.key} = {alias}.{spec.key} AND s.ts >= {alias}.__ts"
         )
         for name, _ in spec.features:
@@ -335,7 +389,7 @@ def duckdb_sql(data: Path, spine_rows: int, target: Path) -> str:
             selects.append(f"{value} AS {spec.name}__{name}")
     spine_files = repr(_local_paths(DeltaTable(spine_uri(data, spine_rows)).file_uris()))
     return (
-        f"COPY (\nSELECT {', '.join(f's.{c}' for c in SPINE_COLUMNS)},\n  "
+        f"COPY (\nSELECT {', '.join(f's.{c}' for c in params.spine_columns)},\n  "
         + ",\n  ".join(selects)
         + f"\nFROM read_parquet({spine_files}) AS s\n"
         + "\n".join(joins)
@@ -352,13 +406,14 @@ def run_duckdb(job: dict) -> dict:
         config={"threads": THREADS, "temp_directory": str(out / "duckdb_tmp")}
     )
     baseline = peak_rss_mib()
+    params = job_params(job)
     if job.get("explain"):
-        print(duckdb_sql(data, job["spine_rows"], out / "explain.parquet"))
+        print(duckdb_sql(data, job["spine_rows"], out / "explain.parquet", params))
     timings = []
     for run in range(job["warmup"] + job["repeats"]):
         target = out / f"run{run}.parquet"
         cpu, started = cpu_seconds(), time.perf_counter()
-        connection.execute(duckdb_sql(data, job["spine_rows"], target))
+        connection.execute(duckdb_sql(data, job["spine_rows"], target, params))
         finished = time.perf_counter()
         timings.append({"seconds": finished - started, "cpu_seconds": cpu_seconds() - cpu})
         print(f"  duckdb {job['spine_rows']:>11,} run {run}: {finished - started:7.2f}s")
@@ -379,17 +434,18 @@ ENGINES = {"ours": run_ours, "duckdb": run_duckdb}
 # ---- comparison and report -----------------------------------------------------------------
 
 
-def compare(ours: str, theirs: str, spine_rows: int) -> dict:
+def compare(ours: str, theirs: str, spine_rows: int, params: DataParams) -> dict:
     """Join both results on row_id and count differing values per column (DuckDB)."""
     import duckdb
     from deltalake import DeltaTable
 
     ours_files = repr(_local_paths(DeltaTable(ours).file_uris()))
-    columns = [c for c in SPINE_COLUMNS if c != "row_id"] + output_columns()
+    features = output_columns(params)
+    columns = [c for c in params.spine_columns if c != "row_id"] + features
     differing = ",\n".join(
         f"count(*) FILTER (a.{c} IS DISTINCT FROM b.{c}) AS diff_{c}" for c in columns
     )
-    non_null = ",\n".join(f"count(b.{c}) AS nn_{c}" for c in output_columns())
+    non_null = ",\n".join(f"count(b.{c}) AS nn_{c}" for c in features)
     connection = duckdb.connect(config={"threads": THREADS})
     row = connection.execute(
         f"""
@@ -425,21 +481,21 @@ def compare(ours: str, theirs: str, spine_rows: int) -> dict:
         "unmatched": values["unmatched"],
         "differing_values": differences,
         "non_null_fraction": {
-            c: round(values[f"nn_{c}"] / max(values["rows"], 1), 4) for c in output_columns()
+            c: round(values[f"nn_{c}"] / max(values["rows"], 1), 4) for c in features
         },
     }
 
 
-def add_ratios_and_checks(case: dict, spine_rows: int) -> None:
+def add_ratios_and_checks(case: dict, spine_rows: int, params: DataParams) -> None:
     """Each run of ours against DuckDB (time ratio, values check), and Sail's time over the
     JVM cluster's where both ran."""
-    for key in ("ours", "ours_cluster"):
+    for key in ("ours", "ours_cluster", "ours_pandas"):
         if not (case.get(key) and case.get("duckdb")):
             continue
         suffix = key.removeprefix("ours")
         case[f"ratio{suffix}"] = round(case[key]["median_s"] / case["duckdb"]["median_s"], 2)
         check = case[f"check{suffix}"] = compare(
-            case[key]["result"], case["duckdb"]["result"], spine_rows
+            case[key]["result"], case["duckdb"]["result"], spine_rows, params
         )
         print(
             f"  check {key} {spine_rows:,}: {'PASS' if check['equal'] else 'FAIL'} "
@@ -462,28 +518,31 @@ def _median(report: dict, key: str = "seconds") -> float:
 
 def print_table(cases: list[dict]) -> None:
     header = (
-        f"{'spine rows':>11} {'ours s':>8} {'DuckDB s':>9} {'ratio':>6} {'ours rows/s':>12} "
-        f"{'peak MiB ours':>13} {'peak MiB DuckDB':>15}  values equal"
+        f"{'spine rows':>11} {'spine':>6} {'ours s':>8} {'DuckDB s':>9} {'ratio':>6} "
+        f"{'ours rows/s':>12} {'peak MiB ours':>13} {'peak MiB DuckDB':>15}  values equal"
     )
     print()
     print(header)
     print("-" * len(header))
+
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
     for case in cases:
-        ours, duck = case.get("ours"), case.get("duckdb")
-        ratio = case.get("ratio")
-        equal = case.get("check", {}).get("equal")
-
-        def fmt(value, spec):
-            return "-" if value is None else format(value, spec)
-
-        print(
-            f"{case['spine_rows']:>11,} {fmt(ours and ours['median_s'], '8.2f')} "
-            f"{fmt(duck and duck['median_s'], '9.2f')} {fmt(ratio, '6.2f')} "
-            f"{fmt(ours and ours['rows_per_s'], '12,.0f')} "
-            f"{fmt(ours and ours['peak_rss_mib'], '13,.0f')} "
-            f"{fmt(duck and duck['peak_rss_mib'], '15,.0f')}  "
-            f"{'-' if equal is None else ('PASS' if equal else 'FAIL')}"
-        )
+        duck = case.get("duckdb")
+        for key, spine in (("ours", "delta"), ("ours_pandas", "pandas")):
+            if key not in case and spine == "pandas":
+                continue
+            ours, suffix = case.get(key), key.removeprefix("ours")
+            ratio, equal = case.get(f"ratio{suffix}"), case.get(f"check{suffix}", {}).get("equal")
+            print(
+                f"{case['spine_rows']:>11,} {spine:>6} {fmt(ours and ours['median_s'], '8.2f')} "
+                f"{fmt(duck and duck['median_s'], '9.2f')} {fmt(ratio, '6.2f')} "
+                f"{fmt(ours and ours['rows_per_s'], '12,.0f')} "
+                f"{fmt(ours and ours['peak_rss_mib'], '13,.0f')} "
+                f"{fmt(duck and duck['peak_rss_mib'], '15,.0f')}  "
+                f"{'-' if equal is None else ('PASS' if equal else 'FAIL')}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -491,12 +550,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spine-rows", type=int, nargs="+", help="spine sizes to run")
     parser.add_argument("--entities", type=int, help="entities per key (100k)")
     parser.add_argument("--feature-rows", type=int, help="rows per feature view (3M)")
+    parser.add_argument(
+        "--shape",
+        choices=list(SHAPES),
+        default="large",
+        help="large (default) or midsize: a 300k-row spine with String keys, views of 25k and "
+        "300k rows over a year, from a Delta and from a pandas spine",
+    )
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker, ENGINES)
         return 0
 
-    if args.quick:
+    if args.shape == "midsize":
+        params = MIDSIZE
+        repeats = args.repeats or (2 if args.quick else 5)
+    elif args.quick:
         params = DataParams(entities=2_000, feature_rows=60_000, spine_rows=(20_000, 200_000))
         repeats = args.repeats or 2
     else:
@@ -508,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         days=params.days,
         seed=params.seed,
         spine_rows=tuple(args.spine_rows or params.spine_rows),
+        shape=params.shape,
     )
     stack = ExitStack()  # the local cluster, when --engine runs ours on it
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="fp-pit-join-"))
@@ -518,17 +588,18 @@ def main(argv: list[str] | None = None) -> int:
         cases = []
         sparks = stack.enter_context(spark_engines(args.engine, data))
         runs = [
-            (engine, spark_engine, remote)
+            (engine, ours_key(spark_engine) if engine == "ours" else engine, remote, "delta")
             for engine in args.engines
             for spark_engine, remote in (sparks.items() if engine == "ours" else [(None, None)])
         ]
+        if params.shape == "midsize" and "ours" in args.engines and "sail" in sparks:
+            runs.insert(1, ("ours", "ours_pandas", None, "pandas"))
         for spine_rows in params.spine_rows:
             print(f"case: {spine_rows:,} spine rows")
             case: dict = {"spine_rows": spine_rows}
             results = data / "results" / str(spine_rows)
             shutil.rmtree(results, ignore_errors=True)
-            for engine, spark_engine, remote in runs:
-                key = ours_key(spark_engine) if engine == "ours" else engine
+            for engine, key, remote, spine in runs:
                 job = {
                     "params": {**asdict(params), "spine_rows": list(params.spine_rows)},
                     "data": str(data),
@@ -538,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
                     "repeats": repeats,
                     "explain": args.explain,
                     "remote": remote,
+                    "spine": spine,
                 }
                 report = run_engine("bench.pit_join", engine, job)
                 report["warmup"] = args.warmup
@@ -554,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
                 if engine == "ours":
                     case[key]["median_call_s"] = round(_median(report, "call"), 3)
                     case[key]["median_write_s"] = round(_median(report, "write"), 3)
-            add_ratios_and_checks(case, spine_rows)
+            add_ratios_and_checks(case, spine_rows, params)
             if not args.keep:
                 shutil.rmtree(results, ignore_errors=True)
             cases.append(case)
@@ -590,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
                         "ttl_s": spec.ttl.total_seconds() if spec.ttl else None,
                         "features": {name: dtype.spark for name, dtype in spec.features},
                     }
-                    for spec in VIEW_SPECS
+                    for spec in params.specs
                 ],
             },
             "method": {
@@ -608,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
             "all_equal": all(
                 c.get(check, {}).get("equal", True)
                 for c in cases
-                for check in ("check", "check_cluster")
+                for check in ("check", "check_cluster", "check_pandas")
             ),
             "total_seconds": round(time.perf_counter() - started, 1),
         }

@@ -21,7 +21,7 @@ from pyarrow import fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from featureplane.compute.materialization import STAGING, staged, sweep
+from featureplane.compute.materialization import STAGING, staged_pandas, sweep
 from featureplane.compute.on_demand import apply_on_demand
 from featureplane.compute.point_in_time import Lookup, point_in_time_join
 from featureplane.compute.tiles import AggregateLookup, aggregate_join
@@ -190,20 +190,18 @@ class FeatureStore:
         return view
 
     def _spine(self, spine: SpineInput) -> DataFrame:
-        """The spine as a Spark DataFrame. A pandas spine is written once to Parquet under the
-        offline store's staging area and read from there: as a local relation it would travel
-        inside each of the retrieval's requests (schema look-ups, the bounds, the final query),
-        about ten times its size in all; staged, twice (the write, and its schema). Its files
-        stay until the store is closed (or are swept a day later, after a crash)."""
+        """The spine as a Spark DataFrame. A pandas spine is written by this process to Parquet
+        under the offline store's staging area and read from there: as a local relation it
+        would travel inside each of the retrieval's requests (schema look-ups, the bounds, the
+        final query), about ten times its size in all. Its file stays until the store is closed
+        (or is swept a day later, after a crash)."""
         if isinstance(spine, pd.DataFrame):
             staging = self.offline.table_uri(STAGING, SPINES)
             if not self._swept:
                 sweep(staging)
                 self._swept = True
             location = f"{staging}/{uuid.uuid4().hex}"
-            return self._resources.enter_context(
-                staged(self.spark.createDataFrame(spine), location)
-            )
+            return self._resources.enter_context(staged_pandas(self.spark, spine, location))
         if isinstance(spine, str):
             return self.spark.read.format("delta").load(spine)
         if isinstance(spine, DataFrame):

@@ -100,6 +100,12 @@ def test_a_pipeline_on_s3_writes_what_it_writes_locally(s3, demo_data, spark, tm
     assert done[0] == done[1] and any(removed for _, removed, _ in done[1])  # delta-rs on S3
     assert canonical(remote.rebuild("s3_training", 0)).equals(first), "recorded files kept"
     assert remote.manifest("s3_training", 1)["features"][0]["uri"].startswith("s3://")
+    spine = first[["user_id", "ad_id", "ts"]].head(500)  # a pandas spine, staged on S3
+    views = list(repository.feature_views.values())[:2]
+    joined = [canonical(s.get_historical_features(spine, views)) for s in (local, remote)]
+    assert len(joined[0]) == 500 and joined[0].equals(joined[1])
+    remote.close()
+    assert files_at(remote.offline.table_uri("_staging")) == 0, "the staged spine removed"
 
 
 WRITER = """

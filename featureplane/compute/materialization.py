@@ -21,7 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -170,9 +173,35 @@ def staged(df: DataFrame, location: str) -> Iterator[DataFrame]:
         df.write.mode("error").parquet(location)
         yield df.sparkSession.read.schema(df.schema).parquet(location)
     finally:
-        files, path = filesystem(location)
-        if files.get_file_info(path).type != pafs.FileType.NotFound:
-            files.delete_dir(path)
+        _remove(location)
+
+
+@contextmanager
+def staged_pandas(spark: SparkSession, frame: pd.DataFrame, location: str) -> Iterator[DataFrame]:
+    """A pandas frame written by this process as one uncompressed Parquet file at `location`
+    and read by Spark from there, so that none of it travels through Spark Connect (as a local
+    relation it went up once per request that read it). Times are kept to microseconds, as
+    Spark keeps them. The file is removed on exit, whatever happened."""
+    files, path = filesystem(location)
+    try:
+        files.create_dir(path)
+        pq.write_table(
+            pa.Table.from_pandas(frame, preserve_index=False),
+            f"{path}/part-0.parquet",
+            filesystem=files,
+            compression="none",
+            coerce_timestamps="us",
+            allow_truncated_timestamps=True,
+        )
+        yield spark.read.parquet(location)
+    finally:
+        _remove(location)
+
+
+def _remove(location: str) -> None:
+    files, path = filesystem(location)
+    if files.get_file_info(path).type != pafs.FileType.NotFound:
+        files.delete_dir(path)
 
 
 def _bucket(column: str, window: TimeWindow, schedule: timedelta):
