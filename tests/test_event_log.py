@@ -2,8 +2,9 @@
 
 A range run plans once per asset, yet every partition's status is what Dagster's stock storage
 records: materialized after a run, in progress while one is pending, failed after a failed one,
-and materialized again after a rerun. The stock SQLite instance is the oracle for what a run
-records.
+and materialized again after a rerun; on SQLite (.dagster_home/) and on Postgres (deploy/dagster/,
+the project's cluster; skipped without it, failed in CI). The stock SQLite instance is the oracle
+for what a run records.
 """
 
 import shutil
@@ -18,20 +19,23 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterEventType, DagsterInstance, EventRecordsFilter
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 from deltalake import write_deltalake
+from test_postgres import database
 
 from conftest import PROJECT_INSTANCE
 from featureplane.dagster.definitions import build_definitions
-from featureplane.dagster.event_log import SqliteEventLog
+from featureplane.dagster.event_log import BatchingInstance, PostgresEventLog, SqliteEventLog
 from featureplane.dagster.materialize import RANGE_END_TAG, RANGE_START_TAG, materialize_repository
 from featureplane.dagster.quality import CHECK_NAME
 from featureplane.errors import MaterializationFailed
 from featureplane.repository import Repository
 
 ROOT = Path(__file__).resolve().parents[1]
+DEPLOYMENT = ROOT / "deploy" / "dagster" / "dagster.yaml"
 START = datetime(2026, 1, 1, tzinfo=UTC)
 DAYS = [f"2026-01-0{day}" for day in (1, 2, 3)]
 FEATURES = AssetKey(["features", "user_clicks"])
 ONLINE = AssetKey(["online", "user_clicks"])
+__all__ = ["database"]  # test_postgres's fixture: a database of its own per Postgres test
 
 REPOSITORY = """
 import os
@@ -76,16 +80,25 @@ def write_project(root: Path, instance_yaml: Path | None) -> Path:
     return home
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    """A project on the project instance's set-up (.dagster_home/dagster.yaml)."""
-    home = write_project(tmp_path, PROJECT_INSTANCE)
+SETUPS = {"sqlite": (PROJECT_INSTANCE, SqliteEventLog), "postgres": (DEPLOYMENT, PostgresEventLog)}
+"""The project instance (.dagster_home/) and the deployment's on Postgres (deploy/dagster/)."""
+
+
+@pytest.fixture(params=list(SETUPS))
+def project(request, tmp_path, monkeypatch):
+    """A project on the project instance's set-up, or on the deployment's (a database of
+    the project's PostgreSQL of its own, `test_postgres.database`)."""
+    if request.param == "postgres":
+        request.getfixturevalue("database")
+    home = write_project(tmp_path, SETUPS[request.param][0])
+    for module in [m for m in sys.modules if m.startswith("range_repo")]:
+        monkeypatch.delitem(sys.modules, module)  # this project's own package
     monkeypatch.setenv("FEATUREPLANE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     for name in ("FEATUREPLANE_OFFLINE_ROOT", "FEATUREPLANE_ONLINE_STORE", "FEATUREPLANE_REGISTRY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.syspath_prepend(str(tmp_path))
-    return tmp_path
+    return SETUPS[request.param][1]
 
 
 def materialize(monkeypatch, fail: bool = False):
@@ -117,10 +130,10 @@ def planned(instance: DagsterInstance, key: AssetKey) -> list:
     return [r.event_log_entry.get_dagster_event().event_specific_data for r in records]
 
 
-def test_the_project_instance_uses_the_range_event_log(project):
+def test_the_instance_set_ups_use_the_range_event_log(project):
     with DagsterInstance.get() as instance:
-        assert type(instance).__name__ == "BatchingInstance"
-        assert isinstance(instance.event_log_storage, SqliteEventLog)
+        assert isinstance(instance, BatchingInstance)
+        assert isinstance(instance.event_log_storage, project)
 
 
 def test_a_range_run_plans_once_per_asset_and_records_every_partition(project, monkeypatch):
