@@ -24,6 +24,7 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
+from conftest import PROJECT_INSTANCE
 from featureplane.online_store import open_store
 from featureplane.registry_store import RegistryStore
 from online.client import FeatureClient
@@ -149,9 +150,7 @@ class Project:
         self.env.pop("FEATUREPLANE_OFFLINE_ROOT", None)
         self.env.pop("FEATUREPLANE_ONLINE_STORE", None)
         (root / "home").mkdir()
-        (root / "home" / "dagster.yaml").write_text(
-            "telemetry:\n  enabled: false\nrun_queue:\n  max_concurrent_runs: 2\n"
-        )
+        shutil.copy(PROJECT_INSTANCE, root / "home")  # the project's: queue cap, event log
         (root / "workspace.yaml").write_text(
             f"load_from:\n  - python_module:\n      module_name: {self.package}.definitions\n"
             "      working_directory: .\n"

@@ -2,7 +2,7 @@
 
 Everything the instance writes (SQLite storage, compute logs, the daemon's log folders) goes under
 DAGSTER_HOME, so it is a folder of its own rather than the project root, with the tracked
-`dagster.yaml` in it.
+`dagster.yaml` in it, which names the event log made for range runs (`event_log`).
 
 Dagster creates and stamps its SQLite databases on first use without a lock between processes:
 two commands opening a fresh instance at once can each create the tables and stamp their own
