@@ -220,8 +220,11 @@ def rate_state() -> str | None:
 def inline_rows() -> int:
     """Requests of at most this many entity rows are computed by the HTTP server process that
     received them; larger ones by its compute workers, in fair order by principal:
-    `$FEATUREPLANE_INLINE_ROWS`, default 10."""
-    return int(_positive("FEATUREPLANE_INLINE_ROWS", 10, whole=True))
+    `$FEATUREPLANE_INLINE_ROWS`, default 100. A 100-row request of the demo's 52-feature
+    service computes in about 4 ms, less than the hand-over to a worker adds to its tail: its
+    p99 over HTTP was 6.9 ms inline and 10.6 ms through a worker, while a 1-row request's p99
+    beside 20 clients of 1,000-row batches stayed 2.3–2.4 ms."""
+    return int(_positive("FEATUREPLANE_INLINE_ROWS", 100, whole=True))
 
 
 def compute_workers() -> int:

@@ -7,7 +7,7 @@ body and refusing one over the limit before reading it all), which keeps the per
 overhead to the dispatch itself. Uvicorn runs it on uvloop and httptools,
 production-grade and already pinned through dagster-webserver.
 
-Where a request is computed: one of at most `$FEATUREPLANE_INLINE_ROWS` rows (10) on the event
+Where a request is computed: one of at most `$FEATUREPLANE_INLINE_ROWS` rows (100) on the event
 loop, at once (SQLite reads take microseconds; other stores' reads block on the network and
 run in a thread); a bigger one by the process's compute workers (`online.workers`), in fair
 order by principal, so that big batches never hold up small requests (a worker writes a big

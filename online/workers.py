@@ -4,7 +4,7 @@ on the event loop, taken in fair order by principal.
 Why: one event loop reads all of a server process's connections, and a 1,000-row request of a
 52-feature service computes for about 70 ms, during which nothing else on that loop moves; 20
 clients sending such batches kept a 1-row request waiting for seconds. So a request of more
-than `$FEATUREPLANE_INLINE_ROWS` rows (10) is admitted on the loop (who asks, may they, their
+than `$FEATUREPLANE_INLINE_ROWS` rows (100) is admitted on the loop (who asks, may they, their
 budget, the body's parse) and finished by a worker process, while the loop goes on answering
 small requests at once. Workers run at the idle scheduling policy (`SCHED_IDLE`): when both
 kinds want a core, the kernel gives it to the small request at once, and the workers have the

@@ -238,13 +238,13 @@ def test_a_worker_killed_costs_its_request_a_503_and_is_replaced(tmp_path, caplo
         os.kill(worker, signal.SIGKILL)
         with FeatureClient(url, api_key=keys["other"], retries=0) as client:
             try:
-                client.get_features_batch("users", BATCH[:100])
+                client.get_features_batch("users", BATCH[:200])  # over the inline rows
                 first = 200
             except FeatureServerError as error:
                 first = error.status
                 assert "compute worker died" in error.message
             assert first == 503
-            assert len(client.get_features_batch("users", BATCH[:100])) == 100
+            assert len(client.get_features_batch("users", BATCH[:200])) == 200
             assert client.get_features("users", {"user_id": 7})["status"]["user_stats__clicks"] == (
                 "present"
             )

@@ -26,7 +26,8 @@ def url(tmp_path_factory):
         write_row(store, user_stats, (user_id,), now - timedelta(minutes=5), values)
     write_row(store, ad_stats, ("a1",), now - timedelta(hours=1), {"ctr": 0.5, "title": "Shoes"})
     path = write_registry(registry(store), root / "registry.json")
-    with serving_process(path, env={"FEATUREPLANE_MAX_BATCH_ROWS": "50"}, timeout=30) as url:
+    env = {"FEATUREPLANE_MAX_BATCH_ROWS": "50", "FEATUREPLANE_INLINE_ROWS": "10"}
+    with serving_process(path, env=env, timeout=30) as url:
         yield url
 
 
