@@ -78,9 +78,11 @@ class SqliteEventLog(RangePlanning, SqliteEventLogStorage):
             )
             ids = list(inserted.scalars())
             self._store_asset_event_tags(conn, list(events), ids)
-            last: dict[tuple, tuple[EventLogEntry, int]] = {}
+            last: dict[tuple, tuple[EventLogEntry, int]] = {}  # in order of last occurrence
             for event, event_id in zip(events, ids, strict=True):
                 dagster_event = event.get_dagster_event()
-                last[(dagster_event.asset_key, dagster_event.event_type)] = (event, event_id)
-            for event, event_id in last.values():
+                kind = (dagster_event.asset_key, dagster_event.event_type)
+                last.pop(kind, None)
+                last[kind] = (event, event_id)
+            for event, event_id in last.values():  # each overwrites what its kind sets
                 self._store_asset_event(conn, event, event_id)
