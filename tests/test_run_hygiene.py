@@ -129,6 +129,13 @@ from featureplane.dagster.instance import project_instance
 with project_instance() as instance:
     print(len(instance.get_runs()))
 """
+DAGSTER_FIRST_USE = """
+from dagster import DagsterInstance
+with DagsterInstance.get() as instance:
+    print(len(instance.get_runs()))
+"""
+"""A first use as the webserver and the daemon make it: Dagster's own opening, on the project's
+`dagster.yaml`."""
 
 
 def schema_versions(home: Path) -> dict[str, list[str]]:
@@ -143,15 +150,16 @@ def schema_versions(home: Path) -> dict[str, list[str]]:
 
 def test_concurrent_first_uses_of_a_fresh_instance_leave_one_schema(tmp_path):
     """Without the lock, 6 processes on a fresh instance stamped two revisions in every round
-    tried; with it, every process succeeds and every database has one revision."""
+    tried; with it, every process succeeds and every database has one revision, half of them
+    featureplane commands and half opening the instance as Dagster's own processes do."""
     for attempt in range(2):
         home = instance_home(tmp_path / str(attempt))
         env = environment(tmp_path, home)
         first = [
             subprocess.Popen(
-                [sys.executable, "-c", FIRST_USE], cwd=tmp_path, env=env, stderr=subprocess.PIPE
+                [sys.executable, "-c", code], cwd=tmp_path, env=env, stderr=subprocess.PIPE
             )
-            for _ in range(6)
+            for code in [FIRST_USE, DAGSTER_FIRST_USE] * 3
         ]
         errors = [p.communicate()[1].decode()[-800:] for p in first if p.wait(timeout=300)]
         assert errors == []

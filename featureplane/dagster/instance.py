@@ -7,8 +7,10 @@ DAGSTER_HOME, so it is a folder of its own rather than the project root, with th
 Dagster creates and stamps its SQLite databases on first use without a lock between processes:
 two commands opening a fresh instance at once can each create the tables and stamp their own
 schema revision, leaving a database that every later command refuses ("more than one head").
-So the first opening and the storage migration run under an exclusive lock on the DAGSTER_HOME
-folder, held by one process at a time. An instance whose Postgres storage cannot be reached
+So the storages are opened under an exclusive lock on the DAGSTER_HOME folder, held by one
+process at a time: by every process of the project's instance (its `dagster.yaml` names
+`FirstUseLockedStorage`: webserver, daemon, runs, commands), and by `project_instance` around
+the opening and the dead-run check. An instance whose Postgres storage cannot be reached
 (deploy/dagster/dagster.yaml) is one line saying why, not Dagster's retries' traceback.
 """
 
@@ -16,10 +18,13 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from dagster import DagsterInstance
+from dagster._core.storage.legacy_storage import CompositeStorage
+from dagster._serdes import ConfigurableClassData
 from dagster_postgres.utils import DagsterPostgresException
 
 from featureplane.dagster.dead_runs import fail_dead_runs
@@ -37,16 +42,44 @@ def dagster_home() -> str:
     return home
 
 
+_held = threading.local()
+
+
 @contextmanager
 def exclusive(folder: str) -> Iterator[None]:
     """An exclusive lock on a folder between processes: flock on the folder itself, so it
-    leaves no file behind and the kernel releases it when its holder dies."""
+    leaves no file behind and the kernel releases it when its holder dies. Re-entrant within a
+    thread (a second flock of the folder there would wait for itself); other threads wait."""
+    key = os.path.realpath(folder)
+    held = _held.__dict__.setdefault("folders", set())
+    if key in held:
+        yield
+        return
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
+        held.add(key)
         yield
     finally:
+        held.discard(key)
         os.close(descriptor)
+
+
+class FirstUseLockedStorage(CompositeStorage):
+    """Dagster's run, event-log and schedule storages, opened (created and stamped, on first
+    use) under the lock on the instance's folder `home`."""
+
+    @classmethod
+    def config_type(cls) -> dict:
+        return {**CompositeStorage.config_type(), "home": str}
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping
+    ) -> CompositeStorage:
+        parts = {name: value for name, value in config_value.items() if name != "home"}
+        with exclusive(config_value["home"]):
+            return super().from_config_value(inst_data, parts)
 
 
 def project_instance() -> DagsterInstance:

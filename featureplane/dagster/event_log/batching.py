@@ -30,7 +30,9 @@ class BatchingInstance(DagsterInstance):
 
     @staticmethod
     def config_defaults(base_dir: str) -> Mapping[str, ConfigurableClassData | None]:
-        """Dagster's defaults, with `SqliteEventLog` where Dagster keeps its SQLite event log."""
+        """Dagster's defaults, with `SqliteEventLog` where Dagster keeps its SQLite event log,
+        the storages opened under the instance folder's lock
+        (`featureplane.dagster.instance.FirstUseLockedStorage`)."""
         defaults = dict(InstanceRef.config_defaults(base_dir))
         events = ConfigurableClassData(
             "featureplane.dagster.event_log",
@@ -49,7 +51,9 @@ class BatchingInstance(DagsterInstance):
         }
         defaults["event_log_storage"] = events
         defaults["storage"] = ConfigurableClassData(
-            "dagster._core.storage.legacy_storage", "CompositeStorage", yaml.dump(composite)
+            "featureplane.dagster.instance",
+            "FirstUseLockedStorage",
+            yaml.dump({**composite, "home": base_dir}),
         )
         return defaults
 
