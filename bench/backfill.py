@@ -320,10 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.worker, ENGINES)
         return 0
-    params = DataParams(days=30, profile_rows=2_000, order_rows=30_000) if args.quick else None
-    params = params or DataParams()
-    if args.days:
-        params = DataParams(days=args.days)
+    if args.quick:
+        params = DataParams(days=args.days or 30, profile_rows=2_000, order_rows=30_000)
+    else:
+        params = DataParams(days=args.days or DataParams.days)
     repeats = args.repeats or (1 if args.quick else 3)
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="fp-backfill-"))
     data.mkdir(parents=True, exist_ok=True)

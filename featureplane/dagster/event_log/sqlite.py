@@ -13,7 +13,7 @@ from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._core.storage.sql import create_engine
-from dagster._core.storage.sqlite import create_db_conn_string
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS, create_db_conn_string
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy.pool import NullPool
 
@@ -21,7 +21,6 @@ from featureplane.dagster.event_log.ranges import RangePlanning
 
 ENGINES = 64
 """SQLite engines kept open per process: a run's shard and the index are the busy ones."""
-SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
 
 class SqliteEventLog(RangePlanning, SqliteEventLogStorage):
