@@ -34,6 +34,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 TILES = "tiles"
 """The online record value of an aggregate view: its packed tiles (see `pack_tiles`)."""
+TILE_ORIGIN, TILE_STEP = "tile_origin", "tile_step"
+"""Packed tile starts count steps from an origin, both in epoch microseconds: the first
+tile's start and the view's interval. Records pushed before them kept tile starts in epoch
+microseconds: origin 0 and step 1 where absent."""
 SUFFIX = "suffix:"
 """Prefix of the packed columns that hold suffix merges (`suffix_columns`)."""
 PAST_THE_LAST_TILE = frozenset({"approx_count_distinct", "min", "max"})
@@ -233,28 +237,43 @@ class Aggregation:
 # ---- the online side: merge the partials of the tiles in a window, then finalize ------------
 
 
-def pack_tiles(tiles: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """A key's tiles as the online store keeps them: one list per column, `tile_start` as epoch
-    microseconds in ascending order, and the suffix merges of `suffix_columns`.
+def pack_tiles(tiles: Iterable[Mapping[str, Any]], interval: timedelta) -> dict[str, Any]:
+    """A key's tiles as the online store keeps them: one list per column, `tile_start` in
+    ascending order as intervals since the first (`TILE_ORIGIN`), and the columns of
+    `suffix_columns`.
 
     Columns of plain JSON values need no tags in the store and no per-tile objects to decode,
-    and a window is a slice found by binary search. JSON-text partials (last_n,
-    approx_count_distinct) stay text: reading a record scans them as strings, and only the
-    tiles of a window that is served get decoded (`merge_partials`).
+    and a window is a slice found by binary search. Tile starts as intervals take a digit or
+    three each instead of sixteen. JSON-text partials (last_n, approx_count_distinct) stay
+    text: reading a record scans them as strings, and only the tiles of a window that is
+    served get decoded (`merge_partials`).
     """
     rows = sorted((t for t in tiles if t.get(TILE_START) is not None), key=lambda t: t[TILE_START])
+    step = interval // MICROSECOND
+    starts = [_epoch_micros(t[TILE_START]) for t in rows]
+    if any(start % step for start in starts):
+        raise ValueError(f"tile starts must be multiples of the interval, {in_words(interval)}")
     columns = sorted({name for row in rows for name in row} - {TILE_START})
-    packed: dict[str, Any] = {TILE_START: [_epoch_micros(t[TILE_START]) for t in rows]}
+    origin = starts[0] if starts else 0
+    packed: dict[str, Any] = {
+        TILE_ORIGIN: origin,
+        TILE_STEP: step,
+        TILE_START: [(start - origin) // step for start in starts],
+    }
     for name in columns:
-        partials = [_timed(row.get(name)) for row in rows]
-        packed |= suffix_columns(name, partials)
+        packed |= suffix_columns(name, [_timed(row.get(name)) for row in rows])
     return packed
+
+
+def first_tile_micros(packed: Mapping[str, Any]) -> int:
+    """The start of the first of packed tiles, in epoch microseconds."""
+    return packed.get(TILE_ORIGIN, 0) + packed[TILE_START][0] * packed.get(TILE_STEP, 1)
 
 
 def suffix_columns(name: str, partials: Sequence[Any]) -> dict[str, Any]:
     """How the online store keeps a tile column: its partials, or the merges of its partials
     from each tile to the last (the suffix merges, one more entry for the empty suffix), under
-    `SUFFIX` + name.
+    `SUFFIX` + name; nothing for a column without values (`valued`).
 
     - count, and sum/mean totals of integers: the suffix totals alone; a window [lo, hi) is
       the difference of two entries (modulo 2**64 for sums), exactly, whatever the anchor;
@@ -267,6 +286,8 @@ def suffix_columns(name: str, partials: Sequence[Any]) -> dict[str, Any]:
     merges are those of `merge_partials`, done once at push time, so the values are the same.
     """
     kind = name.split("__", 1)[0]
+    if not valued(kind, partials):
+        return {}
     if kind == "count":
         return {SUFFIX + name: _suffix_sums([p or 0 for p in partials])}
     if kind == "total" and not any(p and type(p["s"]) is float for p in partials):
@@ -278,6 +299,19 @@ def suffix_columns(name: str, partials: Sequence[Any]) -> dict[str, Any]:
     if kind in ("min", "max") and all(p is None or type(p) is int for p in partials):
         return {name: list(partials), SUFFIX + name: _suffix_extremes(kind, partials)}
     return {name: list(partials)}
+
+
+def valued(kind: str, partials: Sequence[Any]) -> bool:
+    """Whether an entity's tile column of `kind` holds what a window could count: a count
+    other than 0, a total of any value, any other partial. A record leaves the others out;
+    a request finalizes every window of a missing column as empty (count 0, else null), which
+    is what the column gives, and an aggregate record stays small: most entities have events
+    in only some of their view's columns."""
+    if kind == "count":
+        return any(partials)
+    if kind == "total":
+        return any(p and p["n"] for p in partials)
+    return any(p is not None for p in partials)
 
 
 def _suffix_extremes(kind: str, partials: Sequence[int | None]) -> list[int | None]:
@@ -484,7 +518,8 @@ def aggregate(
 ) -> Any:
     """The aggregation's value at `at` from a key's tiles (dicts with tile_start and partials):
     the tiles with tile_start in [floor(at) - window, floor(at))."""
-    return aggregate_before((aggregation,), pack_tiles(tiles), anchor_micros(at, interval))[0]
+    packed = pack_tiles(tiles, interval)
+    return aggregate_before((aggregation,), packed, anchor_micros(at, interval))[0]
 
 
 def anchor_micros(at: datetime, interval: timedelta) -> int:
@@ -519,18 +554,26 @@ class WindowReader:
         )
 
     def columns(self, records: Sequence[Mapping[str, Any]], end: int) -> list[list[Any]]:
-        """The values at `end` over many records' packed tiles ({} for an entity without a
-        record, which gets the values of empty windows), one column per aggregation: one
-        binary search for `end` and one per distinct window in each record, then each
-        window's value from the suffix merges where the record has them (`suffix_columns`),
-        else a merge of its slice of partials. Computed an aggregation at a time over all
-        records, which keeps the per-record work to a comprehension's step."""
-        starts = [record.get(TILE_START) or () for record in records]
-        his = [bisect_left(tiles, end) for tiles in starts]
-        los = [
-            [bisect_left(tiles, end - window, 0, hi) for tiles, hi in zip(starts, his, strict=True)]
+        """The values at `end` (epoch microseconds) over
+        many records' packed tiles ({} for an entity without a record, which gets the values
+        of empty windows), one column per aggregation: one binary search for `end` and one
+        per distinct window in each record, then each window's value from the suffix merges
+        where the record has them (`suffix_columns`), else a merge of its slice of partials.
+        Computed an aggregation at a time over all records, which keeps the per-record work
+        to a comprehension's step."""
+        frames = [
+            (record.get(TILE_START) or (), record.get(TILE_ORIGIN, 0), record.get(TILE_STEP, 1))
+            for record in records
+        ]
+        his = [bisect_left(tiles, -((origin - end) // step)) for tiles, origin, step in frames]
+        los = [  # steps rounded up: a tile starting at or after a bound is beyond it
+            [
+                bisect_left(tiles, -((origin + window - end) // step), 0, hi)
+                for (tiles, origin, step), hi in zip(frames, his, strict=True)
+            ]
             for window in self.windows
         ]
+        starts = [tiles for tiles, _, _ in frames]
         columns = []
         for at, function, name, suffix_column, partial_column in self.steps:
             rows = zip(records, los[at], his, strict=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from featureplane.aggregation import TILE_START, TILES, aggregate_before, anchor_micros
+from featureplane.aggregation import TILES, aggregate_before, anchor_micros, first_tile_micros
 from featureplane.feature_view import FeatureView
 from featureplane.online_store import Record
 from featureplane.online_store.encoding import from_micros
@@ -45,7 +45,7 @@ def moments(view: FeatureView, record: Record | None, window_end: datetime) -> d
         return dict.fromkeys(view.feature_names, moment(view, window_end))
     if not view.aggregations:
         return dict.fromkeys(view.feature_names, record.event_timestamp)
-    first = from_micros(record.values[TILES][TILE_START][0])
+    first = from_micros(first_tile_micros(record.values[TILES]))
     last_end = record.event_timestamp
     return {a.name: max(last_end, first + a.time_window) for a in view.aggregations}
 

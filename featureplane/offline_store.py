@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
+from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -72,9 +73,16 @@ ConcurrentAppendException and its siblings."""
 
 
 def lost_commit_race(error: Exception) -> bool:
-    return isinstance(error, PySparkException) and any(
-        marker in str(error) for marker in COMMIT_RACE_MARKERS
-    )
+    """Whether a write failed on a lost commit race. Classic PySpark raises delta-spark's
+    exceptions as py4j's `Py4JJavaError` (it converts only Spark's own), whose text holds the
+    Java stack, so only the exception's own class and message are read."""
+    if isinstance(error, Py4JJavaError):
+        text = str(error.java_exception.toString())
+    elif isinstance(error, PySparkException):
+        text = str(error)
+    else:
+        return False
+    return any(marker in text for marker in COMMIT_RACE_MARKERS)
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -184,7 +192,7 @@ class OfflineStore:
             try:
                 writer.save(uri)
                 break
-            except PySparkException as error:
+            except (PySparkException, Py4JJavaError) as error:
                 if not lost_commit_race(error):
                     raise
                 if attempt == WRITE_ATTEMPTS:

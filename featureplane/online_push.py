@@ -25,7 +25,7 @@ rewriting them in a transaction (1 KB items, on-demand prices), and less for lar
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,12 +37,24 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from featureplane.aggregation import RANK_BITS, SPLIT, SUFFIX, TILE_START, TILES, hll_scale
+from featureplane.aggregation import (
+    RANK_BITS,
+    SPLIT,
+    SUFFIX,
+    TILE_ORIGIN,
+    TILE_START,
+    TILE_STEP,
+    TILES,
+    hll_scale,
+)
+from featureplane.durations import in_words
 from featureplane.feature_view import FeatureView
 from featureplane.online_store import OnlineStore
 from featureplane.online_store.columnar import (
+    TEXTS,
     concat,
     epoch_seconds_up,
+    int_texts,
     item_keys,
     json_texts,
     micros,
@@ -84,84 +96,114 @@ class PushStats:
         return self.rows / self.write_seconds if self.write_seconds else 0.0
 
 
-def stored_items(view: FeatureView, batch: pa.RecordBatch) -> Iterator[StoredItem]:
-    """The stored items of one batch of `featureplane.compute.push.push_frame` rows, by key."""
+def stored_items(view: FeatureView, batch: pa.RecordBatch) -> list[StoredItem]:
+    """The stored items of one batch of `featureplane.compute.push.push_frame` rows, by key
+    (put in order as Python tuples: taking the payload texts in key order would copy them)."""
     keys = item_keys(key_prefix(view.name, view.version), [batch[k] for k in view.join_keys])
     times = micros(batch[EVENT_TIME])
     if view.aggregations:
-        payloads = concat(f'{{"{TILES}":', packed_tiles(batch[TILES]), "}")
+        payloads = concat(f'{{"{TILES}":', *_packed_parts(batch[TILES], view.interval), "}")
     else:
         names = view.feature_names
         payloads = object_texts(names, [json_texts(batch[name]) for name in names])
-    order = pc.sort_indices(keys)
-    keys, times, payloads = (column.take(order) for column in (keys, times, payloads))
     expires = [None] * len(keys)
     if view.ttl and not view.aggregations:
         ttl = view.ttl // timedelta(microseconds=1)
         expires = epoch_seconds_up(pc.add(times, ttl)).to_pylist()
-    return zip(keys.to_pylist(), times.to_pylist(), payloads.to_pylist(), expires, strict=True)
+    columns = (keys.to_pylist(), times.to_pylist(), payloads.to_pylist(), expires)
+    items = list(zip(*columns, strict=True))
+    return [items[i] for i in pc.sort_indices(keys).to_numpy()]
 
 
-def packed_tiles(tiles: pa.ListArray) -> pa.Array:
+Parts = list[pa.Array | str]
+"""Texts to concatenate element-wise, arrays and literals: JSON is built in parts and joined
+once, as each concatenation copies the whole text of every entity."""
+
+
+def packed_tiles(tiles: pa.ListArray, interval: timedelta) -> pa.Array:
     """The JSON of `featureplane.aggregation.pack_tiles` for each list of tiles, built column by
     column; the tiles must be sorted by tile_start, as `push_frame` sorts them."""
+    return concat(*_packed_parts(tiles, interval))
+
+
+def _packed_parts(tiles: pa.ListArray, interval: timedelta) -> Parts:
     rows, offsets = tiles.flatten(), pc.subtract(tiles.offsets, tiles.offsets[0]).to_numpy()
     fields = {rows.type.field(i).name: rows.field(i) for i in range(rows.type.num_fields)}
-    starts = micros(fields.pop(TILE_START))
-    unsorted = np.flatnonzero(np.diff(starts.to_numpy()) < 0) + 1
+    starts = micros(fields.pop(TILE_START)).to_numpy()
+    unsorted = np.flatnonzero(np.diff(starts) < 0) + 1
     if not np.isin(unsorted, offsets).all():
         raise ValueError("tiles to push must be sorted by tile_start within each entity")
-    members = [_member(TILE_START, _lists(offsets, pc.cast(starts, pa.string())))]
+    step = interval // timedelta(microseconds=1)
+    if (starts % step).any():
+        raise ValueError(f"tile starts must be multiples of the interval, {in_words(interval)}")
+    origins = starts[offsets[:-1]]
+    index = (starts - np.repeat(origins, np.diff(offsets))) // step
+    parts: Parts = [f'{{"{TILE_STEP}":{step},"{TILE_ORIGIN}":', int_texts(pa.array(origins))]
+    parts += _member(TILE_START, _lists(offsets, int_texts(pa.array(index))))
     for name in sorted(fields):
-        members += _suffix_members(name, fields[name], offsets)
-    return concat("{", pc.binary_join_element_wise(*members, ","), "}")
+        parts += _valued_members(name, fields[name], offsets)
+    return [*parts, "}"]
 
 
-def _member(name: str, texts: pa.Array) -> pa.Array:
-    return concat(encode_basestring_ascii(name) + ":", texts)
+def _member(name: str, value: Parts) -> Parts:
+    """A member `name` that follows another in a JSON object."""
+    return ["," + encode_basestring_ascii(name) + ":", *value]
 
 
-def _lists(offsets: np.ndarray, texts: pa.Array, tail: str = "") -> pa.Array:
-    """A JSON list per entity of the texts of its tiles, and `tail` (",0") after them."""
-    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), texts), ",")
-    if not tail:
-        return concat("[", joined, "]")
-    whole = concat("[", joined, tail, "]")
-    return pc.if_else(pc.equal(joined, ""), pa.scalar(f"[{tail[1:]}]"), whole)
+def _lists(offsets: np.ndarray, texts: pa.Array, tail: str = "") -> Parts:
+    """A JSON list per entity of the texts of its tiles (one at least), and `tail` (",0")."""
+    lists = pa.ListArray.from_arrays(pa.array(offsets), texts)
+    return ["[", pc.binary_join(lists, ",", memory_pool=TEXTS), tail + "]"]
 
 
-def _suffix_members(name: str, partials: pa.Array, offsets: np.ndarray) -> list[pa.Array]:
-    """`featureplane.aggregation.suffix_columns` of a tile column as JSON object members, for
-    every entity of the batch at once: totals by cumulative sums, extremes and estimates by
-    running maxima over sorted values."""
+def _valued_members(name: str, partials: pa.Array, offsets: np.ndarray) -> Parts:
+    """The members of `featureplane.aggregation.suffix_columns` of a tile column per entity:
+    built for the entities with values in it (`aggregation.valued`) alone, "" for others."""
     kind = name.split("__", 1)[0]
     if kind == "count":
-        return [_member(SUFFIX + name, _suffix_sums(partials, offsets))]
-    raw = _member(name, _lists(offsets, _partial_texts(partials)))
-    if kind == "total":
-        sums = pc.struct_field(partials, "s")
-        integral = pa.types.is_integer(sums.type)
+        counting = pc.not_equal(pc.fill_null(partials, 0), 0)
+    elif kind == "total":
+        counting = pc.greater(pc.struct_field(partials, "n"), 0)
+    else:
+        counting = pc.is_valid(partials)
+    tiles = pc.and_kleene(pc.is_valid(partials), counting).to_numpy(zero_copy_only=False)
+    running = np.concatenate([[0], np.cumsum(tiles)])
+    valued = running[offsets[1:]] > running[offsets[:-1]]
+    if valued.all():
+        return _suffix_members(kind, name, partials, offsets)
+    if not valued.any():
+        return []
+    sizes = np.diff(offsets)[valued]
+    picked = partials.filter(pa.array(np.repeat(valued, np.diff(offsets))))
+    members = _suffix_members(kind, name, picked, np.concatenate([[0], np.cumsum(sizes)]))
+    positions = np.full(len(valued), len(sizes))
+    positions[valued] = np.arange(len(sizes))
+    texts = pa.concat_arrays([concat(*members), _NONE])
+    return [pc.take(texts, pa.array(positions), memory_pool=TEXTS)]
+
+
+_NONE = pa.array([""])
+
+
+def _suffix_members(kind: str, name: str, partials: pa.Array, offsets: np.ndarray) -> Parts:
+    """`suffix_columns` of a tile column as JSON object members, for every entity of the batch
+    at once: totals by cumulative sums, extremes and estimates by running maxima over sorted
+    values."""
+    if kind == "count":
+        return _member(SUFFIX + name, _suffix_sums(partials, offsets))
+    if kind == "total" and pa.types.is_integer(pc.struct_field(partials, "s").type):
         counts = _suffix_sums(pc.struct_field(partials, "n"), offsets)
-        exact = sums if integral else pa.nulls(len(sums), pa.int64())  # used where all null
-        totals = object_texts(["n", "s"], [counts, _suffix_sums(exact, offsets)])
-        suffixes = _member(SUFFIX + name, totals)
-        if integral or sums.null_count == len(sums):
-            return [suffixes]
-        no_floats = _without_values(sums, offsets)
-        return [pc.if_else(no_floats, suffixes, raw)]  # floats: sums by difference would round
-    if kind in ("min", "max"):
-        if pa.types.is_integer(partials.type):
-            return [raw, _member(SUFFIX + name, _suffix_extremes(kind, partials, offsets))]
-        nulls = _lists(offsets, pa.array(["null"] * len(partials), pa.string()), ",null")
-        suffixes = concat(raw, ",", _member(SUFFIX + name, nulls))
-        return [pc.if_else(_without_values(partials, offsets), suffixes, raw)]
-    if not kind.startswith("hll"):
-        return [raw]
-    estimates = _suffix_estimates(partials, offsets, int(kind[3:]))
-    return [raw, _member(SUFFIX + name, estimates)]
+        sums = _suffix_sums(pc.struct_field(partials, "s"), offsets)
+        return _member(SUFFIX + name, ['{"n":', *counts, ',"s":', *sums, "}"])
+    raw = _member(name, _lists(offsets, _partial_texts(partials)))
+    if kind in ("min", "max") and pa.types.is_integer(partials.type):
+        return raw + _member(SUFFIX + name, _suffix_extremes(kind, partials, offsets))
+    if kind.startswith("hll"):
+        return raw + _member(SUFFIX + name, _suffix_estimates(partials, offsets, int(kind[3:])))
+    return raw
 
 
-def _suffix_estimates(sketches: pa.Array, offsets: np.ndarray, precision: int) -> pa.Array:
+def _suffix_estimates(sketches: pa.Array, offsets: np.ndarray, precision: int) -> Parts:
     """Per entity, the JSON list of `featureplane.aggregation.suffix_estimates`, for every entity
     at once: the codes of all sketches sorted by (entity, register, tile from the last, rank),
     a running maximum per register gives each code's gain in the estimate's two integer sums,
@@ -193,7 +235,7 @@ def _suffix_estimates(sketches: pa.Array, offsets: np.ndarray, precision: int) -
     linear = (unset > 0) & (estimate <= 2.5 * m)
     estimate[linear] = m * np.log(m / unset[linear])
     rounded = np.floor(estimate + 0.5).astype(np.int64)
-    return _lists(offsets, pc.cast(pa.array(rounded), pa.string()), ",0")
+    return _lists(offsets, int_texts(pa.array(rounded)), ",0")
 
 
 def _high(rank: np.ndarray) -> np.ndarray:
@@ -207,14 +249,7 @@ def _low(rank: np.ndarray) -> np.ndarray:
     return np.where(rank > SPLIT, np.left_shift(1, np.maximum(2 * SPLIT - rank, 0)), 0)
 
 
-def _without_values(values: pa.Array, offsets: np.ndarray) -> pa.Array:
-    """Per entity, whether all its tiles' values are null: `suffix_columns` judges a column
-    by the types of the values it holds, which an entity without any leaves open."""
-    valid = np.concatenate([[0], np.cumsum(pc.is_valid(values).to_numpy(zero_copy_only=False))])
-    return pa.array(valid[offsets[1:]] == valid[offsets[:-1]])
-
-
-def _suffix_extremes(kind: str, values: pa.Array, offsets: np.ndarray) -> pa.Array:
+def _suffix_extremes(kind: str, values: pa.Array, offsets: np.ndarray) -> Parts:
     """Per entity, the JSON list of the min or max of its tiles' integers from each tile to
     the last (null while there is none), and null. Values are ranked, entity by entity the
     ranks are lifted above every later entity's, and one running maximum over the reversed
@@ -234,13 +269,13 @@ def _suffix_extremes(kind: str, values: pa.Array, offsets: np.ndarray) -> pa.Arr
     return _lists(offsets, texts, ",null")
 
 
-def _suffix_sums(values: pa.Array, offsets: np.ndarray) -> pa.Array:
+def _suffix_sums(values: pa.Array, offsets: np.ndarray) -> Parts:
     """Per entity, the JSON list of the sums of its tiles' values from each tile to the last
     (nulls count 0), and 0. A cumulative sum over the whole batch may wrap around: every
     suffix is then right modulo 2**64, and so is every window, which the reader brings back
     into the int64 range (`aggregation._total`)."""
     values = pc.fill_null(values, 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    return _lists(offsets, pc.cast(pa.array(_suffix_totals(values, offsets)), pa.string()), ",0")
+    return _lists(offsets, int_texts(pa.array(_suffix_totals(values, offsets))), ",0")
 
 
 def _suffix_totals(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -328,7 +363,7 @@ def push(
             batch = next(batches, None)
             fetched = time.perf_counter()
             fetch += fetched - began
-            encoding = None if batch is None else encoder.submit(_items, view, batch)
+            encoding = None if batch is None else encoder.submit(stored_items, view, batch)
             if pending is not None:
                 items = pending.result()
                 if resuming:
@@ -367,7 +402,3 @@ def _unstored(store: OnlineStore, items: list[StoredItem]) -> tuple[list[StoredI
         else:
             unstored.append(item)
     return unstored, same, stale
-
-
-def _items(view: FeatureView, batch: pa.RecordBatch) -> list[StoredItem]:
-    return list(stored_items(view, batch))

@@ -220,5 +220,5 @@ def write_tiles(store_path: Path, key: tuple, rows: list, interval: timedelta = 
     event_ts = stored[-1]["tile_start"] + interval
     with open_store({"type": "sqlite", "path": str(store_path)}) as store:
         store.ensure_table()
-        record = Record(key, event_ts, {TILES: pack_tiles(stored)})
+        record = Record(key, event_ts, {TILES: pack_tiles(stored, interval)})
         store.write(view.name, view.version, [record])

@@ -55,7 +55,9 @@ from featureplane import (
 )
 from featureplane.aggregation import (
     RANK_BITS,
+    TILE_ORIGIN,
     TILE_START,
+    TILE_STEP,
     AggregationFunction,
     aggregate,
     aggregate_before,
@@ -482,11 +484,14 @@ suffixed_tiles = st.lists(
 @given(suffixed_tiles, st.integers(-2, 12))
 def test_windows_from_suffix_merges_equal_merges_of_their_tiles(drawn, anchor_hour):
     """What a record keeps as suffix merges gives every window the value of merging the
-    window's tiles, for anchors before, among and after the tiles."""
+    window's tiles, for anchors before, among and after the tiles; so do the tiles as records
+    kept them before `TILE_ORIGIN`, with starts in epoch microseconds, and columns without values
+    left out of the record read as the empty windows they are."""
     tiles = [{TILE_START: T0 + t.pop("hour") * H, **t} for t in drawn]
     tiles.sort(key=lambda tile: tile[TILE_START])
-    packed = pack_tiles(tiles)
-    raw = {TILE_START: packed[TILE_START]}
+    packed = pack_tiles(tiles, H)
+    origin, step = packed[TILE_ORIGIN], packed[TILE_STEP]
+    raw = {TILE_START: [origin + start * step for start in packed[TILE_START]]}
     raw |= {name: [t.get(name) for t in tiles] for name in ("count__x", "total__i", "total__f")}
     raw |= {
         name: [t.get(name) for t in tiles] for name in ("hll4__u", "min__m", "max__m", "max__g")

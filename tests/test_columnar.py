@@ -35,6 +35,10 @@ PREFIX = key_prefix("view", "v1")
 moments = st.datetimes(
     min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
 )
+HOUR = timedelta(hours=1)
+"""The tiles' interval in these tests."""
+hours = st.integers(-613_000, 2_000_000).map(lambda h: datetime(1970, 1, 1, tzinfo=UTC) + h * HOUR)
+"""Tile starts: whole hours from 1900 to 2198."""
 texts = st.text() | st.sampled_from(['"', "\\", "\x00", "\n", "é", "\u2028", "$ts", "{}"])
 COLUMNS = {
     pa.int64(): st.integers(-(2**63), 2**63 - 1),
@@ -132,7 +136,7 @@ sketches = st.lists(
 )
 tiles = st.fixed_dictionaries(
     {
-        TILE_START: moments,
+        TILE_START: hours,
         "count__x": st.integers(0, 10**6),
         "total__x": st.none() | st.fixed_dictionaries({"n": st.integers(0, 9), "s": st.floats()}),
         "first__y": st.none() | st.fixed_dictionaries({"ts": moments, "v": texts}),
@@ -157,15 +161,16 @@ entities = st.lists(
 @given(entities, st.integers(0, 2))
 def test_packed_tiles_decode_to_pack_tiles(entities, skip):
     column = pa.array(entities, pa.list_(TILE)).slice(min(skip, len(entities) - 1))
-    for tiles, text in zip(column.to_pylist(), packed_tiles(column).to_pylist(), strict=True):
-        assert identical(decode_values(text), decode_values(encode_values(pack_tiles(tiles))))
+    pushed = packed_tiles(column, HOUR).to_pylist()
+    for tiles, text in zip(column.to_pylist(), pushed, strict=True):
+        assert identical(decode_values(text), decode_values(encode_values(pack_tiles(tiles, HOUR))))
 
 
 def sketch_tiles(precision: int):
     """Lists of tiles of one sketch column of `precision`: codes of every register and rank."""
     code = st.tuples(st.integers(0, 2**precision - 1), st.integers(1, 65 - precision))
     sketch = st.lists(code.map(lambda c: c[0] << 6 | c[1]), max_size=40).map(json.dumps)
-    tile = st.fixed_dictionaries({TILE_START: moments, f"hll{precision}__u": st.none() | sketch})
+    tile = st.fixed_dictionaries({TILE_START: hours, f"hll{precision}__u": st.none() | sketch})
     ordered = st.lists(tile, min_size=1, max_size=6).map(
         lambda t: sorted(t, key=lambda x: x[TILE_START])
     )
@@ -185,8 +190,8 @@ def test_suffix_estimates_of_a_batch_equal_those_of_each_entity(drawn):
     precision, entities = drawn
     kind = pa.struct([(TILE_START, pa.timestamp("us", "UTC")), (f"hll{precision}__u", pa.string())])
     column = pa.array(entities, pa.list_(kind))
-    for tiles, text in zip(entities, packed_tiles(column).to_pylist(), strict=True):
-        assert decode_values(text) == decode_values(encode_values(pack_tiles(tiles)))
+    for tiles, text in zip(entities, packed_tiles(column, HOUR).to_pylist(), strict=True):
+        assert decode_values(text) == decode_values(encode_values(pack_tiles(tiles, HOUR)))
 
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
@@ -205,9 +210,10 @@ def test_integer_sums_of_any_window_are_int64_sums_whichever_way_tiles_are_packe
         [{TILE_START: start + k * hour, "total__i": {"n": 1, "s": s}} for k, s in enumerate(e)]
         for e in sums
     ]
-    pushed = packed_tiles(pa.array(entities, pa.list_(kind))).to_pylist()
+    pushed = packed_tiles(pa.array(entities, pa.list_(kind)), hour).to_pylist()
     for values, tiles, text in zip(sums, entities, pushed, strict=True):
-        for packed in (decode_values(text), decode_values(encode_values(pack_tiles(tiles)))):
+        by_tile = pack_tiles(tiles, hour)
+        for packed in (decode_values(text), decode_values(encode_values(by_tile))):
             for end in range(len(values) + 1):
                 for hours in range(1, len(values) + 1):
                     window = Aggregation("i", "sum", hours * hour)
@@ -221,7 +227,7 @@ def test_tiles_out_of_order_are_refused():
     late, early = datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC)
     column = pa.array([[{TILE_START: late}, {TILE_START: early}]], pa.list_(TILE))
     with pytest.raises(ValueError, match="sorted by tile_start"):
-        packed_tiles(column)
+        packed_tiles(column, HOUR)
 
 
 def test_stored_items_are_the_records_of_the_batch_in_key_order_with_their_expiry():

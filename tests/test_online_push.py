@@ -91,7 +91,9 @@ def expected_records(root: Path, view: FeatureView, end: datetime) -> dict[tuple
                 records[key] = Record(key, when, values, expires)
         return records
     return {
-        key: Record(key, tiles[-1][TILE_START] + view.interval, {TILES: pack_tiles(tiles)})
+        key: Record(
+            key, tiles[-1][TILE_START] + view.interval, {TILES: pack_tiles(tiles, view.interval)}
+        )
         for key, tiles in entity_tiles(root, view, end).items()
     }
 
@@ -293,7 +295,7 @@ def test_an_aggregate_record_is_compared_where_it_holds_every_tile(repo, pushed)
         {**tile, TILE_START: TINY.start + n * day}
         for tile, n in zip(tiles[:2], (1, 3), strict=True)
     ]
-    record = Record(key, TINY.start + 4 * day, {TILES: pack_tiles(tiles[1:])})
+    record = Record(key, TINY.start + 4 * day, {TILES: pack_tiles(tiles[1:], view.interval)})
     at = moments(view, record, TINY.start + 9 * day)
 
     def offline(a, when):
@@ -317,7 +319,9 @@ def test_consistency_check_lists_a_corrupt_tile(repo, pushed, tmp_path):
         push(repo, root, online, instance, views=[AGGREGATE])
         key, tiles = next(iter(entity_tiles(root, view, END).items()))
         tiles[-1]["count__impression_id"] += 5
-        record = Record(key, END + timedelta(microseconds=1), {TILES: pack_tiles(tiles)})
+        record = Record(
+            key, END + timedelta(microseconds=1), {TILES: pack_tiles(tiles, view.interval)}
+        )
         open_store(online.settings()).write(view.name, view.version, [record])
         results = push(repo, root, online, instance, views=[AGGREGATE])
         check = checks(instance, results[f"online/{AGGREGATE}"].run_id)[AGGREGATE]
@@ -358,7 +362,7 @@ def test_compare_merges_tiles_at_each_records_moments():
         "total__position": {"n": 4, "s": 10},
         "max__click_unix_s": 1_790_000_000,
     }
-    record = Record((7,), END, {TILES: pack_tiles([tile])})
+    record = Record((7,), END, {TILES: pack_tiles([tile], tiles_view.interval)})
     at = moments(tiles_view, record, END)
     assert at == {a.name: max(END, hour + a.time_window) for a in tiles_view.aggregations}
     served = {

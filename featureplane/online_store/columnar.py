@@ -13,8 +13,10 @@ Push-only: importing it costs pyarrow, so the online handler never does.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from json.encoder import encode_basestring_ascii
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -30,11 +32,40 @@ _PLAIN_KEY = r"^[\x20\x21\x23-\x5b\x5d-\x7e]*$"
 """Printable ASCII but `"` and `\\`: strings `encode_basestring_ascii` only quotes."""
 _CONTROL = r"[\x00-\x1f]"
 _INTEGRAL = r"^-?[0-9]+$"
+TEXTS = pa.system_memory_pool()
+"""Where the texts are allocated: tens of megabytes a batch, freed when its items are made.
+Arrow's default allocator (mimalloc) returns freed memory to the system within milliseconds,
+so a push's encoder, which waits on the store between batches, faulted every batch's memory
+in again: a fifth of an aggregate push's time. The system allocator keeps it for reuse."""
+_SMALL = 1 << 16
+"""Integers below it are written from a table of their texts."""
 
 
 def concat(*parts: pa.Array | str) -> pa.Array:
-    """Element-wise concatenation of string arrays and literals (no nulls expected)."""
-    return pc.binary_join_element_wise(*parts, "")
+    """Element-wise concatenation of string arrays and literals (no nulls expected), adjacent
+    literals joined first."""
+    merged: list[pa.Array | str] = []
+    for part in parts:
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += part
+        else:
+            merged.append(part)
+    return pc.binary_join_element_wise(*merged, "", memory_pool=TEXTS)
+
+
+def int_texts(values: pa.Array) -> pa.Array:
+    """Integers as decimal text. Small non-negative ones, most numbers of a push (counts,
+    tile steps), are picked from a table of texts: several times faster than Arrow's cast."""
+    bounds = pc.min_max(values)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    if low is not None and low >= 0 and high < _SMALL:
+        return pc.take(_small_texts(), values, memory_pool=TEXTS)
+    return pc.cast(values, pa.string(), memory_pool=TEXTS)
+
+
+@cache
+def _small_texts() -> pa.Array:
+    return pc.cast(pa.array(np.arange(_SMALL)), pa.string())
 
 
 def with_nulls(values: pa.Array, texts: pa.Array) -> pa.Array:
@@ -97,7 +128,7 @@ def json_texts(values: pa.Array) -> pa.Array:
     if pa.types.is_null(kind):
         return pa.array(["null"] * len(values), pa.string())
     if pa.types.is_integer(kind):
-        texts = pc.cast(values, pa.string())
+        texts = int_texts(values)
     elif pa.types.is_boolean(kind):
         texts = pc.if_else(values, pa.scalar("true"), pa.scalar("false"))
     elif pa.types.is_floating(kind):
@@ -124,7 +155,7 @@ def item_keys(prefix: str, columns: Sequence[pa.Array]) -> pa.Array:
             raise EntityKeyError(f"{column.null_count} entity keys hold a null join key value")
         kind = column.type
         if pa.types.is_integer(kind):
-            text = pc.cast(column, pa.string())
+            text = int_texts(column)
         elif pa.types.is_string(kind):
             if pc.all(pc.match_substring_regex(column, _PLAIN_KEY)).as_py() is not False:
                 text = concat('"', column, '"')
