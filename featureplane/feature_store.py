@@ -131,7 +131,9 @@ class FeatureStore:
         `full_feature_names` is False and the names are unique; on-demand features come last.
         On-demand views read their request fields from spine columns of the same name and are
         computed from the point-in-time values of the features they depend on, which are joined
-        even when not requested (and then not returned).
+        even when not requested (and then not returned). String columns are plain strings on
+        every engine (`offline_store.plain_strings`), so the frame written to Delta reads with
+        delta-rs too.
         """
         selections = self.resolve(features)
         joined, _ = self._historical(
@@ -308,7 +310,7 @@ class FeatureStore:
                     "features": list(selection.features),
                 }
             )
-        return joined.select(*spine.columns, *names.values()), reads
+        return plain_strings(joined.select(*spine.columns, *names.values())), reads
 
     @staticmethod
     def _apply_on_demand(
@@ -357,12 +359,7 @@ class FeatureStore:
             spine_df, selections, dataset.spine_timestamp, dataset.full_feature_names
         )
         uri = self.training_uri(name)
-        writer = (
-            plain_strings(joined)
-            .write.format("delta")
-            .mode("overwrite")
-            .option("overwriteSchema", "true")
-        )
+        writer = joined.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
         writer.options(**TIME_TRAVEL_PROPERTIES).save(uri)
         version = DeltaTable(uri).version()
         manifest = {

@@ -173,7 +173,7 @@ class OfflineStore:
     ) -> None:
         """Replace the rows of `window` in the table at `uri` with `df`, creating the table
         where nothing is stored yet."""
-        spark = df.sparkSession
+        spark, df = df.sparkSession, plain_strings(df)
         if not self.exists(uri):
             self.create_table(df, uri)
         current = columns_of(spark.read.format("delta").load(uri))

@@ -160,6 +160,31 @@ def test_a_training_dataset_rebuilt_by_time_travel_on_the_cluster_equals_the_bui
     pd.testing.assert_frame_equal(ordered(rebuilt[built.columns]), ordered(built))
 
 
+def test_a_retrieval_on_the_cluster_written_to_delta_reads_with_delta_rs(
+    runs, spark_cluster, tmp_path
+):
+    """The merges' output schemas reach JVM Spark with an explicit collation, which its Delta
+    records as `string collate UTF8_BINARY`, a type delta-rs refuses: a retrieval's frame holds
+    plain strings, the spine's passed-through columns too, wherever a notebook writes it."""
+    spine = pd.DataFrame(
+        {
+            "user_id": [1, 2, 3],
+            "ts": pd.to_datetime([END - timedelta(hours=h) for h in (1, 2, 3)], utc=True),
+            "label": ["click", "none", "none"],
+        }
+    )
+    with SparkResource(mode="connect", url=spark_cluster.connect_url).open() as spark:
+        store = FeatureStore(Repository.load("feature_assets"), spark, str(runs["cluster"][0]))
+        features = ["user_daily_page_views:page_views_1d", "user_daily_page_views:last_category"]
+        joined = store.get_historical_features(spine, features)
+        joined.write.format("delta").save(str(tmp_path / "retrieved"))
+    table = DeltaTable(str(tmp_path / "retrieved"))
+    types = {f.name: str(f.type) for f in table.schema().fields}
+    string = 'PrimitiveType("string")'
+    assert types["label"] == types["user_daily_page_views__last_category"] == string
+    assert sorted(table.to_pandas()["label"]) == ["click", "none", "none"]
+
+
 def test_a_second_cluster_from_the_same_folder_is_refused(spark_cluster):
     home = Path(spark_cluster.home)
     with pytest.raises(ClusterError, match="already runs"):
