@@ -554,13 +554,12 @@ class WindowReader:
         )
 
     def columns(self, records: Sequence[Mapping[str, Any]], end: int) -> list[list[Any]]:
-        """The values at `end` (epoch microseconds) over
-        many records' packed tiles ({} for an entity without a record, which gets the values
-        of empty windows), one column per aggregation: one binary search for `end` and one
-        per distinct window in each record, then each window's value from the suffix merges
-        where the record has them (`suffix_columns`), else a merge of its slice of partials.
-        Computed an aggregation at a time over all records, which keeps the per-record work
-        to a comprehension's step."""
+        """The values at `end` (epoch microseconds) over many records' packed tiles ({} for an
+        entity without a record, which gets the values of empty windows), one column per
+        aggregation: one binary search for `end` and one per distinct window in each record,
+        then each window's value from the suffix merges where the record has them
+        (`suffix_columns`), else a merge of its slice of partials. Computed an aggregation at
+        a time over all records, which keeps the per-record work to a comprehension's step."""
         frames = [
             (record.get(TILE_START) or (), record.get(TILE_ORIGIN, 0), record.get(TILE_STEP, 1))
             for record in records
